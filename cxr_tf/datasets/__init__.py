@@ -1,0 +1,1 @@
+"""TFDS dataset builders. Import a dataset's package to register it."""

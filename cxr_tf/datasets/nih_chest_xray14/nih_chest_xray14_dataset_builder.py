@@ -1,0 +1,185 @@
+"""TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
+
+    tfds build cxr_tf/datasets/nih_chest_xray14 --config=224 --manual_dir=KAGGLE_DIR --data_dir=TFDS_DIR
+    python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224
+
+The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
+`cxr_tf.metadata`; decoding lives in `cxr_tf.images`. This file only wires them into TFDS.
+"""
+
+import collections
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cxr_tf import labels, metadata, parallel_decode
+
+_DESCRIPTION = """\
+ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, each labelled with any of 14
+findings mined from radiology reports ("No Finding" is the all-zero label vector). Images are
+converted to 8-bit gray, zero-padded to square and resized with antialiasing. Splits follow the
+official patient-disjoint train_val/test lists; validation is carved out of train_val by patient.
+"""
+
+_CITATION = """\
+@inproceedings{wang2017chestxray,
+  title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised
+         Classification and Localization of Common Thorax Diseases},
+  author={Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and Bagheri, Mohammadhadi
+          and Summers, Ronald M},
+  booktitle={CVPR},
+  pages={2097--2106},
+  year={2017}
+}
+"""
+
+_HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
+
+STANDARD_SIZES = (224, 256, 320, 512, 1024)
+REPORT_FILE = "prepare_report.json"
+
+
+@dataclasses.dataclass(eq=False)
+class NihConfig(tfds.core.BuilderConfig):
+    image_size: int = 224
+    val_fraction: float = 0.1
+    seed: int = 0
+    drop_rgba: bool = False
+    strict: bool = False
+    num_workers: int | None = None  # how to build, not what: kept out of the config name
+
+
+def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, strict=False,
+                num_workers=None):
+    """A config named by image size ("224"), with any non-default choice that changes the data
+    appended ("224_val0.2_seed1_droprgba"), so two different datasets never share a folder."""
+    if int(image_size) < 8:
+        raise ValueError(f"image_size must be at least 8, got {image_size}")
+    name = str(int(image_size))
+    if val_fraction != 0.1:
+        name += f"_val{val_fraction:g}"
+    if seed != 0:
+        name += f"_seed{seed}"
+    if drop_rgba:
+        name += "_droprgba"
+    return NihConfig(
+        name=name,
+        description=f"{image_size}x{image_size} gray, val_fraction={val_fraction:g}, "
+        f"seed={seed}, drop_rgba={drop_rgba}",
+        image_size=int(image_size), val_fraction=val_fraction, seed=seed,
+        drop_rgba=drop_rgba, strict=strict, num_workers=num_workers,
+    )
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """NIH ChestX-ray14, resized and sharded."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [make_config(size) for size in STANDARD_SIZES]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Download the dataset from Kaggle (https://www.kaggle.com/datasets/nih-chest-xrays/data) or
+    from the NIH box (https://nihcc.app.box.com/v/ChestXray-NIHCC) and extract it so that
+    `manual_dir` holds `images_001/images/*.png` … `images_012/images/*.png`,
+    `Data_Entry_2017.csv` (or `Data_Entry_2017_v2020.csv`, .gz accepted), `train_val_list.txt`
+    and `test_list.txt`.
+    """
+
+    def _info(self):
+        size = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8),
+                "labels": tfds.features.Tensor(shape=(labels.NUM_CLASSES,), dtype=np.uint8),
+                "image_id": tfds.features.Text(),
+                "patient_id": np.int32,
+                "follow_up": np.int32,
+                "age": np.int32,  # -1 when unknown or implausible
+                "sex": tfds.features.Text(),
+                "view": tfds.features.Text(),
+            }),
+            supervised_keys=("image", "labels"),
+            homepage=_HOMEPAGE,
+            citation=_CITATION,
+            metadata=tfds.core.MetadataDict(label_names=list(labels.LABELS)),
+        )
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        index = metadata.build_index(
+            os.fspath(dl_manager.manual_dir), val_fraction=config.val_fraction,
+            seed=config.seed, strict=config.strict,
+        )
+        self._report = _new_report(index, config)
+        frame = index.frame
+        return {
+            split: self._generate_examples(frame[frame["split"] == split])
+            for split in ("train", "validation", "test")
+        }
+
+    def _generate_examples(self, frame):
+        config = self.builder_config
+        records = frame.to_dict("records")
+        label_matrix = frame[list(labels.LABELS)].to_numpy(np.uint8)
+        decoded = parallel_decode.decode_files(
+            ((r["image_id"], r["path"]) for r in records), config.image_size,
+            drop_rgba=config.drop_rgba, num_workers=config.num_workers,
+        )
+        split = records[0]["split"] if records else None
+        for record, label_vector, result in zip(records, label_matrix, decoded):
+            if result.png is None:
+                self._count_skip(result)
+                continue
+            self._report["converted"].update(result.conversions)
+            self._report["written"][split] += 1
+            yield record["image_id"], {
+                "image": result.png,
+                "labels": label_vector,
+                "image_id": record["image_id"],
+                "patient_id": record["patient_id"],
+                "follow_up": record["follow_up"],
+                "age": record["age"],
+                "sex": record["sex"],
+                "view": record["view"],
+            }
+        # Written after each split into the (temporary) version dir, so the finished dataset
+        # carries its own account of every row, also when built with `tfds build`.
+        _write_report(self._report, os.path.join(self.data_dir, REPORT_FILE))
+
+    def _count_skip(self, result):
+        self._report["skipped"][result.skip_reason] += 1
+        examples = self._report["skipped_files"].setdefault(result.skip_reason, [])
+        if len(examples) < 50:
+            examples.append(result.error)
+
+
+def _new_report(index, config):
+    return {
+        "rows": index.rows,
+        "written": collections.Counter({"train": 0, "validation": 0, "test": 0}),
+        "skipped": _all_reasons(index.skipped),
+        "converted": collections.Counter(index.converted),
+        "skipped_files": {k: list(v) for k, v in index.skipped_examples.items()},
+        "config": {
+            "image_size": config.image_size, "val_fraction": config.val_fraction,
+            "seed": config.seed, "drop_rgba": config.drop_rgba,
+        },
+    }
+
+
+def _all_reasons(counter):
+    """Every skip reason appears in the report, with 0 where nothing was skipped."""
+    out = collections.Counter({reason: 0 for reason in metadata.SKIP_REASONS})
+    out.update(counter)
+    return out
+
+
+def _write_report(report, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)

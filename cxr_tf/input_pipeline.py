@@ -1,0 +1,286 @@
+"""tf.data pipelines over a prepared `nih_chest_xray14` TFDS dir (fast) or a raw Kaggle folder (slow).
+
+Images leave here as uint8 S×S×1 and labels as float32 multi-hot: normalisation lives in the
+model, so that training, export and serving share one preprocessing.
+
+Training data is a pure function of (seed, epoch): each epoch is shuffled with its own seed and
+augmented with stateless ops keyed by (seed, epoch, position). A run resumed at epoch k by
+BackupAndRestore therefore sees exactly the batches the uninterrupted run saw.
+"""
+
+import glob
+import json
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from cxr_tf import images, labels, metadata
+
+DATASET_NAME = "nih_chest_xray14"
+SPLITS = ("train", "validation", "test")
+AUTOTUNE = tf.data.AUTOTUNE
+_SHUFFLE_BUFFER = 16_384  # encoded images (~20-60 KB each at 224 px): a few hundred MB at most
+
+
+# --- locating data -------------------------------------------------------------------------
+
+def find_prepared(data_dir, image_size=None):
+    """Returns the version dir (`DIR/nih_chest_xray14/<config>/<version>`) of a prepared dataset.
+
+    Accepts the TFDS data_dir that `prepare` wrote to, or the version dir itself. With several
+    prepared configs, `image_size` picks the one named by that size.
+    """
+    if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+        return data_dir
+    found = sorted(glob.glob(os.path.join(data_dir, DATASET_NAME, "*", "*", "dataset_info.json")))
+    found = [os.path.dirname(p) for p in found]
+    if image_size is not None:
+        found = [p for p in found if _config_size(p) == int(image_size)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        size = f" at image_size={image_size}" if image_size else ""
+        raise FileNotFoundError(
+            f"{data_dir}: no prepared {DATASET_NAME} dataset{size} "
+            f"(run: python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir={data_dir})"
+        )
+    exact = [p for p in found if os.path.basename(os.path.dirname(p)) == str(image_size)]
+    if len(exact) == 1:
+        return exact[0]
+    raise ValueError(f"{data_dir}: several prepared datasets match, pick one: {found}")
+
+
+def _config_size(version_dir):
+    return int(os.path.basename(os.path.dirname(version_dir)).split("_")[0])
+
+
+def is_prepared(data_dir):
+    try:
+        find_prepared(data_dir)
+        return True
+    except (FileNotFoundError, ValueError):
+        return os.path.isdir(os.path.join(data_dir, DATASET_NAME))
+
+
+def open_prepared(data_dir, image_size=None):
+    """A read-only TFDS builder for the prepared dataset; needs no cxr_tf builder code."""
+    return tfds.builder_from_directory(find_prepared(data_dir, image_size))
+
+
+def prepared_image_size(builder):
+    return int(builder.info.features["image"].shape[0])
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def _read_prepared(data_dir, split, image_size, input_context):
+    builder = open_prepared(data_dir, image_size)
+    num_files = builder.info.splits[split].num_shards
+    # TFDS shards by file; with fewer files than input pipelines, shard by element instead.
+    by_file = input_context is not None and num_files >= input_context.num_input_pipelines
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=False,  # order must not depend on the process: see the module docstring
+        decoders={"image": tfds.decode.SkipDecoding()},  # decode after shuffling, in parallel
+        read_config=tfds.ReadConfig(input_context=input_context if by_file else None),
+    )
+    if input_context is not None and not by_file and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    size = prepared_image_size(builder)
+
+    def decode(example):
+        image = tf.io.decode_png(example["image"], channels=1)
+        image.set_shape((size, size, 1))
+        return {**example, "image": image}, tf.constant(True)
+
+    return ds, decode, size
+
+
+def _read_kaggle(data_dir, split, image_size, val_fraction, seed):
+    """The slow path: decode and resize raw Kaggle PNGs on the fly (no prepare step)."""
+    if image_size is None:
+        raise ValueError(f"{data_dir}: reading a raw Kaggle folder needs image_size")
+    index = metadata.build_index(data_dir, val_fraction=val_fraction, seed=seed)
+    frame = index.frame[index.frame["split"] == split]
+    columns = {
+        "image_path": frame["path"].to_numpy(str),
+        "image_id": frame["image_id"].to_numpy(str),
+        "labels": frame[list(labels.LABELS)].to_numpy(np.uint8),
+        "patient_id": frame["patient_id"].to_numpy(np.int32),
+        "age": frame["age"].to_numpy(np.int32),
+        "sex": frame["sex"].to_numpy(str),
+        "view": frame["view"].to_numpy(str),
+        "follow_up": frame["follow_up"].to_numpy(np.int32),
+    }
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+
+    def load(path, image_id):
+        try:
+            with open(path.decode(), "rb") as f:
+                image, _ = images.preprocess(f.read(), image_id.decode(), image_size)
+            return image, True
+        except (images.ImageError, OSError) as e:
+            tf.get_logger().warning("skipping %s", e)
+            return np.zeros((image_size, image_size, 1), np.uint8), False
+
+    def decode(example):
+        image, ok = tf.numpy_function(
+            load, [example["image_path"], example["image_id"]], [tf.uint8, tf.bool]
+        )
+        image.set_shape((image_size, image_size, 1))
+        return {**example, "image": image}, ok
+
+    return ds, decode, image_size
+
+
+# --- augmentation ----------------------------------------------------------------------------
+
+def augment(image, seed, *, hflip=False, max_rotation_deg=7.0, scale=(0.9, 1.1),
+            max_shift=0.04, max_brightness=0.1, contrast=(0.9, 1.1)):
+    """Mild, label-preserving augmentation of one uint8 S×S×1 image with stateless ops.
+
+    One affine warp does crop/scale, rotation and shift. No horizontal flip by default: the
+    heart's side matters (situs inversus and dextrocardia are findings in their own right).
+    """
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    angle = tf.random.stateless_uniform([], seeds[0], -1.0, 1.0) * max_rotation_deg * math.pi / 180
+    zoom = tf.random.stateless_uniform([], seeds[1], scale[0], scale[1])
+    shift = tf.random.stateless_uniform([2], seeds[2], -max_shift, max_shift) * size
+    # Output pixel (x, y) samples input at A·(x, y) + b; rotate and zoom about the centre.
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    centre = (size - 1.0) / 2.0
+    b_x = centre - cos * centre + sin * centre + shift[0]
+    b_y = centre - sin * centre - cos * centre + shift[1]
+    transform = tf.stack([cos, -sin, b_x, sin, cos, b_y, 0.0, 0.0])
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+    if hflip:
+        flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
+        warped = tf.cond(flip, lambda: tf.reverse(warped, axis=[1]), lambda: warped)
+    brightness = tf.random.stateless_uniform([], seeds[4], -max_brightness, max_brightness) * 255
+    factor = tf.random.stateless_uniform([], seeds[5], contrast[0], contrast[1])
+    mean = tf.reduce_mean(warped)
+    out = (warped - mean) * factor + mean + brightness
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+def make_dataset(data_dir, split, *, batch_size, training, image_size=None, augment_images=None,
+                 hflip=False, seed=0, epoch=0, deterministic=False, input_context=None,
+                 cache=False, with_metadata=False, add_no_finding=False, val_fraction=0.1,
+                 shuffle_buffer=_SHUFFLE_BUFFER):
+    """Batches of (image uint8 [B,S,S,1], labels float32 [B,14]) for one split.
+
+    training=True: an endless stream starting at `epoch` (shuffled per epoch, augmented unless
+    augment_images=False); pass `steps_per_epoch` to fit. training=False: one pass in file
+    order, no augmentation, last partial batch kept.
+    with_metadata=True yields a dict (image, labels, image_id, patient_id, age, sex, view).
+    add_no_finding appends a 15th "No Finding" target (1 when no finding is present).
+    input_context: a tf.distribute.InputContext; batch_size is then the global batch and each
+    replica gets batch_size / num_replicas_in_sync, read from its own share of the files.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if is_prepared(data_dir):
+        ds, decode, size = _read_prepared(data_dir, split, image_size, input_context)
+    else:
+        ds, decode, size = _read_kaggle(data_dir, split, image_size, val_fraction, seed)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    augment_images = training if augment_images is None else augment_images
+
+    # Order (as big_vision): read -> cache -> shuffle -> repeat -> map -> batch -> prefetch.
+    # Cache holds encoded bytes (cheap), shuffling before decode keeps the buffer small, and
+    # decoding after shuffling spreads the expensive work over all cores.
+    if cache:
+        ds = ds.cache()
+    if training:
+        base = ds
+
+        def one_epoch(e):
+            shuffled = base.shuffle(
+                shuffle_buffer, seed=seed * 1_000_003 + e, reshuffle_each_iteration=False
+            )
+            return shuffled.enumerate().map(lambda i, x: (tf.stack([seed, e, i]), x))
+
+        ds = tf.data.Dataset.range(epoch, 2**31).flat_map(one_epoch)
+    else:
+        ds = ds.map(lambda x: (tf.zeros([3], tf.int64), x))
+
+    def to_example(key, example):
+        example, ok = decode(example)
+        image = example["image"]
+        if augment_images:
+            image = augment(image, tf.cast(_fold(key), tf.int32), hflip=hflip)
+        target = tf.cast(example["labels"], tf.float32)
+        if add_no_finding:
+            target = tf.concat([target, [1.0 - tf.reduce_max(target)]], axis=0)
+        if with_metadata:
+            keep = ("image_id", "patient_id", "age", "sex", "view")
+            return {"image": image, "labels": target, **{k: example[k] for k in keep}}, ok
+        return (image, target), ok
+
+    ds = ds.map(to_example, num_parallel_calls=AUTOTUNE)
+    # Only the raw-Kaggle path can meet an undecodable file here (prepare already skipped and
+    # counted them): drop it, with the warning logged above, rather than train on a blank.
+    ds = ds.filter(lambda example, ok: ok).map(lambda example, ok: example)
+    ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic or not training)
+    # Sharding was done above; stop tf.distribute from sharding a second time.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _fold(key):
+    """(seed, epoch, position) -> a stateless seed pair."""
+    key = tf.cast(key, tf.int64)
+    return tf.stack([key[0] * 1_000_003 + key[1], key[2]])
+
+
+def split_size(data_dir, split, image_size=None, val_fraction=0.1, seed=0):
+    """Number of examples in a split (prepared: from dataset_info; raw: from the metadata)."""
+    if is_prepared(data_dir):
+        return open_prepared(data_dir, image_size).info.splits[split].num_examples
+    index = metadata.build_index(data_dir, val_fraction=val_fraction, seed=seed)
+    return int((index.frame["split"] == split).sum())
+
+
+def split_metadata(data_dir, split, image_size=None, val_fraction=0.1, seed=0):
+    """Per-example records of a split in pipeline order (labels, patient, age, sex, view),
+    read without decoding images: for label counts, pos_weight and subgroup reports."""
+    if is_prepared(data_dir):
+        builder = open_prepared(data_dir, image_size)
+        ds = builder.as_dataset(split=split, shuffle_files=False,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+        rows = [{k: v for k, v in ex.items() if k != "image"} for ex in tfds.as_numpy(ds)]
+        for row in rows:
+            for key in ("image_id", "sex", "view"):
+                row[key] = row[key].decode()
+        return rows
+    index = metadata.build_index(data_dir, val_fraction=val_fraction, seed=seed)
+    frame = index.frame[index.frame["split"] == split]
+    return [
+        {"image_id": r["image_id"], "patient_id": r["patient_id"], "age": r["age"],
+         "sex": r["sex"], "view": r["view"], "follow_up": r["follow_up"],
+         "labels": np.array([r[name] for name in labels.LABELS], np.uint8)}
+        for r in frame.to_dict("records")
+    ]
+
+
+def read_prepare_report(data_dir):
+    path = os.path.join(data_dir, "prepare_report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,87 @@
+"""Turn a Kaggle-layout NIH folder into a sharded, resized TFDS dataset.
+
+    python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224 \
+        [--val_fraction=0.1] [--seed=0] [--drop_rgba] [--strict] [--num_workers=N] [--json]
+
+Writes TFDS_DIR/nih_chest_xray14/<config>/1.0.0/ (readable by `tfds.builder_from_directory`
+without cxr_tf) and TFDS_DIR/prepare_report.json, which accounts for every CSV row:
+rows = written + skipped.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+from absl import app
+
+from cxr_tf import flags
+
+flags.define_prepare_flags()
+FLAGS = flags.FLAGS
+
+
+def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
+            strict=False, num_workers=None):
+    """Builds the dataset (a no-op when already built) and returns its report dict."""
+    import tensorflow_datasets as tfds  # heavy: imported when used
+
+    from cxr_tf.datasets import nih_chest_xray14
+
+    config = nih_chest_xray14.make_config(
+        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba, strict=strict,
+        num_workers=num_workers,
+    )
+    builder = nih_chest_xray14.Builder(config=config, data_dir=output_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=data_dir)
+    )
+    with open(os.path.join(builder.data_dir, nih_chest_xray14.REPORT_FILE)) as f:
+        report = json.load(f)
+    report["dataset_dir"] = os.fspath(builder.data_dir)
+    check_accounting(report)
+    shutil.copyfile(
+        os.path.join(builder.data_dir, nih_chest_xray14.REPORT_FILE),
+        os.path.join(output_dir, nih_chest_xray14.REPORT_FILE),
+    )
+    return report
+
+
+def check_accounting(report):
+    accounted = sum(report["written"].values()) + sum(report["skipped"].values())
+    if accounted != report["rows"]:
+        raise AssertionError(
+            f"prepare lost rows: {report['rows']} read, {accounted} written or skipped"
+        )
+
+
+def format_report(report):
+    lines = [f"rows read            {report['rows']:>9,}"]
+    for split, n in report["written"].items():
+        lines.append(f"written {split:<12} {n:>9,}")
+    for reason, n in sorted(report["skipped"].items()):
+        if n:
+            lines.append(f"skipped {reason:<12} {n:>9,}")
+            lines.extend(f"    {name}" for name in report["skipped_files"].get(reason, [])[:5])
+    for kind, n in sorted(report["converted"].items()):
+        lines.append(f"converted {kind:<10} {n:>9,}")
+    lines.append(f"dataset              {report['dataset_dir']}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.data_dir or not FLAGS.output_dir:
+        raise app.UsageError("--data_dir and --output_dir are required")
+    report = prepare(
+        FLAGS.data_dir, FLAGS.output_dir, FLAGS.image_size, val_fraction=FLAGS.val_fraction,
+        seed=FLAGS.seed, drop_rgba=FLAGS.drop_rgba, strict=FLAGS.strict,
+        num_workers=FLAGS.num_workers,
+    )
+    print(json.dumps(report, sort_keys=True) if FLAGS.json else format_report(report))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=flags.flags_parser)

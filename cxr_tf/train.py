@@ -1,0 +1,56 @@
+"""Train the chest X-ray classifier.
+
+    python -m cxr_tf.train --flagfile=demo.cfg
+    python -m cxr_tf.train --flagfile=thr05.cfg --data_dir=TFDS_DIR --model_dir=runs/thr05
+
+Flagfiles are found by bare name in the working directory or among the packaged configs
+(cxr_tf/configs/). Rerunning the same command after a crash resumes from model_dir/backup.
+"""
+
+import json
+import shlex
+import sys
+
+from absl import app
+
+from cxr_tf import flags
+
+flags.define_train_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = flags.flag_values_dict(flags.TRAIN_FLAG_NAMES)
+    for t in config["thresholds"]:
+        if not 0.0 < float(t) < 1.0:
+            raise app.UsageError(f"--thresholds must lie in (0, 1), got {t}")
+    if FLAGS.dry_run:
+        return dry_run(config)
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required")
+    from cxr_tf import distribute, training  # TensorFlow starts here, after flag checks
+
+    # Created first: MultiWorkerMirroredStrategy must exist before any other TF op.
+    strategy = distribute.make_strategy(config["strategy"])
+    summary = training.run(config, strategy=strategy, command_line=shlex.join(sys.argv),
+                           verbose="auto" if sys.stdout.isatty() else 2)
+    print(json.dumps(summary, sort_keys=True) if FLAGS.json else training.format_summary(summary))
+    return 1 if summary["terminated_on_nan"] else 0
+
+
+def dry_run(config):
+    """The resolved config as one JSON line, then the model summary and parameter count."""
+    from cxr_tf import labels, model
+
+    print(json.dumps(config, sort_keys=True))
+    net = model.build_model(config["arch"], config["image_size"],
+                            labels.NUM_CLASSES + int(config["no_finding_output"]))
+    net.summary(line_length=110)
+    print(f"parameters: {net.count_params():,}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=flags.flags_parser)

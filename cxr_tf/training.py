@@ -1,0 +1,244 @@
+"""One training run, from a plain config dict to a run dir. The train app is a thin wrapper.
+
+Run dir (`model_dir`) layout, read by evaluate, export, predict and tools/plot_history.py:
+    config.json          resolved config, package versions, num_replicas_in_sync
+    history.csv          one row per epoch (loss, val/auc_mean, val/auc/<Label>, f1@T, ...)
+    logs/                TensorBoard (logs/train, logs/validation from Keras; logs/metrics ours)
+    checkpoints/         best.keras (best val/auc_mean) and last.keras
+    backup/              BackupAndRestore state; rerunning the same command resumes from it
+"""
+
+import json
+import math
+import os
+import platform
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cxr_tf import __version__, callbacks, distribute, input_pipeline, labels, losses, model
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf")
+
+
+def synthetic_data_dir(image_size, num_images=2000, min_prevalence=0.0, seed=0, cache_dir=None):
+    """Generates and prepares the synthetic Kaggle-layout dataset once; returns the TFDS dir.
+
+    The generator writes images at twice the training size so that prepare's resize path is
+    exercised as on real data.
+    """
+    from cxr_tf import prepare, synthetic  # the demo path only
+
+    cache_dir = cache_dir or os.environ.get("CXR_TF_CACHE", DEFAULT_CACHE)
+    source_size = min(2 * image_size, 1024)
+    name = f"synthetic_n{num_images}_s{source_size}_p{min_prevalence:g}_seed{seed}"
+    kaggle_dir = os.path.join(cache_dir, name, "kaggle")
+    tfds_dir = os.path.join(cache_dir, name, "tfds")
+    if not os.path.exists(os.path.join(kaggle_dir, "test_list.txt")):
+        synthetic.generate(kaggle_dir, num_images=num_images, image_size=source_size, seed=seed,
+                           min_prevalence=min_prevalence)
+    prepare.prepare(kaggle_dir, tfds_dir, image_size)
+    return tfds_dir
+
+
+def make_optimizer(name, learning_rate, *, total_steps, warmup_steps=0, lr_schedule="cosine",
+                   weight_decay=0.0):
+    if lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else learning_rate,
+            decay_steps=max(total_steps - warmup_steps, 1),
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    elif lr_schedule == "constant":
+        lr = learning_rate
+    else:
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+    wd = weight_decay or None
+    if name == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {name!r}")
+
+
+def package_versions():
+    import sklearn
+    import tensorflow_datasets as tfds
+
+    return {"cxr_tf": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "tensorflow_datasets": tfds.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def run(config, *, strategy=None, command_line=None, verbose="auto"):
+    """Trains as `config` (the train flags as a dict) says. Returns a summary dict."""
+    config = dict(config)
+    strategy = strategy or distribute.make_strategy(config["strategy"])
+    keras.utils.set_random_seed(config["seed"])
+    if config["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    policy = distribute.mixed_precision_policy(config["mixed_precision"])
+    keras.mixed_precision.set_dtype_policy(policy)
+
+    if not config["data_dir"]:
+        if not config["synthetic"]:
+            raise ValueError("give --data_dir (prepared TFDS dir or Kaggle folder) or --synthetic")
+        config["data_dir"] = synthetic_data_dir(
+            config["image_size"], config["synthetic_num_images"],
+            config["synthetic_min_prevalence"], config["seed"])
+    data_dir, size = config["data_dir"], config["image_size"]
+    if input_pipeline.is_prepared(data_dir):
+        # A prepared dataset fixes the image size; a mismatch would be silently resized away.
+        input_pipeline.find_prepared(data_dir, size)
+    model_dir = config["model_dir"]
+    run_dir = distribute.writable_run_dir(model_dir, strategy)
+    os.makedirs(run_dir, exist_ok=True)
+    thresholds = [float(t) for t in config["thresholds"]]
+    num_outputs = labels.NUM_CLASSES + (1 if config["no_finding_output"] else 0)
+
+    common = dict(image_size=size, val_fraction=config["val_fraction"], seed=config["seed"])
+    train_meta = input_pipeline.split_metadata(data_dir, "train", **common)
+    y_train = np.stack([r["labels"] for r in train_meta]).astype(np.float32)
+    val_meta = input_pipeline.split_metadata(data_dir, "validation", **common)
+    y_val = np.stack([r["labels"] for r in val_meta]).astype(np.float32)
+    batch = config["batch_size"]
+    steps_per_epoch = max(len(y_train) // batch, 1)
+    if config["steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, config["steps_per_epoch"])
+    total_steps = steps_per_epoch * config["epochs"]
+    initial_epoch = callbacks.backup_initial_epoch(os.path.join(run_dir, "backup"))
+
+    def train_fn(input_context):
+        return input_pipeline.make_dataset(
+            data_dir, "train", batch_size=batch, training=True, augment_images=config["augment"],
+            hflip=config["hflip"], seed=config["seed"], epoch=initial_epoch,
+            deterministic=config["deterministic"], input_context=input_context,
+            cache=config["cache"], add_no_finding=config["no_finding_output"], **common)
+
+    train_ds = strategy.distribute_datasets_from_function(train_fn)
+
+    def eval_split(split, y_true):
+        ds = input_pipeline.make_dataset(data_dir, split, batch_size=batch, training=False,
+                                         add_no_finding=config["no_finding_output"], **common)
+        if config["no_finding_output"]:
+            y_true = np.concatenate([y_true, 1.0 - y_true.max(axis=1, keepdims=True)], axis=1)
+        return ds, y_true
+
+    with strategy.scope():
+        net = model.build_model(config["arch"], size, num_outputs)
+        if config["weights"]:
+            net.load_weights(config["weights"])
+        pos_weight = None
+        if config["pos_weight"] == "balanced":
+            pos_weight = losses.balanced_pos_weight(y_train)
+            if config["no_finding_output"]:
+                pos_weight = np.append(pos_weight, 1.0)
+        net.compile(
+            optimizer=make_optimizer(
+                config["optimizer"], config["learning_rate"], total_steps=total_steps,
+                warmup_steps=int(round(config["warmup_epochs"] * steps_per_epoch)),
+                lr_schedule=config["lr_schedule"], weight_decay=config["weight_decay"]),
+            loss=losses.make_loss(pos_weight),
+            # Drives the progress bar only; reported AUCs come from EpochMetrics (exact).
+            metrics=[keras.metrics.AUC(multi_label=True, from_logits=True, name="auc",
+                                       num_labels=num_outputs)],
+            jit_compile=config["jit_compile"],
+        )
+
+    resolved = {
+        **config, "data_dir": os.path.abspath(data_dir), "model_dir": os.path.abspath(model_dir),
+        "label_names": list(labels.LABELS), "num_outputs": num_outputs,
+        "num_replicas_in_sync": strategy.num_replicas_in_sync,
+        "num_workers": _num_workers(strategy), "dtype_policy": policy,
+        "steps_per_epoch": steps_per_epoch, "train_examples": len(y_train),
+        "validation_examples": len(y_val), "package_versions": package_versions(),
+        "command_line": command_line, "argv": sys.argv,
+        "pos_weight_values": None if pos_weight is None else [float(w) for w in pos_weight],
+    }
+    if initial_epoch == 0 or not os.path.exists(os.path.join(run_dir, "config.json")):
+        _write_json(os.path.join(run_dir, "config.json"), resolved)
+
+    metric_logdir = os.path.join(run_dir, "logs", "metrics")
+    hparams = {"learning_rate": config["learning_rate"], "batch_size": batch,
+               "thresholds": ",".join(config["thresholds"]), "image_size": size,
+               "optimizer": config["optimizer"], "arch": config["arch"],
+               "pos_weight": config["pos_weight"]}
+    val_ds, y_val_t = eval_split("validation", y_val)
+    epoch_metrics = [callbacks.EpochMetrics(val_ds, y_val_t, thresholds, labels.LABELS,
+                                            metric_logdir, "val", hparams)]
+    if config["eval_test_each_epoch"]:
+        test_meta = input_pipeline.split_metadata(data_dir, "test", **common)
+        test_ds, y_test = eval_split("test", np.stack([r["labels"] for r in test_meta]))
+        epoch_metrics.append(callbacks.EpochMetrics(test_ds, y_test, thresholds, labels.LABELS,
+                                                    metric_logdir, "test"))
+    cbs = callbacks.standard_callbacks(run_dir, epoch_metrics=epoch_metrics,
+                                       initial_epoch=initial_epoch,
+                                       early_stop_patience=config["early_stop_patience"])
+    history = net.fit(train_ds, epochs=config["epochs"], steps_per_epoch=steps_per_epoch,
+                      initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose)
+    summary = _summary(net, history, resolved, initial_epoch)
+    distribute.cleanup_run_dir(run_dir, model_dir)
+    return summary
+
+
+def _num_workers(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    return max(len(resolver.cluster_spec().as_dict().get("worker", [])), 1)
+
+
+def weights_digest(net):
+    """sha256 over all weights, for checking that two runs or workers ended identical."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for w in net.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    return digest.hexdigest()
+
+
+def _summary(net, history, resolved, initial_epoch):
+    logs = {k: v[-1] for k, v in history.history.items() if v}
+    nan_stop = not all(math.isfinite(v) for v in history.history.get("loss", [0.0]))
+    per_class = {name: logs.get(f"val/auc/{name}") for name in labels.LABELS}
+    return {
+        "model_dir": resolved["model_dir"],
+        "data_dir": resolved["data_dir"],
+        "epochs_run": len(history.history.get("loss", [])),
+        "resumed_from_epoch": initial_epoch,
+        "val_auc_mean": logs.get(callbacks.MONITOR),
+        "val_auc": per_class,
+        "val_loss": logs.get("val_loss"),
+        "final": {k: v for k, v in logs.items() if "/" in k and k.count("/") == 1},
+        "num_replicas_in_sync": resolved["num_replicas_in_sync"],
+        "terminated_on_nan": nan_stop,
+        "weights_sha256": weights_digest(net),
+    }
+
+
+def format_summary(summary):
+    lines = ["", f"{'finding':<20} {'val AUC':>8}", "-" * 29]
+    for name, auc in summary["val_auc"].items():
+        lines.append(f"{name:<20} {'n/a' if auc is None or auc != auc else f'{auc:8.3f}':>8}")
+    mean = summary["val_auc_mean"]
+    lines += ["-" * 29, f"{'mean':<20} {mean if mean is None else f'{mean:8.3f}':>8}", ""]
+    if summary["terminated_on_nan"]:
+        lines.append("Training stopped: the loss became NaN (TerminateOnNaN).")
+    lines.append(f"Run dir:      {summary['model_dir']}")
+    lines.append(f"TensorBoard:  tensorboard --logdir {os.path.join(summary['model_dir'], 'logs')}")
+    lines.append(f"Evaluate:     python -m cxr_tf.evaluate --model_dir={summary['model_dir']} "
+                 "--split=validation")
+    return "\n".join(lines)

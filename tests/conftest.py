@@ -1,0 +1,50 @@
+"""Session fixtures: one tiny synthetic Kaggle-layout dataset (and its prepared TFDS dir) for the
+whole suite, plus the path to the real NIH metadata when ../shared is present."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REAL_NIH = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def real_nih_dir():
+    if not (REAL_NIH / "Data_Entry_2017_v2020.csv.gz").exists():
+        pytest.skip(f"real NIH metadata not found at {REAL_NIH} (a fresh clone has no ../shared)")
+    return REAL_NIH
+
+
+@pytest.fixture(scope="session")
+def kaggle_dir(tmp_path_factory):
+    """60 synthetic 64 px images in the exact Kaggle layout, no faults."""
+    from cxr_tf import synthetic
+
+    out = tmp_path_factory.mktemp("kaggle")
+    synthetic.generate(out, num_images=60, image_size=64, seed=0, progress=False, num_workers=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def faults_dir(tmp_path_factory):
+    """A small synthetic Kaggle folder with one file or row of every bad kind."""
+    from cxr_tf import synthetic
+
+    out = tmp_path_factory.mktemp("faults")
+    synthetic.generate(out, num_images=40, image_size=48, seed=1, faults=True, progress=False,
+                       num_workers=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(kaggle_dir, tmp_path_factory):
+    """`kaggle_dir` prepared at 32 px: the TFDS dir most pipeline and training tests read."""
+    from cxr_tf import prepare
+
+    out = tmp_path_factory.mktemp("tfds")
+    prepare.prepare(str(kaggle_dir), str(out), 32, num_workers=0)
+    return out

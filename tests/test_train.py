@@ -1,0 +1,155 @@
+"""The train app end to end, in subprocesses (as a user runs it)."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+TINY = ["--arch=resnet18", "--image_size=32", "--batch_size=4", "--learning_rate=0.001",
+        "--thresholds=0.4,0.5", "--json"]
+
+
+def train(*args, cwd=None, env=None, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "cxr_tf.train", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env or ENV, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def history_epochs(model_dir):
+    with open(os.path.join(model_dir, "history.csv"), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("name,threshold", [("thr04", "0.4"), ("thr05", "0.5"),
+                                            ("thr06", "0.6")])
+def test_paper_flagfiles_dry_run_from_any_directory(tmp_path, name, threshold):
+    proc = train(f"--flagfile={name}.cfg", "--dry_run", cwd=tmp_path)
+    config = json.loads(proc.stdout.splitlines()[0])
+    assert config["thresholds"] == [threshold]
+    assert (config["learning_rate"], config["batch_size"], config["epochs"]) == (0.01, 64, 50)
+    assert (config["optimizer"], config["lr_schedule"], config["image_size"]) == \
+        ("adam", "cosine", 224)
+    assert config["pos_weight"] == "none" and config["arch"] == "resnet50"
+    assert "parameters: 23,583,566" in proc.stdout
+
+
+def test_later_flags_override_the_flagfile(tmp_path):
+    proc = train("--flagfile=thr05.cfg", "--learning_rate=0.002", "--dry_run", cwd=tmp_path)
+    assert json.loads(proc.stdout.splitlines()[0])["learning_rate"] == 0.002
+
+
+def test_unknown_flagfile_is_a_clear_error(tmp_path):
+    proc = train("--flagfile=nope.cfg", "--dry_run", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "flagfile 'nope.cfg' not found" in proc.stderr
+
+
+def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    summary = last_json(train(f"--data_dir={prepared_dir}", f"--model_dir={model_dir}",
+                              "--epochs=2", *TINY).stdout)
+    assert summary["epochs_run"] == 2
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["num_replicas_in_sync"] == 1 and config["package_versions"]["keras"]
+    assert (model_dir / "checkpoints" / "best.keras").stat().st_size > 0
+    assert (model_dir / "checkpoints" / "last.keras").stat().st_size > 0
+    assert not list((model_dir / "checkpoints").glob(".*tmp*"))
+    assert history_epochs(model_dir) == [0, 1]
+    with open(model_dir / "history.csv", newline="") as f:
+        columns = next(csv.reader(f))
+    for key in ("loss", "val_loss", "val/auc_mean", "val/auc/Hernia", "val/f1@0.4/macro",
+                "val/f1@0.5/micro", "val/precision@0.5/Effusion", "val/recall@0.4/macro",
+                "val/paper_auc@0.5"):
+        assert key in columns
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(model_dir / "logs" / "metrics"),
+                                             size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    for tag in ("val/auc_mean", "val/auc/Atelectasis", "val/f1@0.5/macro", "val/f1@0.5/Hernia",
+                "val/precision@0.4/macro", "val/recall@0.5/micro", "val/paper_auc@0.5",
+                "val/loss", "train/loss", "train/learning_rate"):
+        assert tag in tags, tag
+    assert [e.step for e in acc.Tensors("val/auc_mean")] == [0, 1]
+    assert "inputs/val" in acc.Tags()["tensors"]
+    assert any(p.endswith(".v2") or "events" in p for p in os.listdir(model_dir / "logs" / "train"))
+
+
+def test_resume_after_sigkill_is_bitwise_identical(prepared_dir, tmp_path):
+    args = [f"--data_dir={prepared_dir}", "--epochs=3", "--deterministic", "--seed=3", *TINY]
+    reference = last_json(train(f"--model_dir={tmp_path / 'ref'}", *args).stdout)
+
+    model_dir = tmp_path / "crash"
+    cmd = [sys.executable, "-m", "cxr_tf.train", f"--model_dir={model_dir}", *args]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marker = model_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if marker.exists() and json.loads(marker.read_text() or '{"epoch": 0}')["epoch"] >= 1:
+            break  # epoch 1 is backed up: the process is now inside epoch 2
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert history_epochs(model_dir) in ([0], [0, 1])
+
+    resumed = last_json(train(f"--model_dir={model_dir}", *args).stdout)
+    assert resumed["resumed_from_epoch"] >= 1
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert history_epochs(model_dir) == [0, 1, 2]
+    assert not (model_dir / "backup").exists()  # removed once training completed
+
+
+def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
+    proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
+                 "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",
+                 "--learning_rate=1e30", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Training stopped: the loss became NaN" in proc.stdout
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_to_identical_weights(prepared_dir, tmp_path):
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    model_dir = tmp_path / "mw"
+    procs = []
+    for task in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": task}}
+        env = {**ENV, "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "cxr_tf.train", f"--data_dir={prepared_dir}",
+             f"--model_dir={model_dir}", "--strategy=multi_worker", "--epochs=1",
+             "--steps_per_epoch=3", "--deterministic", *TINY],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    digests = [last_json(out)["weights_sha256"] for out, _ in outs]
+    assert digests[0] == digests[1]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["num_replicas_in_sync"] == 2 and config["num_workers"] == 2
+    assert history_epochs(model_dir) == [0]

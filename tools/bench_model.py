@@ -1,0 +1,230 @@
+"""Train-step and inference throughput of cxr_tf's model against keras.applications.ResNet50.
+
+    KERAS_BACKEND=jax python tools/bench_model.py --image_size=224 --batch_size=256 --precision=bfloat16
+
+Runs under whatever KERAS_BACKEND says (jax, tensorflow, torch) and imports only Keras and
+`cxr_tf.model`, never TensorFlow unless it is the backend, so it runs on the JAX-only GPU
+machine (`tools/gpu_check.sh`). The reference is `keras.applications.ResNet50(weights=None,
+input_shape=(S, S, 1), classes=14, classifier_activation=None)`: the stock Keras ResNet-50 with
+a one-channel stem and a logits head like ours, so both train on the same loss. The figure to
+watch is the ratio ours / reference, measured in the same process on the same data.
+
+Flags:
+    --arch            cxr_tf architecture to time (default resnet50; the reference is always
+                      ResNet-50, so the ratio only compares like with like for resnet50).
+    --image_size      side S of the S×S×1 images (default 224).
+    --batch_size      images per step (default 256).
+    --precision       bfloat16 | float16 | float32: the global Keras dtype policy
+                      (mixed_bfloat16, mixed_float16 with loss scaling, or float32).
+    --steps           steps per timed repeat (default 20).
+    --warmup          untimed steps run first, compilation included (default 5).
+    --repeats         timed repeats; the figures are their medians (default 5).
+    --jit_compile / --no-jit_compile
+                      force XLA on or off; left out, Keras decides ("auto": on under JAX, and
+                      under TensorFlow when every layer supports it).
+    --steps_per_execution
+                      steps per compiled call, passed to `compile` (default 1).
+
+What is timed:
+- train: `model.fit(..., steps_per_epoch=steps, epochs=1)` with Adam and BCE from logits, the
+  path the train app takes (forward, backward and optimizer update in one compiled step).
+  Each repeat is one `fit` call, so its fixed cost (a few ms) is included.
+- infer: `model.predict(..., steps=steps)`, the path the evaluate app takes.
+- The batch is one random uint8 image tensor (what the input pipeline yields) and 0/1
+  labels, made on the accelerator once and fed again every step, so no host-to-device copy
+  is timed. (Under TensorFlow the batch comes from `tf.data.Dataset.from_tensors`; on a CPU
+  host that copies nothing, and TensorFlow is not what runs on the GPU machine.)
+- Each repeat ends by reading a weight back to the host, so asynchronous dispatch cannot hide
+  unfinished work. The two models alternate within each repeat, so clock drift hits both.
+
+The last line printed is one JSON object; the lines before it are a human table.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Benchmark the checkout this file sits in, also when cxr_tf is not installed (GPU machine).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NUM_CLASSES = 14
+_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "float32": "float32"}
+_TRAIN_METHOD = "model.fit(steps_per_epoch=steps) on one on-device batch, Adam, BCE from logits"
+_INFER_METHOD = "model.predict(steps=steps) on one on-device batch"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--precision", choices=sorted(_POLICIES), default="bfloat16")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--steps_per_execution", type=int, default=1)
+    args = parser.parse_args(argv)
+    for name in ("image_size", "batch_size", "steps", "repeats", "steps_per_execution"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1; received {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0; received {args.warmup}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import keras
+
+    from cxr_tf.model import build_model
+
+    def ours():
+        return build_model(args.arch, args.image_size, NUM_CLASSES)
+
+    def reference():
+        return keras.applications.ResNet50(
+            weights=None,
+            input_shape=(args.image_size, args.image_size, 1),
+            classes=NUM_CLASSES,
+            classifier_activation=None,
+        )
+
+    keras.mixed_precision.set_dtype_policy(_POLICIES[args.precision])
+    images, labels = _device_batch(keras, args.batch_size, args.image_size)
+    models = {"ours": _compiled(keras, ours, args), "keras_applications": _compiled(keras, reference, args)}
+    train_data = _repeating(keras, (images, labels))
+    infer_data = _repeating(keras, (images,))
+
+    # Warm-up compiles both functions; it also runs BN updates and Adam steps, as training does.
+    for model in models.values():
+        model.fit(train_data(), steps_per_epoch=max(args.warmup, 1), epochs=1, verbose=0)
+        model.predict(infer_data(), steps=max(args.warmup, 1), verbose=0)
+        _sync(keras, model)
+    times = {name: {"train": [], "infer": []} for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.fit(train_data(), steps_per_epoch=args.steps, epochs=1, verbose=0)
+            _sync(keras, model)
+            times[name]["train"].append(time.perf_counter() - start)
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.predict(infer_data(), steps=args.steps, verbose=0)
+            _sync(keras, model)
+            times[name]["infer"].append(time.perf_counter() - start)
+
+    images_per_repeat = args.steps * args.batch_size
+    result = {
+        "backend": keras.backend.backend(),
+        "device": _device_name(keras),
+        "keras": keras.__version__,
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "jit_compile": models["ours"].jit_compile,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "steps_per_execution": args.steps_per_execution,
+        "train_method": _TRAIN_METHOD,
+        "infer_method": _INFER_METHOD,
+    }
+    for name, model in models.items():
+        result[name] = {
+            "params": model.count_params(),
+            "train_img_s": images_per_repeat / statistics.median(times[name]["train"]),
+            "infer_img_s": images_per_repeat / statistics.median(times[name]["infer"]),
+            "train_img_s_all": [round(images_per_repeat / t, 1) for t in times[name]["train"]],
+            "infer_img_s_all": [round(images_per_repeat / t, 1) for t in times[name]["infer"]],
+        }
+    result["ratio_train"] = result["ours"]["train_img_s"] / result["keras_applications"]["train_img_s"]
+    result["ratio_infer"] = result["ours"]["infer_img_s"] / result["keras_applications"]["infer_img_s"]
+    _print_table(result)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def _compiled(keras, builder, args):
+    model = builder()
+    model.compile(
+        # compile wraps Adam in a LossScaleOptimizer under mixed_float16.
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        jit_compile="auto" if args.jit_compile is None else args.jit_compile,
+        steps_per_execution=args.steps_per_execution,
+    )
+    return model
+
+
+def _device_batch(keras, batch_size, image_size):
+    """One random uint8 image batch and 0/1 labels, created on the default device."""
+    images = keras.ops.cast(
+        keras.random.randint((batch_size, image_size, image_size, 1), 0, 256, seed=0), "uint8"
+    )
+    labels = keras.ops.cast(keras.random.uniform((batch_size, NUM_CLASSES), seed=1) < 0.1, "float32")
+    return images, labels
+
+
+def _repeating(keras, batch):
+    """A zero-argument callable giving a fresh endless source of `batch` for fit/predict."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # only under the TensorFlow backend
+
+        return lambda: tf.data.Dataset.from_tensors(batch).repeat()
+
+    def generator():
+        while True:
+            yield batch
+
+    return generator
+
+
+def _sync(keras, model):
+    """Blocks until every queued step is done by reading the last-updated weight."""
+    keras.ops.convert_to_numpy(model.weights[-1].value)
+
+
+def _device_name(keras):
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            return f"{device.platform}: {device.device_kind}"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return "gpu: " + tf.config.experimental.get_device_details(gpus[0]).get("device_name", "?")
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return "gpu: " + torch.cuda.get_device_name(0)
+    except Exception as error:  # the device name is a label; never fail the benchmark on it
+        return f"unknown ({error})"
+    return f"cpu: {len(os.sched_getaffinity(0))} cores"
+
+
+def _print_table(result):
+    print(
+        f"{result['backend']} on {result['device']}: {result['arch']} vs keras.applications.ResNet50, "
+        f"{result['image_size']} px, batch {result['batch_size']}, {result['precision']}, "
+        f"jit_compile={result['jit_compile']}, median of {result['repeats']} x {result['steps']} steps"
+    )
+    print(f"{'':22}{'train img/s':>14}{'infer img/s':>14}")
+    for name in ("ours", "keras_applications"):
+        print(f"{name:22}{result[name]['train_img_s']:>14,.1f}{result[name]['infer_img_s']:>14,.1f}")
+    print(f"{'ratio ours/reference':22}{result['ratio_train']:>14.3f}{result['ratio_infer']:>14.3f}")
+
+
+if __name__ == "__main__":
+    main()
