@@ -59,6 +59,8 @@ class EpochMetrics(keras.callbacks.Callback):
         logits = self.model.predict(self.dataset, verbose=0)
         results = self._compute(np.asarray(logits, np.float64))
         logs.update(results)
+        if self.prefix == "val":
+            logs["learning_rate"] = _current_lr(self.model)  # Keras 3 does not log it itself
         if self._writer is not None:
             self._write(epoch, logs, results)
 
@@ -103,6 +105,20 @@ class EpochMetrics(keras.callbacks.Callback):
 
 def _current_lr(model):
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class CompactProgbarLogger(keras.callbacks.ProgbarLogger):
+    """The Keras progress bar, showing headline figures only: per-class values (dozens of
+    them) stay in history.csv and TensorBoard instead of flooding the terminal."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if _headline(k)})
+
+
+def _headline(key):
+    if "/" not in key:
+        return True  # loss, auc, val_loss, learning_rate
+    return key.endswith("/auc_mean") or (key.endswith("/macro") and "/f1@" in key)
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
@@ -216,6 +232,7 @@ def standard_callbacks(run_dir, *, epoch_metrics, initial_epoch=0, early_stop_pa
         # EpochMetrics so our `val/...` keys are not written a second time under its names.
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")))
     callbacks.extend(epoch_metrics)
+    callbacks.append(CompactProgbarLogger())
     history = os.path.join(run_dir, "history.csv")
     callbacks.append(ResumableCSVLogger(history, initial_epoch=initial_epoch))
     callbacks.append(AtomicCheckpoint(os.path.join(run_dir, "checkpoints"), history_file=history))

@@ -12,6 +12,7 @@ file's directory, then the packaged `cxr_tf/configs/`. absl alone would resolve 
 import os
 
 from absl import flags
+from absl import logging  # noqa: F401  (defines --verbosity, whose default we lower)
 
 FLAGS = flags.FLAGS
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -112,6 +113,9 @@ _defs = _TolerantDefines()
 @_once
 def define_output_flags():
     _defs.DEFINE_bool("json", False, "Print one JSON object instead of the human summary.")
+    # TFDS and TF log every file they open at INFO; users see warnings unless they ask
+    # (--verbosity=0 brings INFO back).
+    FLAGS.set_default("verbosity", -1)
 
 
 @_once

@@ -8,6 +8,7 @@ augmented with stateless ops keyed by (seed, epoch, position). A run resumed at 
 BackupAndRestore therefore sees exactly the batches the uninterrupted run saw.
 """
 
+import functools
 import glob
 import json
 import math
@@ -174,14 +175,14 @@ def augment(image, seed, *, hflip=False, max_rotation_deg=7.0, scale=(0.9, 1.1),
 # --- the pipeline ----------------------------------------------------------------------------
 
 def make_dataset(data_dir, split, *, batch_size, training, image_size=None, augment_images=None,
-                 hflip=False, seed=0, epoch=0, deterministic=False, input_context=None,
-                 cache=False, with_metadata=False, add_no_finding=False, val_fraction=0.1,
-                 shuffle_buffer=_SHUFFLE_BUFFER):
+                 hflip=False, seed=0, epoch=0, epochs=None, steps_per_epoch=None,
+                 deterministic=False, input_context=None, cache=False, with_metadata=False,
+                 add_no_finding=False, val_fraction=0.1, shuffle_buffer=_SHUFFLE_BUFFER):
     """Batches of (image uint8 [B,S,S,1], labels float32 [B,14]) for one split.
 
-    training=True: an endless stream starting at `epoch` (shuffled per epoch, augmented unless
-    augment_images=False); pass `steps_per_epoch` to fit. training=False: one pass in file
-    order, no augmentation, last partial batch kept.
+    training=True: epochs `epoch` .. `epochs`-1 back to back, each shuffled with its own seed,
+    augmented (unless augment_images=False), cut to `steps_per_epoch` full batches.
+    training=False: one pass in file order, no augmentation, last partial batch kept.
     with_metadata=True yields a dict (image, labels, image_id, patient_id, age, sex, view).
     add_no_finding appends a 15th "No Finding" target (1 when no finding is present).
     input_context: a tf.distribute.InputContext; batch_size is then the global batch and each
@@ -189,39 +190,22 @@ def make_dataset(data_dir, split, *, batch_size, training, image_size=None, augm
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if is_prepared(data_dir):
-        ds, decode, size = _read_prepared(data_dir, split, image_size, input_context)
+    prepared = is_prepared(data_dir)
+    if prepared:
+        ds, decode, _ = _read_prepared(data_dir, split, image_size, input_context)
     else:
-        ds, decode, size = _read_kaggle(data_dir, split, image_size, val_fraction, seed)
+        ds, decode, _ = _read_kaggle(data_dir, split, image_size, val_fraction, seed)
         if input_context is not None and input_context.num_input_pipelines > 1:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     augment_images = training if augment_images is None else augment_images
 
-    # Order (as big_vision): read -> cache -> shuffle -> repeat -> map -> batch -> prefetch.
-    # Cache holds encoded bytes (cheap), shuffling before decode keeps the buffer small, and
-    # decoding after shuffling spreads the expensive work over all cores.
-    if cache:
-        ds = ds.cache()
-    if training:
-        base = ds
-
-        def one_epoch(e):
-            shuffled = base.shuffle(
-                shuffle_buffer, seed=seed * 1_000_003 + e, reshuffle_each_iteration=False
-            )
-            return shuffled.enumerate().map(lambda i, x: (tf.stack([seed, e, i]), x))
-
-        ds = tf.data.Dataset.range(epoch, 2**31).flat_map(one_epoch)
-    else:
-        ds = ds.map(lambda x: (tf.zeros([3], tf.int64), x))
-
     def to_example(key, example):
         example, ok = decode(example)
         image = example["image"]
         if augment_images:
-            image = augment(image, tf.cast(_fold(key), tf.int32), hflip=hflip)
+            image = augment(image, _fold(key), hflip=hflip)
         target = tf.cast(example["labels"], tf.float32)
         if add_no_finding:
             target = tf.concat([target, [1.0 - tf.reduce_max(target)]], axis=0)
@@ -230,11 +214,37 @@ def make_dataset(data_dir, split, *, batch_size, training, image_size=None, augm
             return {"image": image, "labels": target, **{k: example[k] for k in keep}}, ok
         return (image, target), ok
 
-    ds = ds.map(to_example, num_parallel_calls=AUTOTUNE)
-    # Only the raw-Kaggle path can meet an undecodable file here (prepare already skipped and
-    # counted them): drop it, with the warning logged above, rather than train on a blank.
-    ds = ds.filter(lambda example, ok: ok).map(lambda example, ok: example)
-    ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    def finish(keyed):
+        keyed = keyed.map(to_example, num_parallel_calls=AUTOTUNE)
+        if not prepared:
+            # Only a raw Kaggle folder can hold an undecodable file here (prepare skipped and
+            # counted them): drop it, with the warning logged, rather than train on a blank.
+            # (Not filtering prepared data keeps its cardinality known to Keras.)
+            keyed = keyed.filter(_is_ok)
+        keyed = keyed.map(_without_flag)
+        return keyed.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+
+    # Order (as big_vision): read -> cache -> shuffle -> repeat -> map -> batch -> prefetch.
+    # The cache holds encoded bytes (cheap); shuffling before decoding keeps the buffer small
+    # and lets the expensive decode + augment run in parallel on all cores.
+    if cache:
+        ds = ds.cache()
+    if training:
+        # "Repeat" is a concatenation of seeded epochs rather than ds.repeat(): the batches
+        # of epoch e then depend only on (seed, e), which is what makes a resume exact.
+        def one_epoch(e):
+            shuffled = ds.shuffle(shuffle_buffer, seed=seed * 1_000_003 + e + 1,
+                                  reshuffle_each_iteration=False)
+            batches = finish(shuffled.enumerate().map(functools.partial(_keyed, seed, e)))
+            return batches.take(steps_per_epoch) if steps_per_epoch else batches
+
+        epochs = epoch + 1 if epochs is None else epochs
+        if epochs <= epoch:
+            raise ValueError(f"epochs ({epochs}) must exceed the first epoch ({epoch})")
+        ds = functools.reduce(tf.data.Dataset.concatenate,
+                              [one_epoch(e) for e in range(epoch, epochs)])
+    else:
+        ds = finish(ds.map(functools.partial(_keyed, seed, 0, 0)))
     options = tf.data.Options()
     options.deterministic = bool(deterministic or not training)
     # Sharding was done above; stop tf.distribute from sharding a second time.
@@ -242,9 +252,21 @@ def make_dataset(data_dir, split, *, batch_size, training, image_size=None, augm
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
+def _keyed(seed, epoch, position, example):
+    return tf.stack([tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64),
+                     tf.cast(position, tf.int64)]), example
+
+
+def _is_ok(example, ok):
+    return ok
+
+
+def _without_flag(example, ok):
+    return example
+
+
 def _fold(key):
     """(seed, epoch, position) -> a stateless seed pair."""
-    key = tf.cast(key, tf.int64)
     return tf.stack([key[0] * 1_000_003 + key[1], key[2]])
 
 

@@ -183,7 +183,7 @@ class Index:
         return frame[list(labels_lib.LABELS)].to_numpy(dtype=np.uint8)
 
     def report(self):
-        """JSON-ready account: {"rows", "kept": {split: n}, "skipped": {...}, "converted": {...}}."""
+        """JSON-ready: {"rows", "kept": {split: n}, "skipped": {reason: n}, "converted": {...}}."""
         kept = self.frame["split"].value_counts()
         return {
             "rows": int(self.rows),

@@ -57,8 +57,8 @@ def check_accounting(report):
 
 def format_report(report):
     lines = [f"rows read            {report['rows']:>9,}"]
-    for split, n in report["written"].items():
-        lines.append(f"written {split:<12} {n:>9,}")
+    for split in ("train", "validation", "test"):
+        lines.append(f"written {split:<12} {report['written'][split]:>9,}")
     for reason, n in sorted(report["skipped"].items()):
         if n:
             lines.append(f"skipped {reason:<12} {n:>9,}")

@@ -74,8 +74,11 @@ def compute_stats(data_dir, image_size=None):
     a prepared TFDS data_dir."""
     try:
         metadata.find_data_entry(data_dir)
-    except metadata.MetadataError:
-        return prepared_stats(data_dir, image_size)
+    except metadata.MetadataError as not_kaggle:
+        try:
+            return prepared_stats(data_dir, image_size)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; nor a Kaggle folder: {not_kaggle.reason}") from None
     return kaggle_stats(data_dir)
 
 
@@ -132,7 +135,11 @@ def main(argv):
         raise app.UsageError("--data_dir is required")
     if not os.path.isdir(FLAGS.data_dir):
         raise app.UsageError(f"--data_dir={FLAGS.data_dir}: not a directory")
-    stats = compute_stats(FLAGS.data_dir, FLAGS.image_size)
+    try:
+        stats = compute_stats(FLAGS.data_dir, FLAGS.image_size)
+    except (FileNotFoundError, metadata.MetadataError) as e:
+        # The message names the file and the reason; a traceback would add nothing.
+        raise SystemExit(f"cxr_tf.stats: {e}") from None
     if FLAGS.plot:
         plot_label_pie(stats, FLAGS.plot)
     if FLAGS.json:

@@ -18,8 +18,8 @@ SLICE = DATA / "nih_slice"
 SLICE_CSV = SLICE / "Data_Entry_2017_v2020.csv.gz"
 KAGGLE_CSV = DATA / "kaggle_2017" / "Data_Entry_2017.csv"
 
-# Counted on the slice with grep, independently of cxr_tf (see the commands in make_slice.py's
-# docstring): per label over all 443 rows, then per official list.
+# Counted on the slice with grep, independently of cxr_tf: per label over all 443 rows, then
+# per official list.
 SLICE_LABELS = dict(zip(labels.LABELS, (51, 47, 89, 93, 32, 20, 5, 31, 15, 24, 28, 14, 14, 9)))
 SLICE_NO_FINDING = 165
 SLICE_TRAIN_VAL = {"images": 315, "patients": 105}
@@ -245,7 +245,8 @@ def test_missing_split_list(tmp_path):
     os.remove(root / "test_list.txt")
     with pytest.raises(metadata.MetadataError) as info:
         metadata.build_index(root)
-    assert str(info.value) == f"{root / 'test_list.txt'}: official split list test_list.txt not found"
+    assert str(info.value) == (
+        f"{root / 'test_list.txt'}: official split list test_list.txt not found")
 
 
 def test_find_image_files(tmp_path):
@@ -272,6 +273,10 @@ def test_split_is_patient_wise_and_deterministic():
     assert set(frame.loc[frame["split"] != "test", "image_id"]) == tv_ids
     patients = {s: set(frame.loc[frame["split"] == s, "patient_id"]) for s in metadata.SPLITS}
     assert {s: len(p) for s, p in patients.items()} == {"train": 95, "validation": 10, "test": 6}
+    kept = index.report()["kept"]
+    assert kept["train"] + kept["validation"] == SLICE_TRAIN_VAL["images"]
+    assert len(patients["train"] | patients["validation"]) == SLICE_TRAIN_VAL["patients"]
+    assert (kept["test"], len(patients["test"])) == (SLICE_TEST["images"], SLICE_TEST["patients"])
     assert not patients["train"] & patients["validation"]
     assert not (patients["train"] | patients["validation"]) & patients["test"]
     metadata.check_no_patient_overlap(frame)

@@ -43,6 +43,16 @@ def test_compute_stats_on_slice():
     assert stats.compute_stats(str(SLICE)) == SLICE_STATS
 
 
+def test_neither_kaggle_nor_prepared(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        stats.compute_stats(str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}: no prepared nih_chest_xray14 dataset")
+    assert message.endswith(
+        "; nor a Kaggle folder: no Data_Entry CSV found; looked for Data_Entry_2017_v2020.csv, "
+        "Data_Entry_2017_v2020.csv.gz, Data_Entry_2017.csv, Data_Entry_2017.csv.gz")
+
+
 def test_format_stats():
     text = stats.format_stats(SLICE_STATS).splitlines()
     assert text[0] == " " * 20 + "   train_val        test       total"
