@@ -12,7 +12,7 @@ file's directory, then the packaged `cxr_tf/configs/`. absl alone would resolve 
 import os
 
 from absl import flags
-from absl import logging  # noqa: F401  (defines --verbosity, whose default we lower)
+from absl import logging
 
 FLAGS = flags.FLAGS
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -67,8 +67,15 @@ def expand_flagfiles(argv):
 
 
 def flags_parser(argv):
-    """absl `app.run(..., flags_parser=flags_parser)`: expand flagfiles, then parse."""
-    return FLAGS(expand_flagfiles(argv))
+    """absl `app.run(..., flags_parser=flags_parser)`: expand flagfiles, then parse.
+
+    TFDS and TF log every file they open at INFO, so apps show warnings and up unless the user
+    passes --verbosity (e.g. --verbosity=0 for INFO).
+    """
+    remaining = FLAGS(expand_flagfiles(argv))
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    return remaining
 
 
 def flag_values_dict(names):
@@ -113,9 +120,6 @@ _defs = _TolerantDefines()
 @_once
 def define_output_flags():
     _defs.DEFINE_bool("json", False, "Print one JSON object instead of the human summary.")
-    # TFDS and TF log every file they open at INFO; users see warnings unless they ask
-    # (--verbosity=0 brings INFO back).
-    FLAGS.set_default("verbosity", -1)
 
 
 @_once
@@ -228,3 +232,46 @@ def define_train_flags():
     _defs.DEFINE_float("synthetic_min_prevalence", 0.0,
                        "Minimum per-finding prevalence of the synthetic dataset.")
     _defs.DEFINE_bool("dry_run", False, "Print the resolved config and model summary, then exit.")
+
+
+@_once
+def define_evaluate_flags():
+    define_output_flags()
+    _defs.DEFINE_string("model_dir", None, "Run dir written by cxr_tf.train.")
+    _defs.DEFINE_enum("split", "test", ["test", "validation"], "Split to evaluate.")
+    _defs.DEFINE_string("data_dir", None, "Prepared TFDS dir or Kaggle folder (default: the "
+                        "run's config.json data_dir).")
+    _defs.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint to load.")
+    _defs.DEFINE_integer("bootstrap", 1000, "Patient-level bootstrap replicates for the AUC "
+                         "95% CI (0: none).", lower_bound=0)
+    _defs.DEFINE_enum("tune_thresholds", None, ["f1", "youden"],
+                      "Tune per-class thresholds on the VALIDATION split (whatever --split "
+                      "says) and write RUN/thresholds.json.")
+    _defs.DEFINE_integer("batch_size", 64, "Images per prediction batch.", lower_bound=1)
+
+
+@_once
+def define_export_flags():
+    define_output_flags()
+    _defs.DEFINE_string("model_dir", None, "Run dir written by cxr_tf.train.")
+    _defs.DEFINE_string("export_dir", None, "SavedModel dir to write, ending in a version "
+                        "number for TF Serving (e.g. models/cxr/1).")
+    _defs.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint to load.")
+    _defs.DEFINE_float("threshold", 0.5, "Decision threshold for every finding when the run "
+                       "has no thresholds.json.", lower_bound=0.0, upper_bound=1.0)
+
+
+@_once
+def define_predict_flags():
+    define_output_flags()
+    _defs.DEFINE_string("model", None, "An exported SavedModel dir, or a run dir (uses its "
+                        "checkpoints/best.keras).")
+    _defs.DEFINE_string("output", None, "CSV to write (default: CSV on stdout, summary on "
+                        "stderr).")
+    _defs.DEFINE_string("gradcam_dir", None, "Write Grad-CAM overlays here (needs a run dir).")
+    _defs.DEFINE_integer("gradcam_top_k", 1, "Grad-CAM for the positive findings, or for the "
+                         "top-k findings when none is positive.", lower_bound=1)
+    _defs.DEFINE_float("threshold", 0.5, "Decision threshold for every finding when the run "
+                       "has no thresholds.json (a SavedModel uses the thresholds it was "
+                       "exported with).", lower_bound=0.0, upper_bound=1.0)
+    _defs.DEFINE_integer("batch_size", 32, "Images per prediction batch.", lower_bound=1)

@@ -25,7 +25,7 @@ def kaggle_dir(tmp_path_factory):
     from cxr_tf import synthetic
 
     out = tmp_path_factory.mktemp("kaggle")
-    synthetic.generate(out, num_images=60, image_size=64, seed=0, progress=False, num_workers=0)
+    synthetic.generate(out, num_images=60, image_size=64, seed=0, progress=False, num_workers=1)
     return out
 
 
@@ -36,7 +36,7 @@ def faults_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("faults")
     synthetic.generate(out, num_images=40, image_size=48, seed=1, faults=True, progress=False,
-                       num_workers=0)
+                       num_workers=1)
     return out
 
 

@@ -54,14 +54,17 @@ def test_training_stream_is_a_function_of_seed_and_epoch(prepared_dir):
 
 
 def test_augment_eager_equals_in_pipeline():
-    image = tf.constant(np.random.default_rng(0).integers(0, 256, (32, 32, 1)), tf.uint8)
+    yy, xx = np.mgrid[0:32, 0:32]
+    smooth = 255 * np.exp(-((xx - 12) ** 2 + (yy - 18) ** 2) / 60.0)  # an off-centre blob
+    image = tf.constant(smooth[..., None].astype(np.uint8))
     seed = tf.constant([3, 4], tf.int64)
     eager = input_pipeline.augment(image, seed).numpy()
     ds = tf.data.Dataset.from_tensors((image, seed)).map(lambda i, s: input_pipeline.augment(i, s))
     np.testing.assert_array_equal(eager, next(iter(ds)).numpy())
     assert eager.dtype == np.uint8 and eager.shape == (32, 32, 1)
     # Mild: most of the image stays where it was.
-    assert np.corrcoef(eager.ravel(), image.numpy().ravel())[0, 1] > 0.3
+    assert np.corrcoef(eager.ravel(), image.numpy().ravel())[0, 1] > 0.8
+    assert not np.array_equal(eager, image.numpy())
 
 
 def test_no_horizontal_flip_by_default():

@@ -135,6 +135,8 @@ def main(argv=None):
         "steps_per_execution": args.steps_per_execution,
         "train_method": _TRAIN_METHOD,
         "infer_method": _INFER_METHOD,
+        # False under JAX is the promise that this runs on the GPU machine, which lacks TF.
+        "tensorflow_imported": "tensorflow" in sys.modules,
     }
     for name, model in models.items():
         result[name] = {

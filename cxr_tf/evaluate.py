@@ -1,0 +1,135 @@
+"""Evaluate a trained run: report.json/report.md and plots, optionally tuning thresholds first.
+
+    python -m cxr_tf.evaluate --model_dir=RUN --split=test [--data_dir=DIR] [--checkpoint=best|last] [--bootstrap=1000] [--tune_thresholds=f1|youden] [--json]
+
+Writes RUN/eval_<split>/: report.json, report.md, roc.png, pr.png, calibration.png.
+`--tune_thresholds` always tunes on the VALIDATION split (whatever --split says) and writes
+RUN/thresholds.json, which the report (as `…@tuned`), export and predict then use. Evaluating
+the test split never chooses anything: no thresholds are ever fitted on it.
+"""
+
+import json
+import os
+
+import numpy as np
+from absl import app
+
+from cxr_tf import flags, labels
+
+flags.define_evaluate_flags()
+FLAGS = flags.FLAGS
+
+
+def predict_split(model, data_dir, split, *, image_size, val_fraction=0.1, seed=0,
+                  batch_size=64, verbose="auto"):
+    """(probabilities (n, outputs), per-image metadata rows) of one split, in one order."""
+    from cxr_tf import input_pipeline, metrics
+
+    common = dict(image_size=image_size, val_fraction=val_fraction, seed=seed)
+    rows = input_pipeline.split_metadata(data_dir, split, **common)
+    ds = input_pipeline.make_dataset(data_dir, split, batch_size=batch_size, training=False,
+                                     **common).map(lambda image, target: image)
+    logits = np.asarray(model.predict(ds, verbose=verbose), np.float64)
+    if len(logits) != len(rows):
+        # Only the raw-Kaggle path drops images (undecodable files, warned above).
+        raise ValueError(
+            f"{data_dir}: the {split} split lists {len(rows)} images but {len(logits)} were "
+            "read; prepare the data with `python -m cxr_tf.prepare`, which skips and counts "
+            "undecodable files")
+    return metrics.sigmoid(logits), rows
+
+
+def tune_run(model, config, data_dir, method, *, batch_size=64, checkpoint="best",
+             verbose="auto", validation=None):
+    """Tunes per-finding thresholds on the validation split and writes RUN/thresholds.json.
+
+    `validation` may pass (probabilities, rows) already predicted on validation.
+    """
+    from cxr_tf import metrics, serving
+
+    probs, rows = validation or predict_split(
+        model, data_dir, "validation", image_size=config["image_size"],
+        val_fraction=config.get("val_fraction", 0.1), seed=config.get("seed", 0),
+        batch_size=batch_size, verbose=verbose)
+    y_true = np.stack([r["labels"] for r in rows])
+    thresholds = metrics.tune_thresholds(y_true, probs[:, :labels.NUM_CLASSES], method)
+    return serving.write_thresholds(config["model_dir"], thresholds, method,
+                                    examples=len(rows), checkpoint=checkpoint)
+
+
+def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n_boot=1000,
+                 tune=None, batch_size=64, progress=True):
+    """Evaluates a run dir on one split and writes RUN/eval_<split>/. Returns the report."""
+    from cxr_tf import reporting, serving
+
+    config = serving.read_config(model_dir)
+    config["model_dir"] = model_dir
+    data_dir = data_dir or config["data_dir"]
+    model = serving.load_model(model_dir, checkpoint)
+    verbose = "auto" if progress else 0
+
+    def predict(name):
+        return predict_split(model, data_dir, name, image_size=config["image_size"],
+                             val_fraction=config.get("val_fraction", 0.1),
+                             seed=config.get("seed", 0), batch_size=batch_size, verbose=verbose)
+
+    probs, rows = predict(split)
+    if tune:
+        tune_run(model, config, data_dir, tune, checkpoint=checkpoint,
+                 validation=(probs, rows) if split == "validation" else predict("validation"))
+    tuned, tuned_info = serving.read_thresholds(model_dir)
+    n = labels.NUM_CLASSES
+    y_true = np.stack([r["labels"] for r in rows])
+    report = reporting.build_report(
+        y_true, probs[:, :n], label_names=labels.LABELS,
+        thresholds=[float(t) for t in config.get("thresholds", ["0.5"])],
+        tuned_thresholds=tuned, patient_ids=[r["patient_id"] for r in rows], metadata=rows,
+        no_finding_prob=probs[:, n] if probs.shape[1] > n else None, n_boot=n_boot,
+        progress=progress)
+    out_dir = os.path.join(model_dir, f"eval_{split}")
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"model_dir": os.path.abspath(model_dir), "checkpoint": checkpoint, "split": split,
+              "data_dir": os.path.abspath(data_dir), "tuned_thresholds_from": tuned_info,
+              **report}
+    report["files"] = [os.path.join(out_dir, name) for name in ("report.json", "report.md")]
+    report["files"] += reporting.write_plots(out_dir, y_true, probs[:, :n], labels.LABELS)
+    reporting.write_json(report["files"][0], report)
+    with open(report["files"][1], "w") as f:
+        f.write(reporting.format_markdown(report, f"Evaluation on {split}"))
+    return report
+
+
+def format_summary(report):
+    overall, pub = report["overall"], report["published"]
+    lines = [f"{'finding':<20} {'AUC':>6}  {'95% CI':<15} {'Wang17':>6}"]
+    for name, r in report["per_class"].items():
+        ci = (f"[{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]"
+              if r["auc_ci_low"] is not None else "")
+        auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
+        lines.append(f"{name:<20} {auc:>6}  {ci:<15} {r['published_auc']:>6.3f}")
+    mean = "n/a" if overall["auc_mean"] is None else f"{overall['auc_mean']:.3f}"
+    diff = "n/a" if pub["mean_difference"] is None else f"{pub['mean_difference']:+.3f}"
+    lines += [f"{'mean':<20} {mean:>6}  {'':<15} {pub['mean_auc']:>6.3f}   (difference {diff})",
+              f"ECE {overall['ece']:.4f} over {overall['examples']:,} images"]
+    if report.get("tuned_thresholds_from"):
+        lines.append(f"Tuned thresholds: {report['model_dir']}/thresholds.json "
+                     f"({report['tuned_thresholds_from']['method']}, on validation)")
+    lines.append(f"Report: {report['files'][1]}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required")
+    report = evaluate_run(FLAGS.model_dir, FLAGS.split, data_dir=FLAGS.data_dir,
+                          checkpoint=FLAGS.checkpoint, n_boot=FLAGS.bootstrap,
+                          tune=FLAGS.tune_thresholds, batch_size=FLAGS.batch_size,
+                          progress=not FLAGS.json)
+    print(json.dumps(report) if FLAGS.json else format_summary(report))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=flags.flags_parser)

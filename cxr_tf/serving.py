@@ -1,0 +1,303 @@
+"""The exported SavedModel: encoded image bytes in, probabilities and decisions out.
+
+`build_archive` wraps a trained Keras model in a `keras.export.ExportArchive` with three
+signatures, so that TF Serving (or any process with TensorFlow, and no cxr_tf) can serve it:
+
+    serving_default(image_bytes: string [None])
+        -> probabilities float32 [None, 14], positive bool [None, 14]
+    predict_images(images: uint8 [None, S, S, 1]) -> probabilities float32 [None, 14]
+    metadata() -> label_names, thresholds, image_size, version, no_finding_output
+
+`decode_gray` and `preprocess_bytes` repeat `cxr_tf.images.preprocess` with TF ops, because the
+SavedModel cannot call PIL: PNG (8/16-bit, gray, gray+alpha, palette, RGB, RGBA) or JPEG ->
+uint8 gray with PIL's own rules -> centred zero pad to square ->
+`tf.image.resize(bilinear, antialias=True)` -> round and clip to uint8. Decoding and the gray
+conversion are bit-exact with PIL (same luma integers, same 16-bit scaling); the resize
+differs from PIL's by at most one gray level, because PIL rounds to uint8 between its two
+passes and TF does not (tests/test_export.py measures it).
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cxr_tf import __version__, images, labels
+
+THRESHOLDS_FILE = "thresholds.json"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+_PNG_HEADER_BYTES = 33  # signature (8) + IHDR chunk (25): width, height, bit depth, colour type
+_PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
+# PIL's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, i.e. ITU-R 601 luma in integers.
+_LUMA = (19595, 38470, 7471)
+# 255 / (2**bits - 1) divided in float64 and rounded to float32, exactly as numpy does in
+# `images._scale_16bit` (a float32 division could differ in the last bit).
+_SCALE_BY_BITS = [float(np.float32(255.0 / (2**bits - 1))) if bits else 0.0 for bits in range(33)]
+
+
+def _byte(data, pos):
+    """The byte at `pos` of a scalar string, as int32 (the string must be long enough)."""
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, 1), tf.uint8)[0], tf.int32)
+
+
+def _uint32_be(data, pos):
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, 4), tf.uint8), tf.int64)
+    return raw[0] * 2**24 + raw[1] * 2**16 + raw[2] * 2**8 + raw[3]
+
+
+def _offset_of(data, marker):
+    """(found, offset) of the first occurrence of the bytes `marker` in a scalar string."""
+    pieces = tf.strings.split(data, sep=marker, maxsplit=1)
+    return tf.size(pieces) > 1, tf.strings.length(pieces[0])
+
+
+def _check(condition, *message):
+    return tf.debugging.Assert(condition, list(message), summarize=64)
+
+
+def _to_gray(image):
+    """uint8 H×W×C -> uint8 H×W as PIL: C=1 as is, C=2 (gray+alpha) its gray channel,
+    C=3/4 (RGB, RGBA) integer luma with alpha dropped (not composited)."""
+    channels = tf.shape(image)[2]
+
+    def luma():
+        rgb = tf.cast(image[:, :, :3], tf.int32)
+        weighted = rgb[:, :, 0] * _LUMA[0] + rgb[:, :, 1] * _LUMA[1] + rgb[:, :, 2] * _LUMA[2]
+        return tf.cast(tf.bitwise.right_shift(weighted + 0x8000, 16), tf.uint8)
+
+    return tf.cond(channels >= 3, luma, lambda: image[:, :, 0])
+
+
+def _scale_gray16(image16, data):
+    """16-bit gray -> uint8 as `images._scale_16bit`: by the sBIT bit depth when the file sets
+    one (before IDAT, as the PNG spec requires), else by the smallest of 8/10/12/14/16 bits
+    that holds the image's maximum; never by the image's own min/max."""
+    has_sbit, sbit_at = _offset_of(data, b"sBIT")
+    _, idat_at = _offset_of(data, b"IDAT")
+    sbit = tf.cond(has_sbit & (sbit_at < idat_at), lambda: _byte(data, sbit_at + 4),
+                   lambda: tf.constant(0))
+    peak = tf.reduce_max(tf.cast(image16, tf.int32))
+    peak_bits = tf.constant(32)
+    for bits in (16, 14, 12, 10, 8):  # smallest first wins: assign from the largest down
+        peak_bits = tf.where(peak < 2**bits, bits, peak_bits)
+    bits = tf.where((sbit >= 8) & (sbit <= 16), sbit, peak_bits)
+    scaled = tf.round(tf.cast(image16, tf.float32) * tf.gather(_SCALE_BY_BITS, bits))
+    return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
+
+
+def _decode_png(data, where):
+    # Size guard before any pixel is decoded, as `images.decode_gray` does.
+    ok_header = _check(tf.strings.length(data) >= _PNG_HEADER_BYTES, where,
+                       "PNG header truncated or corrupt: fewer than 33 bytes")
+    with tf.control_dependencies([ok_header]):
+        width, height = _uint32_be(data, 16), _uint32_be(data, 20)
+        depth, colour = _byte(data, 24), _byte(data, 25)
+    has_end, _ = _offset_of(data, b"IEND")
+    checks = [
+        _check(width * height <= images.MAX_PIXELS, where, "PNG declares", width, "x", height,
+               f"pixels, over the {images.MAX_PIXELS:,} limit"),
+        _check(has_end, where, "PNG truncated: no IEND chunk in", tf.strings.length(data),
+               "bytes"),
+    ]
+    with tf.control_dependencies(checks):
+        data = tf.identity(data)
+
+    def eight_bit():
+        return _to_gray(tf.io.decode_png(data, channels=0, dtype=tf.uint8))
+
+    def sixteen_bit():
+        image16 = tf.io.decode_png(data, channels=0, dtype=tf.uint16)
+        # PIL keeps 16-bit gray as I;16 (scaled below) but opens 16-bit RGB(A) and gray+alpha
+        # as 8-bit RGB(A) from the high byte of each sample.
+        return tf.cond(
+            colour == _PNG_GRAY,
+            lambda: _scale_gray16(image16[:, :, 0], data),
+            lambda: _to_gray(tf.cast(tf.bitwise.right_shift(image16, 8), tf.uint8)),
+        )
+
+    return tf.cond(depth == 16, sixteen_bit, eight_bit)
+
+
+def _decode_jpeg(data, where):
+    shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+    ok = _check(shape[0] * shape[1] <= images.MAX_PIXELS, where, "JPEG declares", shape[1], "x",
+                shape[0], f"pixels, over the {images.MAX_PIXELS:,} limit")
+    # INTEGER_ACCURATE is libjpeg's ISLOW, what PIL uses; TF's default (IFAST) differs from
+    # PIL by up to 5 gray levels, ISLOW matches it bit for bit.
+    with tf.control_dependencies([ok]):
+        return _to_gray(tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"))
+
+
+def decode_gray(data, index=0):
+    """One encoded PNG or JPEG (scalar string) -> uint8 H×W, exactly as `images.decode_gray`.
+
+    Bad bytes raise tf.errors.InvalidArgumentError naming the image's position in the batch:
+    "image 3: not a PNG or JPEG image", "image 0: PNG truncated: no IEND chunk", or TF's
+    own decoder message ("Invalid PNG data", "Invalid JPEG data").
+    """
+    where = tf.strings.format("image {}:", [index])
+    is_png = tf.strings.substr(data, 0, len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
+    is_jpeg = tf.strings.substr(data, 0, len(_JPEG_SOI)) == _JPEG_SOI
+    known = _check(is_png | is_jpeg, where, "not a PNG or JPEG image (",
+                   tf.strings.length(data), "bytes, starting with",
+                   tf.strings.substr(data, 0, 8), ")")
+    with tf.control_dependencies([known]):
+        data = tf.identity(data)
+    return tf.cond(is_png, lambda: _decode_png(data, where), lambda: _decode_jpeg(data, where))
+
+
+def pad_and_resize(gray, size):
+    """uint8 H×W -> uint8 size×size×1: centred zero pad to square, antialiased bilinear resize,
+    round half to even and clip (as `images.pad_to_square` then `images.resize`)."""
+    height, width = tf.shape(gray)[0], tf.shape(gray)[1]
+    side = tf.maximum(height, width)
+    square = tf.image.pad_to_bounding_box(
+        gray[:, :, None], (side - height) // 2, (side - width) // 2, side, side)
+    resized = tf.image.resize(tf.cast(square, tf.float32), (size, size), method="bilinear",
+                              antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def preprocess_bytes(image_bytes, size):
+    """string [N] of encoded images -> uint8 [N, size, size, 1] (the serving preprocessing)."""
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+
+    def one(index):
+        return pad_and_resize(decode_gray(image_bytes[index], index), size)
+
+    return tf.map_fn(one, tf.range(tf.size(image_bytes)),
+                     fn_output_signature=tf.TensorSpec((size, size, 1), tf.uint8))
+
+
+def decide(probabilities, thresholds, no_finding=None):
+    """positive = probability >= its threshold; with a No Finding output, nothing is positive
+    where No Finding beats every finding (`reporting.no_finding_wins`, in TF)."""
+    positive = probabilities >= tf.constant(thresholds, tf.float32)
+    if no_finding is not None:
+        wins = no_finding > tf.reduce_max(probabilities, axis=1)
+        positive = positive & ~wins[:, None]
+    return positive
+
+
+def build_archive(model, thresholds, *, label_names=labels.LABELS):
+    """A `keras.export.ExportArchive` serving `model` (logits out) with the three signatures.
+
+    Args:
+        model: the Keras model; input (S, S, 1) pixels 0..255, output logits, 14 findings
+            (or 15 when the last output is "No Finding").
+        thresholds: one decision threshold per finding (14 floats).
+        label_names: the finding names, in output order.
+    """
+    size = int(model.input_shape[1])
+    num_labels = len(label_names)
+    num_outputs = int(model.output_shape[-1])
+    if num_outputs not in (num_labels, num_labels + 1):
+        raise ValueError(f"model has {num_outputs} outputs; expected {num_labels} findings, or "
+                         f"{num_labels + 1} with No Finding last")
+    thresholds = [float(t) for t in thresholds]
+    if len(thresholds) != num_labels:
+        raise ValueError(f"need {num_labels} thresholds, one per finding; received {thresholds}")
+    has_no_finding = num_outputs == num_labels + 1
+
+    def probabilities_of(images_uint8):
+        probs = tf.sigmoid(tf.cast(model(tf.cast(images_uint8, tf.float32), training=False),
+                                   tf.float32))
+        return probs[:, :num_labels], (probs[:, num_labels] if has_no_finding else None)
+
+    def serve_bytes(image_bytes):
+        probs, no_finding = probabilities_of(preprocess_bytes(image_bytes, size))
+        return {"probabilities": probs, "positive": decide(probs, thresholds, no_finding)}
+
+    def predict_images(pixels):
+        return {"probabilities": probabilities_of(pixels)[0]}
+
+    def metadata():
+        return {
+            "label_names": tf.constant(list(label_names)),
+            "thresholds": tf.constant(thresholds, tf.float32),
+            "image_size": tf.constant(size, tf.int32),
+            "version": tf.constant(__version__),
+            "no_finding_output": tf.constant(has_no_finding),
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes,
+                         [tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint("predict_images", predict_images,
+                         [tf.TensorSpec([None, size, size, 1], tf.uint8, name="images")])
+    archive.add_endpoint("metadata", metadata, [])
+    return archive
+
+
+def export(model, export_dir, thresholds, *, label_names=labels.LABELS):
+    """Writes the SavedModel to `export_dir` (e.g. `models/cxr/1`, TF Serving's version dir)."""
+    build_archive(model, thresholds, label_names=label_names).write_out(
+        str(export_dir), verbose=False)
+    return str(export_dir)
+
+
+# --- the run dir, as evaluate, export and predict read it ------------------------------------
+
+def read_config(model_dir):
+    """RUN/config.json as a dict; the error says what a run dir is when it is missing."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found; --model_dir must be a run dir written by "
+                                "`python -m cxr_tf.train` (config.json, checkpoints/)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def checkpoint_path(model_dir, checkpoint="best"):
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last'; received {checkpoint!r}")
+    path = os.path.join(model_dir, "checkpoints", f"{checkpoint}.keras")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (has the run finished an epoch?)")
+    return path
+
+
+def load_model(model_dir, checkpoint="best"):
+    """The run's Keras model (plain layers, so no custom objects and no compile needed)."""
+    return keras.models.load_model(checkpoint_path(model_dir, checkpoint), compile=False)
+
+
+def read_thresholds(model_dir, label_names=labels.LABELS):
+    """(per-class thresholds as a float array, the file's dict), or (None, None) if none."""
+    path = os.path.join(model_dir, THRESHOLDS_FILE)
+    if not os.path.isfile(path):
+        return None, None
+    with open(path) as f:
+        content = json.load(f)
+    by_label = content.get("thresholds") or {}
+    missing = [name for name in label_names if name not in by_label]
+    if missing:
+        raise ValueError(f"{path}: no threshold for {', '.join(missing)}")
+    return np.array([float(by_label[name]) for name in label_names]), content
+
+
+def write_thresholds(model_dir, thresholds, method, label_names=labels.LABELS, **details):
+    """RUN/thresholds.json: {"method", "thresholds": {label: t}, "split": "validation", ...}."""
+    content = {"method": method, "split": "validation",
+               "thresholds": {name: float(t) for name, t in zip(label_names, thresholds)},
+               **details}
+    path = os.path.join(model_dir, THRESHOLDS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(content, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def decision_thresholds(model_dir, default=0.5, label_names=labels.LABELS):
+    """(one threshold per finding, where they came from): the run's tuned thresholds when
+    thresholds.json exists, else `default` for every finding."""
+    tuned, content = read_thresholds(model_dir, label_names)
+    if tuned is not None:
+        return tuned.tolist(), f"{THRESHOLDS_FILE} ({content.get('method')}, tuned on " \
+                               f"{content.get('split')})"
+    return [float(default)] * len(label_names), f"--threshold={default:g}"

@@ -1,0 +1,65 @@
+"""tools/bench_model.py runs under each installed backend and ends with one JSON line."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The smallest run that still compiles and times both models: 32 px, batch 2, one step.
+TINY = ["--image_size=32", "--batch_size=2", "--steps=1", "--warmup=0", "--repeats=1",
+        "--arch=resnet18", "--precision=float32"]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "tensorflow",
+        pytest.param(
+            "jax",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("jax") is None,
+                reason="jax is not installed (pip install 'jax[cpu]', the bench extra)",
+            ),
+        ),
+    ],
+)
+def test_bench_model_prints_one_json_line(backend):
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_model.py"), *TINY],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert lines[-2].startswith("ratio ours/reference")  # the human table comes first
+    assert result["backend"] == backend
+    assert (result["image_size"], result["batch_size"], result["precision"]) == (32, 2, "float32")
+    assert result["device"].startswith("cpu")
+    for name in ("ours", "keras_applications"):
+        assert result[name]["train_img_s"] > 0 and result[name]["infer_img_s"] > 0
+        assert len(result[name]["train_img_s_all"]) == 1
+    assert result["ours"]["params"] == 11_187_022  # resnet18, one channel, 14 logits
+    assert result["keras_applications"]["params"] == 23_610_126  # keras ResNet50, conv biases
+    assert result["ratio_train"] == pytest.approx(
+        result["ours"]["train_img_s"] / result["keras_applications"]["train_img_s"]
+    )
+    assert result["ratio_infer"] == pytest.approx(
+        result["ours"]["infer_img_s"] / result["keras_applications"]["infer_img_s"]
+    )
+    # The GPU machine has no TensorFlow: under JAX the benchmark must not import it.
+    assert result["tensorflow_imported"] is (backend == "tensorflow")
+
+
+def test_bad_flag_is_rejected_with_its_value():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_model.py"), "--batch_size=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--batch_size must be >= 1; received 0" in proc.stderr

@@ -1,0 +1,193 @@
+"""cxr_tf.model: structure, parameter counts, normalization, dtypes, and no TensorFlow import."""
+
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cxr_tf import model
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_JAX = importlib.util.find_spec("jax") is not None
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_dtype_policy(previous)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return model.build_model("resnet50", image_size=64)
+
+
+def test_stem_is_one_channel_7x7_stride2_without_bias_after_3_pixel_padding(resnet50):
+    pad = resnet50.get_layer("conv1_pad")
+    assert pad.padding == ((3, 3), (3, 3))
+    conv = resnet50.get_layer("conv1_conv")
+    assert conv.kernel.shape == (7, 7, 1, 64)
+    assert conv.bias is None and not conv.use_bias
+    assert conv.strides == (2, 2) and conv.padding == "valid"
+    assert resnet50.get_layer("pool1_pool").pool_size == (3, 3)
+    assert resnet50.get_layer("pool1_pool").strides == (2, 2)
+    assert resnet50.input.name == "image" and tuple(resnet50.input.shape) == (None, 64, 64, 1)
+
+
+def test_block_convs_have_no_bias_and_keras_application_names(resnet50):
+    convs = [layer for layer in resnet50.layers if isinstance(layer, keras.layers.Conv2D)]
+    # 1 stem + 16 blocks × 3 + 4 projection shortcuts.
+    assert len(convs) == 53
+    assert not any(conv.use_bias for conv in convs)
+    for name in ("conv2_block1_0_conv", "conv2_block3_3_conv", "conv4_block6_2_conv", "conv5_block3_out"):
+        resnet50.get_layer(name)  # raises if missing
+    # v1 bottleneck: the stage's stride is on the first 1x1 conv and the projection.
+    assert resnet50.get_layer("conv3_block1_1_conv").strides == (2, 2)
+    assert resnet50.get_layer("conv3_block1_0_conv").strides == (2, 2)
+    assert resnet50.get_layer("conv3_block1_2_conv").strides == (1, 1)
+
+
+def test_logits_head(resnet50):
+    logits = resnet50.get_layer("logits")
+    assert logits.kernel.shape == (2048, 14)
+    assert logits.bias.shape == (14,)
+    assert logits.activation is keras.activations.linear
+    assert tuple(resnet50.output.shape) == (None, 14)
+
+
+def test_resnet50_parameter_count(resnet50):
+    # torchvision resnet50: 25,557,032 parameters (3-channel stem, 1000 classes).
+    #   stem with 1 channel: - 7*7*64*(3-1)            =      6,272
+    #   head 2048->14:       - (2048*1000 + 1000) + (2048*14 + 14) = - 2,049,000 + 28,686
+    #   => trainable: 25,557,032 - 6,272 - 2,020,314   = 23,530,446
+    # Keras also counts BN moving mean/variance (torchvision buffers): 2 × 26,560 channels
+    #   => total 23,530,446 + 53,120                   = 23,583,566
+    trainable = sum(int(np.prod(w.shape)) for w in resnet50.trainable_weights)
+    assert trainable == 23_530_446
+    assert resnet50.count_params() == 23_583_566
+
+
+@pytest.mark.parametrize(
+    "arch, torchvision_params, features",
+    # torchvision's counts, minus the 2 stem channels (6,272) and the 1000-class head.
+    [("resnet18", 11_689_512, 512), ("resnet34", 21_797_672, 512), ("resnet101", 44_549_160, 2048)],
+)
+def test_other_archs_match_torchvision_counts(arch, torchvision_params, features):
+    net = model.build_model(arch, image_size=32)
+    expected = torchvision_params - 7 * 7 * 64 * 2 - (features * 1000 + 1000) + (features * 14 + 14)
+    assert sum(int(np.prod(w.shape)) for w in net.trainable_weights) == expected
+    assert net.name == arch
+    assert net.get_layer("logits").kernel.shape == (features, 14)
+
+
+def test_every_batch_norm_uses_pytorch_momentum_and_epsilon(resnet50):
+    norms = [layer for layer in resnet50.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 53
+    assert {(bn.momentum, bn.epsilon) for bn in norms} == {(0.9, 1e-5)}
+
+
+def test_normalization_inside_the_model_and_uint8_equals_float():
+    net = model.build_model("resnet18", image_size=32)
+    normalize = keras.Model(net.input, net.get_layer("normalize").output)
+    pixels = np.zeros((1, 32, 32, 1), np.float32)  # row 0: black
+    pixels[0, 1] = model.PIXEL_MEAN * 255  # row 1: the mean gray
+    pixels[0, 2] = 255  # row 2: white
+    out = keras.ops.convert_to_numpy(normalize(pixels))
+    np.testing.assert_allclose(
+        out[0, :3, 0, 0],
+        [-model.PIXEL_MEAN / model.PIXEL_STD, 0.0, (1 - model.PIXEL_MEAN) / model.PIXEL_STD],
+        atol=1e-5,
+    )
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
+    from_uint8 = keras.ops.convert_to_numpy(net(images))
+    from_float = keras.ops.convert_to_numpy(net(images.astype(np.float32)))
+    assert from_uint8.dtype == np.float32 and from_uint8.shape == (2, 14)
+    np.testing.assert_array_equal(from_uint8, from_float)
+
+
+def test_logits_stay_float32_under_mixed_bfloat16(mixed_bfloat16):
+    net = model.build_model("resnet18", image_size=32)
+    assert net.get_layer("conv1_conv").compute_dtype == "bfloat16"
+    assert net.get_layer("conv1_conv").kernel.dtype == "float32"  # variables stay float32
+    assert net.get_layer("logits").compute_dtype == "float32"
+    assert net.get_layer("logits").kernel.dtype == "float32"
+    out = net(np.zeros((1, 32, 32, 1), np.uint8))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+
+
+def test_saved_model_file_round_trip(tmp_path):
+    net = model.build_model("resnet18", image_size=32)
+    path = tmp_path / "m.keras"
+    net.save(path)
+    loaded = keras.models.load_model(path)
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(images)), keras.ops.convert_to_numpy(net(images)), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"arch": "resnet152"}, "arch must be one of resnet18, resnet34, resnet50, resnet101; received arch='resnet152'"),
+        ({"image_size": 16}, "image_size must be at least 32 (the network downsamples 32x); received image_size=16"),
+        ({"image_size": 64.0}, "image_size must be an int; received image_size=64.0"),
+        ({"num_classes": 0}, "num_classes must be a positive int; received num_classes=0"),
+    ],
+)
+def test_arguments_are_checked_first(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        model.build_model(**kwargs)
+    assert str(error.value) == message
+
+
+_TF_IMPORTS = {"tensorflow", "tf_keras"}
+
+
+@pytest.mark.parametrize("module", ["model.py", "losses.py"])
+def test_source_imports_no_tensorflow(module):
+    tree = ast.parse((REPO / "cxr_tf" / module).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & _TF_IMPORTS, f"cxr_tf/{module} imports {imported & _TF_IMPORTS}"
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed (pip install 'jax[cpu]', the bench extra)")
+def test_model_builds_and_runs_under_jax_without_tensorflow():
+    script = """
+import json, sys
+import numpy as np
+import keras
+from cxr_tf import losses, model
+net = model.build_model("resnet18", image_size=32)
+images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
+a = keras.ops.convert_to_numpy(net(images))
+b = keras.ops.convert_to_numpy(net(images.astype(np.float32)))
+loss = losses.make_loss([2.0] * 14)(np.zeros((2, 14)), a)
+print(json.dumps({"backend": keras.backend.backend(), "equal": bool((a == b).all()),
+                  "shape": list(a.shape), "loss": float(loss),
+                  "tensorflow": sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")[:3]}))
+"""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax"
+    assert result["equal"] and result["shape"] == [2, 14]
+    assert np.isfinite(result["loss"])
+    assert result["tensorflow"] == []
