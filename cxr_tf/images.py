@@ -181,7 +181,8 @@ def decode_gray(data, name, *, drop_rgba=False):
             return _to_gray(img, sbit, name)
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error,
+            Image.DecompressionBombError) as e:
         kind = "truncated" if "truncated" in str(e) else "undecodable"
         raise ImageError(name, "undecodable", f"{fmt} {kind} ({e})") from e
 

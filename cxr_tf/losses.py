@@ -36,7 +36,9 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         model.compile(optimizer="adam", loss=loss)
     """
 
-    def __init__(self, pos_weight, reduction="sum_over_batch_size", name="weighted_bce", dtype=None):
+    def __init__(
+        self, pos_weight, reduction="sum_over_batch_size", name="weighted_bce", dtype=None
+    ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         weights = np.asarray(pos_weight, dtype=np.float64)
         if weights.ndim != 1 or weights.size == 0:
@@ -52,7 +54,8 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         logits = y_pred
         labels = ops.cast(y_true, logits.dtype)
         weight = ops.convert_to_tensor(self.pos_weight, dtype=logits.dtype)
-        per_element = weight * labels * ops.softplus(-logits) + (1.0 - labels) * ops.softplus(logits)
+        positive_term = weight * labels * ops.softplus(-logits)
+        per_element = positive_term + (1.0 - labels) * ops.softplus(logits)
         # Mean over classes, as keras.losses.BinaryCrossentropy does, so the two are equal at
         # pos_weight=1 and the learning rate means the same with or without weights.
         return ops.mean(per_element, axis=-1)
@@ -79,7 +82,8 @@ def balanced_pos_weight(labels, max_weight=None):
             f"received shape {labels.shape}"
         )
     if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"labels must hold only 0 and 1; received values {np.unique(labels)[:10].tolist()}")
+        values = np.unique(labels)[:10].tolist()
+        raise ValueError(f"labels must hold only 0 and 1; received values {values}")
     if max_weight is not None and not max_weight > 0:
         raise ValueError(f"max_weight must be > 0 or None; received max_weight={max_weight!r}")
     positives = labels.sum(axis=0, dtype=np.int64)

@@ -58,7 +58,8 @@ def threshold_metrics(y_true, y_score, threshold):
     "precision_macro", "precision_micro", "recall_macro", "recall_micro".
     """
     y_true, y_score = _check_pair(y_true, y_score)
-    tp, fp, fn, tn = _confusion_counts(y_true, y_score, _check_threshold(threshold, y_true.shape[1]))
+    thresholds = _check_threshold(threshold, y_true.shape[1])
+    tp, fp, fn, tn = _confusion_counts(y_true, y_score, thresholds)
     result = {
         "f1": _safe_divide(2 * tp, 2 * tp + fp + fn),
         "precision": _safe_divide(tp, tp + fp),
@@ -85,7 +86,8 @@ def paper_auc(y_true, y_score, threshold):
     `roc_auc_score(y, score >= t)`); NaN for a class with only one label value.
     """
     y_true, y_score = _check_pair(y_true, y_score)
-    tp, fp, fn, tn = _confusion_counts(y_true, y_score, _check_threshold(threshold, y_true.shape[1]))
+    thresholds = _check_threshold(threshold, y_true.shape[1])
+    tp, fp, fn, tn = _confusion_counts(y_true, y_score, thresholds)
     result = np.full(y_true.shape[1], np.nan)
     both = _has_both_labels(y_true)
     result[both] = (tp[both] / (tp[both] + fn[both]) + tn[both] / (tn[both] + fp[both])) / 2
@@ -114,9 +116,8 @@ def epoch_metrics(y_true, y_score, thresholds, label_names, prefix="val"):
         for metric in ("f1", "precision", "recall"):
             out[f"{prefix}/{metric}@{t}/macro"] = counts[f"{metric}_macro"]
             out[f"{prefix}/{metric}@{t}/micro"] = counts[f"{metric}_micro"]
-            out.update(
-                {f"{prefix}/{metric}@{t}/{name}": float(v) for name, v in zip(label_names, counts[metric])}
-            )
+            for name, value in zip(label_names, counts[metric]):
+                out[f"{prefix}/{metric}@{t}/{name}"] = float(value)
         out[f"{prefix}/paper_auc@{t}"] = _nanmean(paper_auc(y_true, y_score, threshold))
     return out
 
@@ -142,7 +143,9 @@ def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, s
     else:
         groups = np.asarray(groups)
         if groups.shape != (n,):
-            raise ValueError(f"groups must hold one id per example ({n}); received shape {groups.shape}")
+            raise ValueError(
+                f"groups must hold one id per example ({n}); received shape {groups.shape}"
+            )
         _, unit_of_example = np.unique(groups, return_inverse=True)
         n_units = int(unit_of_example.max()) + 1
     rng = np.random.default_rng(seed)
@@ -152,10 +155,12 @@ def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, s
         size = min(_BOOT_CHUNK, n_boot - start)
         draws = rng.integers(0, n_units, size=(size, n_units))
         # Row r of `counts` says how often each unit was drawn in replicate r.
-        counts = np.bincount((draws + n_units * np.arange(size)[:, None]).ravel(), minlength=size * n_units)
+        offsets = n_units * np.arange(size)[:, None]  # one bincount for all rows
+        counts = np.bincount((draws + offsets).ravel(), minlength=size * n_units)
         weights = counts.reshape(size, n_units)[:, unit_of_example]
         for c, (order, labels, block_starts) in enumerate(sorted_classes):
-            replicates[start : start + size, c] = _weighted_auc(weights[:, order], labels, block_starts)
+            auc = _weighted_auc(weights[:, order], labels, block_starts)
+            replicates[start : start + size, c] = auc
     lo = np.full(y_true.shape[1], np.nan)
     hi = np.full(y_true.shape[1], np.nan)
     for c in range(y_true.shape[1]):
@@ -226,7 +231,8 @@ def _check_pair(y_true, y_score):
             f"received {y_true.shape} and {y_score.shape}"
         )
     if not np.isin(y_true, (0, 1)).all():
-        raise ValueError(f"y_true must hold only 0 and 1; received values {np.unique(y_true)[:10].tolist()}")
+        values = np.unique(y_true)[:10].tolist()
+        raise ValueError(f"y_true must hold only 0 and 1; received values {values}")
     bad = np.count_nonzero(~np.isfinite(y_score))
     if bad:
         raise ValueError(f"y_score holds {bad} NaN or infinite values of {y_score.size}")
@@ -264,7 +270,8 @@ def _safe_divide(numerator, denominator):
     """numerator / denominator, 0.0 where the denominator is 0 (see the module docstring)."""
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
-    return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape), where=denominator != 0)
+    out = np.zeros(np.broadcast(numerator, denominator).shape)
+    return np.divide(numerator, denominator, out=out, where=denominator != 0)
 
 
 def _nanmean(values):

@@ -258,12 +258,13 @@ def format_markdown(report, title="Evaluation report"):
               if r["auc_ci_low"] is not None else "")
         rows.append([name, _f(r["prevalence"]), _f(r["auc"]) + ci, _f(r["average_precision"]),
                      _f(r["published_auc"]), _f(r["auc_minus_published"], 3)])
-    rows.append(["**mean**", "", _f(overall["auc_mean"]), _f(overall["average_precision_mean"]),
-                 _f(pub["mean_auc"]), _f(pub["mean_difference"])])
+    rows.append([f"**mean** ({pub['classes_compared']} classes with an AUC)", "",
+                 _f(pub["our_mean_auc"]), _f(overall["average_precision_mean"]),
+                 _f(pub["their_mean_auc_same_classes"]), _f(pub["mean_difference"])])
     lines += _table(header, rows)
     lines += [f"Δ = our AUC − published. Mean difference over {pub['classes_compared']} classes: "
-              f"**{_f(pub['mean_difference'])}** (ours {_f(pub['our_mean_auc'])} vs "
-              f"{_f(pub['their_mean_auc_same_classes'])}). Published: {pub['source']}.", ""]
+              f"**{_f(pub['mean_difference'])}**. The published mean over all 14 findings is "
+              f"{_f(pub['mean_auc'])}. Source: {pub['source']}.", ""]
     lines += ["## Overall", ""]
     rows = [["AUC (macro mean / micro)", f"{_f(overall['auc_mean'])} / {_f(overall['auc_micro'])}"],
             ["Average precision (macro / micro)",

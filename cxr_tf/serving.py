@@ -8,6 +8,10 @@ signatures, so that TF Serving (or any process with TensorFlow, and no cxr_tf) c
     predict_images(images: uint8 [None, S, S, 1]) -> probabilities float32 [None, 14]
     metadata() -> label_names, thresholds, image_size, version, no_finding_output
 
+A model trained with `--no_finding_output` also outputs `no_finding` float32 [None] from both
+prediction signatures, and `positive` applies the constraint (nothing is positive where No
+Finding beats every finding).
+
 `decode_gray` and `preprocess_bytes` repeat `cxr_tf.images.preprocess` with TF ops, because the
 SavedModel cannot call PIL: PNG (8/16-bit, gray, gray+alpha, palette, RGB, RGBA) or JPEG ->
 uint8 gray with PIL's own rules -> centred zero pad to square ->
@@ -32,6 +36,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
 _PNG_HEADER_BYTES = 33  # signature (8) + IHDR chunk (25): width, height, bit depth, colour type
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
+_IEND_WINDOW = 4096
 # PIL's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, i.e. ITU-R 601 luma in integers.
 _LUMA = (19595, 38470, 7471)
 # 255 / (2**bits - 1) divided in float64 and rounded to float32, exactly as numpy does in
@@ -55,8 +60,9 @@ def _offset_of(data, marker):
     return tf.size(pieces) > 1, tf.strings.length(pieces[0])
 
 
-def _check(condition, *message):
-    return tf.debugging.Assert(condition, list(message), summarize=64)
+def _check(condition, template, *values):
+    """An assert whose InvalidArgumentError reads as one sentence (tf.strings.format)."""
+    return tf.debugging.Assert(condition, [tf.strings.format(template, values, summarize=8)])
 
 
 def _to_gray(image):
@@ -89,19 +95,25 @@ def _scale_gray16(image16, data):
     return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
 
 
-def _decode_png(data, where):
+def _decode_png(data, index):
     # Size guard before any pixel is decoded, as `images.decode_gray` does.
-    ok_header = _check(tf.strings.length(data) >= _PNG_HEADER_BYTES, where,
-                       "PNG header truncated or corrupt: fewer than 33 bytes")
+    ok_header = _check(tf.strings.length(data) >= _PNG_HEADER_BYTES,
+                       "image {}: PNG header truncated ({} bytes, fewer than 33)", index,
+                       tf.strings.length(data))
     with tf.control_dependencies([ok_header]):
         width, height = _uint32_be(data, 16), _uint32_be(data, 20)
         depth, colour = _byte(data, 24), _byte(data, 25)
-    has_end, _ = _offset_of(data, b"IEND")
+    # IEND closes every complete PNG. Searched for in the tail only: a split of the whole
+    # string would copy it (~4 ms for a 1024² film); PIL, like libpng, ignores trailing bytes
+    # after IEND, and writers that add any add far less than this window.
+    tail_start = tf.maximum(tf.strings.length(data) - _IEND_WINDOW, 0)
+    has_end, _ = _offset_of(tf.strings.substr(data, tail_start, _IEND_WINDOW), b"IEND")
     checks = [
-        _check(width * height <= images.MAX_PIXELS, where, "PNG declares", width, "x", height,
-               f"pixels, over the {images.MAX_PIXELS:,} limit"),
-        _check(has_end, where, "PNG truncated: no IEND chunk in", tf.strings.length(data),
-               "bytes"),
+        _check(width * height <= images.MAX_PIXELS,
+               "image {}: PNG declares {}x{} pixels, over the " f"{images.MAX_PIXELS:,} limit",
+               index, width, height),
+        _check(has_end, "image {}: PNG truncated (no IEND chunk in {} bytes)", index,
+               tf.strings.length(data)),
     ]
     with tf.control_dependencies(checks):
         data = tf.identity(data)
@@ -122,10 +134,11 @@ def _decode_png(data, where):
     return tf.cond(depth == 16, sixteen_bit, eight_bit)
 
 
-def _decode_jpeg(data, where):
+def _decode_jpeg(data, index):
     shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
-    ok = _check(shape[0] * shape[1] <= images.MAX_PIXELS, where, "JPEG declares", shape[1], "x",
-                shape[0], f"pixels, over the {images.MAX_PIXELS:,} limit")
+    ok = _check(shape[0] * shape[1] <= images.MAX_PIXELS,
+                "image {}: JPEG declares {}x{} pixels, over the " f"{images.MAX_PIXELS:,} limit",
+                index, shape[1], shape[0])
     # INTEGER_ACCURATE is libjpeg's ISLOW, what PIL uses; TF's default (IFAST) differs from
     # PIL by up to 5 gray levels, ISLOW matches it bit for bit.
     with tf.control_dependencies([ok]):
@@ -136,18 +149,16 @@ def decode_gray(data, index=0):
     """One encoded PNG or JPEG (scalar string) -> uint8 H×W, exactly as `images.decode_gray`.
 
     Bad bytes raise tf.errors.InvalidArgumentError naming the image's position in the batch:
-    "image 3: not a PNG or JPEG image", "image 0: PNG truncated: no IEND chunk", or TF's
+    "image 3: not a PNG or JPEG image", "image 0: PNG truncated (no IEND chunk ...)", or TF's
     own decoder message ("Invalid PNG data", "Invalid JPEG data").
     """
-    where = tf.strings.format("image {}:", [index])
     is_png = tf.strings.substr(data, 0, len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
     is_jpeg = tf.strings.substr(data, 0, len(_JPEG_SOI)) == _JPEG_SOI
-    known = _check(is_png | is_jpeg, where, "not a PNG or JPEG image (",
-                   tf.strings.length(data), "bytes, starting with",
-                   tf.strings.substr(data, 0, 8), ")")
+    known = _check(is_png | is_jpeg, "image {}: not a PNG or JPEG image ({} bytes, starting "
+                   "with {})", index, tf.strings.length(data), tf.strings.substr(data, 0, 8))
     with tf.control_dependencies([known]):
         data = tf.identity(data)
-    return tf.cond(is_png, lambda: _decode_png(data, where), lambda: _decode_jpeg(data, where))
+    return tf.cond(is_png, lambda: _decode_png(data, index), lambda: _decode_jpeg(data, index))
 
 
 def pad_and_resize(gray, size):
@@ -155,8 +166,10 @@ def pad_and_resize(gray, size):
     round half to even and clip (as `images.pad_to_square` then `images.resize`)."""
     height, width = tf.shape(gray)[0], tf.shape(gray)[1]
     side = tf.maximum(height, width)
-    square = tf.image.pad_to_bounding_box(
-        gray[:, :, None], (side - height) // 2, (side - width) // 2, side, side)
+    square = tf.cond(  # most films are square already: skip the copy
+        tf.equal(height, width), lambda: gray[:, :, None],
+        lambda: tf.image.pad_to_bounding_box(
+            gray[:, :, None], (side - height) // 2, (side - width) // 2, side, side))
     resized = tf.image.resize(tf.cast(square, tf.float32), (size, size), method="bilinear",
                               antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
@@ -208,12 +221,20 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS):
                                    tf.float32))
         return probs[:, :num_labels], (probs[:, num_labels] if has_no_finding else None)
 
+    def outputs(pixels, with_decisions):
+        probs, no_finding = probabilities_of(pixels)
+        out = {"probabilities": probs}
+        if with_decisions:
+            out["positive"] = decide(probs, thresholds, no_finding)
+        if has_no_finding:
+            out["no_finding"] = no_finding
+        return out
+
     def serve_bytes(image_bytes):
-        probs, no_finding = probabilities_of(preprocess_bytes(image_bytes, size))
-        return {"probabilities": probs, "positive": decide(probs, thresholds, no_finding)}
+        return outputs(preprocess_bytes(image_bytes, size), with_decisions=True)
 
     def predict_images(pixels):
-        return {"probabilities": probabilities_of(pixels)[0]}
+        return outputs(pixels, with_decisions=False)
 
     def metadata():
         return {

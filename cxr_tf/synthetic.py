@@ -48,8 +48,9 @@ REAL_MULTI_LABEL = sum(_ROWS_BY_COUNT[2:]) / _ROWS
 # The 48 most frequent Finding Labels strings (Counter(...).most_common(48)), 93.2% of the rows.
 # The other 7,570 rows are drawn from what remains of each label's count (see _LabelSampler).
 _TOP_COMBOS = """60361 No Finding; 9547 Infiltration; 4215 Atelectasis; 3955 Effusion;
-2705 Nodule; 2194 Pneumothorax; 2139 Mass; 1603 Effusion|Infiltration; 1350 Atelectasis|Infiltration;
-1310 Consolidation; 1165 Atelectasis|Effusion; 1126 Pleural_Thickening; 1093 Cardiomegaly;
+2705 Nodule; 2194 Pneumothorax; 2139 Mass; 1603 Effusion|Infiltration;
+1350 Atelectasis|Infiltration; 1310 Consolidation; 1165 Atelectasis|Effusion;
+1126 Pleural_Thickening; 1093 Cardiomegaly;
 892 Emphysema; 829 Infiltration|Nodule; 737 Atelectasis|Effusion|Infiltration; 727 Fibrosis;
 628 Edema; 484 Cardiomegaly|Effusion; 441 Consolidation|Infiltration; 420 Infiltration|Mass;
 403 Effusion|Pneumothorax; 402 Effusion|Mass; 398 Atelectasis|Consolidation; 394 Mass|Nodule;
@@ -64,9 +65,10 @@ _TOP_COMBOS = """60361 No Finding; 9547 Infiltration; 4215 Atelectasis; 3955 Eff
 _PATIENTS_BY_IMAGES = ((1, 1, 17503), (2, 2, 4113), (3, 3, 2100), (4, 4, 1330), (5, 5, 938),
                        (6, 7, 1395), (8, 10, 1201), (11, 15, 983), (16, 20, 439), (21, 30, 406),
                        (31, 50, 246), (51, 100, 133), (101, 184, 18))
-# Age at the first image, patients per decade 0-9 ... 90-99; later images add ~0.65 y each.
+# Age at the first image, patients per decade 0-9 ... 90-99. A patient's first and last images
+# are 1.8 years apart on average (median 1, max 14): we draw 0..min(images, 5) years.
 _FIRST_AGE_DECADES = (626, 1466, 3728, 4940, 6345, 7117, 4647, 1644, 280, 12)
-_AGE_PER_FOLLOW_UP = 0.65
+_MAX_AGE_SPAN = 5
 _MALE_PATIENTS = 0.540
 # AP share grows with follow-ups (bedside films): 11.8% of first images, 57.7% from the 6th on.
 _AP_FIRST, _AP_LATE, _AP_LATE_FROM = 0.118, 0.577, 5
@@ -88,7 +90,9 @@ class _LabelSampler:
     93% of rows come from the real top-48 combinations at their real frequency. The rest draw a
     finding count from the real count histogram minus the table's, then that many distinct
     findings weighted by what the table leaves of each label's real count: so rare labels and
-    rare combinations (Hernia appears only there) keep close to their real share.
+    rare combinations (Hernia appears only there) keep close to their real share. Measured on
+    10^6 draws: every label within 5% of its real prevalence, but Hernia +10% (0.22% for
+    0.20%), as drawing without replacement favours the rare labels.
     """
 
     def __init__(self):
@@ -106,23 +110,26 @@ class _LabelSampler:
         weights = np.array([rest_labels[name] for name in labels.LABELS], dtype=np.float64)
         self.rest_w = weights / weights.sum()
 
-    def draw(self, rng):
-        i = rng.choice(len(self.p), p=self.p)
-        if i < len(self.combos):
-            return self.combos[i]
-        k = rng.choice(len(self.rest_k), p=self.rest_k)
-        picked = rng.choice(labels.NUM_CLASSES, size=k, replace=False, p=self.rest_w)
-        return tuple(labels.LABELS[j] for j in sorted(picked))
+    def draw(self, rng, n):
+        """n label tuples (names in NIH order; () is No Finding)."""
+        picks = rng.choice(len(self.p), size=n, p=self.p)
+        out = [self.combos[i] if i < len(self.combos) else None for i in picks]
+        for row in np.flatnonzero(picks == len(self.combos)):
+            k = rng.choice(len(self.rest_k), p=self.rest_k)
+            chosen = rng.choice(labels.NUM_CLASSES, size=k, replace=False, p=self.rest_w)
+            out[row] = tuple(labels.LABELS[j] for j in sorted(chosen))
+        return out
 
 
 def _raise_prevalence(rng, findings, min_prevalence):
     """Adds each finding whose real prevalence is below min_prevalence to images without it.
 
     Each lacking image gets it with probability (m - p) / (1 - p), so the expected prevalence
-    is exactly m. Side effects: No Finding falls (to ~19% at m=0.1) and multi-label rows rise,
-    since the added findings land on top of the real combinations independently.
+    is exactly m. Side effects: No Finding falls (from 54% to ~24% at m=0.1) and multi-label
+    rows rise (from 19% to ~44%), as the added findings land on the real combinations
+    independently; the frequent findings (Infiltration, Effusion, ...) keep their real share.
     """
-    for j, name in enumerate(labels.LABELS):
+    for name in labels.LABELS:
         p = REAL_PREVALENCE[name]
         if min_prevalence <= p:
             continue
@@ -142,31 +149,39 @@ def sample_rows(num_images, seed=0, min_prevalence=0.0):
     # One patient holds at most 2% of the set, so a patient-wise split stays balanced.
     cap = max(1, num_images // 50)
     bins = [(lo, min(hi, cap), n) for lo, hi, n in _PATIENTS_BY_IMAGES if lo <= cap]
-    bin_p = np.array([n for *_, n in bins], dtype=np.float64)
-    bin_p /= bin_p.sum()
-    sampler, rows, patient = _LabelSampler(), [], 0
-    decades = np.array(_FIRST_AGE_DECADES, dtype=np.float64) / sum(_FIRST_AGE_DECADES)
-    originals = np.array([n for *_, n in _ORIGINALS], dtype=np.float64) / sum(n for *_, n in _ORIGINALS)
-    while len(rows) < num_images:
-        patient += 1
-        lo, hi, _ = bins[rng.choice(len(bins), p=bin_p)]
-        count = min(int(rng.integers(lo, hi + 1)), num_images - len(rows))
-        age0 = 10 * rng.choice(10, p=decades) + rng.integers(0, 10)
-        sex = "M" if rng.random() < _MALE_PATIENTS else "F"
+    lo, hi = (np.array(v) for v in zip(*[(lo, hi) for lo, hi, _ in bins]))
+    bin_p, counts, total = _normalized([n for *_, n in bins]), [], 0
+    while total < num_images:  # patients' image counts, drawn in batches for speed
+        b = rng.choice(len(bins), size=256, p=bin_p)
+        for count in rng.integers(lo[b], hi[b] + 1):
+            if total < num_images:
+                counts.append(min(int(count), num_images - total))
+                total += counts[-1]
+    findings = _raise_prevalence(rng, _LabelSampler().draw(rng, num_images), min_prevalence)
+    originals = rng.choice(len(_ORIGINALS), num_images, p=_normalized([o[3] for o in _ORIGINALS]))
+    ap_draws, n = rng.random(num_images), len(counts)
+    ages = 10 * rng.choice(10, size=n, p=_normalized(_FIRST_AGE_DECADES)) + rng.integers(0, 10, n)
+    males = rng.random(n) < _MALE_PATIENTS
+    spans = rng.integers(0, np.minimum(counts, _MAX_AGE_SPAN) + 1)  # years, first to last image
+    rows = []
+    for patient, (count, age, male, span) in enumerate(zip(counts, ages, males, spans), 1):
         for follow_up in range(count):
+            i = len(rows)
             ap = _AP_FIRST + (_AP_LATE - _AP_FIRST) * min(follow_up, _AP_LATE_FROM) / _AP_LATE_FROM
-            width, height, spacing, _ = _ORIGINALS[rng.choice(len(_ORIGINALS), p=originals)]
+            width, height, spacing, _ = _ORIGINALS[originals[i]]
             rows.append({
                 "image_index": f"{patient:08d}_{follow_up:03d}.png", "patient_id": patient,
-                "follow_up": follow_up, "findings": sampler.draw(rng),
-                "age": int(min(age0 + round(follow_up * _AGE_PER_FOLLOW_UP), 95)), "sex": sex,
-                "view": "AP" if rng.random() < ap else "PA",
+                "follow_up": follow_up, "findings": findings[i],
+                "age": int(min(age + span * follow_up // count, 95)), "sex": "M" if male else "F",
+                "view": "AP" if ap_draws[i] < ap else "PA",
                 "width": width, "height": height, "spacing": spacing,
             })
-    findings = _raise_prevalence(rng, [r["findings"] for r in rows], min_prevalence)
-    for row, f in zip(rows, findings):
-        row["findings"] = f
     return rows
+
+
+def _normalized(weights):
+    weights = np.asarray(weights, dtype=np.float64)
+    return weights / weights.sum()
 
 
 def _test_patients(rng, rows):
@@ -245,7 +260,8 @@ class _Lung:
         self.t = np.clip(side * (self.u - cx) / rx, -1, 1)  # -1 medial .. 1 lateral
 
     def point(self, rng, lateral=(-0.5, 0.6), down=(-0.5, 0.5)):
-        return self.cx + self.side * rng.uniform(*lateral) * self.rx, self.cy + rng.uniform(*down) * self.ry
+        return (self.cx + self.side * rng.uniform(*lateral) * self.rx,
+                self.cy + rng.uniform(*down) * self.ry)
 
 
 def _anatomy(rng):
@@ -253,7 +269,7 @@ def _anatomy(rng):
     u = rng.uniform
     return dict(body_rx=u(0.43, 0.48), tissue=u(0.55, 0.65), air=u(0.03, 0.1),
                 lung_dx=u(0.165, 0.185), lung_cy=u(0.41, 0.44), lung_rx=u(0.125, 0.145),
-                lung_ry=u(0.25, 0.28), lung_dark=u(0.3, 0.36), heart_cx=u(0.53, 0.56),
+                lung_ry=u(0.25, 0.28), lung_dark=u(0.28, 0.33), heart_cx=u(0.53, 0.56),
                 heart_cy=u(0.57, 0.6), heart_rx=u(0.125, 0.14), heart_ry=u(0.11, 0.125),
                 rib_period=u(0.06, 0.072), rib_phase=u(0, 1), marks=rng.random((10, 10)))
 
@@ -297,13 +313,13 @@ def _edema(film, rng, lungs, a):  # bilateral perihilar "butterfly" haze
 
 
 def _infiltration(film, rng, lungs, a):  # patchy blotches in one zone
-    for side in _sides(rng, 0.3):
+    for side in _sides(rng, 0.5):
         L = lungs[side]
         (cx, cy), rx, ry = L.point(rng, down=(-0.3, 0.45)), 0.75 * L.rx, 0.5 * L.ry
         sl, u, v = film.box(cx, cy, rx, ry)
         zone, _ = _ellipse(u, v, cx, cy, rx, ry, 0.5)
-        blobs = np.clip((_upsample(rng.random((7, 7)), zone.shape) - 0.4) * 4, 0, 1)
-        film.img[sl] += rng.uniform(0.3, 0.38) * blobs * zone * film.lung[sl]
+        blobs = np.clip((_upsample(rng.random((6, 6)), zone.shape) - 0.4) * 4, 0, 1)
+        film.img[sl] += rng.uniform(0.35, 0.45) * blobs * zone * film.lung[sl]
 
 
 def _fibrosis(film, rng, lungs, a):  # reticular net in both lower, outer lungs
@@ -319,30 +335,34 @@ def _fibrosis(film, rng, lungs, a):  # reticular net in both lower, outer lungs
         film.img[L.sl] += rng.uniform(0.22, 0.3) * net * zone
 
 
-def _consolidation(film, rng, lungs, a):  # dense, irregular, soft-edged patch, lower zone
+def _consolidation(film, rng, lungs, a):  # wide, flat, fluffy patch low in a lung
     L = lungs[int(rng.integers(2))]
-    (cx, cy), rx = L.point(rng, down=(0.05, 0.45)), rng.uniform(0.09, 0.12)
-    ry = rx * rng.uniform(0.55, 0.75)
+    (cx, cy), rx = L.point(rng, lateral=(-0.3, 0.3), down=(0.3, 0.55)), rng.uniform(0.11, 0.14)
+    ry = rx * rng.uniform(0.4, 0.55)
     sl, u, v = film.box(cx, cy, 1.3 * rx, 1.3 * ry)
     _, d = _ellipse(u, v, cx, cy, rx, ry, 1)
-    patch = np.clip((1 - d + 0.4 * (_upsample(rng.random((5, 5)), d.shape) - 0.5)) / 0.3, 0, 1)
-    film.img[sl] += (a["tissue"] + rng.uniform(0.1, 0.15) - film.img[sl]) * patch * film.lung[sl]
+    patch = np.clip((1 - d + 0.5 * (_upsample(rng.random((4, 6)), d.shape) - 0.5)) / 0.4, 0, 1)
+    film.img[sl] += (a["tissue"] + 0.05 - film.img[sl]) * patch * film.lung[sl]
+    for _ in range(2):  # air bronchograms: dark branches inside the patch
+        bx, angle = cx + rng.uniform(-0.3, 0.3) * rx, rng.uniform(-0.4, 0.4)
+        bs, m = film.band(bx, cy, angle, 0.6 * rx, 0.004)
+        film.img[bs] -= 0.15 * m * np.clip(film.lung[bs], 0, 1)
 
 
 def _atelectasis(film, rng, lungs, a):  # a thick, nearly horizontal plate in the lower lung
     L = lungs[int(rng.integers(2))]
     x0, y0 = L.point(rng, lateral=(-0.2, 0.3), down=(0.25, 0.5))
-    sl, m = film.band(x0, y0, rng.uniform(-0.35, 0.35), rng.uniform(0.55, 0.75) * L.rx,
-                      rng.uniform(0.012, 0.018))
-    film.img[sl] += rng.uniform(0.32, 0.4) * m * film.lung[sl]
+    sl, m = film.band(x0, y0, rng.uniform(-0.35, 0.35), rng.uniform(0.65, 0.85) * L.rx,
+                      rng.uniform(0.018, 0.025))
+    film.img[sl] += rng.uniform(0.4, 0.5) * m * film.lung[sl]
 
 
 def _pleural_thickening(film, rng, lungs, a):  # bright rim along the lateral pleura and apex
     for side in _sides(rng, 0.35):
-        L, width = lungs[side], rng.uniform(0.025, 0.035)
+        L, width = lungs[side], rng.uniform(0.03, 0.04)
         rim = film.sharp((L.d - 1) * L.rx + width) * L.m
         where = np.clip(3 * L.t + 1, 0, 1) * film.sharp(L.cy + 0.3 * L.ry - L.v, 3)
-        film.img[L.sl] += rng.uniform(0.35, 0.45) * rim * where
+        film.img[L.sl] += rng.uniform(0.4, 0.5) * rim * where
 
 
 def _disc(film, cx, cy, r, amp):
@@ -352,17 +372,18 @@ def _disc(film, cx, cy, r, amp):
 
 def _mass(film, rng, lungs, a):  # a large, sharp, very bright round opacity
     L = lungs[int(rng.integers(2))]
-    _disc(film, *L.point(rng), rng.uniform(0.06, 0.085), rng.uniform(0.45, 0.55))
+    _disc(film, *L.point(rng), rng.uniform(0.07, 0.095), rng.uniform(0.45, 0.55))
 
 
-def _nodule(film, rng, lungs, a):  # one to three small bright dots
-    for _ in range(int(rng.integers(1, 4))):
+def _nodule(film, rng, lungs, a):  # two to four small bright dots
+    for _ in range(int(rng.integers(2, 5))):
         L = lungs[int(rng.integers(2))]
-        _disc(film, *L.point(rng), rng.uniform(0.022, 0.032), rng.uniform(0.5, 0.65))
+        _disc(film, *L.point(rng), rng.uniform(0.025, 0.035), rng.uniform(0.5, 0.65))
 
 
 def _hernia(film, rng, lungs, a, heart):  # retrocardiac gas bubble with an air-fluid level
-    cx, cy = 0.5 * (lungs[0].cx + lungs[1].cx) + rng.uniform(-0.02, 0.03), heart[1] + heart[3] * rng.uniform(0.3, 0.7)
+    cx = 0.5 * (lungs[0].cx + lungs[1].cx) + rng.uniform(-0.02, 0.03)
+    cy = heart[1] + heart[3] * rng.uniform(0.3, 0.7)
     r = rng.uniform(0.05, 0.065)
     sl, u, v = film.box(cx, cy, 1.3 * r, 1.3 * r)
     d = np.sqrt((u - cx) ** 2 + (v - cy) ** 2)
@@ -377,6 +398,10 @@ _DRAW = {"Pneumothorax": _pneumothorax, "Effusion": _effusion, "Pneumonia": _pne
          "Pleural_Thickening": _pleural_thickening, "Mass": _mass, "Nodule": _nodule}
 
 
+def _finding_rng(image_seed, name):
+    return np.random.default_rng([*image_seed, 1, labels.LABELS.index(name)])
+
+
 def render(size, findings, anatomy_seed, image_seed):
     """One uint8 size×size film showing `findings` (names from labels.LABELS).
 
@@ -384,10 +409,11 @@ def render(size, findings, anatomy_seed, image_seed):
     makes both lungs larger, darker and sparser in markings; Hernia adds a retrocardiac bubble;
     the others are drawn by the functions in _DRAW. Position, size and contrast are jittered
     per image, the anatomy per patient; global shift, scale, gamma and noise per image.
-    The findings draw from their own stream, so the same seeds without them give the same film.
+    Each finding draws from its own stream: its look does not depend on the other findings, and
+    the same seeds without it give the same film.
     """
     a = _anatomy(np.random.default_rng(anatomy_seed))
-    jit, rng = np.random.default_rng(image_seed), np.random.default_rng([*image_seed, 1])
+    jit = np.random.default_rng(image_seed)
     film, found = _Film(size), set(findings)
     k, dx, dy = jit.uniform(0.95, 1.05), jit.uniform(-0.025, 0.025), jit.uniform(-0.02, 0.02)
     X, Y = (lambda x: 0.5 + (x - 0.5) * k + dx), (lambda y: 0.5 + (y - 0.5) * k + dy)
@@ -400,31 +426,35 @@ def render(size, findings, anatomy_seed, image_seed):
         L = _Lung(film, side, X(0.5 + side * a["lung_dx"]), Y(a["lung_cy"]) + 0.04 * emphysema * k,
                   a["lung_rx"] * k, ry)
         hilum = np.exp(-(((L.t + 0.6) / 0.7) ** 2 + ((L.v - L.cy) / (0.5 * ry)) ** 2))
-        vessels = (0.5 * _upsample(a["marks"], L.m.shape) + 0.5 * hilum) * (0.35 if emphysema else 1)
+        vessels = (0.5 * _upsample(a["marks"], L.m.shape) + 0.5 * hilum) * (0.2 if emphysema else 1)
         period = a["rib_period"] * (1.15 if emphysema else 1)
         ribs = np.cos(2 * math.pi * ((L.v + 0.03 * L.t - 0.03 * L.t**2) / period + a["rib_phase"]))
-        dark = a["lung_dark"] * (1.4 if emphysema else 1)
-        film.img[L.sl] += L.m * (0.08 * vessels + 0.015 * (ribs + 1) - dark)
+        dark = a["lung_dark"] * (1.6 if emphysema else 1)
+        film.img[L.sl] += L.m * (0.06 * vessels + 0.01 * (ribs + 1) - dark)
         film.lung[L.sl] += L.m
         lungs.append(L)
     sl, u, _ = film.box(X(0.5), Y(0.42), 0.06 * k, 0.34 * k)  # mediastinum and spine
-    film.img[sl] += (a["tissue"] + 0.06 - film.img[sl]) * np.clip((0.055 * k - np.abs(u - X(0.5))) / 0.01, 0, 1)
+    band = np.clip((0.055 * k - np.abs(u - X(0.5))) / 0.01, 0, 1)
+    film.img[sl] += (a["tissue"] + 0.06 - film.img[sl]) * band
     cardio = "Cardiomegaly" in found
+    enlarge = _finding_rng(image_seed, "Cardiomegaly").uniform(1.55, 1.75) if cardio else 1
     heart = (X(a["heart_cx"] + 0.02 * cardio), Y(a["heart_cy"]),
-             a["heart_rx"] * k * jit.uniform(0.95, 1.05) * (rng.uniform(1.5, 1.7) if cardio else 1),
+             a["heart_rx"] * k * jit.uniform(0.95, 1.05) * enlarge,
              a["heart_ry"] * k * (1.2 if cardio else 1))
     sl, u, v = film.box(heart[0], heart[1], heart[2], heart[3])
-    film.img[sl] += (a["tissue"] + 0.08 - film.img[sl]) * _ellipse(u, v, *heart, 0.08)[0]
+    heart_mask = _ellipse(u, v, *heart, 0.08)[0]
+    film.img[sl] += (a["tissue"] + 0.08 + 0.06 * cardio - film.img[sl]) * heart_mask
     for side in (-1, 1):  # clavicles
         sl, m = film.band(X(0.5 + side * 0.17), Y(0.13), side * 0.25, 0.15 * k, 0.012 * k)
         film.img[sl] += 0.12 * m
     for name in _DRAW:
         if name in found:
-            _DRAW[name](film, rng, lungs, a)
+            _DRAW[name](film, _finding_rng(image_seed, name), lungs, a)
     if "Hernia" in found:
-        _hernia(film, rng, lungs, a, heart)
+        _hernia(film, _finding_rng(image_seed, "Hernia"), lungs, a, heart)
     img = np.clip(film.img, 0, 1) ** jit.uniform(0.9, 1.1) * jit.uniform(0.95, 1.05)
-    img += jit.uniform(-0.02, 0.02) + jit.uniform(0.008, 0.02) * jit.standard_normal(img.shape, np.float32)
+    noise = jit.uniform(0.008, 0.02) * jit.standard_normal(img.shape, np.float32)
+    img += jit.uniform(-0.02, 0.02) + noise
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -441,13 +471,19 @@ def _bomb_png():
             + _chunk(b"IDAT", zlib.compress(b"\0" * 10001 * 4)) + _chunk(b"IEND", b""))
 
 
+# PIL's default. Level 1 writes a 1024² film ~25% faster, but its files decode ~40% slower,
+# and prepare decodes a set more often than we write it.
+_COMPRESS_LEVEL = 6
+
+
 def _encode(image, mode):
     """A PNG of the gray `image` stored as `mode`; decoding it back gives `image` exactly."""
     if mode == "P":  # identity gray palette
         img = Image.frombytes("P", image.shape[::-1], image.tobytes())
         img.putpalette(np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes())
     elif mode in ("RGB", "RGBA"):
-        img = Image.fromarray(np.dstack([image] * 3 + [np.full_like(image, 255)] * (mode == "RGBA")))
+        alpha = [np.full_like(image, 255)] if mode == "RGBA" else []
+        img = Image.fromarray(np.dstack([image] * 3 + alpha))
     elif mode == "I;16":
         img = Image.fromarray(image.astype(np.uint16) * 257)
     else:
@@ -458,17 +494,20 @@ def _encode(image, mode):
 
 
 def _write_faults(folder, rows, lists, csv_rows, size, seed):
-    """Writes the fault files and rows (one patient); returns the faults.json entries."""
-    rng, sampler = np.random.default_rng([seed, 4]), _LabelSampler()
+    """Writes the fault files and rows (one patient); returns the faults.json entries.
+
+    Every fault file holds the same film, so the converted ones decode to identical pixels.
+    """
     patient, faults = rows[-1]["patient_id"] + 1, []
+    findings = _LabelSampler().draw(np.random.default_rng([seed, 4]), 1)[0]
+    image = render(size, findings, [seed, 1, patient], [seed, 5])
 
     def add(kind, expect, encode=None, in_split=True, **fields):
         fu = len(faults)
-        row = dict(rows[0], patient_id=patient, follow_up=fu, findings=sampler.draw(rng),
+        row = dict(rows[0], patient_id=patient, follow_up=fu, findings=findings,
                    image_index=f"{patient:08d}_{fu:03d}.png")
         row.update(fields)
         if encode is not None:
-            image = render(size, row["findings"], [seed, 1, patient], [seed, 5, fu])
             with open(os.path.join(folder, row["image_index"]), "wb") as f:
                 f.write(encode(image))
         csv_rows.append(row)
@@ -483,7 +522,8 @@ def _write_faults(folder, rows, lists, csv_rows, size, seed):
     add("rgb", "converted:rgb", png("RGB"))
     add("gray16", "converted:gray16", png("I;16"))
     add("palette", "converted:palette", png("P"))
-    add("non_square", "converted:padded", lambda im: _encode(np.ascontiguousarray(im[:, size // 10:size - size // 10]), "L"))
+    margin = size // 10  # a portrait film, 80% as wide as high
+    add("non_square", "converted:padded", lambda im: _encode(im[:, margin:-margin].copy(), "L"))
     add("truncated_png", "skipped:undecodable", lambda im: (d := _encode(im, "L"))[:len(d) // 2])
     add("zero_bytes", "skipped:undecodable", lambda im: b"")
     add("not_png", "skipped:undecodable",
@@ -494,8 +534,8 @@ def _write_faults(folder, rows, lists, csv_rows, size, seed):
     add("implausible_age", "kept:age_unknown", png("L"), age=412)
     add("missing_file", "skipped:missing_file")
     add("not_in_split", "skipped:not_in_split", png("L"), in_split=False)
-    add("path_traversal", "skipped:invalid_image_index", in_split=False, image_index="../../etc/passwd")
-    add("absolute_path", "skipped:invalid_image_index", in_split=False, image_index="/etc/passwd")
+    for kind, path in (("path_traversal", "../../etc/passwd"), ("absolute_path", "/etc/passwd")):
+        add(kind, "skipped:invalid_image_index", in_split=False, image_index=path)
     csv_rows.append(dict(rows[0]))
     faults.append({"image_id": rows[0]["image_index"], "kind": "duplicate_row",
                    "expect": "skipped:duplicate_row"})
@@ -510,22 +550,11 @@ def _csv_line(row):
             f"{row['spacing']},{row['spacing']},\n")
 
 
-def _png_bytes(image):
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=_COMPRESS_LEVEL)
-    return buf.getvalue()
-
-
-# PIL's default. Level 1 writes a 1024² film ~25% faster, but its files decode ~40% slower,
-# and prepare decodes a set more often than we write it.
-_COMPRESS_LEVEL = 6
-
-
 def _render_to_file(task):
     path, size, seed, patient_id, number, findings = task
     image = render(size, findings, anatomy_seed=[seed, 1, patient_id], image_seed=[seed, 2, number])
     with open(path, "wb") as f:
-        f.write(_png_bytes(image))
+        f.write(_encode(image, "L"))
 
 
 def _run(tasks, num_workers, progress):

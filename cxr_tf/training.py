@@ -187,6 +187,8 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
     cbs = callbacks.standard_callbacks(run_dir, epoch_metrics=epoch_metrics,
                                        initial_epoch=initial_epoch,
                                        early_stop_patience=config["early_stop_patience"])
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        distribute.prepare_keras_for_multi_worker(net, strategy, size, num_outputs)
     history = net.fit(train_ds, epochs=config["epochs"], steps_per_epoch=steps_per_epoch,
                       initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose)
     summary = _summary(net, history, resolved, initial_epoch)

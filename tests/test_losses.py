@@ -10,7 +10,8 @@ from cxr_tf import losses
 
 
 def _value(loss, y_true, logits):
-    return float(keras.ops.convert_to_numpy(loss(np.asarray(y_true, np.float32), np.asarray(logits, np.float32))))
+    value = loss(np.asarray(y_true, np.float32), np.asarray(logits, np.float32))
+    return float(keras.ops.convert_to_numpy(value))
 
 
 def softplus(z):
@@ -18,7 +19,8 @@ def softplus(z):
 
 
 def test_weighted_bce_by_hand():
-    # 2 examples × 2 classes, pos_weight = [2, 0.5]; per element (y=1: w·softplus(-z), y=0: softplus(z)):
+    # 2 examples × 2 classes, pos_weight = [2, 0.5]; per element
+    # (y=1: w·softplus(-z), y=0: softplus(z)):
     #   [0,0] y=1 z=0   -> 2   * softplus(0)  = 2 ln 2
     #   [0,1] y=0 z=2   ->       softplus(2)  = ln(1 + e^2)
     #   [1,0] y=0 z=1   ->       softplus(1)  = ln(1 + e)
@@ -39,7 +41,8 @@ def test_positive_weight_scales_only_the_positive_term():
     # Only the [0,0] term changes: by (3 - 1) · softplus(-0.5), divided by the 4 classes.
     assert weighted - plain == pytest.approx(2 * softplus(-0.5) / 4, rel=1e-5)
     # A weight on a class whose label is 0 changes nothing.
-    assert _value(losses.make_loss([1.0, 5.0, 1.0, 1.0]), y_true, logits) == pytest.approx(plain, rel=1e-6)
+    unused_weight = _value(losses.make_loss([1.0, 5.0, 1.0, 1.0]), y_true, logits)
+    assert unused_weight == pytest.approx(plain, rel=1e-6)
 
 
 def test_pos_weight_one_equals_keras_bce_from_logits():
@@ -71,11 +74,14 @@ def test_config_round_trip_keeps_weights():
     assert restored.pos_weight == [1.5, 2.5]
 
 
+_SHAPE_ERROR = "pos_weight must be a non-empty 1-D sequence (one weight per class)"
+
+
 @pytest.mark.parametrize(
     "pos_weight, message",
     [
-        ([], "pos_weight must be a non-empty 1-D sequence (one weight per class); received shape (0,)"),
-        ([[1.0, 2.0]], "pos_weight must be a non-empty 1-D sequence (one weight per class); received shape (1, 2)"),
+        ([], f"{_SHAPE_ERROR}; received shape (0,)"),
+        ([[1.0, 2.0]], f"{_SHAPE_ERROR}; received shape (1, 2)"),
         ([1.0, 0.0], "pos_weight must be finite and > 0; received [1.0, 0.0]"),
         ([1.0, float("inf")], "pos_weight must be finite and > 0; received [1.0, inf]"),
     ],
@@ -101,13 +107,19 @@ def test_balanced_pos_weight_is_neg_over_pos():
     weights = losses.balanced_pos_weight(labels)
     assert weights.dtype == np.float32
     np.testing.assert_array_equal(weights, [3.0, 1.0, 1.0, 1.0])
-    np.testing.assert_array_equal(losses.balanced_pos_weight(labels, max_weight=2.5), [2.5, 1.0, 1.0, 1.0])
+    capped = losses.balanced_pos_weight(labels, max_weight=2.5)
+    np.testing.assert_array_equal(capped, [2.5, 1.0, 1.0, 1.0])
 
 
 @pytest.mark.parametrize(
     "labels, max_weight, message",
     [
-        (np.array([1, 0]), None, "labels must be a non-empty 2-D multi-hot matrix (examples × classes); received shape (2,)"),
+        (
+            np.array([1, 0]),
+            None,
+            "labels must be a non-empty 2-D multi-hot matrix (examples × classes); "
+            "received shape (2,)",
+        ),
         (np.array([[1, 2]]), None, "labels must hold only 0 and 1; received values [1, 2]"),
         (np.array([[1, 0]]), 0, "max_weight must be > 0 or None; received max_weight=0"),
     ],

@@ -29,7 +29,8 @@ def test_per_class_auc_matches_sklearn():
     # class 0: positives .9 .4 vs negatives .6 .1 -> pairs won 2 + 1 of 4 = 0.75
     # class 1: positives .8 .7 .3 vs negative .2 -> 3 of 3 = 1.0
     np.testing.assert_allclose(metrics.per_class_auc(Y, S), [0.75, 1.0])
-    np.testing.assert_allclose(metrics.per_class_auc(Y, S), [roc_auc_score(Y[:, c], S[:, c]) for c in range(2)])
+    sklearn_aucs = [roc_auc_score(Y[:, c], S[:, c]) for c in range(2)]
+    np.testing.assert_allclose(metrics.per_class_auc(Y, S), sklearn_aucs)
 
 
 def test_ties_count_half_as_in_sklearn():
@@ -72,7 +73,8 @@ def test_threshold_metrics_by_hand_and_against_sklearn():
     for name, fn in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score)):
         np.testing.assert_allclose(result[name], fn(Y, predicted, average=None, zero_division=0))
         for average in ("macro", "micro"):
-            assert result[f"{name}_{average}"] == pytest.approx(fn(Y, predicted, average=average, zero_division=0))
+            expected = fn(Y, predicted, average=average, zero_division=0)
+            assert result[f"{name}_{average}"] == pytest.approx(expected)
 
 
 def test_score_equal_to_threshold_is_positive():
@@ -97,7 +99,8 @@ def test_per_class_thresholds():
     # class 0 at 0.95 predicts nothing (recall 0); class 1 at 0.25 predicts .8 .7 .3 (recall 1)
     result = metrics.threshold_metrics(Y, S, [0.95, 0.25])
     np.testing.assert_array_equal(result["recall"], [0.0, 1.0])
-    with pytest.raises(ValueError, match=r"threshold must be one number or one per class \(2\); received shape \(3,\)"):
+    message = r"threshold must be one number or one per class \(2\); received shape \(3,\)"
+    with pytest.raises(ValueError, match=message):
         metrics.threshold_metrics(Y, S, [0.5, 0.5, 0.5])
 
 
@@ -108,7 +111,8 @@ def test_paper_auc_is_auc_of_binarized_predictions_and_differs_from_auc():
     s = np.array([0.45, 0.9, 0.3, 0.1])
     assert metrics.per_class_auc(y, s)[0] == 1.0
     assert metrics.paper_auc(y, s, 0.5)[0] == pytest.approx(0.75)
-    assert metrics.paper_auc(y, s, 0.5)[0] == pytest.approx(roc_auc_score(y, (s >= 0.5).astype(int)))
+    binarized_auc = roc_auc_score(y, (s >= 0.5).astype(int))
+    assert metrics.paper_auc(y, s, 0.5)[0] == pytest.approx(binarized_auc)
     np.testing.assert_allclose(
         metrics.paper_auc(Y, S, 0.4),
         [roc_auc_score(Y[:, c], (S[:, c] >= 0.4).astype(int)) for c in range(2)],
@@ -134,13 +138,14 @@ def test_epoch_metrics_key_names_exactly():
 
 
 def test_format_threshold():
-    assert [metrics.format_threshold(t) for t in (0.5, 0.4, 0.1 + 0.2, 0.25, 1)] == ["0.5", "0.4", "0.3", "0.25", "1"]
+    formatted = [metrics.format_threshold(t) for t in (0.5, 0.4, 0.1 + 0.2, 0.25, 1)]
+    assert formatted == ["0.5", "0.4", "0.3", "0.25", "1"]
 
 
 def test_input_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"received \(4, 2\) and \(4, 3\)"):
         metrics.per_class_auc(Y, np.zeros((4, 3)))
-    with pytest.raises(ValueError, match=r"y_true must hold only 0 and 1; received values \[0, 2\]"):
+    with pytest.raises(ValueError, match=r"y_true must hold only 0 and 1; received values \[0, 2"):
         metrics.per_class_auc(Y * 2, S)
     with pytest.raises(ValueError, match="y_score holds 1 NaN or infinite values of 8"):
         metrics.per_class_auc(Y, np.where(S == 0.9, np.nan, S))
@@ -185,7 +190,8 @@ def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_data():
     y_big, s_big = sample(1600)
     lo_small, hi_small = metrics.bootstrap_auc_ci(y_small, s_small, n_boot=300, seed=1)
     lo_big, hi_big = metrics.bootstrap_auc_ci(y_big, s_big, n_boot=300, seed=1)
-    auc_small, auc_big = metrics.per_class_auc(y_small, s_small), metrics.per_class_auc(y_big, s_big)
+    auc_small = metrics.per_class_auc(y_small, s_small)
+    auc_big = metrics.per_class_auc(y_big, s_big)
     assert np.all((lo_small <= auc_small) & (auc_small <= hi_small))
     assert np.all((lo_big <= auc_big) & (auc_big <= hi_big))
     # 16× the data: the width should shrink about 4×; ask for at least 2×.
@@ -205,7 +211,8 @@ def test_patient_bootstrap_is_wider_when_a_patients_images_agree():
     lo_img, hi_img = metrics.bootstrap_auc_ci(y, s, n_boot=300)
     lo_pat, hi_pat = metrics.bootstrap_auc_ci(y, s, groups=groups, n_boot=300)
     assert (hi_pat - lo_pat)[0] > 2 * (hi_img - lo_img)[0]
-    with pytest.raises(ValueError, match=r"groups must hold one id per example \(400\); received shape \(3,\)"):
+    message = r"groups must hold one id per example \(400\); received shape \(3,\)"
+    with pytest.raises(ValueError, match=message):
         metrics.bootstrap_auc_ci(y, s, groups=[1, 2, 3])
 
 
@@ -234,7 +241,8 @@ def test_ece_of_a_calibrated_toy_is_zero_and_of_an_overconfident_one_is_not():
     # 4 bins' worth: in each, the positive rate equals the probability (1 in 4 at 0.25, ...).
     prob = np.array([0.25] * 4 + [0.5] * 4 + [0.75] * 4 + [1.0] * 4)
     label = np.array([1, 0, 0, 0] + [1, 1, 0, 0] + [1, 1, 1, 0] + [1, 1, 1, 1])
-    assert metrics.expected_calibration_error(label.reshape(8, 2), prob.reshape(8, 2), n_bins=10) == pytest.approx(0.0, abs=1e-12)
+    ece = metrics.expected_calibration_error(label.reshape(8, 2), prob.reshape(8, 2), n_bins=10)
+    assert ece == pytest.approx(0.0, abs=1e-12)
     # Always saying 0.9 for a 50 % event: |0.5 - 0.9| = 0.4.
     y = np.array([[1], [0], [1], [0]])
     assert metrics.expected_calibration_error(y, np.full((4, 1), 0.9)) == pytest.approx(0.4)
@@ -253,11 +261,19 @@ def test_sigmoid_is_stable():
 
 def test_metrics_imports_neither_keras_nor_tensorflow():
     tree = ast.parse((REPO / "cxr_tf" / "metrics.py").read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            roots.add(node.module.split(".")[0])
     assert roots <= {"math", "numpy", "sklearn"}, roots
-    script = "import json, sys; import cxr_tf.metrics; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax'})))"
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+    script = (
+        "import json, sys; import cxr_tf.metrics; heavy = {'keras', 'tensorflow', 'jax'}; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []

@@ -48,7 +48,8 @@ def test_block_convs_have_no_bias_and_keras_application_names(resnet50):
     # 1 stem + 16 blocks × 3 + 4 projection shortcuts.
     assert len(convs) == 53
     assert not any(conv.use_bias for conv in convs)
-    for name in ("conv2_block1_0_conv", "conv2_block3_3_conv", "conv4_block6_2_conv", "conv5_block3_out"):
+    for name in ("conv2_block1_0_conv", "conv2_block3_3_conv", "conv4_block6_2_conv",
+                 "conv5_block3_out"):
         resnet50.get_layer(name)  # raises if missing
     # v1 bottleneck: the stage's stride is on the first 1x1 conv and the projection.
     assert resnet50.get_layer("conv3_block1_1_conv").strides == (2, 2)
@@ -90,7 +91,7 @@ def test_other_archs_match_torchvision_counts(arch, torchvision_params, features
 
 
 def test_every_batch_norm_uses_pytorch_momentum_and_epsilon(resnet50):
-    norms = [layer for layer in resnet50.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [l for l in resnet50.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert len(norms) == 53
     assert {(bn.momentum, bn.epsilon) for bn in norms} == {(0.9, 1e-5)}
 
@@ -130,16 +131,22 @@ def test_saved_model_file_round_trip(tmp_path):
     net.save(path)
     loaded = keras.models.load_model(path)
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(loaded(images)), keras.ops.convert_to_numpy(net(images)), rtol=1e-6
-    )
+    expected = keras.ops.convert_to_numpy(net(images))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"arch": "resnet152"}, "arch must be one of resnet18, resnet34, resnet50, resnet101; received arch='resnet152'"),
-        ({"image_size": 16}, "image_size must be at least 32 (the network downsamples 32x); received image_size=16"),
+        (
+            {"arch": "resnet152"},
+            "arch must be one of resnet18, resnet34, resnet50, resnet101; "
+            "received arch='resnet152'",
+        ),
+        (
+            {"image_size": 16},
+            "image_size must be at least 32 (the network downsamples 32x); received image_size=16",
+        ),
         ({"image_size": 64.0}, "image_size must be an int; received image_size=64.0"),
         ({"num_classes": 0}, "num_classes must be a positive int; received num_classes=0"),
     ],
@@ -165,7 +172,7 @@ def test_source_imports_no_tensorflow(module):
     assert not imported & _TF_IMPORTS, f"cxr_tf/{module} imports {imported & _TF_IMPORTS}"
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed (pip install 'jax[cpu]', the bench extra)")
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed (the bench extra installs it)")
 def test_model_builds_and_runs_under_jax_without_tensorflow():
     script = """
 import json, sys
@@ -179,12 +186,11 @@ b = keras.ops.convert_to_numpy(net(images.astype(np.float32)))
 loss = losses.make_loss([2.0] * 14)(np.zeros((2, 14)), a)
 print(json.dumps({"backend": keras.backend.backend(), "equal": bool((a == b).all()),
                   "shape": list(a.shape), "loss": float(loss),
-                  "tensorflow": sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")[:3]}))
+                  "tensorflow": [m for m in sys.modules if m.split(".")[0] == "tensorflow"][:3]}))
 """
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == "jax"

@@ -1,6 +1,7 @@
 """Train-step and inference throughput of cxr_tf's model against keras.applications.ResNet50.
 
-    KERAS_BACKEND=jax python tools/bench_model.py --image_size=224 --batch_size=256 --precision=bfloat16
+    KERAS_BACKEND=jax python tools/bench_model.py --image_size=224 --batch_size=256 \
+        --precision=bfloat16
 
 Runs under whatever KERAS_BACKEND says (jax, tensorflow, torch) and imports only Keras and
 `cxr_tf.model`, never TensorFlow unless it is the backend, so it runs on the JAX-only GPU
@@ -97,14 +98,18 @@ def main(argv=None):
 
     keras.mixed_precision.set_dtype_policy(_POLICIES[args.precision])
     images, labels = _device_batch(keras, args.batch_size, args.image_size)
-    models = {"ours": _compiled(keras, ours, args), "keras_applications": _compiled(keras, reference, args)}
+    models = {
+        "ours": _compiled(keras, ours, args),
+        "keras_applications": _compiled(keras, reference, args),
+    }
     train_data = _repeating(keras, (images, labels))
     infer_data = _repeating(keras, (images,))
 
     # Warm-up compiles both functions; it also runs BN updates and Adam steps, as training does.
     for model in models.values():
-        model.fit(train_data(), steps_per_epoch=max(args.warmup, 1), epochs=1, verbose=0, shuffle=False)
-        model.predict(infer_data(), steps=max(args.warmup, 1), verbose=0)
+        warmup = max(args.warmup, 1)
+        model.fit(train_data(), steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
+        model.predict(infer_data(), steps=warmup, verbose=0)
         _sync(keras, model)
     times = {name: {"train": [], "infer": []} for name in models}
     for _ in range(args.repeats):
@@ -146,8 +151,9 @@ def main(argv=None):
             "train_img_s_all": [round(images_per_repeat / t, 1) for t in times[name]["train"]],
             "infer_img_s_all": [round(images_per_repeat / t, 1) for t in times[name]["infer"]],
         }
-    result["ratio_train"] = result["ours"]["train_img_s"] / result["keras_applications"]["train_img_s"]
-    result["ratio_infer"] = result["ours"]["infer_img_s"] / result["keras_applications"]["infer_img_s"]
+    for kind in ("train", "infer"):
+        ours_rate = result["ours"][f"{kind}_img_s"]
+        result[f"ratio_{kind}"] = ours_rate / result["keras_applications"][f"{kind}_img_s"]
     _print_table(result)
     print(json.dumps(result), flush=True)
     return result
@@ -170,7 +176,8 @@ def _device_batch(keras, batch_size, image_size):
     images = keras.ops.cast(
         keras.random.randint((batch_size, image_size, image_size, 1), 0, 256, seed=0), "uint8"
     )
-    labels = keras.ops.cast(keras.random.uniform((batch_size, NUM_CLASSES), seed=1) < 0.1, "float32")
+    labels = keras.random.uniform((batch_size, NUM_CLASSES), seed=1) < 0.1
+    labels = keras.ops.cast(labels, "float32")
     return images, labels
 
 
@@ -207,7 +214,8 @@ def _device_name(keras):
 
             gpus = tf.config.list_physical_devices("GPU")
             if gpus:
-                return "gpu: " + tf.config.experimental.get_device_details(gpus[0]).get("device_name", "?")
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return "gpu: " + details.get("device_name", "?")
         if backend == "torch":
             import torch
 
@@ -220,14 +228,17 @@ def _device_name(keras):
 
 def _print_table(result):
     print(
-        f"{result['backend']} on {result['device']}: {result['arch']} vs keras.applications.ResNet50, "
-        f"{result['image_size']} px, batch {result['batch_size']}, {result['precision']}, "
-        f"jit_compile={result['jit_compile']}, median of {result['repeats']} x {result['steps']} steps"
+        f"{result['backend']} on {result['device']}: {result['arch']} vs "
+        f"keras.applications.ResNet50, {result['image_size']} px, batch {result['batch_size']}, "
+        f"{result['precision']}, jit_compile={result['jit_compile']}, "
+        f"median of {result['repeats']} x {result['steps']} steps"
     )
     print(f"{'':22}{'train img/s':>14}{'infer img/s':>14}")
     for name in ("ours", "keras_applications"):
-        print(f"{name:22}{result[name]['train_img_s']:>14,.1f}{result[name]['infer_img_s']:>14,.1f}")
-    print(f"{'ratio ours/reference':22}{result['ratio_train']:>14.3f}{result['ratio_infer']:>14.3f}")
+        train, infer = result[name]["train_img_s"], result[name]["infer_img_s"]
+        print(f"{name:22}{train:>14,.1f}{infer:>14,.1f}")
+    ratio_train, ratio_infer = result["ratio_train"], result["ratio_infer"]
+    print(f"{'ratio ours/reference':22}{ratio_train:>14.3f}{ratio_infer:>14.3f}")
 
 
 if __name__ == "__main__":

@@ -57,9 +57,6 @@ fi
 
 export KERAS_BACKEND=jax
 export PYTHONUNBUFFERED=1
-# Let XLA take GPU memory as it needs it rather than 75 % up front: two models share the
-# process, and the 512 px activations are large.
-export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 
 OUT_DIR="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT_DIR"

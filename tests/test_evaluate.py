@@ -1,0 +1,137 @@
+"""The evaluate app on the prepared synthetic fixture: files, figures, threshold tuning."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from cxr_tf import evaluate, input_pipeline, labels, metrics, serving
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+SIZE = 32
+
+
+def make_run_dir(path, data_dir, num_outputs=14, seed=0):
+    """A run dir as cxr_tf.train leaves it (config.json, checkpoints/), with an untrained model."""
+    import keras
+
+    from cxr_tf import model
+
+    keras.utils.set_random_seed(seed)
+    net = model.build_model("resnet18", SIZE, num_outputs)
+    os.makedirs(path / "checkpoints")
+    for name in ("best", "last"):
+        net.save(path / "checkpoints" / f"{name}.keras")
+    (path / "config.json").write_text(json.dumps({
+        "data_dir": str(data_dir), "image_size": SIZE, "arch": "resnet18",
+        "thresholds": ["0.4", "0.5"], "val_fraction": 0.1, "seed": 0,
+        "no_finding_output": num_outputs == 15, "num_outputs": num_outputs,
+        "label_names": list(labels.LABELS)}))
+    return net
+
+
+def split_probs(net, data_dir, split):
+    """(labels, probabilities) of a split, computed here independently of cxr_tf.evaluate."""
+    rows = input_pipeline.split_metadata(str(data_dir), split, image_size=SIZE)
+    pixels = np.concatenate([x.numpy() for x, _ in input_pipeline.make_dataset(
+        str(data_dir), split, batch_size=8, training=False, image_size=SIZE)])
+    probs = metrics.sigmoid(net.predict(pixels, verbose=0))
+    return np.stack([r["labels"] for r in rows]), probs, rows
+
+
+@pytest.fixture(scope="module")
+def run(prepared_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("evaluate") / "run"
+    return path, make_run_dir(path, prepared_dir)
+
+
+def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
+    path, net = run
+    report = evaluate.evaluate_run(str(path), "test", n_boot=100, progress=False)
+    out = path / "eval_test"
+    for name in ("report.json", "report.md", "roc.png", "pr.png", "calibration.png"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("roc.png", "pr.png", "calibration.png"):
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and min(img.size) >= 400
+    saved = json.loads((out / "report.json").read_text())  # strict JSON: no NaN
+    assert saved["per_class"] == report["per_class"]
+    y, probs, rows = split_probs(net, prepared_dir, "test")
+    assert report["overall"]["examples"] == len(rows)
+    assert report["overall"]["patients"] == len({r["patient_id"] for r in rows})
+    checked = 0
+    for c, name in enumerate(labels.LABELS):
+        row = report["per_class"][name]
+        assert row["positives"] == int(y[:, c].sum())
+        if 0 < y[:, c].sum() < len(y):
+            assert row["auc"] == pytest.approx(roc_auc_score(y[:, c], probs[:, c]), abs=1e-6)
+            assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
+            checked += 1
+        else:
+            assert row["auc"] is None
+    assert checked >= 3
+    assert set(report["thresholds"]) == {"0.4", "0.5"}  # no thresholds.json: no "tuned"
+    assert set(report["subgroups"]) == {"sex", "age_band", "view"}
+    assert sum(g["examples"] for g in report["subgroups"]["sex"].values()) == len(rows)
+    text = (out / "report.md").read_text()
+    assert "# Evaluation on test" in text and "Wang 2017" in text
+
+
+def test_thresholds_are_tuned_on_validation_only(run, prepared_dir):
+    path, net = run
+    thresholds_file = path / "thresholds.json"
+    if thresholds_file.exists():
+        thresholds_file.unlink()
+    evaluate.evaluate_run(str(path), "test", n_boot=0, progress=False)
+    assert not thresholds_file.exists()  # evaluating test never writes thresholds
+
+    report = evaluate.evaluate_run(str(path), "test", n_boot=0, tune="f1", progress=False)
+    written = json.loads(thresholds_file.read_text())
+    assert written["split"] == "validation" and written["method"] == "f1"
+    y_val, p_val, _ = split_probs(net, prepared_dir, "validation")
+    on_validation = metrics.tune_thresholds(y_val, p_val, "f1")
+    on_test = metrics.tune_thresholds(*split_probs(net, prepared_dir, "test")[:2], "f1")
+    got = np.array([written["thresholds"][name] for name in labels.LABELS])
+    np.testing.assert_allclose(got, on_validation)
+    assert not np.allclose(got, on_test)  # would pass by accident if it had tuned on test
+    assert report["thresholds"]["tuned"] == pytest.approx(got.tolist())
+    assert report["per_class"]["Atelectasis"]["tuned_threshold"] == pytest.approx(got[0])
+
+    before = thresholds_file.read_bytes()
+    evaluate.evaluate_run(str(path), "test", n_boot=0, progress=False)
+    assert thresholds_file.read_bytes() == before
+
+
+def test_evaluate_app_json(run):
+    path, _ = run
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={path}", "--split=validation",
+         "--bootstrap=20", "--json"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)  # one JSON object and nothing else on stdout
+    assert printed["split"] == "validation" and printed["bootstrap"]["replicates"] == 20
+    assert json.loads((path / "eval_validation" / "report.json").read_text()) == printed
+
+
+def test_no_finding_output_report(prepared_dir, tmp_path):
+    net = make_run_dir(tmp_path / "run15", prepared_dir, num_outputs=15, seed=1)
+    report = evaluate.evaluate_run(str(tmp_path / "run15"), "test", n_boot=0, progress=False)
+    y, probs, _ = split_probs(net, prepared_dir, "test")
+    wins = probs[:, 14] > probs[:, :14].max(axis=1)
+    nf = report["no_finding"]
+    assert nf["examples_suppressed"] == int(wins.sum())
+    constrained = np.where(wins[:, None], -1.0, probs[:, :14])
+    f1 = metrics.threshold_metrics(y, constrained, 0.5)["f1_macro"]
+    assert nf["f1@0.5/macro"]["with"] == pytest.approx(f1)
+    assert "## No Finding constraint" in (tmp_path / "run15" / "eval_test" / "report.md").read_text()
+
+
+def test_not_a_run_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json: not found; --model_dir must be a run"):
+        evaluate.evaluate_run(str(tmp_path), "test")
+    assert serving.read_thresholds(str(tmp_path)) == (None, None)

@@ -1,0 +1,253 @@
+"""Export: the SavedModel serves PNG/JPEG bytes in a process without cxr_tf, as TF Serving would."""
+
+import base64
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from cxr_tf import images, labels, serving
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+SIZE = 32
+
+
+def make_run_dir(path, num_outputs=14, seed=0):
+    """A run dir as cxr_tf.train leaves it (config.json, checkpoints/), with an untrained model."""
+    import keras
+
+    from cxr_tf import model
+
+    keras.utils.set_random_seed(seed)
+    net = model.build_model("resnet18", SIZE, num_outputs)
+    os.makedirs(path / "checkpoints")
+    for name in ("best", "last"):
+        net.save(path / "checkpoints" / f"{name}.keras")
+    (path / "config.json").write_text(json.dumps({
+        "data_dir": str(path), "image_size": SIZE, "arch": "resnet18", "thresholds": ["0.5"],
+        "val_fraction": 0.1, "seed": 0, "no_finding_output": num_outputs == 15,
+        "num_outputs": num_outputs, "label_names": list(labels.LABELS)}))
+    return net
+
+
+def encode(image, fmt="PNG", **params):
+    """An array or PIL image as encoded bytes."""
+    image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def with_sbit(png, bits):
+    """Inserts an sBIT chunk (significant bits of a gray image) right after IHDR."""
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits])
+    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
+    return png[:33] + chunk + png[33:]
+
+
+def sample_images():
+    """{name: encoded bytes}: every input kind the signature accepts, none of them square."""
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (45, 60), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (60, 45, 3), dtype=np.uint8)
+    return {
+        "gray8.png": encode(gray),
+        "gray16.png": encode(rng.integers(0, 65536, (50, 40), dtype=np.uint16)),
+        "gray16_sbit12.png": with_sbit(encode(rng.integers(0, 1000, (50, 40), dtype=np.uint16)), 12),
+        "rgb.png": encode(rgb),
+        "rgba.png": encode(rng.integers(0, 256, (40, 70, 4), dtype=np.uint8)),
+        "gray_alpha.png": encode(Image.fromarray(np.stack([gray, gray[::-1]], -1), "LA")),
+        "palette.png": encode(Image.fromarray(rgb).convert("P")),
+        "gray.jpg": encode(gray, "JPEG", quality=90),
+        "rgb.jpg": encode(rgb, "JPEG", quality=90),
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A run dir with tuned thresholds, exported by the export app (as a user runs it)."""
+    root = tmp_path_factory.mktemp("export")
+    net = make_run_dir(root / "run")
+    tuned = np.linspace(0.3, 0.7, 14)
+    serving.write_thresholds(str(root / "run"), tuned, "f1")
+    export_dir = root / "models" / "cxr" / "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.export", f"--model_dir={root / 'run'}",
+         f"--export_dir={export_dir}", "--json"], capture_output=True, text=True, env=ENV,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return net, tuned, export_dir, summary
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported[2]))
+
+
+def test_export_app_summary(exported):
+    _, tuned, export_dir, summary = exported
+    assert summary["export_dir"] == str(export_dir)
+    assert (export_dir / "saved_model.pb").is_file()
+    assert summary["thresholds_from"].startswith("thresholds.json (f1")
+    assert list(summary["thresholds"].values()) == pytest.approx(tuned.tolist())
+
+
+_NO_CXR_TF = r"""
+import json, sys
+
+class BlockCxrTf:  # a process that has TensorFlow but cannot import cxr_tf
+    def find_spec(self, name, path=None, target=None):
+        if name == "cxr_tf" or name.startswith("cxr_tf."):
+            raise ImportError(f"{name} is blocked in this process")
+
+sys.meta_path.insert(0, BlockCxrTf())
+try:
+    import cxr_tf
+    blocked = False
+except ImportError:
+    blocked = True
+import tensorflow as tf
+
+model = tf.saved_model.load(sys.argv[1])
+data = [open(path, "rb").read() for path in sys.argv[2:]]
+out = model.signatures["serving_default"](image_bytes=tf.constant(data))
+meta = model.signatures["metadata"]()
+print(json.dumps({
+    "blocked": blocked,
+    "cxr_tf_modules": sorted(m for m in sys.modules if m.split(".")[0] == "cxr_tf"),
+    "probabilities": out["probabilities"].numpy().tolist(),
+    "positive": out["positive"].numpy().tolist(),
+    "label_names": [n.decode() for n in meta["label_names"].numpy()],
+    "thresholds": meta["thresholds"].numpy().tolist(),
+    "image_size": int(meta["image_size"]),
+    "version": meta["version"].numpy().decode(),
+}))
+"""
+
+
+def test_serves_png_bytes_without_cxr_tf_and_matches_keras(exported, tmp_path):
+    net, tuned, export_dir, _ = exported
+    samples = sample_images()
+    paths = []
+    for name, data in samples.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _NO_CXR_TF, str(export_dir), *paths],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["blocked"] and out["cxr_tf_modules"] == []
+    assert out["label_names"] == list(labels.LABELS)
+    assert out["thresholds"] == pytest.approx(tuned.tolist())
+    assert out["image_size"] == SIZE and out["version"] == "0.1.0"
+    # The same images decoded by the same graph ops here, then the Keras model.
+    pixels = serving.preprocess_bytes(list(samples.values()), SIZE).numpy()
+    expected = tf.sigmoid(net.predict(pixels, verbose=0)).numpy()
+    probs = np.array(out["probabilities"])
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert out["positive"] == (probs >= np.float32(tuned)).tolist()
+
+
+def test_tf_serving_rest_json_round_trip(exported, loaded):
+    net, _, _, _ = exported
+    samples = list(sample_images().values())[:3]
+    request = json.dumps({"signature_name": "serving_default",
+                          "instances": [{"b64": base64.b64encode(d).decode()} for d in samples]})
+    # What TF Serving's REST handler does with it: look up the signature; a signature with one
+    # input takes each instance as that input's value; {"b64": ...} is base64 for DT_STRING;
+    # instances are stacked on axis 0. The reply is {"predictions": [one dict per instance]}.
+    body = json.loads(request)
+    signature = loaded.signatures[body["signature_name"]]
+    inputs = signature.structured_input_signature[1]
+    assert list(inputs) == ["image_bytes"]
+    assert inputs["image_bytes"].dtype == tf.string and inputs["image_bytes"].shape.as_list() == [None]
+    batch = tf.constant([base64.b64decode(inst["b64"]) for inst in body["instances"]])
+    out = signature(image_bytes=batch)
+    reply = json.loads(json.dumps({"predictions": [
+        {name: value[i].numpy().tolist() for name, value in out.items()}
+        for i in range(len(samples))]}))
+    assert [sorted(p) for p in reply["predictions"]] == [["positive", "probabilities"]] * 3
+    probs = np.array([p["probabilities"] for p in reply["predictions"]])
+    expected = tf.sigmoid(net(serving.preprocess_bytes(samples, SIZE), training=False)).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("text", b"hello, not an image", r"image 1: not a PNG or JPEG image \(19 bytes"),
+    ("empty", b"", r"image 1: not a PNG or JPEG image \(0 bytes"),
+    ("cut PNG", "cut_png", r"image 1: PNG truncated \(no IEND chunk in \d+ bytes\)"),
+    ("PNG header", "png_head", r"image 1: PNG header truncated \(20 bytes, fewer than 33\)"),
+    ("cut JPEG", "cut_jpeg", r"Invalid JPEG data"),
+])
+def test_bad_bytes_are_a_clear_error_and_serving_goes_on(loaded, name, data, message):
+    good = sample_images()["gray8.png"]
+    jpeg = sample_images()["gray.jpg"]
+    data = {"cut_png": good[:len(good) // 2], "png_head": good[:20],
+            "cut_jpeg": jpeg[:len(jpeg) // 2]}.get(data, data)
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(image_bytes=tf.constant([good, data]))
+    again = serve(image_bytes=tf.constant([good]))["probabilities"].numpy()
+    assert again.shape == (1, 14) and np.isfinite(again).all()
+
+
+def test_predict_images_signature_equals_keras(exported, loaded):
+    net, _, _, _ = exported
+    pixels = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 1), dtype=np.uint8)
+    out = loaded.signatures["predict_images"](images=tf.constant(pixels))["probabilities"]
+    np.testing.assert_allclose(out.numpy(), tf.sigmoid(net(pixels, training=False)).numpy(),
+                               atol=1e-5)
+
+
+def test_graph_decoding_is_bit_exact_with_pil_and_resize_within_one_level():
+    """The in-graph preprocessing against cxr_tf.images (PIL): the measured parity."""
+    for name, data in sample_images().items():
+        reference, _ = images.decode_any(data, name)
+        decoded = serving.decode_gray(tf.constant(data)).numpy()
+        np.testing.assert_array_equal(decoded, reference, err_msg=name)
+        expected, _ = images.preprocess(data, name, SIZE)
+        got = serving.preprocess_bytes([data], SIZE).numpy()[0]
+        diff = np.abs(got.astype(int) - expected.astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.15, (name, diff.max(), diff.mean())
+
+
+def test_preprocessing_is_the_same_inside_tf_data():
+    samples = list(sample_images().values())
+    eager = serving.preprocess_bytes(samples, SIZE).numpy()
+    ds = tf.data.Dataset.from_tensor_slices(samples).map(
+        lambda b: serving.preprocess_bytes(b[None], SIZE)[0])
+    np.testing.assert_array_equal(np.stack(list(ds.as_numpy_iterator())), eager)
+
+
+def test_sbit_and_16_bit_scaling_match_pil():
+    values = np.array([[0, 500, 1000, 4095]], np.uint16)
+    # No sBIT: the smallest of 8/10/12/14/16 bits holding 4095 is 12 -> 4095 maps to 255.
+    assert serving.decode_gray(encode(values)).numpy().tolist() == [[0, 31, 62, 255]]
+    # sBIT 14 says the data use 14 bits: 4095 is only a quarter of the range.
+    assert serving.decode_gray(with_sbit(encode(values), 14)).numpy().tolist() == [[0, 8, 16, 64]]
+    assert images.decode_any(with_sbit(encode(values), 14), "x")[0].tolist() == [[0, 8, 16, 64]]
+
+
+def test_no_finding_constraint_in_the_decision():
+    probs = tf.constant([[0.9, 0.6], [0.7, 0.2]])
+    no_finding = tf.constant([0.95, 0.5])  # beats every finding on the first image only
+    positive = serving.decide(probs, [0.5, 0.5], no_finding).numpy()
+    assert positive.tolist() == [[False, False], [True, False]]
+
+
+def test_model_with_the_wrong_number_of_outputs_is_refused():
+    from cxr_tf import model
+
+    net = model.build_model("resnet18", SIZE, 13)
+    with pytest.raises(ValueError, match="model has 13 outputs; expected 14 findings, or 15"):
+        serving.build_archive(net, [0.5] * 14)

@@ -1,0 +1,198 @@
+"""The evaluation report against scikit-learn on fixed arrays (no TensorFlow)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
+                             roc_auc_score)
+
+from cxr_tf import labels, metrics, published, reporting
+
+LABELS = list(labels.LABELS)
+
+
+def fixed_set(n=300, seed=0):
+    """Scores that rank positives higher, a class with no positives (Hernia) and metadata."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 14)) < np.linspace(0.05, 0.4, 14)).astype(np.uint8)
+    y[:, 13] = 0
+    prob = 1 / (1 + np.exp(-(2.0 * y - 1.0 + rng.normal(0, 1.2, y.shape))))
+    meta = [{"sex": "MF"[i % 2], "age": [-1, 5, 25, 45, 65, 85][i % 6], "view": "PA" if i % 3 else "AP"}
+            for i in range(n)]
+    patients = np.arange(n) // 3
+    return y, prob, meta, patients
+
+
+@pytest.fixture(scope="module")
+def report():
+    y, prob, meta, patients = fixed_set()
+    tuned = metrics.tune_thresholds(y, prob, "f1")
+    return reporting.build_report(
+        y, prob, label_names=LABELS, thresholds=[0.4, 0.5], tuned_thresholds=tuned,
+        patient_ids=patients, metadata=meta, n_boot=200, seed=0), tuned
+
+
+def test_per_class_figures_equal_scikit_learn(report):
+    report, tuned = report
+    y, prob, _, _ = fixed_set()
+    for c, name in enumerate(LABELS[:13]):
+        row = report["per_class"][name]
+        assert row["positives"] == y[:, c].sum()
+        assert row["prevalence"] == pytest.approx(y[:, c].mean())
+        assert row["auc"] == pytest.approx(roc_auc_score(y[:, c], prob[:, c]), abs=1e-12)
+        assert row["average_precision"] == pytest.approx(
+            average_precision_score(y[:, c], prob[:, c]), abs=1e-12)
+        for key, t in (("0.4", 0.4), ("0.5", 0.5), ("tuned", tuned[c])):
+            pred = prob[:, c] >= t
+            assert row[f"f1@{key}"] == pytest.approx(f1_score(y[:, c], pred, zero_division=0))
+            assert row[f"precision@{key}"] == pytest.approx(
+                precision_score(y[:, c], pred, zero_division=0))
+            assert row[f"recall@{key}"] == pytest.approx(recall_score(y[:, c], pred))
+            assert row[f"specificity@{key}"] == pytest.approx(recall_score(1 - y[:, c], ~pred))
+            assert row[f"paper_auc@{key}"] == pytest.approx(roc_auc_score(y[:, c], pred))
+        assert row["tuned_threshold"] == pytest.approx(tuned[c])
+        assert row["published_auc"] == published.WANG2017_AUC[name]
+        assert row["auc_minus_published"] == pytest.approx(row["auc"] - row["published_auc"])
+
+
+def test_class_without_positives_is_null_not_nan(report):
+    report, _ = report
+    hernia = report["per_class"]["Hernia"]
+    assert hernia["positives"] == 0
+    assert hernia["auc"] is None and hernia["auc_ci_low"] is None
+    assert hernia["average_precision"] is None and hernia["paper_auc@0.5"] is None
+    json.dumps(report, allow_nan=False)  # strict JSON
+
+
+def test_overall_figures_equal_scikit_learn(report):
+    report, _ = report
+    y, prob, _, patients = fixed_set()
+    overall = report["overall"]
+    assert overall["examples"] == 300 and overall["patients"] == 100
+    assert overall["classes_with_auc"] == 13
+    aucs = [roc_auc_score(y[:, c], prob[:, c]) for c in range(13)]
+    assert overall["auc_mean"] == pytest.approx(np.mean(aucs))
+    assert overall["auc_micro"] == pytest.approx(roc_auc_score(y, prob, average="micro"))
+    assert overall["average_precision_micro"] == pytest.approx(
+        average_precision_score(y, prob, average="micro"))
+    for avg in ("macro", "micro"):
+        assert overall[f"f1@0.5/{avg}"] == pytest.approx(
+            f1_score(y, prob >= 0.5, average=avg, zero_division=0))
+        assert overall[f"precision@0.4/{avg}"] == pytest.approx(
+            precision_score(y, prob >= 0.4, average=avg, zero_division=0))
+        assert overall[f"recall@0.4/{avg}"] == pytest.approx(
+            recall_score(y, prob >= 0.4, average=avg, zero_division=0))
+    # ECE by hand: 15 equal bins over all (image, finding) pairs.
+    bins = np.minimum((prob.ravel() * 15).astype(int), 14)
+    ece = sum(abs(y.ravel()[bins == b].mean() - prob.ravel()[bins == b].mean()) * (bins == b).mean()
+              for b in range(15) if (bins == b).any())
+    assert overall["ece"] == pytest.approx(ece)
+
+
+def test_published_comparison():
+    assert published.WANG2017_MEAN_AUC == pytest.approx(0.745, abs=5e-4)
+    assert set(published.WANG2017_AUC) == set(LABELS)
+    y, prob, _, _ = fixed_set()
+    result = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5], n_boot=0)
+    pub = result["published"]
+    ours = [roc_auc_score(y[:, c], prob[:, c]) for c in range(13)]
+    theirs = [published.WANG2017_AUC[n] for n in LABELS[:13]]
+    assert pub["classes_compared"] == 13  # Hernia has no AUC here, so it is left out
+    assert pub["mean_difference"] == pytest.approx(np.mean(ours) - np.mean(theirs))
+    assert pub["mean_auc"] == published.WANG2017_MEAN_AUC
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
+    widths = []
+    for n in (200, 2000):
+        y, prob, _, patients = fixed_set(n, seed=1)
+        r = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5],
+                                   patient_ids=patients, n_boot=300)
+        rows = [r["per_class"][name] for name in LABELS[:13]]
+        for row in rows:
+            assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
+        widths.append(np.mean([row["auc_ci_high"] - row["auc_ci_low"] for row in rows]))
+    # 10x the data: the interval shrinks by about sqrt(10) = 3.2.
+    assert widths[1] < widths[0] / 2.2
+
+
+def test_patient_level_bootstrap_is_wider_than_image_level():
+    # Each patient contributes 5 copies of one image: they are one observation, not five.
+    y, prob, _, _ = fixed_set(100, seed=2)
+    y, prob = np.repeat(y, 5, axis=0), np.repeat(prob, 5, axis=0)
+    patients = np.repeat(np.arange(100), 5)
+    by_patient = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5],
+                                        patient_ids=patients, n_boot=300)
+    by_image = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5], n_boot=300)
+    assert by_patient["bootstrap"]["unit"] == "patient" and by_image["bootstrap"]["unit"] == "image"
+
+    def width(r):
+        return np.mean([r["per_class"][n]["auc_ci_high"] - r["per_class"][n]["auc_ci_low"]
+                        for n in LABELS[:13]])
+
+    assert width(by_patient) > 1.8 * width(by_image)  # sqrt(5) = 2.2 in theory
+
+
+def test_subgroups_by_sex_age_band_and_view(report):
+    report, _ = report
+    y, prob, meta, _ = fixed_set()
+    groups = report["subgroups"]
+    assert list(groups["age_band"]) == ["0-20", "20-40", "40-60", "60-80", "80+", "unknown"]
+    assert [g["examples"] for g in groups["age_band"].values()] == [50] * 6
+    assert set(groups["sex"]) == {"F", "M"} and set(groups["view"]) == {"AP", "PA"}
+    rows = np.array([m["view"] == "AP" for m in meta])
+    ap = groups["view"]["AP"]
+    assert ap["examples"] == rows.sum() == 100
+    assert ap["auc"]["Effusion"] == pytest.approx(roc_auc_score(y[rows, 2], prob[rows, 2]))
+    assert ap["auc"]["Hernia"] is None
+
+
+@pytest.mark.parametrize("age,band", [(0, "0-20"), (19, "0-20"), (20, "20-40"), (59, "40-60"),
+                                      (79, "60-80"), (80, "80+"), (120, "80+"), (-1, "unknown")])
+def test_age_band_edges(age, band):
+    assert reporting.age_band(age) == band
+
+
+def test_no_finding_constraint_and_its_effect_on_f1():
+    # 4 images, 2 findings. No Finding wins on images 1 and 3 (0.9 > 0.6, 0.8 > 0.7).
+    y = np.array([[1, 0], [0, 0], [0, 1], [1, 0]])
+    prob = np.array([[0.9, 0.2], [0.6, 0.1], [0.3, 0.8], [0.7, 0.6]])
+    no_finding = np.array([0.1, 0.9, 0.2, 0.8])
+    assert reporting.no_finding_wins(prob, no_finding).tolist() == [False, True, False, True]
+    r = reporting.build_report(y, prob, label_names=["A", "B"], thresholds=[0.5],
+                               no_finding_prob=no_finding, n_boot=0)
+    nf = r["no_finding"]
+    assert nf["examples_suppressed"] == 2
+    # Without: A predicted on 0,1,3 (tp 2, fp 1) -> F1 0.8; B on 2,3 (tp 1, fp 1) -> 2/3.
+    # With: A on 0 only (tp 1, fn 1) -> 2/3; B on 2 only (tp 1) -> 1.
+    assert nf["f1@0.5/macro"]["without"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert nf["f1@0.5/macro"]["with"] == pytest.approx((2 / 3 + 1) / 2)
+    # Micro: without tp 3 fp 2 fn 0 -> 6/8; with tp 2 fp 0 fn 1 -> 4/5.
+    assert nf["f1@0.5/micro"]["without"] == pytest.approx(0.75)
+    assert nf["f1@0.5/micro"]["with"] == pytest.approx(0.8)
+    assert nf["f1@0.5/micro"]["change"] == pytest.approx(0.05)
+    # No Finding target = [0, 1, 0, 0]; its score ranks image 1 first.
+    assert nf["no_finding_auc"] == 1.0
+
+
+def test_markdown_shows_the_headline_figures(report):
+    report, _ = report
+    text = reporting.format_markdown(report)
+    effusion = report["per_class"]["Effusion"]
+    assert f"| Effusion | {effusion['prevalence']:.3f} | {effusion['auc']:.3f} [" in text
+    assert "Wang 2017" in text and "0.745" in text
+    assert "## At threshold tuned" in text and "## Subgroups (mean AUC)" in text
+    assert "### age_band" in text and "| unknown | 50 |" in text
+
+
+def test_plots_are_written_and_non_empty(tmp_path):
+    y, prob, _, _ = fixed_set()
+    paths = reporting.write_plots(str(tmp_path), y, prob, LABELS)
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["roc.png", "pr.png", "calibration.png"]
+    for path in paths:
+        with Image.open(path) as img:
+            assert img.format == "PNG" and min(img.size) >= 400
+            # Not blank: a plot has many distinct colours.
+            assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or ()) > 20

@@ -1,0 +1,171 @@
+"""CPU serving cost of the exported SavedModel: latency, throughput, in-graph preprocessing share.
+
+    python tools/bench_serving.py [--arch=resnet50] [--image_size=224] [--source_size=1024] [--export_dir=DIR]
+
+Exports a randomly initialised model of --arch at --image_size with cxr_tf.serving (or loads
+--export_dir), loads it back with `tf.saved_model.load` as a server would, and times, on
+--source_size² 8-bit PNG films from cxr_tf.synthetic (realistic compression, ~NIH size):
+- single-image latency of `serving_default` (p50, p95 over --iters calls);
+- batch throughput of `serving_default` on --batch_size PNGs (images/s);
+- the overhead of the in-graph decode + pad + resize: `serving_default` on the batch of PNG
+  bytes against `predict_images` on the same images already preprocessed to uint8 tensors,
+  (bytes - tensors) / tensors. Target: at most 10 % at the defaults.
+Calls alternate between the two signatures so that clock drift and neighbours hit both.
+
+Flags:
+    --arch          resnet18 | resnet34 | resnet50 | resnet101 (default resnet50).
+    --image_size    model input side S (default 224).
+    --source_size   side of the PNG films (default 1024, the NIH size).
+    --export_dir    time this SavedModel instead of exporting a fresh one.
+    --batch_size    images per batch call (default 32).
+    --iters         timed single-image calls (default 20).
+    --batches       timed batch calls per signature (default 5).
+    --warmup        untimed calls of each kind first (default 2).
+
+The last line printed is one JSON object; the lines before it are a human table.
+"""
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet50",
+                        choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--source_size", type=int, default=1024)
+    parser.add_argument("--export_dir")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+    for name in ("image_size", "source_size", "batch_size", "iters", "batches"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1; received {getattr(args, name)}")
+    return args
+
+
+def make_pngs(count, size):
+    """`count` distinct synthetic films as PNG bytes (PIL's default compression)."""
+    from PIL import Image
+
+    from cxr_tf import labels, synthetic
+
+    out = []
+    for i in range(count):
+        film = synthetic.render(size, labels.LABELS[i % 3:i % 3 + 1], [0, 1, i], [0, 2, i])
+        buf = io.BytesIO()
+        Image.fromarray(film).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def export_fresh(arch, image_size, export_dir):
+    import keras
+
+    from cxr_tf import model, serving
+
+    keras.utils.set_random_seed(0)
+    net = model.build_model(arch, image_size)
+    return serving.export(net, export_dir, [0.5] * 14)
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench(loaded, pngs, batch_size, iters, batches, warmup):
+    import numpy as np
+    import tensorflow as tf
+
+    serve = loaded.signatures["serving_default"]
+    predict = loaded.signatures["predict_images"]
+    one = tf.constant(pngs[:1])
+    batch_bytes = tf.constant([pngs[i % len(pngs)] for i in range(batch_size)])
+
+    def run_bytes(x):
+        return serve(image_bytes=x)["probabilities"].numpy()  # .numpy(): wait for the result
+
+    size = int(loaded.signatures["metadata"]()["image_size"])
+    from cxr_tf import serving
+
+    ready = tf.constant(serving.preprocess_bytes(batch_bytes, size).numpy())
+
+    def run_tensors():
+        return predict(images=ready)["probabilities"].numpy()
+
+    # The two signatures must agree, or the comparison would time different work.
+    np.testing.assert_allclose(run_bytes(batch_bytes), run_tensors(), atol=1e-5)
+    for _ in range(warmup):
+        run_bytes(one)
+        run_bytes(batch_bytes)
+        run_tensors()
+    single = sorted(_timed(lambda: run_bytes(one)) for _ in range(iters))
+    bytes_times, tensor_times = [], []
+    for _ in range(batches):
+        bytes_times.append(_timed(lambda: run_bytes(batch_bytes)))
+        tensor_times.append(_timed(run_tensors))
+    t_bytes, t_tensors = statistics.median(bytes_times), statistics.median(tensor_times)
+    return {
+        "latency_ms_p50": 1000 * float(np.percentile(single, 50)),
+        "latency_ms_p95": 1000 * float(np.percentile(single, 95)),
+        "batch_size": batch_size,
+        "batch_ms_bytes": 1000 * t_bytes,
+        "batch_ms_tensors": 1000 * t_tensors,
+        "throughput_images_per_s": batch_size / t_bytes,
+        "preprocess_overhead_pct": 100 * (t_bytes - t_tensors) / t_tensors,
+        "preprocess_ms_per_image": 1000 * (t_bytes - t_tensors) / batch_size,
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # the CPU figures, even where a GPU is visible
+    pngs = make_pngs(min(args.batch_size, 8), args.source_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = args.export_dir or export_fresh(args.arch, args.image_size,
+                                                     os.path.join(tmp, "1"))
+        loaded = tf.saved_model.load(export_dir)
+        result = bench(loaded, pngs, args.batch_size, args.iters, args.batches, args.warmup)
+    result = {
+        "arch": None if args.export_dir else args.arch,
+        "image_size": int(loaded.signatures["metadata"]()["image_size"]),
+        "source_size": args.source_size,
+        "png_kib_mean": sum(map(len, pngs)) / len(pngs) / 1024,
+        **result,
+        "target_overhead_pct": 10.0,
+        "device": "CPU",
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "tensorflow": tf.__version__,
+        "method": "serving_default(image_bytes) vs predict_images(ready uint8) on the loaded "
+                  "SavedModel, alternating, medians",
+    }
+    print(f"{'single-image latency p50 / p95':<36} {result['latency_ms_p50']:8.1f} / "
+          f"{result['latency_ms_p95']:.1f} ms")
+    print(f"{f'batch of {args.batch_size}: bytes / tensors':<36} {result['batch_ms_bytes']:8.1f} / "
+          f"{result['batch_ms_tensors']:.1f} ms")
+    print(f"{'throughput (PNG bytes in)':<36} {result['throughput_images_per_s']:8.1f} images/s")
+    print(f"{'in-graph decode+resize overhead':<36} {result['preprocess_overhead_pct']:8.1f} % "
+          f"(target <= 10 %)")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
