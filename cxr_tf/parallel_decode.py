@@ -9,6 +9,7 @@ Workers are *spawned*, not forked: the parent has usually imported TensorFlow, w
 make `fork` unsafe. They import only numpy, PIL and `cxr_tf.images`.
 """
 
+import atexit
 import dataclasses
 import io
 import multiprocessing
@@ -68,6 +69,18 @@ def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encode
     if num_workers <= 0:
         yield from map(_decode_task, tasks)
         return
-    with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
-        # Ordered imap keeps the output deterministic; chunks amortise the pickling round trips.
-        yield from pool.imap(_decode_task, tasks, chunksize=8)
+    # Ordered imap keeps the output deterministic; chunks amortise the pickling round trips.
+    yield from _pool(num_workers).imap(_decode_task, tasks, chunksize=8)
+
+
+_POOLS = {}
+
+
+def _pool(num_workers):
+    """One pool per size for the whole process: starting workers costs ~1 s each (imports),
+    and the builder decodes three splits, one after the other."""
+    if num_workers not in _POOLS:
+        pool = multiprocessing.get_context("spawn").Pool(num_workers)
+        atexit.register(pool.terminate)
+        _POOLS[num_workers] = pool
+    return _POOLS[num_workers]

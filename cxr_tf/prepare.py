@@ -29,12 +29,13 @@ def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, d
     from cxr_tf.datasets import nih_chest_xray14
 
     config = nih_chest_xray14.make_config(
-        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba, strict=strict,
-        num_workers=num_workers,
-    )
-    builder = nih_chest_xray14.Builder(config=config, data_dir=output_dir)
+        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba)
+    builder = nih_chest_xray14.Builder(config=config, data_dir=output_dir,
+                                       num_workers=num_workers, strict=strict)
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=data_dir)
+        # Statistics would decode every image once more; the report already counts what matters.
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=data_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP)
     )
     with open(os.path.join(builder.data_dir, nih_chest_xray14.REPORT_FILE)) as f:
         report = json.load(f)

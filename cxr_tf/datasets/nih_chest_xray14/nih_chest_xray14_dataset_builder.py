@@ -48,14 +48,9 @@ class NihConfig(tfds.core.BuilderConfig):
     val_fraction: float = 0.1
     seed: int = 0
     drop_rgba: bool = False
-    strict: bool = False
-    num_workers: int | None = None  # how to build, not what: kept out of the config name
 
 
-def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, strict=False,
-                num_workers=None):
-    """A config named by image size ("224"), with any non-default choice that changes the data
-    appended ("224_val0.2_seed1_droprgba"), so two different datasets never share a folder."""
+def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False):
     if int(image_size) < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     name = str(int(image_size))
@@ -70,7 +65,7 @@ def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, strict
         description=f"{image_size}x{image_size} gray, val_fraction={val_fraction:g}, "
         f"seed={seed}, drop_rgba={drop_rgba}",
         image_size=int(image_size), val_fraction=val_fraction, seed=seed,
-        drop_rgba=drop_rgba, strict=strict, num_workers=num_workers,
+        drop_rgba=drop_rgba,
     )
 
 
@@ -79,7 +74,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [make_config(size) for size in STANDARD_SIZES]
+    BUILDER_CONFIGS = [_new_config(size) for size in STANDARD_SIZES]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Download the dataset from Kaggle (https://www.kaggle.com/datasets/nih-chest-xrays/data) or
     from the NIH box (https://nihcc.app.box.com/v/ChestXray-NIHCC) and extract it so that
@@ -87,6 +82,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     `Data_Entry_2017.csv` (or `Data_Entry_2017_v2020.csv`, .gz accepted), `train_val_list.txt`
     and `test_list.txt`.
     """
+
+    def __init__(self, *, num_workers=None, strict=False, **kwargs):
+        """num_workers (decode processes; None = all cores) and strict (fail on an unknown
+        label) change how the data is built, not what: they are not part of the config."""
+        self._num_workers = num_workers
+        self._strict = strict
+        super().__init__(**kwargs)
 
     def _info(self):
         size = self.builder_config.image_size
@@ -112,7 +114,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         index = metadata.build_index(
             os.fspath(dl_manager.manual_dir), val_fraction=config.val_fraction,
-            seed=config.seed, strict=config.strict,
+            seed=config.seed, strict=self._strict,
         )
         self._report = _new_report(index, config)
         frame = index.frame
@@ -127,7 +129,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         label_matrix = frame[list(labels.LABELS)].to_numpy(np.uint8)
         decoded = parallel_decode.decode_files(
             ((r["image_id"], r["path"]) for r in records), config.image_size,
-            drop_rgba=config.drop_rgba, num_workers=config.num_workers,
+            drop_rgba=config.drop_rgba, num_workers=self._num_workers,
         )
         split = records[0]["split"] if records else None
         for record, label_vector, result in zip(records, label_matrix, decoded):
@@ -155,6 +157,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         examples = self._report["skipped_files"].setdefault(result.skip_reason, [])
         if len(examples) < 50:
             examples.append(result.error)
+
+
+def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False):
+    """A config named by image size ("224"), with any non-default choice that changes the data
+    appended ("224_val0.2_seed1_droprgba"), so two different datasets never share a folder.
+
+    For a standard size this is the builder's own config object: TFDS refuses a custom config
+    that shares a standard config's name.
+    """
+    config = _new_config(image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba)
+    return Builder.builder_configs.get(config.name, config)
 
 
 def _new_report(index, config):
