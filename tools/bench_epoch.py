@@ -1,0 +1,101 @@
+"""Share of a training epoch spent waiting for input, and the cost of per-epoch evaluation.
+
+    python tools/bench_epoch.py [--arch=resnet18] [--image_size=64] [--num_images=1200]
+        [--batch_size=32] [--repeats=3] [--work_dir=DIR]
+
+On the synthetic set prepared at --image_size, with a small model on this CPU:
+- epoch_s: median time of one training epoch fed by the real pipeline (read, decode, augment);
+- compute_s: the same steps fed from batches already in memory (no input work at all);
+- input_wait_share = (epoch_s - compute_s) / epoch_s: the time the step waited for data.
+  Target < 5 %.
+- eval_share: the EpochMetrics callback (predict the validation split once, then exact AUC,
+  F1, precision, recall at 3 thresholds) relative to epoch_s. The validation split is ~10 %
+  of train_val, as in real runs. Target < 5 %.
+The last line printed is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--num_images", type=int, default=1200)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
+    args = parser.parse_args(argv)
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from bench_input import prepared_synthetic
+    from cxr_tf import callbacks, input_pipeline, labels, losses, model
+
+    data = prepared_synthetic(args.work_dir, args.num_images, args.image_size)
+    n = input_pipeline.split_size(data, "train", args.image_size)
+    steps = n // args.batch_size
+    net = model.build_model(args.arch, args.image_size, labels.NUM_CLASSES)
+    net.compile(keras.optimizers.Adam(1e-3), losses.make_loss(None))
+    stream = input_pipeline.make_dataset(
+        data, "train", batch_size=args.batch_size, training=True, image_size=args.image_size,
+        epochs=args.repeats + 2, steps_per_epoch=steps)
+    in_memory = tf.data.Dataset.from_tensor_slices(
+        tuple(np.stack(t) for t in zip(*[(x.numpy(), y.numpy()) for x, y in stream.take(steps)]))
+    ).repeat()
+    y_val = np.stack([r["labels"] for r in input_pipeline.split_metadata(data, "validation")])
+    val = input_pipeline.make_dataset(data, "validation", batch_size=args.batch_size,
+                                      training=False, image_size=args.image_size)
+    metrics_cb = callbacks.EpochMetrics(val, y_val, [0.4, 0.5, 0.6], labels.LABELS)
+    metrics_cb.set_model(net)
+
+    # Each fit runs repeats + 1 epochs; the first (compilation, pipeline start-up) is dropped.
+    epoch = _epoch_times(net, stream, steps, args.repeats + 1)[1:]
+    compute = _epoch_times(net, in_memory, steps, args.repeats + 1)[1:]
+    evaluation = []
+    for _ in range(args.repeats + 1):
+        start = time.perf_counter()
+        metrics_cb.on_epoch_end(0, {})
+        evaluation.append(time.perf_counter() - start)
+    evaluation = evaluation[1:]
+    epoch_s, compute_s, eval_s = (statistics.median(v) for v in (epoch, compute, evaluation))
+    result = {
+        "benchmark": "epoch", "arch": args.arch, "image_size": args.image_size,
+        "batch_size": args.batch_size, "train_images": n, "validation_images": len(y_val),
+        "cores": len(os.sched_getaffinity(0)), "epoch_s": round(epoch_s, 3),
+        "compute_s": round(compute_s, 3), "eval_s": round(eval_s, 3),
+        "input_wait_share": round(max(epoch_s - compute_s, 0.0) / epoch_s, 4),
+        "eval_share": round(eval_s / epoch_s, 4), "target_share": 0.05,
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def _epoch_times(net, dataset, steps, epochs):
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    times = []
+    net.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[Clock()])
+    return times
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
