@@ -28,6 +28,8 @@ Example:
     logits = model(uint8_images)  # (batch, 14)
 """
 
+import contextvars
+
 import keras
 from keras import layers
 
@@ -49,7 +51,12 @@ BN_EPSILON = 1e-5
 _MIN_IMAGE_SIZE = 32  # five stride-2 reductions leave a 1×1 map at 32 px
 
 
-def build_model(arch="resnet50", image_size=224, num_classes=14, *, name=None):
+# Set only while build_model runs: every BatchNormalization it creates reads it.
+_SYNC_BN = contextvars.ContextVar("sync_batchnorm", default=False)
+
+
+def build_model(arch="resnet50", image_size=224, num_classes=14, *, name=None,
+                sync_batchnorm=False):
     """Builds a one-channel ResNet that outputs float32 logits, one per class.
 
     Args:
@@ -57,6 +64,9 @@ def build_model(arch="resnet50", image_size=224, num_classes=14, *, name=None):
         image_size: side S of the square S×S×1 input, at least 32.
         num_classes: number of sigmoid outputs (14 for ChestX-ray14).
         name: model name; defaults to `arch`.
+        sync_batchnorm: compute BatchNorm batch statistics over all replicas (TensorFlow
+            backend only). Multi-worker training needs it: otherwise each worker keeps its own
+            moving statistics and the workers end with different models.
 
     The input, named `image`, is float32 of shape (S, S, 1) with pixel values 0..255; uint8
     tensors (what the input pipeline yields) are cast exactly on entry, so uint8 and float
@@ -84,7 +94,11 @@ def build_model(arch="resnet50", image_size=224, num_classes=14, *, name=None):
             f"received {keras.config.image_data_format()!r}"
         )
     stack_fn = _STACKS[arch]
-    return _resnet(stack_fn, image_size, num_classes, name=name or arch)
+    token = _SYNC_BN.set(bool(sync_batchnorm))
+    try:
+        return _resnet(stack_fn, image_size, num_classes, name=name or arch)
+    finally:
+        _SYNC_BN.reset(token)
 
 
 def _resnet(stack_fn, image_size, num_classes, name):
@@ -119,7 +133,7 @@ def _resnet(stack_fn, image_size, num_classes, name):
 
 def _batch_norm(x, name):
     return layers.BatchNormalization(
-        axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+        axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=_SYNC_BN.get(), name=name
     )(x)
 
 

@@ -138,7 +138,8 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
         return ds, y_true
 
     with strategy.scope():
-        net = model.build_model(config["arch"], size, num_outputs)
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        net = model.build_model(config["arch"], size, num_outputs, sync_batchnorm=multi_worker)
         if config["weights"]:
             net.load_weights(config["weights"])
         pos_weight = None
@@ -187,7 +188,7 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
     cbs = callbacks.standard_callbacks(run_dir, epoch_metrics=epoch_metrics,
                                        initial_epoch=initial_epoch,
                                        early_stop_patience=config["early_stop_patience"])
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if multi_worker:
         distribute.prepare_keras_for_multi_worker(net, strategy, size, num_outputs)
     history = net.fit(train_ds, epochs=config["epochs"], steps_per_epoch=steps_per_epoch,
                       initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose)

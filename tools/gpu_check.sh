@@ -73,6 +73,10 @@ fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$PYTHON" -c 'import jax, keras; print("jax", jax.__version__, jax.devices(), "keras", keras.__version__)'
+if [[ "$SMOKE" != 1 ]] && ! "$PYTHON" -c 'import jax, sys; sys.exit(jax.default_backend() == "cpu")'; then
+  echo "gpu_check: JAX sees no GPU; the full sizes would take hours on CPU (use --cpu-smoke)" >&2
+  exit 1
+fi
 
 status=0
 for config in "${configs[@]}"; do
