@@ -45,6 +45,7 @@ class EpochMetrics(keras.callbacks.Callback):
         self.prefix = prefix
         self.hparams = hparams
         self._writer = None
+        self._local_predict = None
 
     def on_train_begin(self, logs=None):
         self._writer = tf.summary.create_file_writer(self.log_dir) if self.log_dir else None
@@ -56,8 +57,7 @@ class EpochMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        logits = self.model.predict(self.dataset, verbose=0)
-        results = self._compute(np.asarray(logits, np.float64))
+        results = self._compute(np.asarray(self._predict(), np.float64))
         logs.update(results)
         if self.prefix == "val":
             logs["learning_rate"] = _current_lr(self.model)  # Keras 3 does not log it itself
@@ -67,6 +67,16 @@ class EpochMetrics(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
+
+    def _predict(self):
+        if not isinstance(self.model.distribute_strategy,
+                          tf.distribute.MultiWorkerMirroredStrategy):
+            return self.model.predict(self.dataset, verbose=0)
+        # Keras's predict under MultiWorkerMirroredStrategy gathers every worker's copy of the
+        # (unsharded) split into one array; each worker predicts the whole split locally instead.
+        if self._local_predict is None:
+            self._local_predict = tf.function(lambda x: self.model(x, training=False))
+        return np.concatenate([self._local_predict(x).numpy() for x, _ in self.dataset])
 
     def _compute(self, logits):
         if logits.shape[0] != self.y_true.shape[0]:

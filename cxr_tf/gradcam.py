@@ -99,7 +99,8 @@ def save_overlay(path, gray, heatmap, caption=None, min_side=256):
     image = Image.fromarray(overlay(gray, heatmap))
     factor = max(1, -(-min_side // max(image.size)))
     if factor > 1:
-        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+        image = image.resize((image.width * factor, image.height * factor),
+                             Image.Resampling.NEAREST)
     if caption:
         draw = ImageDraw.Draw(image)
         box = draw.textbbox((4, 4), caption)

@@ -210,7 +210,6 @@ def expected_calibration_error(y_true, y_prob, n_bins=15):
         )
     prob, label = y_prob.ravel(), y_true.ravel()
     bins = np.minimum((prob * n_bins).astype(np.int64), n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
     prob_sum = np.bincount(bins, weights=prob, minlength=n_bins)
     label_sum = np.bincount(bins, weights=label, minlength=n_bins)
     # |label_sum - prob_sum| / N is count/N × |mean label - mean prob| without dividing by 0.

@@ -60,7 +60,7 @@ class Predictor:
             self.label_names = [name.decode() for name in meta["label_names"]]
             self.image_size = int(meta["image_size"])
             self.thresholds = meta["thresholds"].astype(np.float64)
-            self.thresholds_from = f"{model_path} (exported with cxr_tf {meta['version'].decode()})"
+            self.thresholds_from = f"as exported (cxr_tf {meta['version'].decode()})"
         elif os.path.isfile(os.path.join(model_path, "config.json")):
             self.keras_model = serving.load_model(model_path, "best")
             self.label_names = list(labels.LABELS)
@@ -79,7 +79,8 @@ class Predictor:
         n = len(self.label_names)
         no_finding = None
         if self.keras_model is not None:
-            probs = metrics.sigmoid(np.asarray(self.keras_model.predict_on_batch(batch), np.float64))
+            logits = self.keras_model.predict_on_batch(batch)
+            probs = metrics.sigmoid(np.asarray(logits, np.float64))
             probs, no_finding = probs[:, :n], (probs[:, n] if probs.shape[1] > n else None)
         else:
             out = self._signature(images=batch)

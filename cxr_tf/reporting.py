@@ -38,6 +38,13 @@ def no_finding_wins(finding_probs, no_finding_prob):
     return np.asarray(no_finding_prob) > np.asarray(finding_probs).max(axis=1)
 
 
+def _mean_finite(values):
+    """Mean of the finite values (classes that have the figure); NaN when there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
 def _threshold_sets(thresholds, tuned):
     """[(key, threshold or per-class array)]: each configured threshold, then "tuned"."""
     sets = [(metrics.format_threshold(t), float(t)) for t in thresholds]
@@ -87,7 +94,7 @@ def _subgroups(y_true, y_prob, metadata, label_names):
             out[key][name] = {
                 "examples": int(rows.sum()),
                 "any_finding_prevalence": float(y_true[rows].max(axis=1).mean()),
-                "auc_mean": metrics._nanmean(aucs),
+                "auc_mean": _mean_finite(aucs),
                 "auc": dict(zip(label_names, aucs.tolist())),
             }
     return out
@@ -165,10 +172,10 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
     overall = {
         "examples": int(len(y_true)),
         "patients": int(len(set(patient_ids))) if patient_ids is not None else None,
-        "auc_mean": metrics._nanmean(aucs),
+        "auc_mean": _mean_finite(aucs),
         "auc_micro": float(roc_auc_score(y_true.ravel(), y_prob.ravel()))
         if 0 < y_true.sum() < y_true.size else math.nan,
-        "average_precision_mean": metrics._nanmean(ap),
+        "average_precision_mean": _mean_finite(ap),
         "average_precision_micro": float(average_precision_score(y_true.ravel(), y_prob.ravel()))
         if y_true.sum() else math.nan,
         "ece": metrics.expected_calibration_error(y_true, y_prob),
@@ -179,7 +186,7 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
             overall[f"{m}@{key}/macro"] = tm[f"{m}_macro"]
             overall[f"{m}@{key}/micro"] = tm[f"{m}_micro"]
         overall[f"specificity@{key}/macro"] = float(tm["specificity"].mean())
-        overall[f"paper_auc@{key}"] = metrics._nanmean(pa)
+        overall[f"paper_auc@{key}"] = _mean_finite(pa)
 
     compared = [n for c, n in enumerate(label_names) if both[c] and n in published.WANG2017_AUC]
     ours = [per_class[n]["auc"] for n in compared]
@@ -262,7 +269,8 @@ def format_markdown(report, title="Evaluation report"):
                  _f(pub["our_mean_auc"]), _f(overall["average_precision_mean"]),
                  _f(pub["their_mean_auc_same_classes"]), _f(pub["mean_difference"])])
     lines += _table(header, rows)
-    lines += [f"Δ = our AUC − published. Mean difference over {pub['classes_compared']} classes: "
+    lines += [f"Δ = our AUC − published. Mean difference over {pub['classes_compared']} "
+              "classes: "
               f"**{_f(pub['mean_difference'])}**. The published mean over all 14 findings is "
               f"{_f(pub['mean_auc'])}. Source: {pub['source']}.", ""]
     lines += ["## Overall", ""]
@@ -271,10 +279,9 @@ def format_markdown(report, title="Evaluation report"):
              f"{_f(overall['average_precision_mean'])} / {_f(overall['average_precision_micro'])}"],
             ["Expected calibration error (15 bins)", _f(overall["ece"], 4)]]
     for key in keys:
-        rows.append([f"F1 / precision / recall @{key} (macro)",
-                     " / ".join(_f(overall[f"{m}@{key}/macro"]) for m in ("f1", "precision", "recall"))])
-        rows.append([f"F1 / precision / recall @{key} (micro)",
-                     " / ".join(_f(overall[f"{m}@{key}/micro"]) for m in ("f1", "precision", "recall"))])
+        for avg in ("macro", "micro"):
+            rows.append([f"F1 / precision / recall @{key} ({avg})", " / ".join(
+                _f(overall[f"{m}@{key}/{avg}"]) for m in ("f1", "precision", "recall"))])
         rows.append([f"paper_auc@{key} (AUC of 0/1 predictions)", _f(overall[f"paper_auc@{key}"])])
     lines += _table(["Figure", "Value"], rows)
     for key in keys:
@@ -296,7 +303,8 @@ def format_markdown(report, title="Evaluation report"):
         lines += _table(["Figure", "Without", "With", "Change"], rows)
     if report.get("subgroups"):
         lines += ["## Subgroups (mean AUC)", "",
-                  "Who the data represents matters: a gap here is a gap in who the model serves.", ""]
+                  "Who the data represents matters: a gap here is a gap in who the model "
+                  "serves.", ""]
         for key, groups in report["subgroups"].items():
             rows = [[name, f"{g['examples']:,}", _f(g["any_finding_prevalence"]), _f(g["auc_mean"])]
                     for name, g in groups.items()]
@@ -312,7 +320,8 @@ def _grid(label_names, extra):
 
     panels = len(label_names) + extra
     rows = math.ceil(panels / 4)
-    fig = Figure(figsize=(13, 3.2 * rows), layout="constrained")
+    fig = Figure(figsize=(13, 3.2 * rows))
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.05, top=0.93, wspace=0.3, hspace=0.45)
     axes = fig.subplots(rows, 4, squeeze=False).ravel()
     for ax in axes[panels:]:
         ax.set_axis_off()
@@ -339,7 +348,7 @@ def plot_roc(path, y_true, y_prob, label_names):
             title += "\n(no positives or no negatives)"
         ax.set(title=title, xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
         ax.title.set_fontsize(9)
-    for ax in axes[-5:]:
+    for ax in axes[-4:]:  # the bottom panel of each column
         ax.set_xlabel("false positive rate")
     for ax in axes[::4]:
         ax.set_ylabel("true positive rate")
@@ -361,12 +370,13 @@ def plot_pr(path, y_true, y_prob, label_names):
             precision, recall, _ = precision_recall_curve(truth, prob)
             ax.plot(recall, precision, lw=1.5, drawstyle="steps-post")
             ax.axhline(truth.mean(), color="0.7", lw=0.8, ls="--")
-            title += f"\nAP {average_precision_score(truth, prob):.3f}, prevalence {truth.mean():.3f}"
+            title += (f"\nAP {average_precision_score(truth, prob):.3f}, "
+                      f"prevalence {truth.mean():.3f}")
         else:
             title += "\n(no positives)"
         ax.set(title=title, xlim=(0, 1), ylim=(0, 1.01))
         ax.title.set_fontsize(9)
-    for ax in axes[-5:]:
+    for ax in axes[-4:]:  # the bottom panel of each column
         ax.set_xlabel("recall")
     for ax in axes[::4]:
         ax.set_ylabel("precision")

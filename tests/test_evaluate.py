@@ -16,25 +16,6 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
 
 
-def make_run_dir(path, data_dir, num_outputs=14, seed=0):
-    """A run dir as cxr_tf.train leaves it (config.json, checkpoints/), with an untrained model."""
-    import keras
-
-    from cxr_tf import model
-
-    keras.utils.set_random_seed(seed)
-    net = model.build_model("resnet18", SIZE, num_outputs)
-    os.makedirs(path / "checkpoints")
-    for name in ("best", "last"):
-        net.save(path / "checkpoints" / f"{name}.keras")
-    (path / "config.json").write_text(json.dumps({
-        "data_dir": str(data_dir), "image_size": SIZE, "arch": "resnet18",
-        "thresholds": ["0.4", "0.5"], "val_fraction": 0.1, "seed": 0,
-        "no_finding_output": num_outputs == 15, "num_outputs": num_outputs,
-        "label_names": list(labels.LABELS)}))
-    return net
-
-
 def split_probs(net, data_dir, split):
     """(labels, probabilities) of a split, computed here independently of cxr_tf.evaluate."""
     rows = input_pipeline.split_metadata(str(data_dir), split, image_size=SIZE)
@@ -45,14 +26,15 @@ def split_probs(net, data_dir, split):
 
 
 @pytest.fixture(scope="module")
-def run(prepared_dir, tmp_path_factory):
+def run(prepared_dir, tmp_path_factory, make_run_dir):
     path = tmp_path_factory.mktemp("evaluate") / "run"
-    return path, make_run_dir(path, prepared_dir)
+    return path, make_run_dir(path, prepared_dir, thresholds=("0.4", "0.5"))
 
 
 def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
     path, net = run
     report = evaluate.evaluate_run(str(path), "test", n_boot=100, progress=False)
+    assert not (path / "thresholds.json").exists()  # evaluating test never writes thresholds
     out = path / "eval_test"
     for name in ("report.json", "report.md", "roc.png", "pr.png", "calibration.png"):
         assert (out / name).stat().st_size > 0, name
@@ -85,11 +67,6 @@ def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
 def test_thresholds_are_tuned_on_validation_only(run, prepared_dir):
     path, net = run
     thresholds_file = path / "thresholds.json"
-    if thresholds_file.exists():
-        thresholds_file.unlink()
-    evaluate.evaluate_run(str(path), "test", n_boot=0, progress=False)
-    assert not thresholds_file.exists()  # evaluating test never writes thresholds
-
     report = evaluate.evaluate_run(str(path), "test", n_boot=0, tune="f1", progress=False)
     written = json.loads(thresholds_file.read_text())
     assert written["split"] == "validation" and written["method"] == "f1"
@@ -118,8 +95,9 @@ def test_evaluate_app_json(run):
     assert json.loads((path / "eval_validation" / "report.json").read_text()) == printed
 
 
-def test_no_finding_output_report(prepared_dir, tmp_path):
-    net = make_run_dir(tmp_path / "run15", prepared_dir, num_outputs=15, seed=1)
+def test_no_finding_output_report(prepared_dir, tmp_path, make_run_dir):
+    net = make_run_dir(tmp_path / "run15", prepared_dir, num_outputs=15, seed=1,
+                       thresholds=("0.4", "0.5"))
     report = evaluate.evaluate_run(str(tmp_path / "run15"), "test", n_boot=0, progress=False)
     y, probs, _ = split_probs(net, prepared_dir, "test")
     wins = probs[:, 14] > probs[:, :14].max(axis=1)
@@ -128,10 +106,12 @@ def test_no_finding_output_report(prepared_dir, tmp_path):
     constrained = np.where(wins[:, None], -1.0, probs[:, :14])
     f1 = metrics.threshold_metrics(y, constrained, 0.5)["f1_macro"]
     assert nf["f1@0.5/macro"]["with"] == pytest.approx(f1)
-    assert "## No Finding constraint" in (tmp_path / "run15" / "eval_test" / "report.md").read_text()
+    text = (tmp_path / "run15" / "eval_test" / "report.md").read_text()
+    assert "## No Finding constraint" in text
 
 
 def test_not_a_run_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json: not found; --model_dir must be a run"):
+    with pytest.raises(FileNotFoundError,
+                       match="config.json: not found; --model_dir must be a run"):
         evaluate.evaluate_run(str(tmp_path), "test")
     assert serving.read_thresholds(str(tmp_path)) == (None, None)

@@ -20,24 +20,6 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
 
 
-def make_run_dir(path, num_outputs=14, seed=0):
-    """A run dir as cxr_tf.train leaves it (config.json, checkpoints/), with an untrained model."""
-    import keras
-
-    from cxr_tf import model
-
-    keras.utils.set_random_seed(seed)
-    net = model.build_model("resnet18", SIZE, num_outputs)
-    os.makedirs(path / "checkpoints")
-    for name in ("best", "last"):
-        net.save(path / "checkpoints" / f"{name}.keras")
-    (path / "config.json").write_text(json.dumps({
-        "data_dir": str(path), "image_size": SIZE, "arch": "resnet18", "thresholds": ["0.5"],
-        "val_fraction": 0.1, "seed": 0, "no_finding_output": num_outputs == 15,
-        "num_outputs": num_outputs, "label_names": list(labels.LABELS)}))
-    return net
-
-
 def encode(image, fmt="PNG", **params):
     """An array or PIL image as encoded bytes."""
     image = image if isinstance(image, Image.Image) else Image.fromarray(image)
@@ -61,7 +43,8 @@ def sample_images():
     return {
         "gray8.png": encode(gray),
         "gray16.png": encode(rng.integers(0, 65536, (50, 40), dtype=np.uint16)),
-        "gray16_sbit12.png": with_sbit(encode(rng.integers(0, 1000, (50, 40), dtype=np.uint16)), 12),
+        "gray16_sbit12.png": with_sbit(
+            encode(rng.integers(0, 1000, (50, 40), dtype=np.uint16)), 12),
         "rgb.png": encode(rgb),
         "rgba.png": encode(rng.integers(0, 256, (40, 70, 4), dtype=np.uint8)),
         "gray_alpha.png": encode(Image.fromarray(np.stack([gray, gray[::-1]], -1), "LA")),
@@ -72,7 +55,7 @@ def sample_images():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, make_run_dir):
     """A run dir with tuned thresholds, exported by the export app (as a user runs it)."""
     root = tmp_path_factory.mktemp("export")
     net = make_run_dir(root / "run")
@@ -170,7 +153,8 @@ def test_tf_serving_rest_json_round_trip(exported, loaded):
     signature = loaded.signatures[body["signature_name"]]
     inputs = signature.structured_input_signature[1]
     assert list(inputs) == ["image_bytes"]
-    assert inputs["image_bytes"].dtype == tf.string and inputs["image_bytes"].shape.as_list() == [None]
+    assert inputs["image_bytes"].dtype == tf.string
+    assert inputs["image_bytes"].shape.as_list() == [None]
     batch = tf.constant([base64.b64decode(inst["b64"]) for inst in body["instances"]])
     out = signature(image_bytes=batch)
     reply = json.loads(json.dumps({"predictions": [
@@ -251,3 +235,34 @@ def test_model_with_the_wrong_number_of_outputs_is_refused():
     net = model.build_model("resnet18", SIZE, 13)
     with pytest.raises(ValueError, match="model has 13 outputs; expected 14 findings, or 15"):
         serving.build_archive(net, [0.5] * 14)
+
+
+def test_mixed_precision_checkpoint_is_served_in_float32(tmp_path):
+    import keras
+
+    from cxr_tf import model
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        mixed = model.build_model("resnet18", SIZE)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    (tmp_path / "checkpoints").mkdir()
+    mixed.save(tmp_path / "checkpoints" / "best.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet18", "image_size": SIZE}))
+    assert mixed.get_layer("conv1_conv").compute_dtype == "bfloat16"
+    loaded = serving.load_model(str(tmp_path))
+    assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    for a, b in zip(loaded.get_weights(), mixed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 1), dtype=np.uint8)
+    np.testing.assert_allclose(loaded(pixels), mixed(pixels), atol=0.1)  # bf16 vs f32 rounding
+
+
+def test_empty_request_gives_an_empty_answer(loaded):
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([], tf.string))
+    assert out["probabilities"].shape == (0, 14) and out["positive"].shape == (0, 14)
+    empty = tf.zeros((0, SIZE, SIZE, 1), tf.uint8)
+    assert loaded.signatures["predict_images"](images=empty)["probabilities"].shape == (0, 14)

@@ -19,8 +19,8 @@ def fixed_set(n=300, seed=0):
     y = (rng.random((n, 14)) < np.linspace(0.05, 0.4, 14)).astype(np.uint8)
     y[:, 13] = 0
     prob = 1 / (1 + np.exp(-(2.0 * y - 1.0 + rng.normal(0, 1.2, y.shape))))
-    meta = [{"sex": "MF"[i % 2], "age": [-1, 5, 25, 45, 65, 85][i % 6], "view": "PA" if i % 3 else "AP"}
-            for i in range(n)]
+    meta = [{"sex": "MF"[i % 2], "age": [-1, 5, 25, 45, 65, 85][i % 6],
+             "view": "PA" if i % 3 else "AP"} for i in range(n)]
     patients = np.arange(n) // 3
     return y, prob, meta, patients
 
@@ -196,3 +196,14 @@ def test_plots_are_written_and_non_empty(tmp_path):
             assert img.format == "PNG" and min(img.size) >= 400
             # Not blank: a plot has many distinct colours.
             assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or ()) > 20
+
+
+def test_per_class_bootstrap_with_progress_equals_one_all_class_call():
+    # The report bootstraps one class at a time (for the progress bar); the draws depend only
+    # on the seed and the number of patients, so the intervals are those of one call.
+    y, prob, _, patients = fixed_set(120, seed=3)
+    lo, hi = metrics.bootstrap_auc_ci(y[:, :13], prob[:, :13], patients, n_boot=120, seed=0)
+    r = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5],
+                               patient_ids=patients, n_boot=120, seed=0)
+    assert [r["per_class"][n]["auc_ci_low"] for n in LABELS[:13]] == lo.tolist()
+    assert [r["per_class"][n]["auc_ci_high"] for n in LABELS[:13]] == hi.tolist()

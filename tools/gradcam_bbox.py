@@ -94,25 +94,29 @@ def hit_rate(model, boxes, paths, *, batch_size=32, overlay_dir=None):
     return results
 
 
-def _save(out_dir, name, label, image, heatmap, box, shape, hit):
-    """The overlay with the box (green) and the maximum (white cross), in model pixels."""
+def _save(out_dir, name, label, image, heatmap, box, shape, hit, min_side=256):
+    """The overlay with the box (green) and the maximum (white cross), enlarged to at least
+    `min_side` pixels so that a 64 px test model's overlay can still be read."""
     from PIL import Image, ImageDraw
 
     from cxr_tf import gradcam
 
     os.makedirs(out_dir, exist_ok=True)
     size = image.shape[0]
+    zoom = max(1, -(-min_side // size))
     side = max(shape[:2])
-    scale = size / side
+    scale = zoom * size / side  # original pixels -> overlay pixels
     left, top = (side - shape[1]) // 2, (side - shape[0]) // 2
     x, y, w, h = box
     img = Image.fromarray(gradcam.overlay(image, heatmap))
+    img = img.resize((size * zoom, size * zoom), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
     draw.rectangle([(x + left) * scale, (y + top) * scale,
-                    (x + left + w) * scale, (y + top + h) * scale], outline=(0, 255, 0))
-    row, col = gradcam.peak(heatmap)
-    draw.line([(col - 4, row), (col + 4, row)], fill=(255, 255, 255))
-    draw.line([(col, row - 4), (col, row + 4)], fill=(255, 255, 255))
+                    (x + left + w) * scale, (y + top + h) * scale], outline=(0, 255, 0), width=2)
+    row, col = ((v + 0.5) * zoom for v in gradcam.peak(heatmap))
+    draw.line([(col - 8, row), (col + 8, row)], fill=(255, 255, 255), width=2)
+    draw.line([(col, row - 8), (col, row + 8)], fill=(255, 255, 255), width=2)
+    draw.text((4, img.height - 14), f"{label}: {'hit' if hit else 'miss'}", fill=(255, 255, 255))
     stem = os.path.splitext(name)[0]
     img.save(os.path.join(out_dir, f"{stem}_{label}_{'hit' if hit else 'miss'}.png"))
 

@@ -45,6 +45,7 @@ def thresholds_of(frame):
 
 def figure2(runs, path):
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     thresholds = sorted({t for _, frame in runs for t in thresholds_of(frame)}, key=float)
     if not thresholds:
@@ -64,6 +65,7 @@ def figure2(runs, path):
                 ax.plot(epochs, frame[f"val/paper_auc@{t}"], color=colours[name], ls=":",
                         label=f"{name}: paper_auc@{t}")
         ax.set(title=f"threshold {t}", xlabel="epoch", ylim=(0, 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_ylabel("validation")
@@ -74,6 +76,7 @@ def figure2(runs, path):
 
 def figure3(runs, path):
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -86,6 +89,7 @@ def figure3(runs, path):
                     label=f"{name}: validation")
     ax.set(title="Figure 3: training and validation loss", xlabel="epoch",
            ylabel="binary cross-entropy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)

@@ -1,0 +1,174 @@
+"""The predict app: PNG, JPEG and DICOM files, a broken file in the batch, Grad-CAM overlays."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_tf import labels, predict, serving
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+SIZE = 32
+
+
+def dicom(pixels, photometric="MONOCHROME2", **attributes):
+    """A DICOM Part 10 file (explicit VR little endian) holding one grayscale frame."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated = ds.BitsStored = 8 * pixels.dtype.itemsize
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A hospital's folder: one film as PNG, JPEG and three DICOM encodings, a broken PNG
+    and a text file. The film spans 0..255, so a DICOM without a window maps 1:1."""
+    root = tmp_path_factory.mktemp("files")
+    film = np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)
+    film[0, 0], film[-1, -1] = 0, 255
+    buf = io.BytesIO()
+    Image.fromarray(film).save(buf, format="PNG")
+    (root / "a.png").write_bytes(buf.getvalue())
+    (root / "broken.png").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+    Image.fromarray(film).save(root / "c.jpg", quality=95)
+    sub = root / "dicom"
+    sub.mkdir()
+    (sub / "m2.dcm").write_bytes(dicom(film))
+    # MONOCHROME1 stores bright air: the inverse film, which must decode back to the film.
+    (sub / "m1.dcm").write_bytes(dicom(255 - film, "MONOCHROME1"))
+    # 16-bit with a rescale (0.5 * stored - 500 = film) and a window mapping 0..255 onto itself.
+    (sub / "window.dcm").write_bytes(dicom(film.astype(np.uint16) * 2 + 1000, RescaleSlope=0.5,
+                                           RescaleIntercept=-500, WindowCenter=128,
+                                           WindowWidth=256))
+    (root / "notes.txt").write_text("not an image, and not an image extension")
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, make_run_dir):
+    root = tmp_path_factory.mktemp("models")
+    net = make_run_dir(root / "run")
+    serving.export(net, root / "export" / "1", [0.5] * 14)
+    return root / "run", root / "export" / "1"
+
+
+def by_name(rows):
+    return {os.path.basename(r["file"]): np.array(r["probabilities"]) for r in rows}
+
+
+def test_list_inputs_walks_folders_for_image_files(folder):
+    names = [os.path.relpath(p, folder) for p in predict.list_inputs([str(folder)])]
+    assert names == ["a.png", "broken.png", "c.jpg", "dicom/m1.dcm", "dicom/m2.dcm",
+                     "dicom/window.dcm"]
+    assert predict.list_inputs([str(folder / "notes.txt")]) == [str(folder / "notes.txt")]
+
+
+def test_dicom_made_from_a_png_gives_the_png_probabilities(folder, models):
+    run_dir, export_dir = models
+    files = predict.list_inputs([str(folder)])
+    keras_rows, failures, _ = predict.predict_files(predict.Predictor(str(run_dir)), files)
+    assert [f["file"] for f in failures] == [str(folder / "broken.png")]
+    probs = by_name(keras_rows)
+    for name in ("m2.dcm", "m1.dcm", "window.dcm"):  # MONOCHROME2, MONOCHROME1, rescale+window
+        np.testing.assert_allclose(probs[name], probs["a.png"], atol=1e-6, err_msg=name)
+    assert np.abs(probs["c.jpg"] - probs["a.png"]).max() < 0.05  # JPEG is lossy: close only
+    saved_rows, _, _ = predict.predict_files(predict.Predictor(str(export_dir)), files)
+    for name, p in by_name(saved_rows).items():  # SavedModel and Keras model agree
+        np.testing.assert_allclose(p, probs[name], atol=1e-5)
+
+
+def test_monochrome1_without_inversion_would_differ(folder, models):
+    # The same stored pixels labelled MONOCHROME2 are the negative film: other probabilities.
+    run_dir, _ = models
+    negative = folder.parent / "negative.dcm"
+    stored = 255 - np.asarray(Image.open(folder / "a.png"))
+    negative.write_bytes(dicom(stored))
+    rows, _, _ = predict.predict_files(predict.Predictor(str(run_dir)),
+                                       [str(folder / "a.png"), str(negative)])
+    assert np.abs(np.subtract(rows[0]["probabilities"], rows[1]["probabilities"])).max() > 1e-3
+
+
+def test_mixed_folder_with_one_broken_file(folder, models, tmp_path):
+    _, export_dir = models
+    out = tmp_path / "preds.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.predict", f"--model={export_dir}", str(folder),
+         str(tmp_path / "missing.png"), f"--output={out}"],
+        capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 1  # some files failed
+    assert "Predicted 5 of 7 files" in proc.stdout
+    assert "2 failed:" in proc.stdout
+    assert f"{folder / 'broken.png'}: PNG truncated (read " in proc.stdout
+    assert f"{tmp_path / 'missing.png'}: No such file or directory" in proc.stdout
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["file", *labels.LABELS, "positive_labels"]
+    assert [os.path.basename(r["file"]) for r in rows] == ["a.png", "c.jpg", "m1.dcm", "m2.dcm",
+                                                          "window.dcm"]
+    for row in rows:
+        probs = np.array([float(row[name]) for name in labels.LABELS])
+        expected = [n for n, p in zip(labels.LABELS, probs) if p >= 0.5]
+        assert row["positive_labels"] == ("|".join(expected) or labels.NO_FINDING)
+
+
+def test_json_output_and_no_finding_label(folder, models):
+    run_dir, _ = models
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.predict", f"--model={run_dir}", "--threshold=0.999",
+         str(folder / "a.png"), str(folder / "dicom" / "m2.dcm"), "--json"],
+        capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["predicted"] == 2 and out["failed"] == []
+    assert out["thresholds_from"] == "--threshold=0.999"
+    assert [p["positive_labels"] for p in out["predictions"]] == [labels.NO_FINDING] * 2
+
+
+def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
+    run_dir, export_dir = models
+    predictor = predict.Predictor(str(run_dir), threshold=0.5)
+    files = [str(folder / "a.png"), str(folder / "dicom" / "m2.dcm")]
+    rows, _, overlays = predict.predict_files(predictor, files, gradcam_dir=str(tmp_path / "cam"),
+                                              gradcam_top_k=2)
+    expected = []
+    for row in rows:
+        stem = os.path.splitext(os.path.basename(row["file"]))[0]
+        found = row["positive_labels"].split("|")
+        if found == [labels.NO_FINDING]:
+            order = np.argsort(-np.array(row["probabilities"]))[:2]
+            found = [labels.LABELS[c] for c in order]
+        expected += [f"{stem}_{name}.png" for name in found]
+    assert [os.path.basename(p) for p in overlays] == expected
+    for path in overlays:
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size == (256, 256) and img.mode == "RGB"
+    with pytest.raises(ValueError, match="--gradcam_dir needs the Keras model"):
+        predict.predict_files(predict.Predictor(str(export_dir)), files, gradcam_dir=str(tmp_path))
+
+
+def test_unknown_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a SavedModel .* nor a run dir"):
+        predict.Predictor(str(tmp_path))
