@@ -123,7 +123,9 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
     def train_fn(input_context):
         return input_pipeline.make_dataset(
             data_dir, "train", batch_size=batch, training=True, augment_images=config["augment"],
-            hflip=config["hflip"], epoch=initial_epoch, epochs=config["epochs"],
+            # max(): a crash after the last epoch's backup resumes with nothing left to train.
+            hflip=config["hflip"], epoch=initial_epoch,
+            epochs=max(config["epochs"], initial_epoch + 1),
             steps_per_epoch=steps_per_epoch,
             deterministic=config["deterministic"], input_context=input_context,
             cache=config["cache"], add_no_finding=config["no_finding_output"], **common)
