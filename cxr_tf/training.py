@@ -193,7 +193,8 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
     if multi_worker:
         distribute.prepare_keras_for_multi_worker(net, strategy, size, num_outputs)
     history = net.fit(train_ds, epochs=config["epochs"], steps_per_epoch=steps_per_epoch,
-                      initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose)
+                      initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose,
+                      shuffle=False)  # the stream is already shuffled, per epoch and seeded
     summary = _summary(net, history, resolved, initial_epoch)
     distribute.cleanup_run_dir(run_dir, model_dir)
     return summary
