@@ -60,7 +60,7 @@ def tune_run(model, config, data_dir, method, *, batch_size=64, checkpoint="best
 def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n_boot=1000,
                  tune=None, batch_size=64, progress=True):
     """Evaluates a run dir on one split and writes RUN/eval_<split>/. Returns the report."""
-    from cxr_tf import reporting, serving
+    from cxr_tf import report_plots, reporting, serving
 
     config = serving.read_config(model_dir)
     config["model_dir"] = model_dir
@@ -92,7 +92,7 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
               "data_dir": os.path.abspath(data_dir), "tuned_thresholds_from": tuned_info,
               **report}
     report["files"] = [os.path.join(out_dir, name) for name in ("report.json", "report.md")]
-    report["files"] += reporting.write_plots(out_dir, y_true, probs[:, :n], labels.LABELS)
+    report["files"] += report_plots.write_plots(out_dir, y_true, probs[:, :n], labels.LABELS)
     reporting.write_json(report["files"][0], report)
     with open(report["files"][1], "w") as f:
         f.write(reporting.format_markdown(report, f"Evaluation on {split}"))

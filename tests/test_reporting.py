@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from cxr_tf import labels, metrics, published, reporting
+from cxr_tf import labels, metrics, published, report_plots, reporting
 
 LABELS = list(labels.LABELS)
 
@@ -189,7 +189,7 @@ def test_markdown_shows_the_headline_figures(report):
 
 def test_plots_are_written_and_non_empty(tmp_path):
     y, prob, _, _ = fixed_set()
-    paths = reporting.write_plots(str(tmp_path), y, prob, LABELS)
+    paths = report_plots.write_plots(str(tmp_path), y, prob, LABELS)
     assert [p.rsplit("/", 1)[1] for p in paths] == ["roc.png", "pr.png", "calibration.png"]
     for path in paths:
         with Image.open(path) as img:

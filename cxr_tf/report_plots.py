@@ -1,0 +1,113 @@
+"""The evaluation report's figures: ROC and precision-recall per finding, and the reliability
+diagram of the reported calibration error. matplotlib's object API only (no pyplot state)."""
+
+import math
+import os
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from cxr_tf import metrics, published
+
+
+def _grid(label_names, extra):
+    """A figure with one small panel per finding plus `extra` panels, 4 per row."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    panels = len(label_names) + extra
+    rows = math.ceil(panels / 4)
+    fig = Figure(figsize=(13, 3.2 * rows))
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.05, top=0.93, wspace=0.3, hspace=0.45)
+    axes = fig.subplots(rows, 4, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    return fig, axes[:panels]
+
+
+def _finish_grid(fig, axes, path, xlabel, ylabel, title):
+    for ax in axes[-4:]:  # the bottom panel of each column
+        ax.set_xlabel(xlabel)
+    for ax in axes[::4]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def plot_roc(path, y_true, y_prob, label_names):
+    """ROC curve per finding (AUC and the published AUC in the title), plus micro-average."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = _grid(label_names, 1)
+    columns = [(name, y_true[:, c], y_prob[:, c]) for c, name in enumerate(label_names)]
+    columns.append(("micro-average", y_true.ravel(), y_prob.ravel()))
+    for ax, (name, truth, prob) in zip(axes, columns):
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        title = name
+        if 0 < truth.sum() < len(truth):
+            fpr, tpr, _ = roc_curve(truth, prob)
+            ax.plot(fpr, tpr, lw=1.5)
+            title += f"\nAUC {roc_auc_score(truth, prob):.3f}"
+            if name in published.WANG2017_AUC:
+                title += f" (Wang 2017: {published.WANG2017_AUC[name]:.3f})"
+        else:
+            title += "\n(no positives or no negatives)"
+        ax.set(title=title, xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        ax.title.set_fontsize(9)
+    return _finish_grid(fig, axes, path, "false positive rate", "true positive rate",
+                        "ROC per finding")
+
+
+def plot_pr(path, y_true, y_prob, label_names):
+    """Precision-recall curve per finding, with the prevalence (a random model) dashed."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig, axes = _grid(label_names, 1)
+    columns = [(name, y_true[:, c], y_prob[:, c]) for c, name in enumerate(label_names)]
+    columns.append(("micro-average", y_true.ravel(), y_prob.ravel()))
+    for ax, (name, truth, prob) in zip(axes, columns):
+        title = name
+        if truth.sum() > 0:
+            precision, recall, _ = precision_recall_curve(truth, prob)
+            ax.plot(recall, precision, lw=1.5, drawstyle="steps-post")
+            ax.axhline(truth.mean(), color="0.7", lw=0.8, ls="--")
+            title += (f"\nAP {average_precision_score(truth, prob):.3f}, "
+                      f"prevalence {truth.mean():.3f}")
+        else:
+            title += "\n(no positives)"
+        ax.set(title=title, xlim=(0, 1), ylim=(0, 1.01))
+        ax.title.set_fontsize(9)
+    return _finish_grid(fig, axes, path, "recall", "precision", "Precision-recall per finding")
+
+
+def plot_calibration(path, y_true, y_prob, n_bins=15):
+    """Reliability diagram over all (image, finding) pairs, the bins of the reported ECE."""
+    from matplotlib.figure import Figure
+
+    prob, label = np.asarray(y_prob, float).ravel(), np.asarray(y_true, float).ravel()
+    bins = np.minimum((prob * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    filled = count > 0
+    mean_prob = np.bincount(bins, prob, n_bins)[filled] / count[filled]
+    positive_rate = np.bincount(bins, label, n_bins)[filled] / count[filled]
+    fig = Figure(figsize=(6, 7), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    top.plot([0, 1], [0, 1], color="0.7", ls="--", label="perfectly calibrated")
+    top.plot(mean_prob, positive_rate, marker="o", label="model")
+    ece = metrics.expected_calibration_error(np.asarray(y_true), np.asarray(y_prob), n_bins)
+    top.set(ylabel="fraction positive", xlim=(0, 1), ylim=(0, 1),
+            title=f"Calibration, all findings pooled (ECE {ece:.4f}, {n_bins} bins)")
+    top.legend(loc="upper left")
+    edges = np.linspace(0, 1, n_bins + 1)
+    bottom.bar(edges[:-1], count, width=1 / n_bins, align="edge", color="0.6", log=True)
+    bottom.set(xlabel="predicted probability", ylabel="pairs (log)")
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def write_plots(out_dir, y_true, y_prob, label_names):
+    """roc.png, pr.png and calibration.png in out_dir; returns their paths."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
+    return [plot_roc(os.path.join(out_dir, "roc.png"), y_true, y_prob, label_names),
+            plot_pr(os.path.join(out_dir, "pr.png"), y_true, y_prob, label_names),
+            plot_calibration(os.path.join(out_dir, "calibration.png"), y_true, y_prob)]
