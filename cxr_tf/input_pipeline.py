@@ -59,11 +59,9 @@ def _config_size(version_dir):
 
 
 def is_prepared(data_dir):
-    try:
-        find_prepared(data_dir)
-        return True
-    except (FileNotFoundError, ValueError):
-        return os.path.isdir(os.path.join(data_dir, DATASET_NAME))
+    """A TFDS dir written by prepare (or one of its version dirs), not a raw Kaggle folder."""
+    return (os.path.isfile(os.path.join(data_dir, "dataset_info.json"))
+            or os.path.isdir(os.path.join(data_dir, DATASET_NAME)))
 
 
 def open_prepared(data_dir, image_size=None):

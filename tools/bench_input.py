@@ -23,15 +23,23 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def synthetic_kaggle(work_dir, num_images, source_size):
+    """A synthetic Kaggle-layout folder under work_dir (generated once, then reused)."""
+    from cxr_tf import synthetic
+
+    kaggle = os.path.join(work_dir, f"kaggle_{num_images}_{source_size}")
+    if not os.path.exists(os.path.join(kaggle, "test_list.txt")):
+        synthetic.generate(kaggle, num_images=num_images, image_size=source_size, seed=0,
+                           progress=False)
+    return kaggle
+
+
 def prepared_synthetic(work_dir, num_images, image_size):
     """A prepared synthetic TFDS dir under work_dir (made once, then reused)."""
-    from cxr_tf import prepare, synthetic
+    from cxr_tf import prepare
 
-    kaggle = os.path.join(work_dir, f"kaggle_{num_images}_{2 * image_size}")
+    kaggle = synthetic_kaggle(work_dir, num_images, min(2 * image_size, 1024))
     tfds_dir = os.path.join(work_dir, f"tfds_{num_images}")
-    if not os.path.exists(os.path.join(kaggle, "test_list.txt")):
-        synthetic.generate(kaggle, num_images=num_images, image_size=min(2 * image_size, 1024),
-                           seed=0, progress=False)
     prepare.prepare(kaggle, tfds_dir, image_size)
     return tfds_dir
 

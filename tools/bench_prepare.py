@@ -21,6 +21,7 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
@@ -32,12 +33,10 @@ def main(argv=None):
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
     args = parser.parse_args(argv)
 
-    from cxr_tf import metadata, parallel_decode, prepare, synthetic
+    from bench_input import synthetic_kaggle
+    from cxr_tf import metadata, parallel_decode, prepare
 
-    kaggle = os.path.join(args.work_dir, f"kaggle_{args.num_images}_{args.source_size}")
-    if not os.path.exists(os.path.join(kaggle, "test_list.txt")):
-        synthetic.generate(kaggle, num_images=args.num_images, image_size=args.source_size,
-                           seed=0, progress=False)
+    kaggle = synthetic_kaggle(args.work_dir, args.num_images, args.source_size)
     index = metadata.build_index(kaggle)
     items = list(zip(index.frame["image_id"], index.frame["path"]))
     bare, full = [], []
