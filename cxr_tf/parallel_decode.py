@@ -24,7 +24,7 @@ from cxr_tf import images
 @dataclasses.dataclass
 class Decoded:
     image_id: str
-    png: bytes | None  # the S×S gray image, PNG-encoded; None when skipped
+    image: np.ndarray | bytes | None  # S×S×1 uint8 ("raw"), PNG bytes ("png"); None: skipped
     conversions: list
     skip_reason: str | None = None  # "undecodable", "too_large", "dropped_rgba"
     error: str | None = None  # "<file>: <reason>", for the report
@@ -37,8 +37,11 @@ def encode_png(image):
     return buffer.getvalue()
 
 
-def decode_file(image_id, path, image_size, drop_rgba=False, encode=True):
-    """One file -> Decoded. Never raises for bad image data: it becomes a counted skip."""
+def decode_file(image_id, path, image_size, drop_rgba=False, encoding="raw"):
+    """One file -> Decoded. Never raises for bad image data: it becomes a counted skip.
+
+    encoding: "raw" returns the uint8 array, "png" PNG bytes, None nothing (b"", for timing).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -47,7 +50,11 @@ def decode_file(image_id, path, image_size, drop_rgba=False, encode=True):
         return Decoded(image_id, None, [], e.reason, str(e))
     except OSError as e:  # unreadable file (permissions, I/O error): the file is there but unusable
         return Decoded(image_id, None, [], "undecodable", f"{image_id}: {e.strerror or e}")
-    return Decoded(image_id, encode_png(image) if encode else b"", conversions)
+    if encoding == "png":
+        image = encode_png(image)
+    elif encoding is None:
+        image = b""
+    return Decoded(image_id, image, conversions)
 
 
 def _decode_task(args):
@@ -58,13 +65,13 @@ def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encode=True):
-    """Yields a Decoded for each (image_id, path) of `items`, in order.
+def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encoding="raw"):
+    """Yields a Decoded for each (image_id, path) of `items`, in order (see `decode_file`).
 
     num_workers=None uses every core; 0 decodes in this process (handy in tests and for tiny
     jobs, where starting processes costs more than it saves).
     """
-    tasks = ((image_id, path, image_size, drop_rgba, encode) for image_id, path in items)
+    tasks = ((image_id, path, image_size, drop_rgba, encoding) for image_id, path in items)
     num_workers = default_workers() if num_workers is None else num_workers
     if num_workers <= 0:
         yield from map(_decode_task, tasks)

@@ -1,11 +1,13 @@
 """Turn a Kaggle-layout NIH folder into a sharded, resized TFDS dataset.
 
     python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224 \
-        [--val_fraction=0.1] [--seed=0] [--drop_rgba] [--strict] [--num_workers=N] [--json]
+        [--val_fraction=0.1] [--seed=0] [--drop_rgba] [--image_encoding=raw|png] [--strict] \
+        [--num_workers=N] [--json]
 
-Writes TFDS_DIR/nih_chest_xray14/<config>/1.0.0/ (readable by `tfds.builder_from_directory`
+Writes TFDS_DIR/nih_chest_xray14/<config>/<version>/ (readable by `tfds.builder_from_directory`
 without cxr_tf) and TFDS_DIR/prepare_report.json, which accounts for every CSV row:
-rows = written + skipped.
+rows = written + skipped. Images are stored as raw uint8 bytes (no decode when training);
+--image_encoding=png stores PNG instead (less disk, a decode per image per epoch).
 """
 
 import json
@@ -22,14 +24,15 @@ FLAGS = flags.FLAGS
 
 
 def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
-            strict=False, num_workers=None):
+            image_encoding="raw", strict=False, num_workers=None):
     """Builds the dataset (a no-op when already built) and returns its report dict."""
     import tensorflow_datasets as tfds  # heavy: imported when used
 
     from cxr_tf.datasets import nih_chest_xray14
 
     config = nih_chest_xray14.make_config(
-        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba)
+        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
+        image_encoding=image_encoding)
     builder = nih_chest_xray14.Builder(config=config, data_dir=output_dir,
                                        num_workers=num_workers, strict=strict)
     builder.download_and_prepare(
@@ -77,7 +80,8 @@ def main(argv):
         raise app.UsageError("--data_dir and --output_dir are required")
     report = prepare(
         FLAGS.data_dir, FLAGS.output_dir, FLAGS.image_size, val_fraction=FLAGS.val_fraction,
-        seed=FLAGS.seed, drop_rgba=FLAGS.drop_rgba, strict=FLAGS.strict,
+        seed=FLAGS.seed, drop_rgba=FLAGS.drop_rgba, image_encoding=FLAGS.image_encoding,
+        strict=FLAGS.strict,
         num_workers=FLAGS.num_workers,
     )
     print(json.dumps(report, sort_keys=True) if FLAGS.json else format_report(report))

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -126,3 +128,52 @@ def test_missing_prepared_size_is_a_clear_error(prepared_dir):
     with pytest.raises(FileNotFoundError, match="no prepared nih_chest_xray14 dataset at "
                                                 "image_size=224"):
         input_pipeline.find_prepared(str(prepared_dir), 224)
+
+
+def test_png_and_raw_storage_read_back_the_same_pixels(kaggle_dir, prepared_dir, tmp_path):
+    from cxr_tf import prepare
+
+    report = prepare.prepare(str(kaggle_dir), str(tmp_path), 32, image_encoding="png",
+                             num_workers=0)
+    assert report["dataset_dir"].split(os.sep)[-2] == "32_png"
+    raw_builder = input_pipeline.open_prepared(str(prepared_dir))
+    png_builder = input_pipeline.open_prepared(str(tmp_path))
+    assert type(raw_builder.info.features["image"]).__name__ == "Tensor"
+    assert type(png_builder.info.features["image"]).__name__ == "Image"
+
+    def pixels(data_dir):
+        ds = input_pipeline.make_dataset(data_dir, "train", batch_size=16, training=False,
+                                         with_metadata=True)
+        return {i: x for b in ds for i, x in zip(b["image_id"].numpy(), b["image"].numpy())}
+
+    raw, png = pixels(str(prepared_dir)), pixels(str(tmp_path))
+    assert raw.keys() == png.keys() and len(raw) > 0
+    for key in raw:
+        np.testing.assert_array_equal(raw[key], png[key])
+
+
+def test_an_older_version_beside_the_new_one_is_ignored(prepared_dir, tmp_path):
+    import shutil
+
+    version_dir = input_pipeline.find_prepared(str(prepared_dir))
+    config_dir, version = os.path.split(version_dir)
+    copy = tmp_path / "nih_chest_xray14" / os.path.basename(config_dir)
+    shutil.copytree(version_dir, copy / version)
+    shutil.copytree(version_dir, copy / "1.0.0")
+    assert input_pipeline.find_prepared(str(tmp_path)) == str(copy / version)
+
+
+def test_warp_affine_matches_tensorflows_projective_transform():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (3, 20, 24, 1)).astype(np.uint8))
+    transforms = tf.constant([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0],  # identity
+                              [0.95, -0.12, 2.3, 0.12, 0.95, -1.7],  # rotate, zoom, shift
+                              [1.1, 0.05, -3.0, -0.05, 0.9, 4.5]], tf.float32)
+    ours = input_pipeline.warp_affine(images, transforms).numpy()
+    theirs = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), output_shape=[20, 24], fill_value=0.0,
+        transforms=tf.concat([transforms, tf.zeros((3, 2))], axis=1),
+        interpolation="BILINEAR", fill_mode="CONSTANT").numpy()
+    np.testing.assert_array_equal(ours[0], images.numpy()[0].astype(np.float32))
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+    assert (ours[1] == 0).any()  # pixels mapped from outside the image are zero

@@ -79,7 +79,7 @@ def test_output_does_not_depend_on_worker_count(kaggle_dir, prepared_dir, tmp_pa
     prepare.prepare(str(kaggle_dir), str(tmp_path), 32, num_workers=2)
 
     def records(root):
-        files = sorted(glob.glob(os.path.join(root, "nih_chest_xray14/32/1.0.0/*.tfrecord*")))
+        files = sorted(glob.glob(os.path.join(root, "nih_chest_xray14/32/1.1.0/*.tfrecord*")))
         return [open(f, "rb").read() for f in files]
 
     assert records(tmp_path) == records(prepared_dir)
@@ -96,7 +96,7 @@ def test_prepared_dir_reads_without_cxr_tf(prepared_dir, tmp_path):
         sys.meta_path.insert(0, Block())
         import tensorflow_datasets as tfds
         import glob
-        path = glob.glob("{prepared_dir}/nih_chest_xray14/32/1.0.0")[0]
+        path = glob.glob("{prepared_dir}/nih_chest_xray14/32/1.1.0")[0]
         builder = tfds.builder_from_directory(path)
         ex = next(iter(tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False))))
         print(ex["image"].shape, ex["image"].dtype, ex["labels"].shape,
@@ -115,7 +115,7 @@ def test_tfds_build_cli(kaggle_dir, tmp_path):
          "--config=224", f"--manual_dir={kaggle_dir}", f"--data_dir={tmp_path}"],
         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    version_dir = tmp_path / "nih_chest_xray14" / "224" / "1.0.0"
+    version_dir = tmp_path / "nih_chest_xray14" / "224" / "1.1.0"
     with open(version_dir / "prepare_report.json") as f:
         report = json.load(f)
     assert sum(report["written"].values()) + sum(report["skipped"].values()) == report["rows"]

@@ -1,13 +1,13 @@
 """Throughput of `prepare` against the bare parallel decode + resize rate, in one run.
 
     python tools/bench_prepare.py [--num_images=600] [--source_size=1024] [--image_size=224]
-        [--repeats=3] [--work_dir=DIR]
+        [--repeats=3] [--image_encoding=raw|png] [--work_dir=DIR]
 
 Generates synthetic Kaggle-layout PNGs at --source_size (NIH films are ~1024² after the
 Kaggle downscale), then per repeat times (a) the bare rate: `parallel_decode.decode_files`
 over every file on all cores, decode + pad + resize only, nothing written; (b) `prepare`
-into a fresh TFDS dir: the same decode plus PNG encoding, TFDS serialisation, shuffling and
-sharding. The figure is the ratio of the medians, prepare / bare (target >= 0.9).
+into a fresh TFDS dir: the same decode plus storing (--image_encoding: raw bytes, or PNG
+encoding), TFDS serialisation, shuffling and sharding. The figure is the ratio of the medians, prepare / bare (target >= 0.9).
 The last line printed is one JSON object.
 """
 
@@ -30,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--source_size", type=int, default=1024)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image_encoding", default="raw", choices=("raw", "png"))
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
     args = parser.parse_args(argv)
 
@@ -42,17 +43,18 @@ def main(argv=None):
     bare, full = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        for _ in parallel_decode.decode_files(items, args.image_size, encode=False):
+        for _ in parallel_decode.decode_files(items, args.image_size, encoding=None):
             pass
         bare.append(len(items) / (time.perf_counter() - start))
         out = tempfile.mkdtemp(dir=args.work_dir)
         start = time.perf_counter()
-        report = prepare.prepare(kaggle, out, args.image_size)
+        report = prepare.prepare(kaggle, out, args.image_size,
+                                 image_encoding=args.image_encoding)
         full.append(sum(report["written"].values()) / (time.perf_counter() - start))
         shutil.rmtree(out)
     result = {
         "benchmark": "prepare", "images": len(items), "source_size": args.source_size,
-        "image_size": args.image_size, "cores": parallel_decode.default_workers(),
+        "image_size": args.image_size, "image_encoding": args.image_encoding, "cores": parallel_decode.default_workers(),
         "bare_images_per_sec": round(statistics.median(bare), 1),
         "prepare_images_per_sec": round(statistics.median(full), 1),
         "ratio": round(statistics.median(full) / statistics.median(bare), 3),

@@ -40,6 +40,9 @@ _HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
 STANDARD_SIZES = (224, 256, 320, 512, 1024)
 REPORT_FILE = "prepare_report.json"
+# "raw": the S×S×1 uint8 pixels as bytes (S² bytes, no decode when training: ~1.4x the disk
+# of PNG on X-rays); "png": PNG level 1 (smaller; costs a decode per image per epoch).
+IMAGE_ENCODINGS = ("raw", "png")
 
 
 @dataclasses.dataclass(eq=False)
@@ -48,11 +51,14 @@ class NihConfig(tfds.core.BuilderConfig):
     val_fraction: float = 0.1
     seed: int = 0
     drop_rgba: bool = False
+    image_encoding: str = "raw"
 
 
-def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False):
+def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw"):
     if int(image_size) < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
+    if image_encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}")
     name = str(int(image_size))
     if val_fraction != 0.1:
         name += f"_val{val_fraction:g}"
@@ -60,20 +66,26 @@ def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False):
         name += f"_seed{seed}"
     if drop_rgba:
         name += "_droprgba"
+    if image_encoding != "raw":
+        name += f"_{image_encoding}"
     return NihConfig(
         name=name,
-        description=f"{image_size}x{image_size} gray, val_fraction={val_fraction:g}, "
-        f"seed={seed}, drop_rgba={drop_rgba}",
+        description=f"{image_size}x{image_size} gray ({image_encoding}), "
+        f"val_fraction={val_fraction:g}, seed={seed}, drop_rgba={drop_rgba}",
         image_size=int(image_size), val_fraction=val_fraction, seed=seed,
-        drop_rgba=drop_rgba,
+        drop_rgba=drop_rgba, image_encoding=image_encoding,
     )
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """NIH ChestX-ray14, resized and sharded."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Images stored as raw uint8 bytes by default (no PNG decode when training; "
+                  "configs ending in _png keep PNG).",
+    }
     BUILDER_CONFIGS = [_new_config(size) for size in STANDARD_SIZES]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Download the dataset from Kaggle (https://www.kaggle.com/datasets/nih-chest-xrays/data) or
@@ -92,10 +104,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         size = self.builder_config.image_size
+        if self.builder_config.image_encoding == "png":
+            image = tfds.features.Image(shape=(size, size, 1), dtype=np.uint8)
+        else:
+            image = tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
+                                         encoding=tfds.features.Encoding.BYTES)
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8),
+                "image": image,
                 "labels": tfds.features.Tensor(shape=(labels.NUM_CLASSES,), dtype=np.uint8),
                 "image_id": tfds.features.Text(),
                 "patient_id": np.int32,
@@ -130,16 +147,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         decoded = parallel_decode.decode_files(
             ((r["image_id"], r["path"]) for r in records), config.image_size,
             drop_rgba=config.drop_rgba, num_workers=self._num_workers,
+            encoding=config.image_encoding,
         )
         split = records[0]["split"] if records else None
         for record, label_vector, result in zip(records, label_matrix, decoded):
-            if result.png is None:
+            if result.image is None:
                 self._count_skip(result)
                 continue
             self._report["converted"].update(result.conversions)
             self._report["written"][split] += 1
             yield record["image_id"], {
-                "image": result.png,
+                "image": result.image,
                 "labels": label_vector,
                 "image_id": record["image_id"],
                 "patient_id": record["patient_id"],
@@ -159,14 +177,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             examples.append(result.error)
 
 
-def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False):
+def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw"):
     """A config named by image size ("224"), with any non-default choice that changes the data
-    appended ("224_val0.2_seed1_droprgba"), so two different datasets never share a folder.
+    appended ("224_val0.2_seed1_droprgba_png"), so two different datasets never share a folder.
 
     For a standard size this is the builder's own config object: TFDS refuses a custom config
     that shares a standard config's name.
     """
-    config = _new_config(image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba)
+    config = _new_config(image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
+                         image_encoding=image_encoding)
     return Builder.builder_configs.get(config.name, config)
 
 
@@ -180,6 +199,7 @@ def _new_report(index, config):
         "config": {
             "image_size": config.image_size, "val_fraction": config.val_fraction,
             "seed": config.seed, "drop_rgba": config.drop_rgba,
+            "image_encoding": config.image_encoding,
         },
     }
 
