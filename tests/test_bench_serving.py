@@ -27,6 +27,8 @@ def test_bench_serving_small(tmp_path):
     assert result["preprocess_ms_per_image"] > 0 and result["preprocess_share_pct"] > 0
     assert result["preprocess_overhead_pct_best"] > -100  # a ratio of two positive times
     assert result["cpu_ms_per_image_bytes"] > 0 and result["cpu_ms_per_image_preprocess"] > 0
+    assert 0 < result["decode_only_ms_per_image"] and 0 < result["decode_floor_pct"]
+    assert "floor: PNG decode alone" in proc.stdout
 
 
 def test_bad_flag_is_refused():
