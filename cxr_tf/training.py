@@ -21,6 +21,10 @@ import tensorflow as tf
 from cxr_tf import __version__, callbacks, distribute, input_pipeline, labels, losses, model
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf")
+# Per-epoch evaluation predicts in batches this many times the training batch: inference keeps
+# no activations for a backward pass, and fewer, larger steps cut the evaluation's share of an
+# epoch (tools/bench_epoch.py).
+EVAL_BATCH_FACTOR = 2
 
 
 def synthetic_data_dir(image_size, num_images=2000, min_prevalence=0.0, seed=0, cache_dir=None):
@@ -133,7 +137,8 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
     train_ds = strategy.distribute_datasets_from_function(train_fn)
 
     def eval_split(split, y_true):
-        ds = input_pipeline.make_dataset(data_dir, split, batch_size=batch, training=False,
+        ds = input_pipeline.make_dataset(data_dir, split, batch_size=EVAL_BATCH_FACTOR * batch,
+                                         training=False,
                                          add_no_finding=config["no_finding_output"], **common)
         if config["no_finding_output"]:
             y_true = np.concatenate([y_true, 1.0 - y_true.max(axis=1, keepdims=True)], axis=1)
