@@ -75,7 +75,11 @@ def _to_gray(image):
         weighted = rgb[:, :, 0] * _LUMA[0] + rgb[:, :, 1] * _LUMA[1] + rgb[:, :, 2] * _LUMA[2]
         return tf.cast(tf.bitwise.right_shift(weighted + 0x8000, 16), tf.uint8)
 
-    return tf.cond(channels >= 3, luma, lambda: image[:, :, 0])
+    def first_channel():  # one channel: a free reshape rather than a strided copy
+        return tf.cond(channels == 1, lambda: tf.reshape(image, tf.shape(image)[:2]),
+                       lambda: image[:, :, 0])
+
+    return tf.cond(channels >= 3, luma, first_channel)
 
 
 def _scale_gray16(image16, data):
@@ -170,8 +174,9 @@ def pad_and_resize(gray, size):
         tf.equal(height, width), lambda: gray[:, :, None],
         lambda: tf.image.pad_to_bounding_box(
             gray[:, :, None], (side - height) // 2, (side - width) // 2, side, side))
-    resized = tf.image.resize(tf.cast(square, tf.float32), (size, size), method="bilinear",
-                              antialias=True)
+    # uint8 goes into the resize kernel as is (float32 comes out): casting the full-size
+    # film first gives the same result and costs a pass over ~1M pixels.
+    resized = tf.image.resize(square, (size, size), method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
