@@ -217,7 +217,7 @@ def define_train_flags():
                       "keras.utils.set_random_seed + TF op determinism (bitwise-repeatable runs).")
     _defs.DEFINE_bool("augment", True, "Mild crop/scale, rotation, brightness/contrast.")
     _defs.DEFINE_bool("hflip", False, "Also flip horizontally (off: the heart's side matters).")
-    _defs.DEFINE_bool("cache", False, "Cache the encoded training images in memory.")
+    _defs.DEFINE_bool("cache", False, "Cache the stored training images (raw or PNG) in memory.")
     _defs.DEFINE_bool("eval_test_each_epoch", False,
                       "Also score the test split each epoch (logged under test/, never used "
                       "for selection), as the paper did.")
