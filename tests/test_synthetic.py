@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf import images, labels, synthetic, synthetic_render
+from cxr_tf import images, labels, synthetic, synthetic_render, synthetic_rows
 
 NUM_IMAGES = 120
 FAULT_EXPECT = {
@@ -119,19 +119,19 @@ def test_label_figures_close_to_the_real_data_on_a_few_hundred_images(tmp_path):
     s = synthetic.generate(tmp_path, num_images=n, image_size=16, seed=3, num_workers=1,
                            progress=False)
     for name, count in s["labels"].items():
-        p = synthetic.REAL_PREVALENCE[name]
+        p = synthetic_rows.REAL_PREVALENCE[name]
         assert abs(count / n - p) <= 4 * math.sqrt(p * (1 - p) / n) + 0.005, name
-    assert abs(s["no_finding"] / n - synthetic.REAL_NO_FINDING) < 4 * math.sqrt(0.25 / n)
-    assert abs(s["multi_label"] / n - synthetic.REAL_MULTI_LABEL) < 4 * math.sqrt(0.15 / n)
+    assert abs(s["no_finding"] / n - synthetic_rows.REAL_NO_FINDING) < 4 * math.sqrt(0.25 / n)
+    assert abs(s["multi_label"] / n - synthetic_rows.REAL_MULTI_LABEL) < 4 * math.sqrt(0.15 / n)
     written = read_csv(tmp_path)[1:]
     assert sum("Effusion" in row[1] for row in written) == s["labels"]["Effusion"]
 
 
 def test_label_sampler_matches_the_embedded_figures_closely():
     n = 40_000
-    rows = synthetic.sample_rows(n, seed=1)
+    rows = synthetic_rows.sample_rows(n, seed=1)
     for name in labels.LABELS:
-        share, p = sum(name in r["findings"] for r in rows) / n, synthetic.REAL_PREVALENCE[name]
+        share, p = sum(name in r["findings"] for r in rows) / n, synthetic_rows.REAL_PREVALENCE[name]
         # sampling noise plus the sampler's own bias (at most +10%, Hernia; see _LabelSampler)
         assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / n) + 0.1 * p, name
     assert abs(sum(not r["findings"] for r in rows) / len(rows) - 0.538) < 0.01
@@ -140,11 +140,11 @@ def test_label_sampler_matches_the_embedded_figures_closely():
 
 
 def test_min_prevalence_raises_rare_findings_only():
-    rows = synthetic.sample_rows(20_000, seed=2, min_prevalence=0.1)
+    rows = synthetic_rows.sample_rows(20_000, seed=2, min_prevalence=0.1)
     share = {n: sum(n in r["findings"] for r in rows) / len(rows) for n in labels.LABELS}
     assert all(share[n] > 0.09 for n in labels.LABELS)
     assert abs(share["Hernia"] - 0.1) < 0.01
-    assert abs(share["Infiltration"] - synthetic.REAL_PREVALENCE["Infiltration"]) < 0.015
+    assert abs(share["Infiltration"] - synthetic_rows.REAL_PREVALENCE["Infiltration"]) < 0.015
     assert sum(not r["findings"] for r in rows) / len(rows) < 0.3  # No Finding falls
 
 
@@ -226,7 +226,7 @@ def test_faults_json_lists_every_kind_and_each_behaves_as_expected(dataset):
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="min_prevalence"):
-        synthetic.sample_rows(10, min_prevalence=1.5)
+        synthetic_rows.sample_rows(10, min_prevalence=1.5)
 
 
 def test_render_is_reexported_for_tools_and_tests():
