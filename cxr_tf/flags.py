@@ -153,7 +153,8 @@ def define_prepare_flags():
     _defs.DEFINE_integer("image_size", 224, "Side of the prepared square images.", lower_bound=8)
     _defs.DEFINE_bool("drop_rgba", False, "Skip RGB(A) PNGs as the paper did, instead of converting.")
     _defs.DEFINE_enum("image_encoding", "raw", ["raw", "png"],
-                      "How images are stored: raw uint8 (no decode when training) or PNG (about half the disk).")
+                      "How images are stored: raw uint8 (no decode when training) or PNG "
+                      "(about half the disk).")
     _defs.DEFINE_bool("strict", False, "Fail on the first unknown label instead of skipping the row.")
     _defs.DEFINE_integer("num_workers", None, "Decode processes (default: all cores).")
 

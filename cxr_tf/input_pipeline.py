@@ -221,8 +221,8 @@ def warp_affine(images, transforms):
 
     def pixel(y, x):
         inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-        index = base + tf.clip_by_value(y, 0, height - 1) * width + tf.clip_by_value(x, 0, width - 1)
-        return tf.where(inside, tf.gather(flat, index), 0.0)
+        row, column = tf.clip_by_value(y, 0, height - 1), tf.clip_by_value(x, 0, width - 1)
+        return tf.where(inside, tf.gather(flat, base + row * width + column), 0.0)
 
     top = pixel(y0, x0) * (1 - fx) + pixel(y0, x0 + 1) * fx
     bottom = pixel(y0 + 1, x0) * (1 - fx) + pixel(y0 + 1, x0 + 1) * fx
