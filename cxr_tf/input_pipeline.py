@@ -165,7 +165,8 @@ def augment(images, seed, *, hflip=False, max_rotation_deg=7.0, scale=(0.9, 1.1)
 
     The whole batch is one XLA-compiled function: XLA fuses the warp's gathers and arithmetic
     into one vectorised loop, ~3x faster per core than TF's ImageProjectiveTransformV3 kernel
-    (which XLA cannot compile) and as exact (tools/bench_input.py, tests).
+    (which XLA cannot compile), with the same result to float rounding (tools/bench_input.py,
+    tests/test_input_pipeline.py).
     """
     return _augment(images, seed, hflip=hflip, max_rotation_deg=float(max_rotation_deg),
                     scale=tuple(map(float, scale)), max_shift=float(max_shift),

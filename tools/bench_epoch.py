@@ -10,8 +10,8 @@ On the synthetic set prepared at --image_size, with a small model on this CPU:
   Target < 5 %.
 - eval_share: the EpochMetrics callback (predict the validation split once, in batches of
   2x --batch_size as the train app does, then exact AUC, F1, precision, recall at 3
-  thresholds) relative to epoch_s. The validation split is ~10 %
-  of train_val, as in real runs. Target < 5 %.
+  thresholds) relative to epoch_s. The validation split is ~10 % of train_val, as in real
+  runs. Target < 5 %.
 The last line printed is one JSON object.
 """
 

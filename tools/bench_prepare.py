@@ -7,7 +7,8 @@ Generates synthetic Kaggle-layout PNGs at --source_size (NIH films are ~1024² a
 Kaggle downscale), then per repeat times (a) the bare rate: `parallel_decode.decode_files`
 over every file on all cores, decode + pad + resize only, nothing written; (b) `prepare`
 into a fresh TFDS dir: the same decode plus storing (--image_encoding: raw bytes, or PNG
-encoding), TFDS serialisation, shuffling and sharding. The figure is the ratio of the medians, prepare / bare (target >= 0.9).
+encoding), TFDS serialisation, shuffling and sharding. The figure is the ratio of the
+medians, prepare / bare (target >= 0.9).
 The last line printed is one JSON object.
 """
 
@@ -54,7 +55,8 @@ def main(argv=None):
         shutil.rmtree(out)
     result = {
         "benchmark": "prepare", "images": len(items), "source_size": args.source_size,
-        "image_size": args.image_size, "image_encoding": args.image_encoding, "cores": parallel_decode.default_workers(),
+        "image_size": args.image_size, "image_encoding": args.image_encoding,
+        "cores": parallel_decode.default_workers(),
         "bare_images_per_sec": round(statistics.median(bare), 1),
         "prepare_images_per_sec": round(statistics.median(full), 1),
         "ratio": round(statistics.median(full) / statistics.median(bare), 3),

@@ -40,8 +40,8 @@ _HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
 STANDARD_SIZES = (224, 256, 320, 512, 1024)
 REPORT_FILE = "prepare_report.json"
-# "raw": the S×S×1 uint8 pixels as bytes (S² bytes, no decode when training: ~1.4x the disk
-# of PNG on X-rays); "png": PNG level 1 (smaller; costs a decode per image per epoch).
+# "raw": the S×S×1 uint8 pixels as bytes (S² bytes; nothing to decode when training);
+# "png": PNG level 1 (about half the disk on the synthetic set; a decode per image per epoch).
 IMAGE_ENCODINGS = ("raw", "png")
 
 
@@ -58,7 +58,8 @@ def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
     if int(image_size) < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     if image_encoding not in IMAGE_ENCODINGS:
-        raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}")
+        raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, "
+                         f"got {image_encoding!r}")
     name = str(int(image_size))
     if val_fraction != 0.1:
         name += f"_val{val_fraction:g}"
