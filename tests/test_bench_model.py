@@ -63,3 +63,18 @@ def test_bad_flag_is_rejected_with_its_value():
     )
     assert proc.returncode == 2
     assert "--batch_size must be >= 1; received 0" in proc.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                    reason="jax is not installed (pip install 'jax[cpu]', the bench extra)")
+def test_gpu_check_script_cpu_smoke(tmp_path):
+    # The device run's script, end to end at 32 px on this CPU: installs nothing (Keras is
+    # here), runs bench_model under JAX, writes the JSON lines and prints the table.
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--cpu-smoke"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "bench_model.jsonl").read_text().splitlines()]
+    assert [(r["image_size"], r["batch_size"], r["backend"]) for r in rows] == [(32, 4, "jax")]
+    assert rows[0]["precision"] == "bfloat16" and rows[0]["ratio_train"] > 0
+    assert "size/batch" in proc.stdout and "32/4" in proc.stdout
