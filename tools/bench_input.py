@@ -1,7 +1,7 @@
 """Throughput of the training input pipeline (read, shuffle, decode, augment, batch).
 
     python tools/bench_input.py [--image_size=224] [--num_images=1024] [--batch_size=64]
-        [--repeats=5] [--cache] [--work_dir=DIR]
+        [--repeats=5] [--cache] [--no-augment] [--work_dir=DIR]
 
 Generates the synthetic Kaggle-layout set (at 2x the size), prepares it at --image_size,
 then times full passes of `input_pipeline.make_dataset(training=True)` with augmentation on
@@ -9,6 +9,7 @@ all cores, as the train app builds it. The first pass warms up (file cache, auto
 is not counted. Reports the median over --repeats passes of images/s, the cores used and the
 rate per core. Target: >= 1,500 img/s per core at 224 px (a 16-core GPU host then feeds
 > 20,000 img/s, more than the ~7,000 img/s an H100/H200 trains on at 224 px).
+--no-augment times the same pipeline without augmentation, for comparison.
 The last line printed is one JSON object.
 """
 
@@ -50,7 +51,9 @@ def main(argv=None):
     parser.add_argument("--num_images", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cache", action="store_true", help="cache encoded records in memory")
+    parser.add_argument("--cache", action="store_true", help="cache stored records in memory")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="augment as training does (default); --no-augment to compare")
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
     args = parser.parse_args(argv)
 
@@ -61,7 +64,8 @@ def main(argv=None):
     steps = n // args.batch_size
     ds = input_pipeline.make_dataset(
         tfds_dir, "train", batch_size=args.batch_size, training=True, image_size=args.image_size,
-        epochs=args.repeats + 1, steps_per_epoch=steps, cache=args.cache)
+        epochs=args.repeats + 1, steps_per_epoch=steps, cache=args.cache,
+        augment_images=args.augment)
     rates, iterator = [], iter(ds)
     for repeat in range(args.repeats + 1):
         start = time.perf_counter()
@@ -73,7 +77,8 @@ def main(argv=None):
     cores = len(os.sched_getaffinity(0))
     result = {
         "benchmark": "input_pipeline", "image_size": args.image_size,
-        "batch_size": args.batch_size, "train_images": n, "augment": True, "cache": args.cache,
+        "batch_size": args.batch_size, "train_images": n, "augment": args.augment,
+        "cache": args.cache,
         "images_per_sec": round(statistics.median(rates), 1), "cores": cores,
         "per_core": round(statistics.median(rates) / cores, 1),
         "all_images_per_sec": [round(r, 1) for r in rates], "target_per_core": 1500,
