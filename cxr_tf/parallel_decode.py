@@ -12,8 +12,10 @@ make `fork` unsafe. They import only numpy, PIL and `cxr_tf.images`.
 import atexit
 import dataclasses
 import io
+import logging
 import multiprocessing
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -73,11 +75,23 @@ def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encodi
     """
     tasks = ((image_id, path, image_size, drop_rgba, encoding) for image_id, path in items)
     num_workers = default_workers() if num_workers is None else num_workers
+    if num_workers > 0 and not can_spawn():
+        logging.warning("decoding in this process: spawned workers must re-import __main__, "
+                        "and %r is not a file (run the code from a script file to use all "
+                        "cores)", sys.modules["__main__"].__file__)
+        num_workers = 0
     if num_workers <= 0:
         yield from map(_decode_task, tasks)
         return
     # Ordered imap keeps the output deterministic; chunks amortise the pickling round trips.
     yield from _pool(num_workers).imap(_decode_task, tasks, chunksize=8)
+
+
+def can_spawn():
+    """False when __main__ came from stdin (`python - <<EOF`): a spawned worker would try to
+    run the file "<stdin>", die, and be restarted by the pool for ever."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.exists(path)
 
 
 _POOLS = {}

@@ -28,7 +28,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from cxr_tf import labels
+from cxr_tf import labels, parallel_decode
 from cxr_tf.synthetic_render import render  # re-exported: tools and tests draw films
 from cxr_tf.synthetic_rows import LabelSampler, sample_rows, test_patients
 
@@ -140,7 +140,8 @@ def _run(tasks, num_workers, progress):
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), unit="img", disable=not progress, desc="synthetic")
-    if num_workers <= 1 or len(tasks) < 2 * num_workers:
+    # From stdin, spawned workers cannot start (see parallel_decode.can_spawn): one process.
+    if num_workers <= 1 or len(tasks) < 2 * num_workers or not parallel_decode.can_spawn():
         for task in tasks:
             _render_to_file(task)
             bar.update()

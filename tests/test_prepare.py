@@ -120,3 +120,16 @@ def test_tfds_build_cli(kaggle_dir, tmp_path):
         report = json.load(f)
     assert sum(report["written"].values()) + sum(report["skipped"].values()) == report["rows"]
     assert json.loads((version_dir / "features.json").read_text())
+
+
+def test_prepare_from_stdin_falls_back_to_one_process(kaggle_dir, tmp_path):
+    # Spawned workers cannot re-import a __main__ read from stdin: without the fallback the
+    # pool restarts dying workers for ever and prepare hangs.
+    script = f"from cxr_tf import prepare\n" \
+             f"r = prepare.prepare({str(kaggle_dir)!r}, {str(tmp_path)!r}, 32, num_workers=2)\n" \
+             f"print('written', sum(r['written'].values()))\n"
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                          env=ENV, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("written 60")
+    assert "decoding in this process: spawned workers must re-import __main__" in proc.stderr

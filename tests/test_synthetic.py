@@ -7,6 +7,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +234,14 @@ def test_bad_arguments_are_refused():
 def test_render_is_reexported_for_tools_and_tests():
     # tools/bench_serving.py and tests/test_images.py call synthetic.render.
     assert synthetic.render is synthetic_render.render
+
+
+def test_generate_from_stdin_runs_in_one_process(tmp_path):
+    # Spawned workers cannot re-import a __main__ read from stdin; generate must not try.
+    script = ("from cxr_tf import synthetic\n"
+              f"synthetic.generate({str(tmp_path / 'out')!r}, num_images=12, image_size=32, "
+              "num_workers=2, progress=False)\n")
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "out").glob("images_*/images/*.png"))) == 12
