@@ -11,7 +11,7 @@ file's directory, then the packaged `cxr_tf/configs/`. absl alone would resolve 
 
 import os
 
-from absl import flags
+from absl import app, flags
 from absl import logging
 
 FLAGS = flags.FLAGS
@@ -72,7 +72,9 @@ def flags_parser(argv):
     TFDS and TF log every file they open at INFO, so apps show warnings and up unless the user
     passes --verbosity (e.g. --verbosity=0 for INFO).
     """
-    remaining = FLAGS(expand_flagfiles(argv))
+    # absl's own parser: a bad value exits 1 with "FATAL Flags parsing error: ...", not a
+    # traceback.
+    remaining = app.parse_flags_with_usage(expand_flagfiles(argv))
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     return remaining

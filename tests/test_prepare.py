@@ -133,3 +133,14 @@ def test_prepare_from_stdin_falls_back_to_one_process(kaggle_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("written 60")
     assert "decoding in this process: spawned workers must re-import __main__" in proc.stderr
+
+
+def test_bad_flag_value_is_a_usage_error_not_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={tmp_path}",
+         f"--output_dir={tmp_path}", "--image_encoding=gif"],
+        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("FATAL Flags parsing error: flag --image_encoding=gif: value "
+                                  "should be one of <raw|png>\n")
+    assert "Traceback" not in proc.stderr

@@ -133,8 +133,9 @@ def test_label_sampler_matches_the_embedded_figures_closely():
     n = 40_000
     rows = synthetic_rows.sample_rows(n, seed=1)
     for name in labels.LABELS:
-        share, p = sum(name in r["findings"] for r in rows) / n, synthetic_rows.REAL_PREVALENCE[name]
-        # sampling noise plus the sampler's own bias (at most +10%, Hernia; see _LabelSampler)
+        share = sum(name in r["findings"] for r in rows) / n
+        p = synthetic_rows.REAL_PREVALENCE[name]
+        # sampling noise plus the sampler's own bias (at most +10%, Hernia; see LabelSampler)
         assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / n) + 0.1 * p, name
     assert abs(sum(not r["findings"] for r in rows) / len(rows) - 0.538) < 0.01
     combos = [r["findings"] for r in rows]
