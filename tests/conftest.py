@@ -1,6 +1,7 @@
 """Session fixtures: one tiny synthetic Kaggle-layout dataset (and its prepared TFDS dir) for the
 whole suite, plus the path to the real NIH metadata when ../shared is present."""
 
+import ast
 import os
 from pathlib import Path
 
@@ -75,3 +76,21 @@ def make_run_dir():
         return net
 
     return make
+
+
+@pytest.fixture(scope="session")
+def import_roots():
+    """The top-level packages a cxr_tf module imports, read from its source (not run):
+    import_roots("metrics.py") -> {"math", "numpy", "sklearn"}."""
+
+    def roots(module_file):
+        tree = ast.parse((Path(__file__).resolve().parents[1] / "cxr_tf" / module_file).read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module.split(".")[0])
+        return found
+
+    return roots

@@ -1,6 +1,5 @@
 """cxr_tf.model: structure, parameter counts, normalization, dtypes, and no TensorFlow import."""
 
-import ast
 import importlib.util
 import json
 import os
@@ -161,14 +160,8 @@ _TF_IMPORTS = {"tensorflow", "tf_keras"}
 
 
 @pytest.mark.parametrize("module", ["model.py", "losses.py"])
-def test_source_imports_no_tensorflow(module):
-    tree = ast.parse((REPO / "cxr_tf" / module).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+def test_source_imports_no_tensorflow(module, import_roots):
+    imported = import_roots(module)
     assert not imported & _TF_IMPORTS, f"cxr_tf/{module} imports {imported & _TF_IMPORTS}"
 
 
