@@ -108,7 +108,7 @@ def epoch_metrics(y_true, y_score, thresholds, label_names, prefix="val"):
             f"got {len(label_names)} label names for {y_true.shape[1]} classes: {label_names}"
         )
     aucs = per_class_auc(y_true, y_score)
-    out = {f"{prefix}/auc_mean": _nanmean(aucs)}
+    out = {f"{prefix}/auc_mean": nanmean(aucs)}
     out.update({f"{prefix}/auc/{name}": float(v) for name, v in zip(label_names, aucs)})
     for threshold in thresholds:
         t = format_threshold(threshold)
@@ -118,11 +118,12 @@ def epoch_metrics(y_true, y_score, thresholds, label_names, prefix="val"):
             out[f"{prefix}/{metric}@{t}/micro"] = counts[f"{metric}_micro"]
             for name, value in zip(label_names, counts[metric]):
                 out[f"{prefix}/{metric}@{t}/{name}"] = float(value)
-        out[f"{prefix}/paper_auc@{t}"] = _nanmean(paper_auc(y_true, y_score, threshold))
+        out[f"{prefix}/paper_auc@{t}"] = nanmean(paper_auc(y_true, y_score, threshold))
     return out
 
 
-def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, seed=0):
+def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, seed=0,
+                     progress=None):
     """Percentile bootstrap confidence interval of each class's AUC: (lo, hi) arrays.
 
     With `groups` (one id per example, e.g. Patient ID) whole groups are resampled with
@@ -131,6 +132,8 @@ def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, s
     examples weighted by how often they were drawn, computed from one sort per class rather
     than re-sorting every replicate. Replicates in which a class has only one label value are
     left out of that class's percentiles; a class with no usable replicate gets NaN.
+    progress: optional callable, given the number of replicates done after each chunk (a
+    tqdm bar's `update`).
     """
     y_true, y_score = _check_pair(y_true, y_score)
     if not isinstance(n_boot, int) or n_boot < 1:
@@ -161,6 +164,8 @@ def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, s
         for c, (order, labels, block_starts) in enumerate(sorted_classes):
             auc = _weighted_auc(weights[:, order], labels, block_starts)
             replicates[start : start + size, c] = auc
+        if progress is not None:
+            progress(size)
     lo = np.full(y_true.shape[1], np.nan)
     hi = np.full(y_true.shape[1], np.nan)
     for c in range(y_true.shape[1]):
@@ -273,8 +278,10 @@ def _safe_divide(numerator, denominator):
     return np.divide(numerator, denominator, out=out, where=denominator != 0)
 
 
-def _nanmean(values):
-    """Mean of the finite values; NaN (and no warning) when there are none."""
+def nanmean(values):
+    """Mean of the finite values (e.g. the classes that have an AUC); NaN, and no warning,
+    when there are none."""
+    values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else math.nan
 

@@ -38,13 +38,6 @@ def no_finding_wins(finding_probs, no_finding_prob):
     return np.asarray(no_finding_prob) > np.asarray(finding_probs).max(axis=1)
 
 
-def _mean_finite(values):
-    """Mean of the finite values (classes that have the figure); NaN when there are none."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else math.nan
-
-
 def _threshold_sets(thresholds, tuned):
     """[(key, threshold or per-class array)]: each configured threshold, then "tuned"."""
     sets = [(metrics.format_threshold(t), float(t)) for t in thresholds]
@@ -62,16 +55,12 @@ def _average_precision(y_true, y_prob):
 
 
 def _bootstrap(y_true, y_prob, groups, n_boot, seed, progress):
-    """Per-class CI, one class at a time so tqdm can show progress. The draws depend only on
-    the seed and the number of patients, so this equals one all-class call exactly."""
+    """Per-class CI (metrics.bootstrap_auc_ci) with a tqdm bar over the replicates."""
     from tqdm import tqdm
 
-    lo, hi = np.full(y_true.shape[1], np.nan), np.full(y_true.shape[1], np.nan)
-    for c in tqdm(range(y_true.shape[1]), desc=f"bootstrap ({n_boot}x)", unit="class",
-                  disable=not progress):
-        lo[c], hi[c] = (v[0] for v in metrics.bootstrap_auc_ci(
-            y_true[:, c], y_prob[:, c], groups, n_boot=n_boot, seed=seed))
-    return lo, hi
+    with tqdm(total=n_boot, desc="bootstrap", unit="replicate", disable=not progress) as bar:
+        return metrics.bootstrap_auc_ci(y_true, y_prob, groups, n_boot=n_boot, seed=seed,
+                                        progress=bar.update)
 
 
 def _subgroups(y_true, y_prob, metadata, label_names):
@@ -94,14 +83,15 @@ def _subgroups(y_true, y_prob, metadata, label_names):
             out[key][name] = {
                 "examples": int(rows.sum()),
                 "any_finding_prevalence": float(y_true[rows].max(axis=1).mean()),
-                "auc_mean": _mean_finite(aucs),
+                "auc_mean": metrics.nanmean(aucs),
                 "auc": dict(zip(label_names, aucs.tolist())),
             }
     return out
 
 
-def _no_finding_effect(y_true, y_prob, no_finding_prob, sets):
-    """F1 with and without the constraint, at every threshold set."""
+def _no_finding_effect(y_true, y_prob, no_finding_prob, sets, at):
+    """F1 with and without the constraint, at every threshold set (`at`: the unconstrained
+    figures, already computed by build_report)."""
     wins = no_finding_wins(y_prob, no_finding_prob)
     # A suppressed row's findings are all predicted negative; -1 is below any threshold.
     constrained = np.where(wins[:, None], -1.0, y_prob)
@@ -112,7 +102,7 @@ def _no_finding_effect(y_true, y_prob, no_finding_prob, sets):
         "no_finding_prevalence": float(target.mean()),
     }
     for key, threshold in sets:
-        before = metrics.threshold_metrics(y_true, y_prob, threshold)
+        before = at[key][0]
         after = metrics.threshold_metrics(y_true, constrained, threshold)
         for name in ("f1", "precision", "recall"):
             for avg in ("macro", "micro"):
@@ -172,10 +162,10 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
     overall = {
         "examples": int(len(y_true)),
         "patients": int(len(set(patient_ids))) if patient_ids is not None else None,
-        "auc_mean": _mean_finite(aucs),
+        "auc_mean": metrics.nanmean(aucs),
         "auc_micro": float(roc_auc_score(y_true.ravel(), y_prob.ravel()))
         if 0 < y_true.sum() < y_true.size else math.nan,
-        "average_precision_mean": _mean_finite(ap),
+        "average_precision_mean": metrics.nanmean(ap),
         "average_precision_micro": float(average_precision_score(y_true.ravel(), y_prob.ravel()))
         if y_true.sum() else math.nan,
         "ece": metrics.expected_calibration_error(y_true, y_prob),
@@ -186,7 +176,7 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
             overall[f"{m}@{key}/macro"] = tm[f"{m}_macro"]
             overall[f"{m}@{key}/micro"] = tm[f"{m}_micro"]
         overall[f"specificity@{key}/macro"] = float(tm["specificity"].mean())
-        overall[f"paper_auc@{key}"] = _mean_finite(pa)
+        overall[f"paper_auc@{key}"] = metrics.nanmean(pa)
 
     compared = [n for c, n in enumerate(label_names) if both[c] and n in published.WANG2017_AUC]
     ours = [per_class[n]["auc"] for n in compared]
@@ -207,7 +197,7 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
             "mean_difference": float(np.mean(np.subtract(ours, theirs))) if ours else None,
         },
         "subgroups": _subgroups(y_true, y_prob, metadata, label_names) if metadata else None,
-        "no_finding": (_no_finding_effect(y_true, y_prob, np.asarray(no_finding_prob), sets)
+        "no_finding": (_no_finding_effect(y_true, y_prob, np.asarray(no_finding_prob), sets, at)
                        if no_finding_prob is not None else None),
     }
     return to_json_ready(report)
