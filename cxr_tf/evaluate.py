@@ -39,22 +39,16 @@ def predict_split(model, data_dir, split, *, image_size, val_fraction=0.1, seed=
     return metrics.sigmoid(logits), rows
 
 
-def tune_run(model, config, data_dir, method, *, batch_size=64, checkpoint="best",
-             verbose="auto", validation=None):
-    """Tunes per-finding thresholds on the validation split and writes RUN/thresholds.json.
-
-    `validation` may pass (probabilities, rows) already predicted on validation.
-    """
+def tune_run(model_dir, validation, method, *, checkpoint="best"):
+    """Tunes per-finding thresholds on (probabilities, rows) predicted on the validation split
+    and writes RUN/thresholds.json."""
     from cxr_tf import metrics, serving
 
-    probs, rows = validation or predict_split(
-        model, data_dir, "validation", image_size=config["image_size"],
-        val_fraction=config.get("val_fraction", 0.1), seed=config.get("seed", 0),
-        batch_size=batch_size, verbose=verbose)
+    probs, rows = validation
     y_true = np.stack([r["labels"] for r in rows])
     thresholds = metrics.tune_thresholds(y_true, probs[:, :labels.NUM_CLASSES], method)
-    return serving.write_thresholds(config["model_dir"], thresholds, method,
-                                    examples=len(rows), checkpoint=checkpoint)
+    return serving.write_thresholds(model_dir, thresholds, method, examples=len(rows),
+                                    checkpoint=checkpoint)
 
 
 def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n_boot=1000,
@@ -63,7 +57,6 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
     from cxr_tf import report_plots, reporting, serving
 
     config = serving.read_config(model_dir)
-    config["model_dir"] = model_dir
     data_dir = data_dir or config["data_dir"]
     model = serving.load_model(model_dir, checkpoint)
     verbose = "auto" if progress else 0
@@ -75,8 +68,8 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
 
     probs, rows = predict(split)
     if tune:
-        tune_run(model, config, data_dir, tune, checkpoint=checkpoint,
-                 validation=(probs, rows) if split == "validation" else predict("validation"))
+        tune_run(model_dir, (probs, rows) if split == "validation" else predict("validation"),
+                 tune, checkpoint=checkpoint)
     tuned, tuned_info = serving.read_thresholds(model_dir)
     n = labels.NUM_CLASSES
     y_true = np.stack([r["labels"] for r in rows])

@@ -9,14 +9,12 @@ predictions, never called AUC). `report.json` holds JSON null where a figure is 
 (a class without positives in that subset), never NaN.
 """
 
-import json
 import math
-import os
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_tf import metrics, published
+from cxr_tf import atomic, metrics, published
 
 AGE_BANDS = ((0, 20, "0-20"), (20, 40, "20-40"), (40, 60, "40-60"), (60, 80, "60-80"),
              (80, math.inf, "80+"))
@@ -217,10 +215,7 @@ def to_json_ready(value):
 
 
 def write_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    return atomic.write_json(path, obj, indent=1, allow_nan=False)
 
 
 # --- markdown --------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import __version__, images, labels
+from cxr_tf import __version__, atomic, images, labels
 
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -346,11 +346,7 @@ def write_thresholds(model_dir, thresholds, method, label_names=labels.LABELS, *
     content = {"method": method, "split": "validation",
                "thresholds": {name: float(t) for name, t in zip(label_names, thresholds)},
                **details}
-    path = os.path.join(model_dir, THRESHOLDS_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(content, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return path
+    return atomic.write_json(os.path.join(model_dir, THRESHOLDS_FILE), content, indent=1)
 
 
 def decision_thresholds(model_dir, default=0.5, label_names=labels.LABELS):

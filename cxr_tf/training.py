@@ -8,7 +8,6 @@ Run dir (`model_dir`) layout, read by evaluate, export, predict and tools/plot_h
     backup/              BackupAndRestore state; rerunning the same command resumes from it
 """
 
-import json
 import math
 import os
 import platform
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import __version__, callbacks, distribute, input_pipeline, labels, losses, model
+from cxr_tf import __version__, atomic, callbacks, distribute, input_pipeline, labels, losses, model
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf")
 # Per-epoch evaluation predicts in batches this many times the training batch: inference keeps
@@ -77,13 +76,6 @@ def package_versions():
     return {"cxr_tf": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "tensorflow_datasets": tfds.__version__, "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "python": platform.python_version()}
-
-
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
 
 
 def run(config, *, strategy=None, command_line=None, verbose="auto"):
@@ -177,7 +169,8 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
         "pos_weight_values": None if pos_weight is None else [float(w) for w in pos_weight],
     }
     if initial_epoch == 0 or not os.path.exists(os.path.join(run_dir, "config.json")):
-        _write_json(os.path.join(run_dir, "config.json"), resolved)
+        atomic.write_json(os.path.join(run_dir, "config.json"), resolved, indent=2,
+                          sort_keys=True, default=str)
 
     metric_logdir = os.path.join(run_dir, "logs", "metrics")
     hparams = {"learning_rate": config["learning_rate"], "batch_size": batch,

@@ -9,13 +9,12 @@ The metadata rules (label parsing, skip reasons, the patient-wise validation spl
 
 import collections
 import dataclasses
-import json
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cxr_tf import labels, metadata, parallel_decode
+from cxr_tf import atomic, labels, metadata, parallel_decode
 
 _DESCRIPTION = """\
 ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, each labelled with any of 14
@@ -169,7 +168,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }
         # Written after each split into the (temporary) version dir, so the finished dataset
         # carries its own account of every row, also when built with `tfds build`.
-        _write_report(self._report, os.path.join(self.data_dir, REPORT_FILE))
+        atomic.write_json(os.path.join(self.data_dir, REPORT_FILE), self._report, indent=2,
+                          sort_keys=True)
 
     def _count_skip(self, result):
         self._report["skipped"][result.skip_reason] += 1
@@ -210,10 +210,3 @@ def _all_reasons(counter):
     out = collections.Counter({reason: 0 for reason in metadata.SKIP_REASONS})
     out.update(counter)
     return out
-
-
-def _write_report(report, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
