@@ -275,7 +275,7 @@ def make_dataset(data_dir, split, *, batch_size, training, image_size=None, augm
 
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
 
-    def finish(examples, epoch_number=None):
+    def finish(examples, epoch_number):
         examples = examples.map(to_example, num_parallel_calls=AUTOTUNE)
         if not prepared:
             # Only a raw Kaggle folder can hold an undecodable file here (prepare skipped and

@@ -74,12 +74,7 @@ def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encodi
     jobs, where starting processes costs more than it saves).
     """
     tasks = ((image_id, path, image_size, drop_rgba, encoding) for image_id, path in items)
-    num_workers = default_workers() if num_workers is None else num_workers
-    if num_workers > 0 and not can_spawn():
-        logging.warning("decoding in this process: spawned workers must re-import __main__, "
-                        "and %r is not a file (run the code from a script file to use all "
-                        "cores)", sys.modules["__main__"].__file__)
-        num_workers = 0
+    num_workers = worker_count(num_workers, "decoding")
     if num_workers <= 0:
         yield from map(_decode_task, tasks)
         return
@@ -87,11 +82,18 @@ def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encodi
     yield from _pool(num_workers).imap(_decode_task, tasks, chunksize=8)
 
 
-def can_spawn():
-    """False when __main__ came from stdin (`python - <<EOF`): a spawned worker would try to
-    run the file "<stdin>", die, and be restarted by the pool for ever."""
+def worker_count(num_workers, what):
+    """How many processes to spawn for `what`: all cores for None, else num_workers; 0 (with
+    a warning) when __main__ came from stdin (`python - <<EOF`), where a spawned worker would
+    try to run the file "<stdin>", die, and be restarted by a pool for ever."""
+    num_workers = default_workers() if num_workers is None else num_workers
     path = getattr(sys.modules.get("__main__"), "__file__", None)
-    return path is None or os.path.exists(path)
+    if num_workers > 0 and path is not None and not os.path.exists(path):
+        logging.warning("%s in this process: spawned workers must re-import __main__, and %r "
+                        "is not a file (run the code from a script file to use all cores)",
+                        what, path)
+        return 0
+    return num_workers
 
 
 _POOLS = {}

@@ -140,8 +140,7 @@ def _run(tasks, num_workers, progress):
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), unit="img", disable=not progress, desc="synthetic")
-    # From stdin, spawned workers cannot start (see parallel_decode.can_spawn): one process.
-    if num_workers <= 1 or len(tasks) < 2 * num_workers or not parallel_decode.can_spawn():
+    if num_workers <= 1 or len(tasks) < 2 * num_workers:
         for task in tasks:
             _render_to_file(task)
             bar.update()
@@ -188,9 +187,7 @@ def generate(output_dir, *, num_images=2000, image_size=1024, seed=0, faults=Fal
         os.makedirs(folder, exist_ok=True)
         tasks.append((os.path.join(folder, row["image_index"]), image_size, seed,
                       row["patient_id"], number, row["findings"]))
-    workers = num_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else os.cpu_count() or 1)
-    _run(tasks, workers, progress)
+    _run(tasks, parallel_decode.worker_count(num_workers or None, "rendering"), progress)
     lists = {"train_val": [r["image_index"] for r in rows if r["patient_id"] not in test],
              "test": [r["image_index"] for r in rows if r["patient_id"] in test]}
     csv_rows = list(rows)
