@@ -92,15 +92,24 @@ def overlay(gray, heatmap, alpha=0.4):
     return np.clip(np.rint((1 - alpha) * base + alpha * heat), 0, 255).astype(np.uint8)
 
 
-def save_overlay(path, gray, heatmap, caption=None, min_side=256):
-    """Writes the overlay as PNG, enlarged (nearest) to at least `min_side` and captioned."""
-    from PIL import Image, ImageDraw
+def enlarged_overlay(gray, heatmap, min_side=256):
+    """(PIL RGB image of the overlay enlarged by a whole factor, nearest, to at least
+    `min_side` pixels, the factor): small models' maps stay readable."""
+    from PIL import Image
 
     image = Image.fromarray(overlay(gray, heatmap))
     factor = max(1, -(-min_side // max(image.size)))
     if factor > 1:
         image = image.resize((image.width * factor, image.height * factor),
                              Image.Resampling.NEAREST)
+    return image, factor
+
+
+def save_overlay(path, gray, heatmap, caption=None, min_side=256):
+    """Writes the overlay as PNG, enlarged (nearest) to at least `min_side` and captioned."""
+    from PIL import ImageDraw
+
+    image, _ = enlarged_overlay(gray, heatmap, min_side)
     if caption:
         draw = ImageDraw.Draw(image)
         box = draw.textbbox((4, 4), caption)

@@ -54,9 +54,9 @@ def prepared_dir(kaggle_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def make_run_dir():
     """Makes a run dir as cxr_tf.train leaves it (config.json, checkpoints/best|last.keras)
-    holding an untrained resnet18 at 32 px; returns the Keras model."""
+    holding an untrained resnet18 (32 px unless image_size says); returns the Keras model."""
 
-    def make(path, data_dir=None, num_outputs=14, seed=0, thresholds=("0.5",)):
+    def make(path, data_dir=None, num_outputs=14, seed=0, thresholds=("0.5",), image_size=32):
         import json
 
         import keras
@@ -64,12 +64,12 @@ def make_run_dir():
         from cxr_tf import labels, model
 
         keras.utils.set_random_seed(seed)
-        net = model.build_model("resnet18", 32, num_outputs)
+        net = model.build_model("resnet18", image_size, num_outputs)
         os.makedirs(path / "checkpoints")
         for name in ("best", "last"):
             net.save(path / "checkpoints" / f"{name}.keras")
         (path / "config.json").write_text(json.dumps({
-            "data_dir": str(data_dir or path), "image_size": 32, "arch": "resnet18",
+            "data_dir": str(data_dir or path), "image_size": image_size, "arch": "resnet18",
             "thresholds": list(thresholds), "val_fraction": 0.1, "seed": 0,
             "no_finding_output": num_outputs == 15, "num_outputs": num_outputs,
             "label_names": list(labels.LABELS)}))

@@ -73,15 +73,11 @@ def test_overlay_png(tmp_path):
         assert caption.min() == 0 and caption.max() > 200  # light text on a black box
 
 
-def test_bbox_hit_rate_tool(kaggle_dir, tmp_path, capsys):
+def test_bbox_hit_rate_tool(kaggle_dir, tmp_path, capsys, make_run_dir):
     from cxr_tf import serving
 
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    keras.utils.set_random_seed(0)
-    net = model.build_model("resnet18", 64)  # conv5 is 2×2 at 64 px: a map with a peak
-    net.save(run / "checkpoints" / "best.keras")
-    (run / "config.json").write_text(json.dumps({"image_size": 64, "arch": "resnet18"}))
+    make_run_dir(run, image_size=64)  # conv5 is 2×2 at 64 px: a map with a peak
     files = sorted(kaggle_dir.glob("images_*/images/*.png"))[:2]
     first = files[0].name
     with open(files[0], "rb") as f:

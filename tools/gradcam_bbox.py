@@ -97,19 +97,17 @@ def hit_rate(model, boxes, paths, *, batch_size=32, overlay_dir=None):
 def _save(out_dir, name, label, image, heatmap, box, shape, hit, min_side=256):
     """The overlay with the box (green) and the maximum (white cross), enlarged to at least
     `min_side` pixels so that a 64 px test model's overlay can still be read."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     from cxr_tf import gradcam
 
     os.makedirs(out_dir, exist_ok=True)
+    img, zoom = gradcam.enlarged_overlay(image, heatmap, min_side)
     size = image.shape[0]
-    zoom = max(1, -(-min_side // size))
     side = max(shape[:2])
     scale = zoom * size / side  # original pixels -> overlay pixels
     left, top = (side - shape[1]) // 2, (side - shape[0]) // 2
     x, y, w, h = box
-    img = Image.fromarray(gradcam.overlay(image, heatmap))
-    img = img.resize((size * zoom, size * zoom), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
     draw.rectangle([(x + left) * scale, (y + top) * scale,
                     (x + left + w) * scale, (y + top + h) * scale], outline=(0, 255, 0), width=2)
