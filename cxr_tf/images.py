@@ -19,8 +19,8 @@ from PIL import Image
 # decompression bomb (a tiny file inflating to gigabytes), so it is refused before decoding.
 MAX_PIXELS = 50_000_000
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOI = b"\xff\xd8\xff"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8\xff"
 _DICOM_MAGIC_AT = 128  # "DICM" follows the 128-byte preamble of a DICOM Part 10 file
 # JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -44,9 +44,9 @@ class ImageError(ValueError):
 
 
 def _format(data):
-    if data.startswith(_PNG_SIGNATURE):
+    if data.startswith(PNG_SIGNATURE):
         return "PNG"
-    if data.startswith(_JPEG_SOI):
+    if data.startswith(JPEG_SOI):
         return "JPEG"
     if data[_DICOM_MAGIC_AT:_DICOM_MAGIC_AT + 4] == b"DICM":
         return "DICOM"
@@ -58,11 +58,11 @@ def probe_size(data):
 
     None when the bytes are neither, or the header is cut off before the size.
     """
-    if data.startswith(_PNG_SIGNATURE):
+    if data.startswith(PNG_SIGNATURE):
         if len(data) < 24 or data[12:16] != b"IHDR":
             return None
         return struct.unpack(">II", data[16:24])
-    if not data.startswith(_JPEG_SOI):
+    if not data.startswith(JPEG_SOI):
         return None
     pos = 2
     while pos + 4 <= len(data):

@@ -13,7 +13,6 @@ failed. --gradcam_dir (run dir only) writes one Grad-CAM overlay per file and po
 """
 
 import csv
-import io
 import json
 import os
 import sys
@@ -203,9 +202,7 @@ def main(argv):
     elif FLAGS.output:
         print(format_summary(summary))
     else:  # CSV on stdout, so the summary goes to stderr
-        buffer = io.StringIO()
-        write_csv(rows, predictor.label_names, buffer)
-        sys.stdout.write(buffer.getvalue())
+        write_csv(rows, predictor.label_names, sys.stdout)
         print(format_summary(summary), file=sys.stderr)
     return 1 if failures else 0
 

@@ -32,8 +32,6 @@ from cxr_tf import __version__, atomic, images, labels
 
 THRESHOLDS_FILE = "thresholds.json"
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOI = b"\xff\xd8\xff"
 _PNG_HEADER_BYTES = 33  # signature (8) + IHDR chunk (25): width, height, bit depth, colour type
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
 _IEND_WINDOW = 4096
@@ -86,10 +84,11 @@ def _scale_gray16(image16, data):
     """16-bit gray -> uint8 as `images._scale_16bit`: by the sBIT bit depth when the file sets
     one (before IDAT, as the PNG spec requires), else by the smallest of 8/10/12/14/16 bits
     that holds the image's maximum; never by the image's own min/max."""
-    has_sbit, sbit_at = _offset_of(data, b"sBIT")
     _, idat_at = _offset_of(data, b"IDAT")
-    sbit = tf.cond(has_sbit & (sbit_at < idat_at), lambda: _byte(data, sbit_at + 4),
-                   lambda: tf.constant(0))
+    # Searched for in the bytes before IDAT only: a second split of the whole film would copy
+    # it once more.
+    has_sbit, sbit_at = _offset_of(tf.strings.substr(data, 0, idat_at), b"sBIT")
+    sbit = tf.cond(has_sbit, lambda: _byte(data, sbit_at + 4), lambda: tf.constant(0))
     peak = tf.reduce_max(tf.cast(image16, tf.int32))
     peak_bits = tf.constant(32)
     for bits in (16, 14, 12, 10, 8):  # smallest first wins: assign from the largest down
@@ -156,8 +155,8 @@ def decode_gray(data, index=0):
     "image 3: not a PNG or JPEG image", "image 0: PNG truncated (no IEND chunk ...)", or TF's
     own decoder message ("Invalid PNG data", "Invalid JPEG data").
     """
-    is_png = tf.strings.substr(data, 0, len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
-    is_jpeg = tf.strings.substr(data, 0, len(_JPEG_SOI)) == _JPEG_SOI
+    is_png = tf.strings.substr(data, 0, len(images.PNG_SIGNATURE)) == images.PNG_SIGNATURE
+    is_jpeg = tf.strings.substr(data, 0, len(images.JPEG_SOI)) == images.JPEG_SOI
     known = _check(is_png | is_jpeg, "image {}: not a PNG or JPEG image ({} bytes, starting "
                    "with {})", index, tf.strings.length(data), tf.strings.substr(data, 0, 8))
     with tf.control_dependencies([known]):
