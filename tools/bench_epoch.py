@@ -24,7 +24,6 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
@@ -41,10 +40,9 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    from bench_input import prepared_synthetic
     from cxr_tf import callbacks, input_pipeline, labels, losses, model, training
 
-    data = prepared_synthetic(args.work_dir, args.num_images, args.image_size)
+    data = training.synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir)
     n = input_pipeline.split_size(data, "train", args.image_size)
     steps = n // args.batch_size
     net = model.build_model(args.arch, args.image_size, labels.NUM_CLASSES)

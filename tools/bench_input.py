@@ -35,16 +35,6 @@ def synthetic_kaggle(work_dir, num_images, source_size):
     return kaggle
 
 
-def prepared_synthetic(work_dir, num_images, image_size):
-    """A prepared synthetic TFDS dir under work_dir (made once, then reused)."""
-    from cxr_tf import prepare
-
-    kaggle = synthetic_kaggle(work_dir, num_images, min(2 * image_size, 1024))
-    tfds_dir = os.path.join(work_dir, f"tfds_{num_images}")
-    prepare.prepare(kaggle, tfds_dir, image_size)
-    return tfds_dir
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image_size", type=int, default=224)
@@ -57,9 +47,10 @@ def main(argv=None):
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
     args = parser.parse_args(argv)
 
-    from cxr_tf import input_pipeline
+    from cxr_tf import input_pipeline, training
 
-    tfds_dir = prepared_synthetic(args.work_dir, args.num_images, args.image_size)
+    tfds_dir = training.synthetic_data_dir(args.image_size, args.num_images,
+                                           cache_dir=args.work_dir)
     n = input_pipeline.split_size(tfds_dir, "train", args.image_size)
     steps = n // args.batch_size
     ds = input_pipeline.make_dataset(
