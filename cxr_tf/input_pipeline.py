@@ -61,9 +61,11 @@ def _latest_versions(version_dirs):
     latest = {}
     for path in version_dirs:
         config, version = os.path.split(path)
-        key = tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
-        if config not in latest or key > latest[config][0]:
-            latest[config] = (key, path)
+        if not tfds.core.Version.is_valid(version):
+            continue
+        version = tfds.core.Version(version)
+        if config not in latest or version > latest[config][0]:
+            latest[config] = (version, path)
     return sorted(path for _, path in latest.values())
 
 
