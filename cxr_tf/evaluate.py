@@ -23,7 +23,8 @@ FLAGS = flags.FLAGS
 def predict_split(model, data_dir, split, *, image_size, val_fraction=0.1, seed=0,
                   batch_size=64, verbose="auto"):
     """(probabilities (n, outputs), per-image metadata rows) of one split, in one order."""
-    from cxr_tf import input_pipeline, metrics
+    from cxr_tf.data import input_pipeline
+    from cxr_tf.evaluation import metrics
 
     common = dict(image_size=image_size, val_fraction=val_fraction, seed=seed)
     rows = input_pipeline.split_metadata(data_dir, split, **common)
@@ -42,23 +43,25 @@ def predict_split(model, data_dir, split, *, image_size, val_fraction=0.1, seed=
 def tune_run(model_dir, validation, method, *, checkpoint="best"):
     """Tunes per-finding thresholds on (probabilities, rows) predicted on the validation split
     and writes RUN/thresholds.json."""
-    from cxr_tf import metrics, serving
+    from cxr_tf.evaluation import metrics
+    from cxr_tf.serving import run_dir
 
     probs, rows = validation
     y_true = np.stack([r["labels"] for r in rows])
     thresholds = metrics.tune_thresholds(y_true, probs[:, :labels.NUM_CLASSES], method)
-    return serving.write_thresholds(model_dir, thresholds, method, examples=len(rows),
+    return run_dir.write_thresholds(model_dir, thresholds, method, examples=len(rows),
                                     checkpoint=checkpoint)
 
 
 def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n_boot=1000,
                  tune=None, batch_size=64, progress=True):
     """Evaluates a run dir on one split and writes RUN/eval_<split>/. Returns the report."""
-    from cxr_tf import report_plots, reporting, serving
+    from cxr_tf.evaluation import report_plots, reporting
+    from cxr_tf.serving import run_dir
 
-    config = serving.read_config(model_dir)
+    config = run_dir.read_config(model_dir)
     data_dir = data_dir or config["data_dir"]
-    model = serving.load_model(model_dir, checkpoint)
+    model = run_dir.load_model(model_dir, checkpoint)
     verbose = "auto" if progress else 0
 
     def predict(name):
@@ -70,7 +73,7 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
     if tune:
         tune_run(model_dir, (probs, rows) if split == "validation" else predict("validation"),
                  tune, checkpoint=checkpoint)
-    tuned, tuned_info = serving.read_thresholds(model_dir)
+    tuned, tuned_info = run_dir.read_thresholds(model_dir)
     n = labels.NUM_CLASSES
     y_true = np.stack([r["labels"] for r in rows])
     report = reporting.build_report(

@@ -2,7 +2,7 @@
 
     python -m cxr_tf.export --model_dir=RUN --export_dir=DIR/1 [--checkpoint=best] [--threshold=0.5] [--json]
 
-Signatures (see cxr_tf/serving.py): `serving_default` (image_bytes -> probabilities, positive),
+Signatures (see cxr_tf/serving/graph.py): `serving_default` (image_bytes -> probabilities, positive),
 `predict_images` (uint8 [N,S,S,1] -> probabilities) and `metadata`. Decisions use the run's
 tuned thresholds (RUN/thresholds.json, from `cxr_tf.evaluate --tune_thresholds`), else
 --threshold for every finding. The SavedModel needs TensorFlow only, not cxr_tf.
@@ -21,12 +21,13 @@ FLAGS = flags.FLAGS
 
 def export_run(model_dir, export_dir, *, checkpoint="best", threshold=0.5):
     """Writes the SavedModel of a run dir's checkpoint; returns a summary dict."""
-    from cxr_tf import labels, serving
+    from cxr_tf import labels
+    from cxr_tf.serving import graph, run_dir
 
-    config = serving.read_config(model_dir)
-    thresholds, source = serving.decision_thresholds(model_dir, threshold)
-    model = serving.load_model(model_dir, checkpoint)
-    serving.export(model, export_dir, thresholds)
+    config = run_dir.read_config(model_dir)
+    thresholds, source = run_dir.decision_thresholds(model_dir, threshold)
+    model = run_dir.load_model(model_dir, checkpoint)
+    graph.export(model, export_dir, thresholds)
     return {
         "export_dir": os.path.abspath(export_dir),
         "model_dir": os.path.abspath(model_dir),

@@ -71,3 +71,24 @@ def from_multi_hot(vector):
         raise ValueError(f"expected a vector of {NUM_CLASSES} labels, got shape {vector.shape}")
     names = [LABELS[i] for i in np.flatnonzero(vector)]
     return "|".join(names) if names else NO_FINDING
+
+
+def no_finding_wins(finding_probs, no_finding_prob, *, xp=np):
+    """The paper's future-work constraint: True where the No Finding output is the single most
+    likely output (above every finding), so that no finding is reported for that image."""
+    return xp.greater(no_finding_prob, xp.max(finding_probs, axis=1))
+
+
+def decide(probabilities, thresholds, no_finding=None, *, xp=np):
+    """The one decision rule of every path (predict, the report, the serving graph): a finding
+    is positive when its probability reaches its threshold, except where No Finding wins.
+
+    probabilities: (n, 14); thresholds: one per finding, or one for all; no_finding: (n,) or
+    None. xp is numpy, or `tf.experimental.numpy` inside the SavedModel's graph.
+    """
+    positive = xp.greater_equal(probabilities,
+                                xp.asarray(thresholds, dtype=probabilities.dtype))
+    if no_finding is not None:
+        wins = no_finding_wins(probabilities, no_finding, xp=xp)
+        positive = xp.logical_and(positive, xp.logical_not(wins[:, None]))
+    return positive

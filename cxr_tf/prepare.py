@@ -11,8 +11,6 @@ rows = written + skipped. Images are stored as raw uint8 bytes (no decode when t
 """
 
 import json
-import os
-import shutil
 import sys
 
 from absl import app
@@ -21,42 +19,6 @@ from cxr_tf import flags
 
 flags.define_prepare_flags()
 FLAGS = flags.FLAGS
-
-
-def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
-            image_encoding="raw", strict=False, num_workers=None):
-    """Builds the dataset (a no-op when already built) and returns its report dict."""
-    import tensorflow_datasets as tfds  # heavy: imported when used
-
-    from cxr_tf.datasets import nih_chest_xray14
-
-    config = nih_chest_xray14.make_config(
-        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
-        image_encoding=image_encoding)
-    builder = nih_chest_xray14.Builder(config=config, data_dir=output_dir,
-                                       num_workers=num_workers, strict=strict)
-    builder.download_and_prepare(
-        # Statistics would decode every image once more; the report already counts what matters.
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=data_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP)
-    )
-    with open(os.path.join(builder.data_dir, nih_chest_xray14.REPORT_FILE)) as f:
-        report = json.load(f)
-    report["dataset_dir"] = os.fspath(builder.data_dir)
-    check_accounting(report)
-    shutil.copyfile(
-        os.path.join(builder.data_dir, nih_chest_xray14.REPORT_FILE),
-        os.path.join(output_dir, nih_chest_xray14.REPORT_FILE),
-    )
-    return report
-
-
-def check_accounting(report):
-    accounted = sum(report["written"].values()) + sum(report["skipped"].values())
-    if accounted != report["rows"]:
-        raise AssertionError(
-            f"prepare lost rows: {report['rows']} read, {accounted} written or skipped"
-        )
 
 
 def format_report(report):
@@ -78,7 +40,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.data_dir or not FLAGS.output_dir:
         raise app.UsageError("--data_dir and --output_dir are required")
-    report = prepare(
+    from cxr_tf.datasets.nih_chest_xray14 import build
+
+    report = build.prepare(
         FLAGS.data_dir, FLAGS.output_dir, FLAGS.image_size, val_fraction=FLAGS.val_fraction,
         seed=FLAGS.seed, drop_rgba=FLAGS.drop_rgba, image_encoding=FLAGS.image_encoding,
         strict=FLAGS.strict, num_workers=FLAGS.num_workers,

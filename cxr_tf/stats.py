@@ -15,7 +15,8 @@ import os
 import numpy as np
 from absl import app, logging
 
-from cxr_tf import flags, labels, metadata
+from cxr_tf import flags, labels
+from cxr_tf.data import metadata
 
 
 def split_stats(label_matrix, patient_ids):
@@ -52,7 +53,7 @@ def prepared_stats(data_dir, image_size=None):
     """{"splits": {"train": ..., "validation": ..., "test": ...}} from a prepared dataset."""
     import tensorflow_datasets as tfds  # only here: a Kaggle folder needs no TensorFlow
 
-    from cxr_tf import input_pipeline
+    from cxr_tf.data import input_pipeline
 
     builder = input_pipeline.open_prepared(data_dir, image_size)
     splits = {}

@@ -30,13 +30,13 @@ def main(argv):
         return dry_run(config)
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
-    from cxr_tf import distribute, training  # TensorFlow starts here, after flag checks
+    from cxr_tf.training import distribute, runner  # TensorFlow starts here, after flag checks
 
     # Created first: MultiWorkerMirroredStrategy must exist before any other TF op.
     strategy = distribute.make_strategy(config["strategy"])
-    summary = training.run(config, strategy=strategy, command_line=shlex.join(sys.argv),
+    summary = runner.run(config, strategy=strategy, command_line=shlex.join(sys.argv),
                            verbose="auto" if sys.stdout.isatty() else 2)
-    print(json.dumps(summary, sort_keys=True) if FLAGS.json else training.format_summary(summary))
+    print(json.dumps(summary, sort_keys=True) if FLAGS.json else runner.format_summary(summary))
     return 1 if summary["terminated_on_nan"] else 0
 
 

@@ -44,10 +44,10 @@ def faults_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_dir(kaggle_dir, tmp_path_factory):
     """`kaggle_dir` prepared at 32 px: the TFDS dir most pipeline and training tests read."""
-    from cxr_tf import prepare
+    from cxr_tf.datasets.nih_chest_xray14 import build
 
     out = tmp_path_factory.mktemp("tfds")
-    prepare.prepare(str(kaggle_dir), str(out), 32, num_workers=0)
+    build.prepare(str(kaggle_dir), str(out), 32, num_workers=0)
     return out
 
 
@@ -81,7 +81,7 @@ def make_run_dir():
 @pytest.fixture(scope="session")
 def import_roots():
     """The top-level packages a cxr_tf module imports, read from its source (not run):
-    import_roots("metrics.py") -> {"math", "numpy", "sklearn"}."""
+    import_roots("evaluation/metrics.py") -> {"math", "numpy", "sklearn"}."""
 
     def roots(module_file):
         tree = ast.parse((Path(__file__).resolve().parents[1] / "cxr_tf" / module_file).read_text())

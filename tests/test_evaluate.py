@@ -10,7 +10,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from cxr_tf import evaluate, input_pipeline, labels, metrics, serving
+from cxr_tf import evaluate, labels
+from cxr_tf.data import input_pipeline
+from cxr_tf.evaluation import metrics
+from cxr_tf.serving import run_dir
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
@@ -114,4 +117,4 @@ def test_not_a_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match="config.json: not found; --model_dir must be a run"):
         evaluate.evaluate_run(str(tmp_path), "test")
-    assert serving.read_thresholds(str(tmp_path)) == (None, None)
+    assert run_dir.read_thresholds(str(tmp_path)) == (None, None)

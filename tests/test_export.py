@@ -12,9 +12,12 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 from PIL import Image
 
-from cxr_tf import images, labels, serving
+from cxr_tf import labels
+from cxr_tf.data import images
+from cxr_tf.serving import graph, run_dir
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
@@ -60,7 +63,7 @@ def exported(tmp_path_factory, make_run_dir):
     root = tmp_path_factory.mktemp("export")
     net = make_run_dir(root / "run")
     tuned = np.linspace(0.3, 0.7, 14)
-    serving.write_thresholds(str(root / "run"), tuned, "f1")
+    run_dir.write_thresholds(str(root / "run"), tuned, "f1")
     export_dir = root / "models" / "cxr" / "1"
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.export", f"--model_dir={root / 'run'}",
@@ -134,7 +137,7 @@ def test_serves_png_bytes_without_cxr_tf_and_matches_keras(exported, tmp_path):
     assert out["thresholds"] == pytest.approx(tuned.tolist())
     assert out["image_size"] == SIZE and out["version"] == "0.1.0"
     # The same images decoded by the same graph ops here, then the Keras model.
-    pixels = serving.preprocess_bytes(list(samples.values()), SIZE).numpy()
+    pixels = graph.preprocess_bytes(list(samples.values()), SIZE).numpy()
     expected = tf.sigmoid(net.predict(pixels, verbose=0)).numpy()
     probs = np.array(out["probabilities"])
     np.testing.assert_allclose(probs, expected, atol=1e-5)
@@ -162,7 +165,7 @@ def test_tf_serving_rest_json_round_trip(exported, loaded):
         for i in range(len(samples))]}))
     assert [sorted(p) for p in reply["predictions"]] == [["positive", "probabilities"]] * 3
     probs = np.array([p["probabilities"] for p in reply["predictions"]])
-    expected = tf.sigmoid(net(serving.preprocess_bytes(samples, SIZE), training=False)).numpy()
+    expected = tf.sigmoid(net(graph.preprocess_bytes(samples, SIZE), training=False)).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
@@ -194,39 +197,42 @@ def test_predict_images_signature_equals_keras(exported, loaded):
 
 
 def test_graph_decoding_is_bit_exact_with_pil_and_resize_within_one_level():
-    """The in-graph preprocessing against cxr_tf.images (PIL): the measured parity."""
+    """The in-graph preprocessing against cxr_tf.data.images (PIL): the measured parity."""
     for name, data in sample_images().items():
         reference, _ = images.decode_any(data, name)
-        decoded = serving.decode_gray(tf.constant(data)).numpy()
+        decoded = graph.decode_gray(tf.constant(data)).numpy()
         np.testing.assert_array_equal(decoded, reference, err_msg=name)
         expected, _ = images.preprocess(data, name, SIZE)
-        got = serving.preprocess_bytes([data], SIZE).numpy()[0]
+        got = graph.preprocess_bytes([data], SIZE).numpy()[0]
         diff = np.abs(got.astype(int) - expected.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.15, (name, diff.max(), diff.mean())
 
 
 def test_preprocessing_is_the_same_inside_tf_data():
     samples = list(sample_images().values())
-    eager = serving.preprocess_bytes(samples, SIZE).numpy()
+    eager = graph.preprocess_bytes(samples, SIZE).numpy()
     ds = tf.data.Dataset.from_tensor_slices(samples).map(
-        lambda b: serving.preprocess_bytes(b[None], SIZE)[0])
+        lambda b: graph.preprocess_bytes(b[None], SIZE)[0])
     np.testing.assert_array_equal(np.stack(list(ds.as_numpy_iterator())), eager)
 
 
 def test_sbit_and_16_bit_scaling_match_pil():
     values = np.array([[0, 500, 1000, 4095]], np.uint16)
     # No sBIT: the smallest of 8/10/12/14/16 bits holding 4095 is 12 -> 4095 maps to 255.
-    assert serving.decode_gray(encode(values)).numpy().tolist() == [[0, 31, 62, 255]]
+    assert graph.decode_gray(encode(values)).numpy().tolist() == [[0, 31, 62, 255]]
     # sBIT 14 says the data use 14 bits: 4095 is only a quarter of the range.
-    assert serving.decode_gray(with_sbit(encode(values), 14)).numpy().tolist() == [[0, 8, 16, 64]]
+    assert graph.decode_gray(with_sbit(encode(values), 14)).numpy().tolist() == [[0, 8, 16, 64]]
     assert images.decode_any(with_sbit(encode(values), 14), "x")[0].tolist() == [[0, 8, 16, 64]]
 
 
 def test_no_finding_constraint_in_the_decision():
     probs = tf.constant([[0.9, 0.6], [0.7, 0.2]])
     no_finding = tf.constant([0.95, 0.5])  # beats every finding on the first image only
-    positive = serving.decide(probs, [0.5, 0.5], no_finding).numpy()
+    positive = labels.decide(probs, [0.5, 0.5], no_finding, xp=tnp).numpy()
     assert positive.tolist() == [[False, False], [True, False]]
+    # The same rule in numpy (predict, the report) gives the same decisions.
+    assert labels.decide(probs.numpy(), [0.5, 0.5], no_finding.numpy()).tolist() == \
+        positive.tolist()
 
 
 def test_model_with_the_wrong_number_of_outputs_is_refused():
@@ -234,7 +240,7 @@ def test_model_with_the_wrong_number_of_outputs_is_refused():
 
     net = model.build_model("resnet18", SIZE, 13)
     with pytest.raises(ValueError, match="model has 13 outputs; expected 14 findings, or 15"):
-        serving.build_archive(net, [0.5] * 14)
+        graph.build_archive(net, [0.5] * 14)
 
 
 def test_mixed_precision_checkpoint_is_served_in_float32(tmp_path):
@@ -252,7 +258,7 @@ def test_mixed_precision_checkpoint_is_served_in_float32(tmp_path):
     mixed.save(tmp_path / "checkpoints" / "best.keras")
     (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet18", "image_size": SIZE}))
     assert mixed.get_layer("conv1_conv").compute_dtype == "bfloat16"
-    loaded = serving.load_model(str(tmp_path))
+    loaded = run_dir.load_model(str(tmp_path))
     assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
     for a, b in zip(loaded.get_weights(), mixed.get_weights()):

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf import gradcam, images, labels, model
+from cxr_tf import labels, model
+from cxr_tf.data import images
+from cxr_tf.serving import gradcam
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import gradcam_bbox  # noqa: E402
@@ -74,7 +76,7 @@ def test_overlay_png(tmp_path):
 
 
 def test_bbox_hit_rate_tool(kaggle_dir, tmp_path, capsys, make_run_dir):
-    from cxr_tf import serving
+    from cxr_tf.serving import run_dir
 
     run = tmp_path / "run"
     make_run_dir(run, image_size=64)  # conv5 is 2×2 at 64 px: a map with a peak
@@ -83,7 +85,7 @@ def test_bbox_hit_rate_tool(kaggle_dir, tmp_path, capsys, make_run_dir):
     with open(files[0], "rb") as f:
         gray, _ = images.decode_any(f.read(), first)
     pixels = images.resize(images.pad_to_square(gray)[0], 64)[None, :, :, None]
-    loaded = serving.load_model(str(run))
+    loaded = run_dir.load_model(str(run))
     effusion = gradcam.GradCam(loaded)(pixels, labels.LABELS.index("Effusion"))[0]
     x, y = gradcam.to_original(*gradcam.peak(effusion), 64, gray.shape)
     far_x, far_y = (50 if x < 32 else 2), (50 if y < 32 else 2)

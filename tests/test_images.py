@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.images: every bad input with its message, every conversion with its pixels,
+"""Tests for cxr_tf.data.images: every bad input with its message, every conversion with its pixels,
 pad/resize, and the PIL-vs-TF resize parity that train/serve agreement rests on."""
 
 import io
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf import images
-from cxr_tf.images import ImageError
+from cxr_tf.data import images
+from cxr_tf.data.images import ImageError
 
 
 def png(array_or_image, **kwargs):

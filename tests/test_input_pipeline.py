@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_tf import input_pipeline, labels, metadata
+from cxr_tf import labels
+from cxr_tf.data import input_pipeline, metadata
 
 
 def _first_batches(ds, n):
@@ -131,9 +132,9 @@ def test_missing_prepared_size_is_a_clear_error(prepared_dir):
 
 
 def test_png_and_raw_storage_read_back_the_same_pixels(kaggle_dir, prepared_dir, tmp_path):
-    from cxr_tf import prepare
+    from cxr_tf.datasets.nih_chest_xray14 import build
 
-    report = prepare.prepare(str(kaggle_dir), str(tmp_path), 32, image_encoding="png",
+    report = build.prepare(str(kaggle_dir), str(tmp_path), 32, image_encoding="png",
                              num_workers=0)
     assert report["dataset_dir"].split(os.sep)[-2] == "32_png"
     raw_builder = input_pipeline.open_prepared(str(prepared_dir))

@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.metadata on the committed real slice (tests/data, cut by make_slice.py:
+"""Tests for cxr_tf.data.metadata on the committed real slice (tests/data, cut by make_slice.py:
 whole patients 1..111 of the real v2020 CSV, 443 rows) and on the full real metadata."""
 
 import gzip
@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tf import labels, metadata
+from cxr_tf import labels
+from cxr_tf.data import metadata
 
 DATA = Path(__file__).resolve().parent / "data"
 SLICE = DATA / "nih_slice"

@@ -1,4 +1,4 @@
-"""cxr_tf.metrics on tiny arrays with the counts worked out, checked against scikit-learn."""
+"""cxr_tf.evaluation.metrics on tiny arrays with the counts worked out, checked against scikit-learn."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from cxr_tf import metrics
+from cxr_tf.evaluation import metrics
 from cxr_tf.labels import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,10 +259,10 @@ def test_sigmoid_is_stable():
 
 
 def test_metrics_imports_neither_keras_nor_tensorflow(import_roots):
-    roots = import_roots("metrics.py")
+    roots = import_roots("evaluation/metrics.py")
     assert roots <= {"math", "numpy", "sklearn"}, roots
     script = (
-        "import json, sys; import cxr_tf.metrics; heavy = {'keras', 'tensorflow', 'jax'}; "
+        "import json, sys; import cxr_tf.evaluation.metrics; heavy = {'keras', 'tensorflow', 'jax'}; "
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,

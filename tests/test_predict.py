@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf import labels, predict, serving
+from cxr_tf import labels
+from cxr_tf.serving import graph, predictor
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
@@ -71,7 +72,7 @@ def folder(tmp_path_factory):
 def models(tmp_path_factory, make_run_dir):
     root = tmp_path_factory.mktemp("models")
     net = make_run_dir(root / "run")
-    serving.export(net, root / "export" / "1", [0.5] * 14)
+    graph.export(net, root / "export" / "1", [0.5] * 14)
     return root / "run", root / "export" / "1"
 
 
@@ -80,22 +81,22 @@ def by_name(rows):
 
 
 def test_list_inputs_walks_folders_for_image_files(folder):
-    names = [os.path.relpath(p, folder) for p in predict.list_inputs([str(folder)])]
+    names = [os.path.relpath(p, folder) for p in predictor.list_inputs([str(folder)])]
     assert names == ["a.png", "broken.png", "c.jpg", "dicom/m1.dcm", "dicom/m2.dcm",
                      "dicom/window.dcm"]
-    assert predict.list_inputs([str(folder / "notes.txt")]) == [str(folder / "notes.txt")]
+    assert predictor.list_inputs([str(folder / "notes.txt")]) == [str(folder / "notes.txt")]
 
 
 def test_dicom_made_from_a_png_gives_the_png_probabilities(folder, models):
     run_dir, export_dir = models
-    files = predict.list_inputs([str(folder)])
-    keras_rows, failures, _ = predict.predict_files(predict.Predictor(str(run_dir)), files)
+    files = predictor.list_inputs([str(folder)])
+    keras_rows, failures, _ = predictor.predict_files(predictor.Predictor(str(run_dir)), files)
     assert [f["file"] for f in failures] == [str(folder / "broken.png")]
     probs = by_name(keras_rows)
     for name in ("m2.dcm", "m1.dcm", "window.dcm"):  # MONOCHROME2, MONOCHROME1, rescale+window
         np.testing.assert_allclose(probs[name], probs["a.png"], atol=1e-6, err_msg=name)
     assert np.abs(probs["c.jpg"] - probs["a.png"]).max() < 0.05  # JPEG is lossy: close only
-    saved_rows, _, _ = predict.predict_files(predict.Predictor(str(export_dir)), files)
+    saved_rows, _, _ = predictor.predict_files(predictor.Predictor(str(export_dir)), files)
     for name, p in by_name(saved_rows).items():  # SavedModel and Keras model agree
         np.testing.assert_allclose(p, probs[name], atol=1e-5)
 
@@ -106,7 +107,7 @@ def test_monochrome1_without_inversion_would_differ(folder, models):
     negative = folder.parent / "negative.dcm"
     stored = 255 - np.asarray(Image.open(folder / "a.png"))
     negative.write_bytes(dicom(stored))
-    rows, _, _ = predict.predict_files(predict.Predictor(str(run_dir)),
+    rows, _, _ = predictor.predict_files(predictor.Predictor(str(run_dir)),
                                        [str(folder / "a.png"), str(negative)])
     assert np.abs(np.subtract(rows[0]["probabilities"], rows[1]["probabilities"])).max() > 1e-3
 
@@ -149,9 +150,9 @@ def test_json_output_and_no_finding_label(folder, models):
 
 def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
     run_dir, export_dir = models
-    predictor = predict.Predictor(str(run_dir), threshold=0.5)
+    model = predictor.Predictor(str(run_dir), threshold=0.5)
     files = [str(folder / "a.png"), str(folder / "dicom" / "m2.dcm")]
-    rows, _, overlays = predict.predict_files(predictor, files, gradcam_dir=str(tmp_path / "cam"),
+    rows, _, overlays = predictor.predict_files(model, files, gradcam_dir=str(tmp_path / "cam"),
                                               gradcam_top_k=2)
     expected = []
     for row in rows:
@@ -166,9 +167,9 @@ def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
         with Image.open(path) as img:
             assert img.format == "PNG" and img.size == (256, 256) and img.mode == "RGB"
     with pytest.raises(ValueError, match="--gradcam_dir needs the Keras model"):
-        predict.predict_files(predict.Predictor(str(export_dir)), files, gradcam_dir=str(tmp_path))
+        predictor.predict_files(predictor.Predictor(str(export_dir)), files, gradcam_dir=str(tmp_path))
 
 
 def test_unknown_model_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a SavedModel .* nor a run dir"):
-        predict.Predictor(str(tmp_path))
+        predictor.Predictor(str(tmp_path))

@@ -10,7 +10,9 @@ import textwrap
 
 import pytest
 
-from cxr_tf import metadata, prepare
+from cxr_tf import prepare
+from cxr_tf.data import metadata
+from cxr_tf.datasets.nih_chest_xray14 import build
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -18,7 +20,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 @pytest.fixture(scope="module")
 def faults_report(faults_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("faults_tfds")
-    return prepare.prepare(str(faults_dir), str(out), 32, num_workers=0), out
+    return build.prepare(str(faults_dir), str(out), 32, num_workers=0), out
 
 
 def _expected(faults_dir, key="expect"):
@@ -63,7 +65,7 @@ def test_report_file_and_table(faults_report):
 
 
 def test_drop_rgba_skips_instead_of_converting(faults_dir, tmp_path):
-    report = prepare.prepare(str(faults_dir), str(tmp_path), 32, drop_rgba=True, num_workers=0)
+    report = build.prepare(str(faults_dir), str(tmp_path), 32, drop_rgba=True, num_workers=0)
     expected, _ = _expected(faults_dir, "expect_drop_rgba")
     assert report["skipped"]["dropped_rgba"] == expected["skipped:dropped_rgba"] == 2
     assert report["converted"].get("rgba", 0) == 0 and report["converted"].get("rgb", 0) == 0
@@ -72,11 +74,11 @@ def test_drop_rgba_skips_instead_of_converting(faults_dir, tmp_path):
 
 def test_strict_fails_on_the_unknown_label(faults_dir, tmp_path):
     with pytest.raises(metadata.MetadataError, match="Pleural_Thickning"):
-        prepare.prepare(str(faults_dir), str(tmp_path), 32, strict=True, num_workers=0)
+        build.prepare(str(faults_dir), str(tmp_path), 32, strict=True, num_workers=0)
 
 
 def test_output_does_not_depend_on_worker_count(kaggle_dir, prepared_dir, tmp_path):
-    prepare.prepare(str(kaggle_dir), str(tmp_path), 32, num_workers=2)
+    build.prepare(str(kaggle_dir), str(tmp_path), 32, num_workers=2)
 
     def records(root):
         files = sorted(glob.glob(os.path.join(root, "nih_chest_xray14/32/1.1.0/*.tfrecord*")))
@@ -109,7 +111,7 @@ def test_prepared_dir_reads_without_cxr_tf(prepared_dir, tmp_path):
 
 
 def test_tfds_build_cli(kaggle_dir, tmp_path):
-    builder_dir = os.path.join(os.path.dirname(prepare.__file__), "datasets", "nih_chest_xray14")
+    builder_dir = os.path.dirname(build.__file__)
     proc = subprocess.run(
         [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build", builder_dir,
          "--config=224", f"--manual_dir={kaggle_dir}", f"--data_dir={tmp_path}"],
@@ -125,8 +127,8 @@ def test_tfds_build_cli(kaggle_dir, tmp_path):
 def test_prepare_from_stdin_falls_back_to_one_process(kaggle_dir, tmp_path):
     # Spawned workers cannot re-import a __main__ read from stdin: without the fallback the
     # pool restarts dying workers for ever and prepare hangs.
-    script = f"from cxr_tf import prepare\n" \
-             f"r = prepare.prepare({str(kaggle_dir)!r}, {str(tmp_path)!r}, 32, num_workers=2)\n" \
+    script = f"from cxr_tf.datasets.nih_chest_xray14 import build\n" \
+             f"r = build.prepare({str(kaggle_dir)!r}, {str(tmp_path)!r}, 32, num_workers=2)\n" \
              f"print('written', sum(r['written'].values()))\n"
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
                           env=ENV, cwd=tmp_path, timeout=300)

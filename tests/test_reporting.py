@@ -8,7 +8,8 @@ from PIL import Image
 from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from cxr_tf import labels, metrics, published, report_plots, reporting
+from cxr_tf import labels
+from cxr_tf.evaluation import metrics, published, report_plots, reporting
 
 LABELS = list(labels.LABELS)
 
@@ -160,7 +161,7 @@ def test_no_finding_constraint_and_its_effect_on_f1():
     y = np.array([[1, 0], [0, 0], [0, 1], [1, 0]])
     prob = np.array([[0.9, 0.2], [0.6, 0.1], [0.3, 0.8], [0.7, 0.6]])
     no_finding = np.array([0.1, 0.9, 0.2, 0.8])
-    assert reporting.no_finding_wins(prob, no_finding).tolist() == [False, True, False, True]
+    assert labels.no_finding_wins(prob, no_finding).tolist() == [False, True, False, True]
     r = reporting.build_report(y, prob, label_names=["A", "B"], thresholds=[0.5],
                                no_finding_prob=no_finding, n_boot=0)
     nf = r["no_finding"]

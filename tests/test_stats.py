@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_tf import labels, metadata, stats
+from cxr_tf import labels, stats
+from cxr_tf.data import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = ROOT / "tests" / "data" / "nih_slice"
@@ -82,7 +83,7 @@ def test_stats_on_prepared_dir(tmp_path):
     """prepare a tiny folder cut from the slice (patients 1..20, 32 px PNGs), then read it back."""
     from PIL import Image
 
-    from cxr_tf import prepare
+    from cxr_tf.datasets.nih_chest_xray14 import build
 
     kaggle = tmp_path / "kaggle"
     (kaggle / "images_001" / "images").mkdir(parents=True)
@@ -99,7 +100,7 @@ def test_stats_on_prepared_dir(tmp_path):
         Image.fromarray(gray).save(kaggle / "images_001" / "images" / image_id)
 
     out = tmp_path / "tfds"
-    prepare.prepare(str(kaggle), str(out), image_size=32, num_workers=0)
+    build.prepare(str(kaggle), str(out), image_size=32, num_workers=0)
     got = stats.compute_stats(str(out))
 
     index = metadata.build_index(kaggle)

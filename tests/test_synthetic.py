@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf import images, labels, synthetic, synthetic_render, synthetic_rows
+from cxr_tf import labels, synthetic
+from cxr_tf.data import images
+from cxr_tf.synthetic import renderer
+from cxr_tf.synthetic import rows as synthetic_rows
 
 NUM_IMAGES = 120
 FAULT_EXPECT = {
@@ -234,7 +237,7 @@ def test_bad_arguments_are_refused():
 
 def test_render_is_reexported_for_tools_and_tests():
     # tools/bench_serving.py and tests/test_images.py call synthetic.render.
-    assert synthetic.render is synthetic_render.render
+    assert synthetic.render is renderer.render
 
 
 def test_generate_from_stdin_runs_in_one_process(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.synthetic_render: each finding's signature survives a downscale to 64 px
+"""Tests for cxr_tf.synthetic.renderer: each finding's signature survives a downscale to 64 px
 (the demo's training size) and differs from every other finding's."""
 
 import functools
@@ -6,14 +6,16 @@ import functools
 import numpy as np
 import pytest
 
-from cxr_tf import images, labels, synthetic_render
+from cxr_tf import labels
+from cxr_tf.data import images
+from cxr_tf.synthetic import renderer
 
 
 @functools.lru_cache(maxsize=None)
 def _film_at_64(size, findings, i):
     """Rendered at `size` for patient/image seeds i, then resized to 64 px (as the demo);
     cached, since the film without a finding is the baseline of every finding's check."""
-    return images.resize(synthetic_render.render(size, findings, [0, 1, i], [0, 2, i]), 64)
+    return images.resize(renderer.render(size, findings, [0, 1, i], [0, 2, i]), 64)
 
 
 @pytest.mark.parametrize("name", labels.LABELS)

@@ -40,9 +40,11 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    from cxr_tf import callbacks, input_pipeline, labels, losses, model, training
+    from cxr_tf import labels, losses, model
+    from cxr_tf.data import input_pipeline
+    from cxr_tf.training import callbacks, runner
 
-    data = training.synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir)
+    data = runner.synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir)
     n = input_pipeline.split_size(data, "train", args.image_size)
     steps = n // args.batch_size
     net = model.build_model(args.arch, args.image_size, labels.NUM_CLASSES)
@@ -55,7 +57,7 @@ def main(argv=None):
     ).repeat()
     y_val = np.stack([r["labels"] for r in input_pipeline.split_metadata(data, "validation")])
     val = input_pipeline.make_dataset(data, "validation", training=False,
-                                      batch_size=training.EVAL_BATCH_FACTOR * args.batch_size,
+                                      batch_size=runner.EVAL_BATCH_FACTOR * args.batch_size,
                                       image_size=args.image_size)
     metrics_cb = callbacks.EpochMetrics(val, y_val, [0.4, 0.5, 0.6], labels.LABELS)
     metrics_cb.set_model(net)

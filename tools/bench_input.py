@@ -47,9 +47,10 @@ def main(argv=None):
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
     args = parser.parse_args(argv)
 
-    from cxr_tf import input_pipeline, training
+    from cxr_tf.data import input_pipeline
+    from cxr_tf.training import runner
 
-    tfds_dir = training.synthetic_data_dir(args.image_size, args.num_images,
+    tfds_dir = runner.synthetic_data_dir(args.image_size, args.num_images,
                                            cache_dir=args.work_dir)
     n = input_pipeline.split_size(tfds_dir, "train", args.image_size)
     steps = n // args.batch_size

@@ -38,7 +38,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from bench_input import synthetic_kaggle
-    from cxr_tf import metadata, parallel_decode, prepare
+    from cxr_tf.datasets.nih_chest_xray14 import build
+    from cxr_tf.data import metadata, parallel_decode
 
     kaggle = synthetic_kaggle(args.work_dir, args.num_images, args.source_size)
     index = metadata.build_index(kaggle)
@@ -51,7 +52,7 @@ def main(argv=None):
         bare.append(len(items) / (time.perf_counter() - start))
         out = tempfile.mkdtemp(dir=args.work_dir)
         start = time.perf_counter()
-        report = prepare.prepare(kaggle, out, args.image_size,
+        report = build.prepare(kaggle, out, args.image_size,
                                  image_encoding=args.image_encoding)
         full.append(sum(report["written"].values()) / (time.perf_counter() - start))
         shutil.rmtree(out)

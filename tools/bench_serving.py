@@ -2,7 +2,7 @@
 
     python tools/bench_serving.py [--arch=resnet50] [--image_size=224] [--source_size=1024] [--export_dir=DIR]
 
-Exports a randomly initialised model of --arch at --image_size with cxr_tf.serving (or loads
+Exports a randomly initialised model of --arch at --image_size with cxr_tf.serving.graph (or loads
 --export_dir), loads it back with `tf.saved_model.load` as a server would, and times, on
 --source_size² 8-bit PNG films from cxr_tf.synthetic (realistic compression, ~NIH size):
 - single-image latency of `serving_default` (p50, p95 over --iters calls);
@@ -81,11 +81,12 @@ def make_pngs(count, size):
 def export_fresh(arch, image_size, export_dir):
     import keras
 
-    from cxr_tf import model, serving
+    from cxr_tf import model
+    from cxr_tf.serving import graph
 
     keras.utils.set_random_seed(0)
     net = model.build_model(arch, image_size)
-    return serving.export(net, export_dir, [0.5] * 14)
+    return graph.export(net, export_dir, [0.5] * 14)
 
 
 def _timed(fn):
@@ -110,15 +111,15 @@ def bench(loaded, pngs, batch_size, iters, batches, warmup):
     import numpy as np
     import tensorflow as tf
 
-    from cxr_tf import serving
+    from cxr_tf.serving import graph
 
     serve = loaded.signatures["serving_default"]
     predict = loaded.signatures["predict_images"]
     size = int(loaded.signatures["metadata"]()["image_size"])
     one = tf.constant(pngs[:1])
     batch_bytes = tf.constant([pngs[i % len(pngs)] for i in range(batch_size)])
-    # The serving graph's preprocessing on its own (the same ops, from cxr_tf.serving).
-    preprocess = tf.function(lambda b: serving.preprocess_bytes(b, size), autograph=False,
+    # The serving graph's preprocessing on its own (the same ops, from cxr_tf.serving.graph).
+    preprocess = tf.function(lambda b: graph.preprocess_bytes(b, size), autograph=False,
                              input_signature=[tf.TensorSpec([None], tf.string)])
     ready = tf.constant(preprocess(batch_bytes).numpy())
 

@@ -5,7 +5,7 @@
 NIH ships `BBox_List_2017.csv` (984 boxes on 880 images, 8 findings) with the Kaggle download:
 columns `Image Index`, `Finding Label`, then `Bbox [x`, `y`, `w`, `h]` in pixels of the
 original image. For every box, the image is preprocessed as in training, Grad-CAM is computed
-for the box's finding (cxr_tf.gradcam, last convolutional stage), and its maximum is mapped
+for the box's finding (cxr_tf.serving.gradcam, last convolutional stage), and its maximum is mapped
 back to original pixels; a hit is a maximum inside the box. The file spells Infiltration
 "Infiltrate"; that is mapped.
 
@@ -70,7 +70,9 @@ def hit_rate(model, boxes, paths, *, batch_size=32, overlay_dir=None):
     """Per-box results [(name, label, hit, (x, y))] for the boxes whose image was found."""
     import numpy as np
 
-    from cxr_tf import gradcam, images, labels
+    from cxr_tf import labels
+    from cxr_tf.data import images
+    from cxr_tf.serving import gradcam
 
     cam = gradcam.GradCam(model)
     size = cam.size[0]
@@ -99,7 +101,7 @@ def _save(out_dir, name, label, image, heatmap, box, shape, hit, min_side=256):
     `min_side` pixels so that a 64 px test model's overlay can still be read."""
     from PIL import ImageDraw
 
-    from cxr_tf import gradcam
+    from cxr_tf.serving import gradcam
 
     os.makedirs(out_dir, exist_ok=True)
     img, zoom = gradcam.enlarged_overlay(image, heatmap, min_side)
@@ -146,11 +148,11 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args(argv)
 
-    from cxr_tf import serving
+    from cxr_tf.serving import run_dir
 
     boxes = read_boxes(args.bbox_csv)
     paths = find_images(args.data_dir, [b[0] for b in boxes])
-    model = serving.load_model(args.model_dir, args.checkpoint)
+    model = run_dir.load_model(args.model_dir, args.checkpoint)
     results = hit_rate(model, boxes, paths, batch_size=args.batch_size,
                        overlay_dir=args.overlay_dir)
     summary = {"model_dir": args.model_dir, "checkpoint": args.checkpoint,

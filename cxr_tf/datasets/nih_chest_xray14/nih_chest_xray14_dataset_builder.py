@@ -4,7 +4,7 @@
     python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224
 
 The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
-`cxr_tf.metadata`; decoding lives in `cxr_tf.images`. This file only wires them into TFDS.
+`cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them into TFDS.
 """
 
 import collections
@@ -14,7 +14,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cxr_tf import atomic, labels, metadata, parallel_decode
+from cxr_tf import atomic, labels
+from cxr_tf.data import metadata, parallel_decode
 
 _DESCRIPTION = """\
 ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, each labelled with any of 14

@@ -2,7 +2,7 @@
 
 `build_index(data_dir)` turns a Kaggle-layout folder into one DataFrame of kept rows plus a
 count of every skipped row by reason, so that `rows == kept + skipped` always holds and no row
-disappears silently. It reads text only: images are decoded later (cxr_tf.images), which adds
+disappears silently. It reads text only: images are decoded later (cxr_tf.data.images), which adds
 its own reasons (`undecodable`, `too_large`, `dropped_rgba`) to the same counters.
 
 The Data_Entry CSV comes in two published variants; both are read by header name:

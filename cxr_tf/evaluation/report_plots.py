@@ -7,7 +7,7 @@ import os
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_tf import metrics, published
+from cxr_tf.evaluation import metrics, published
 
 
 def _grid(label_names, extra):

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import metrics
+from cxr_tf.evaluation import metrics
 
 MONITOR = "val/auc_mean"
 

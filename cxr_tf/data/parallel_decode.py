@@ -6,7 +6,7 @@ every core busy and still yields results in input order (so the prepared dataset
 depend on the number of workers).
 
 Workers are *spawned*, not forked: the parent has usually imported TensorFlow, whose threads
-make `fork` unsafe. They import only numpy, PIL and `cxr_tf.images`.
+make `fork` unsafe. They import only numpy, PIL and `cxr_tf.data.images`.
 """
 
 import atexit
@@ -20,7 +20,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from cxr_tf import images
+from cxr_tf.data import images
 
 
 @dataclasses.dataclass

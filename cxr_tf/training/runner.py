@@ -17,7 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import __version__, atomic, callbacks, distribute, input_pipeline, labels, losses, model
+from cxr_tf import __version__, atomic, labels, losses, model
+from cxr_tf.data import input_pipeline
+from cxr_tf.training import callbacks, distribute
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf")
 # Per-epoch evaluation predicts in batches this many times the training batch: inference keeps
@@ -32,7 +34,8 @@ def synthetic_data_dir(image_size, num_images=2000, min_prevalence=0.0, seed=0, 
     The generator writes images at twice the training size so that prepare's resize path is
     exercised as on real data.
     """
-    from cxr_tf import prepare, synthetic  # the demo path only
+    from cxr_tf import synthetic  # the demo path only
+    from cxr_tf.datasets.nih_chest_xray14 import build
 
     cache_dir = cache_dir or os.environ.get("CXR_TF_CACHE", DEFAULT_CACHE)
     source_size = min(2 * image_size, 1024)
@@ -42,7 +45,7 @@ def synthetic_data_dir(image_size, num_images=2000, min_prevalence=0.0, seed=0, 
     if not os.path.exists(os.path.join(kaggle_dir, "test_list.txt")):
         synthetic.generate(kaggle_dir, num_images=num_images, image_size=source_size, seed=seed,
                            min_prevalence=min_prevalence)
-    prepare.prepare(kaggle_dir, tfds_dir, image_size)
+    build.prepare(kaggle_dir, tfds_dir, image_size)
     return tfds_dir
 
 

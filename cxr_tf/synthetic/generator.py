@@ -8,8 +8,8 @@ Writes, like the Kaggle `nih-chest-xrays/data` download:
   train_val_list.txt, test_list.txt       patient-disjoint, about 77/23 of the images
   faults.json                             with --faults: each bad file/row and its expected outcome
 
-Labels, follow-ups, age, sex and view follow the real NIH figures (`cxr_tf.synthetic_rows`).
-Each finding draws its own signature on an anatomy-like film (`cxr_tf.synthetic_render`). The
+Labels, follow-ups, age, sex and view follow the real NIH figures (`cxr_tf.synthetic.rows`).
+Each finding draws its own signature on an anatomy-like film (`cxr_tf.synthetic.renderer`). The
 same seed gives byte-identical files whatever the number of worker processes: every image draws
 from its own generator seeded by (seed, image number), and the patient's anatomy by (seed,
 patient id).
@@ -28,9 +28,10 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from cxr_tf import labels, parallel_decode
-from cxr_tf.synthetic_render import render  # re-exported: tools and tests draw films
-from cxr_tf.synthetic_rows import LabelSampler, sample_rows, test_patients
+from cxr_tf import labels
+from cxr_tf.data import parallel_decode
+from cxr_tf.synthetic.renderer import render  # re-exported: tools and tests draw films
+from cxr_tf.synthetic.rows import LabelSampler, sample_rows, test_patients
 
 CSV_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
               "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
@@ -219,35 +220,3 @@ def _summary(output_dir, rows, test, fault_list, image_size, seed, folders, seco
         "multi_label": sum(len(r["findings"]) > 1 for r in rows), "splits": splits,
         "faults": len(fault_list), "seconds": round(seconds, 2),
     }
-
-
-def main(argv):
-    from absl import app
-    from absl import flags as absl_flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    f = absl_flags.FLAGS
-    if not f.output_dir:
-        raise app.UsageError("--output_dir is required")
-    s = generate(f.output_dir, num_images=f.num_images, image_size=f.image_size, seed=f.seed,
-                 faults=f.faults, min_prevalence=f.min_prevalence)
-    print(f"Wrote {s['images']:,} images of {s['patients']:,} patients ({s['image_size']} px, "
-          f"{s['folders']} folders) to {s['output_dir']} in {s['seconds']:.1f} s")
-    for split, part in s["splits"].items():
-        print(f"  {split:<10} {part['images']:>7,} images {part['patients']:>7,} patients")
-    print(f"  No Finding {s['no_finding']:>7,}   multi-label {s['multi_label']:>7,}")
-    for name, count in s["labels"].items():
-        print(f"  {name:<19}{count:>7,}  {count / s['images']:6.1%}")
-    if s["faults"]:
-        print(f"  + {s['faults']} fault files/rows, listed in faults.json")
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from cxr_tf import flags
-
-    # Defined here, not at import: the demo imports generate() next to prepare's flags.
-    flags.define_synthetic_flags()
-    app.run(main, flags_parser=flags.flags_parser)

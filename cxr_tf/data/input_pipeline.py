@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cxr_tf import images, labels, metadata
+from cxr_tf import labels
+from cxr_tf.data import images, metadata
 
 DATASET_NAME = "nih_chest_xray14"
 SPLITS = ("train", "validation", "test")

@@ -2,7 +2,7 @@
 
 Pure numpy / scikit-learn / matplotlib on arrays (no TensorFlow), so the figures can be checked
 against scikit-learn on a fixed set and rebuilt in a notebook from saved probabilities.
-Metric definitions live in `cxr_tf.metrics`; this module only arranges them.
+Metric definitions live in `cxr_tf.evaluation.metrics`; this module only arranges them.
 
 Names follow history.csv: `f1@0.5`, `precision@tuned`, `paper_auc@0.5` (the paper's AUC of 0/1
 predictions, never called AUC). `report.json` holds JSON null where a figure is undefined
@@ -14,7 +14,8 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_tf import atomic, metrics, published
+from cxr_tf import atomic, labels
+from cxr_tf.evaluation import metrics, published
 
 AGE_BANDS = ((0, 20, "0-20"), (20, 40, "20-40"), (40, 60, "40-60"), (60, 80, "60-80"),
              (80, math.inf, "80+"))
@@ -28,12 +29,6 @@ def age_band(age):
     if age is None or age < 0:
         return UNKNOWN
     return next(name for lo, hi, name in AGE_BANDS if lo <= age < hi)
-
-
-def no_finding_wins(finding_probs, no_finding_prob):
-    """The paper's future-work constraint: True where the No Finding output is the single most
-    likely output (above every finding), so that no finding is reported for that image."""
-    return np.asarray(no_finding_prob) > np.asarray(finding_probs).max(axis=1)
 
 
 def _threshold_sets(thresholds, tuned):
@@ -90,7 +85,7 @@ def _subgroups(y_true, y_prob, metadata, label_names):
 def _no_finding_effect(y_true, y_prob, no_finding_prob, sets, at):
     """F1 with and without the constraint, at every threshold set (`at`: the unconstrained
     figures, already computed by build_report)."""
-    wins = no_finding_wins(y_prob, no_finding_prob)
+    wins = labels.no_finding_wins(y_prob, no_finding_prob)
     # A suppressed row's findings are all predicted negative; -1 is below any threshold.
     constrained = np.where(wins[:, None], -1.0, y_prob)
     target = 1 - y_true.max(axis=1)

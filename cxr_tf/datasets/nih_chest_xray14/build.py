@@ -1,0 +1,47 @@
+"""Building the prepared dataset from a Kaggle-layout folder: what `python -m cxr_tf.prepare`
+and the demo call. The TFDS builder does the work; this adds the accounting check and a copy
+of prepare_report.json beside the TFDS data_dir."""
+
+import json
+import os
+import shutil
+
+import tensorflow_datasets as tfds
+
+from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
+    REPORT_FILE,
+    Builder,
+    make_config,
+)
+
+
+def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
+            image_encoding="raw", strict=False, num_workers=None):
+    """Builds the dataset (a no-op when already built) and returns its report dict."""
+    config = make_config(
+        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
+        image_encoding=image_encoding)
+    builder = Builder(config=config, data_dir=output_dir, num_workers=num_workers,
+                      strict=strict)
+    builder.download_and_prepare(
+        # Statistics would decode every image once more; the report already counts what matters.
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=data_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP)
+    )
+    with open(os.path.join(builder.data_dir, REPORT_FILE)) as f:
+        report = json.load(f)
+    report["dataset_dir"] = os.fspath(builder.data_dir)
+    check_accounting(report)
+    shutil.copyfile(
+        os.path.join(builder.data_dir, REPORT_FILE),
+        os.path.join(output_dir, REPORT_FILE),
+    )
+    return report
+
+
+def check_accounting(report):
+    accounted = sum(report["written"].values()) + sum(report["skipped"].values())
+    if accounted != report["rows"]:
+        raise AssertionError(
+            f"prepare lost rows: {report['rows']} read, {accounted} written or skipped"
+        )

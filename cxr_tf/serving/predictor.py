@@ -1,0 +1,142 @@
+"""Predicting files with an exported SavedModel or a run dir: what `python -m cxr_tf.predict`
+runs. Every file goes through `cxr_tf.data.images.preprocess`, the preprocessing of the
+training data; a file that cannot be read is a failure with its reason, and the others go on."""
+
+import csv
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from cxr_tf import labels
+from cxr_tf.data import images
+from cxr_tf.evaluation import metrics
+from cxr_tf.serving import gradcam, run_dir
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+
+def list_inputs(paths):
+    """Files to predict, in order: each file as given, each folder's images sorted."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(root, name) for name in sorted(files)
+                          if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")]
+        else:
+            found.append(path)  # kept even if missing: it is reported as a failure
+    return found
+
+
+class Predictor:
+    """A loaded model of either kind, with its label names, input size and thresholds."""
+
+    def __init__(self, model_path, threshold=0.5):
+        self.keras_model = None
+        if os.path.isfile(os.path.join(model_path, "saved_model.pb")):
+            loaded = tf.saved_model.load(model_path)
+            meta = {k: v.numpy() for k, v in loaded.signatures["metadata"]().items()}
+            self._signature = loaded.signatures["predict_images"]
+            self._loaded = loaded  # keeps the signature's variables alive
+            self.label_names = [name.decode() for name in meta["label_names"]]
+            self.image_size = int(meta["image_size"])
+            self.thresholds = meta["thresholds"].astype(np.float64)
+            self.thresholds_from = f"as exported (cxr_tf {meta['version'].decode()})"
+        elif os.path.isfile(os.path.join(model_path, "config.json")):
+            self.keras_model = run_dir.load_model(model_path, "best")
+            self.label_names = list(labels.LABELS)
+            self.image_size = int(self.keras_model.input_shape[1])
+            thresholds, self.thresholds_from = run_dir.decision_thresholds(model_path, threshold)
+            self.thresholds = np.array(thresholds)
+        else:
+            raise FileNotFoundError(
+                f"{model_path}: neither a SavedModel (no saved_model.pb) nor a run dir "
+                "(no config.json)")
+
+    def __call__(self, batch):
+        """uint8 (B, S, S, 1) -> (probabilities (B, 14), positive bool (B, 14))."""
+        n = len(self.label_names)
+        no_finding = None
+        if self.keras_model is not None:
+            logits = self.keras_model.predict_on_batch(batch)
+            probs = metrics.sigmoid(np.asarray(logits, np.float64))
+            probs, no_finding = probs[:, :n], (probs[:, n] if probs.shape[1] > n else None)
+        else:
+            out = self._signature(images=batch)
+            probs = out["probabilities"].numpy().astype(np.float64)
+            no_finding = out["no_finding"].numpy() if "no_finding" in out else None
+        return probs, labels.decide(probs, self.thresholds, no_finding)
+
+
+def _read(path, size):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise images.ImageError(path, "missing", e.strerror or str(e)) from e
+    return images.preprocess(data, path, size)[0]
+
+
+def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_top_k=1):
+    """Predicts every file; returns (rows, failures, overlay paths).
+
+    rows: {"file", "probabilities" (list), "positive_labels"}; failures: {"file", "reason"}.
+    """
+    cam = None
+    if gradcam_dir:
+        if predictor.keras_model is None:
+            raise ValueError("--gradcam_dir needs the Keras model: pass a run dir as --model")
+        os.makedirs(gradcam_dir, exist_ok=True)
+        cam = gradcam.GradCam(predictor.keras_model)
+    rows, failures, overlays = [], [], []
+    for start in range(0, len(files), batch_size):
+        batch_files, batch = [], []
+        for path in files[start:start + batch_size]:
+            try:
+                batch.append(_read(path, predictor.image_size))
+                batch_files.append(path)
+            except images.ImageError as e:
+                failures.append({"file": path, "reason": str(e)})
+        if not batch:
+            continue
+        batch = np.stack(batch)
+        probs, positive = predictor(batch)
+        for i, path in enumerate(batch_files):
+            names = [predictor.label_names[c] for c in np.flatnonzero(positive[i])]
+            rows.append({"file": path, "probabilities": probs[i].tolist(),
+                         "positive_labels": "|".join(names) or labels.NO_FINDING})
+        if cam is not None:
+            overlays += _write_overlays(cam, gradcam_dir, batch_files, batch, probs, positive,
+                                        predictor.label_names, gradcam_top_k, overlays)
+    return rows, failures, overlays
+
+
+def _write_overlays(cam, out_dir, files, batch, probs, positive, label_names, top_k, taken):
+    jobs = []  # (image index, class index): positive findings, else the top-k
+    for i in range(len(files)):
+        classes = np.flatnonzero(positive[i])
+        if not classes.size:
+            classes = np.argsort(-probs[i])[:top_k]
+        jobs += [(i, int(c)) for c in classes]
+    heatmaps = cam(batch[[i for i, _ in jobs]], [c for _, c in jobs])
+    paths, used = [], {os.path.basename(p) for p in taken}
+    for (i, c), heatmap in zip(jobs, heatmaps):
+        stem = os.path.splitext(os.path.basename(files[i]))[0]
+        name, k = f"{stem}_{label_names[c]}.png", 2
+        while name in used:  # two inputs with one name in different folders
+            name, k = f"{stem}_{k}_{label_names[c]}.png", k + 1
+        used.add(name)
+        caption = f"{label_names[c]} {probs[i, c]:.2f}"
+        paths.append(gradcam.save_overlay(os.path.join(out_dir, name), batch[i, :, :, 0],
+                                          heatmap, caption))
+    return paths
+
+
+def write_csv(rows, label_names, f):
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(["file", *label_names, "positive_labels"])
+    for row in rows:
+        writer.writerow([row["file"], *(f"{p:.6f}" for p in row["probabilities"]),
+                         row["positive_labels"]])

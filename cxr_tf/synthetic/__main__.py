@@ -1,0 +1,37 @@
+"""Generate the synthetic NIH ChestX-ray14 dataset in the exact Kaggle layout.
+
+    python -m cxr_tf.synthetic --output_dir=/tmp/nih_synth --num_images=2000 --image_size=1024 --seed=0 [--faults] [--min_prevalence=0.0]
+
+See `cxr_tf.synthetic.generator` for what it writes.
+"""
+
+from absl import app
+
+from cxr_tf import flags
+from cxr_tf.synthetic.generator import generate
+
+flags.define_synthetic_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = FLAGS
+    if not f.output_dir:
+        raise app.UsageError("--output_dir is required")
+    s = generate(f.output_dir, num_images=f.num_images, image_size=f.image_size, seed=f.seed,
+                 faults=f.faults, min_prevalence=f.min_prevalence)
+    print(f"Wrote {s['images']:,} images of {s['patients']:,} patients ({s['image_size']} px, "
+          f"{s['folders']} folders) to {s['output_dir']} in {s['seconds']:.1f} s")
+    for split, part in s["splits"].items():
+        print(f"  {split:<10} {part['images']:>7,} images {part['patients']:>7,} patients")
+    print(f"  No Finding {s['no_finding']:>7,}   multi-label {s['multi_label']:>7,}")
+    for name, count in s["labels"].items():
+        print(f"  {name:<19}{count:>7,}  {count / s['images']:6.1%}")
+    if s["faults"]:
+        print(f"  + {s['faults']} fault files/rows, listed in faults.json")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=flags.flags_parser)
