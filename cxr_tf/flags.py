@@ -159,6 +159,8 @@ def define_prepare_flags():
                       "(about half the disk).")
     _defs.DEFINE_bool("strict", False, "Fail on the first unknown label instead of skipping the row.")
     _defs.DEFINE_integer("num_workers", None, "Decode processes (default: all cores).")
+    _defs.DEFINE_integer("max_pixels", 50_000_000, "Largest image (width x height) decoded; "
+                         "larger images are refused before decoding.", lower_bound=1)
 
 
 @_once
@@ -176,7 +178,7 @@ TRAIN_FLAG_NAMES = (
     "mixed_precision", "jit_compile", "strategy", "seed", "deterministic", "augment", "hflip",
     "val_fraction", "eval_test_each_epoch", "steps_per_epoch", "early_stop_patience",
     "synthetic", "synthetic_num_images", "synthetic_min_prevalence", "no_finding_output",
-    "weights", "cache",
+    "weights", "cache", "overwrite", "imagenet_weights",
 )
 
 
@@ -189,9 +191,15 @@ def define_train_flags():
     _defs.DEFINE_string("model_dir", None, "Run directory (config.json, history.csv, logs/, "
                         "checkpoints/, backup/). Rerunning the same command resumes.")
     _defs.DEFINE_integer("image_size", 224, "Square input side in pixels.", lower_bound=32)
-    _defs.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101"],
-                      "Backbone.")
-    _defs.DEFINE_string("weights", None, "Optional weights file (.weights.h5 or .keras) to start from.")
+    _defs.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101",
+                                           "resnet50_v1", "resnet101_v1"], "Backbone.")
+    _defs.DEFINE_string("weights", None, "Weights to start from: a file (.weights.h5 or "
+                        ".keras), or imagenet (with --arch=resnet50_v1/resnet101_v1).")
+    _defs.DEFINE_string("imagenet_weights", None, "Local copy of Keras's resnet50/101 notop "
+                        "ImageNet weights (.h5), for machines without internet; used with "
+                        "--weights=imagenet.")
+    _defs.DEFINE_bool("overwrite", False, "Start afresh, deleting what model_dir holds; "
+                      "without it a completed run is not retrained.")
     # optimisation (paper values as defaults)
     _defs.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=1)
     _defs.DEFINE_integer("epochs", 50, "Epochs.", lower_bound=1)
@@ -253,6 +261,15 @@ def define_evaluate_flags():
                       "Tune per-class thresholds on the VALIDATION split (whatever --split "
                       "says) and write RUN/thresholds.json.")
     _defs.DEFINE_integer("batch_size", 64, "Images per prediction batch.", lower_bound=1)
+    _defs.DEFINE_string("expert_labels", None, "Google's radiologist labels CSV for the NIH "
+                        "test images: also score against them.")
+    _defs.DEFINE_string("bbox_csv", None, "NIH's BBox_List_2017.csv: also report Grad-CAM "
+                        "localisation against its boxes.")
+    _defs.DEFINE_enum("dataset", "nih", ["nih", "chexpert"], "Which dataset --data_dir holds.")
+    _defs.DEFINE_enum("uncertain_labels", "ignore", ["ignore", "zeros", "ones"],
+                      "CheXpert's uncertain (-1) labels: left out of that finding's metrics, "
+                      "or read as 0 or 1.")
+    _defs.DEFINE_list("views", ["frontal"], "Views to evaluate (frontal, lateral).")
 
 
 @_once
@@ -264,6 +281,8 @@ def define_export_flags():
     _defs.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint to load.")
     _defs.DEFINE_float("threshold", 0.5, "Decision threshold for every finding when the run "
                        "has no thresholds.json.", lower_bound=0.0, upper_bound=1.0)
+    _defs.DEFINE_integer("max_pixels", 50_000_000, "Largest image (width x height) decoded; "
+                         "larger images are refused before decoding.", lower_bound=1)
 
 
 @_once
@@ -280,3 +299,5 @@ def define_predict_flags():
                        "has no thresholds.json (a SavedModel uses the thresholds it was "
                        "exported with).", lower_bound=0.0, upper_bound=1.0)
     _defs.DEFINE_integer("batch_size", 32, "Images per prediction batch.", lower_bound=1)
+    _defs.DEFINE_integer("max_pixels", 50_000_000, "Largest image (width x height) decoded; "
+                         "larger images are refused before decoding.", lower_bound=1)
