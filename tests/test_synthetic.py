@@ -2,7 +2,6 @@
 real label figures, and one file or row of every fault kind. The films themselves are tested in
 test_synthetic_render.py."""
 
-import concurrent.futures
 import csv
 import json
 import math
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cxr_tf import labels, synthetic
-from cxr_tf.data import images
+from cxr_tf.data import images, parallel_decode
 from cxr_tf.synthetic import renderer
 from cxr_tf.synthetic import rows as synthetic_rows
 
@@ -158,9 +157,9 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, monkeypatch):
     def files(out):
         return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
-    pools, real_pool = [], concurrent.futures.ProcessPoolExecutor
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor",
-                        lambda *args, **kwargs: pools.append(args) or real_pool(*args, **kwargs))
+    pools, real_executor = [], parallel_decode._executor
+    monkeypatch.setattr(parallel_decode, "_executor",
+                        lambda workers: pools.append(workers) or real_executor(workers))
 
     runs = []
     for workers in (1, 2):
@@ -168,7 +167,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, monkeypatch):
         synthetic.generate(out, num_images=40, image_size=32, seed=5, faults=True,
                            num_workers=workers, progress=False)
         runs.append(files(out))
-    assert pools == [(2,)]  # the second run really went through worker processes
+    assert pools == [2]  # the second run really went through worker processes
     assert runs[0] == runs[1]
     other = tmp_path / "seed6"
     synthetic.generate(other, num_images=40, image_size=32, seed=6, num_workers=1, progress=False)

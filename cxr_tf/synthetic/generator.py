@@ -15,11 +15,9 @@ from its own generator seeded by (seed, image number), and the patient's anatomy
 patient id).
 """
 
-import concurrent.futures
 import io
 import json
 import math
-import multiprocessing
 import os
 import struct
 import time
@@ -140,19 +138,14 @@ def _render_to_file(task):
 def _run(tasks, num_workers, progress):
     from tqdm import tqdm
 
-    bar = tqdm(total=len(tasks), unit="img", disable=not progress, desc="synthetic")
-    if num_workers <= 1 or len(tasks) < 2 * num_workers:
-        for task in tasks:
-            _render_to_file(task)
+    workers = parallel_decode.default_workers() if num_workers is None else num_workers
+    if workers <= 1 or len(tasks) < 2 * workers:
+        workers = 0  # starting processes would cost more than they save
+    chunk = max(1, min(64, len(tasks) // (8 * max(workers, 1))))
+    with tqdm(total=len(tasks), unit="img", disable=not progress, desc="synthetic") as bar:
+        for _ in parallel_decode.map_in_order(_render_to_file, tasks, num_workers=workers,
+                                              what="rendering", chunksize=chunk):
             bar.update()
-    else:
-        # spawn, not fork: the caller may hold TensorFlow's threads, which fork cannot copy.
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-            chunk = max(1, min(64, len(tasks) // (8 * num_workers)))
-            for _ in pool.map(_render_to_file, tasks, chunksize=chunk):
-                bar.update()
-    bar.close()
 
 
 def generate(output_dir, *, num_images=2000, image_size=1024, seed=0, faults=False,
@@ -168,8 +161,9 @@ def generate(output_dir, *, num_images=2000, image_size=1024, seed=0, faults=Fal
             [{"image_id", "kind", "expect"[, "expect_drop_rgba"]}, ...].
         min_prevalence: raise every finding to at least this prevalence (see
             `_raise_prevalence`); 0 keeps the real NIH figures, where Hernia is 0.2%.
-        num_workers: processes (default: all cores). They are spawned, not forked, so a script
-            calling this must guard its entry point with `if __name__ == "__main__":`.
+        num_workers: processes (default: all cores; 0 or 1: this process). They are spawned,
+            not forked (`parallel_decode.map_in_order`), so a script calling this must guard
+            its entry point with `if __name__ == "__main__":`.
         progress: show a tqdm bar.
 
     Returns:
@@ -188,7 +182,7 @@ def generate(output_dir, *, num_images=2000, image_size=1024, seed=0, faults=Fal
         os.makedirs(folder, exist_ok=True)
         tasks.append((os.path.join(folder, row["image_index"]), image_size, seed,
                       row["patient_id"], number, row["findings"]))
-    _run(tasks, parallel_decode.worker_count(num_workers or None, "rendering"), progress)
+    _run(tasks, num_workers, progress)
     lists = {"train_val": [r["image_index"] for r in rows if r["patient_id"] not in test],
              "test": [r["image_index"] for r in rows if r["patient_id"] in test]}
     csv_rows = list(rows)
