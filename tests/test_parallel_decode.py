@@ -1,8 +1,10 @@
 """Unit tests for cxr_tf.data.parallel_decode: the worker count and its stdin fallback, order
 kept in and out of process, a failing item, and decode_file's skips (one bad file never raises)."""
 
+import concurrent.futures
 import io
 import logging
+import os
 import sys
 import types
 
@@ -79,6 +81,14 @@ def test_workers_keep_order_and_raise_at_the_failing_item():
     assert [next(results), next(results)] == [1, 2]
     with pytest.raises(ValueError, match=r"^invalid literal for int\(\) with base 10: 'x'$"):
         next(results)
+
+
+def test_a_dead_worker_is_an_error_not_a_hang():
+    # multiprocessing.Pool would wait for ever on the lost task; the executor raises.
+    with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+        list(parallel_decode.map_in_order(os._exit, [3], num_workers=1))
+    assert 1 not in parallel_decode._EXECUTORS  # the broken pool is not reused
+    assert list(parallel_decode.map_in_order(abs, [-1], num_workers=1)) == [1]
 
 
 def test_failing_item_in_process_raises_at_its_item():
