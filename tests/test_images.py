@@ -60,10 +60,11 @@ def test_empty_file():
 
 
 def test_not_an_image():
+    # Raw bytes appear in a message as hex only (text could be anything, even invalid UTF-8).
     raises(b"GIF89a\x01\x00\x01\x00", "undecodable",
-           "x.png: not a PNG, JPEG or DICOM file (starts with b'GIF8')")
-    raises(b"<!DOCTYPE html>", "undecodable",
-           "x.png: not a PNG, JPEG or DICOM file (starts with b'<!DO')")
+           "x.png: not a PNG, JPEG or DICOM file (starts with 47 49 46 38 39 61 01 00)")
+    raises(b"\xff\xfe\x80<!DOCTYPE", "undecodable",
+           "x.png: not a PNG, JPEG or DICOM file (starts with ff fe 80 3c 21 44 4f 43)")
 
 
 def test_truncated_inside_a_chunk_names_both_byte_counts():
@@ -82,8 +83,7 @@ def test_truncated_between_chunks():
 
 
 def test_truncated_header():
-    raises(png(ramp())[:20], "undecodable",
-           "x.png: PNG header truncated or corrupt (no image size in 20 bytes)")
+    raises(png(ramp())[:20], "undecodable", "x.png: PNG header truncated (20 bytes, fewer than 33)")
 
 
 def test_corrupt_pixel_data_is_caught_by_forcing_the_decode():
@@ -109,7 +109,7 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(monkeypatch):
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"\0" * 40000)) + chunk(b"IEND", b""))
     assert len(bomb) < 200
-    assert images.probe_size(bomb) == (10000, 10000)
+    assert images.read_header(bomb, "x.png") == (10000, 10000, 1, 1)
 
     def never(*args, **kwargs):
         raise AssertionError("PIL must not open a file over MAX_PIXELS")
@@ -119,20 +119,132 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(monkeypatch):
            "x.png: declares 10000x10000 = 100,000,000 pixels, over the 50,000,000 limit")
 
 
-def test_jpeg_size_is_probed_from_its_sof_header():
+def test_jpeg_size_is_read_from_its_sof_header():
     data = jpeg(ramp(30, 40))
-    assert images.probe_size(data) == (40, 30)
+    assert images.read_header(data, "x.jpg") == (40, 30, 1, 1)
+    assert images.read_header(jpeg(np.zeros((30, 40, 3), np.uint8)), "x.jpg") == (40, 30, 3, 1)
     sof = data.index(b"\xff\xc0")
     huge = data[:sof + 5] + struct.pack(">HH", 8000, 8000) + data[sof + 9:]
     raises(huge, "too_large",
            "x.png: declares 8000x8000 = 64,000,000 pixels, over the 50,000,000 limit")
-    assert images.probe_size(b"not an image") is None
-    assert images.probe_size(b"\x89PNG\r\n\x1a\n") is None
+    with pytest.raises(ImageError, match=r"^x: not a PNG or JPEG file \(starts with 6e 6f"):
+        images.read_header(b"not an image", "x")
+    raises(data[:sof], "undecodable",
+           f"x.png: JPEG header truncated or corrupt (no frame header in {sof:,} bytes)")
 
 
 def test_image_error_survives_pickling_for_worker_processes():
     error = pickle.loads(pickle.dumps(ImageError("a.png", "too_large", "declares 1x1")))
     assert (error.name, error.reason, str(error)) == ("a.png", "too_large", "a.png: declares 1x1")
+
+
+def png_from(width, height, raw, *, depth=8, colour=0, interlace=0, before=b""):
+    """A PNG written by hand: `before` (whole chunks) ahead of IHDR, `raw` the filtered rows."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return (images.PNG_SIGNATURE + before + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def never_decoded(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("PIL must not open a file over the limit")
+
+    monkeypatch.setattr(Image, "open", never)
+
+
+def test_the_padded_square_counts_not_width_times_height(monkeypatch):
+    # Issue 10: a 157-byte 1x40000 PNG cost +1.6 GB, because the film is padded to a square.
+    narrow = png_from(1, 40000, b"\0\0" * 40000)
+    assert len(narrow) == 157
+    never_decoded(monkeypatch)
+    raises(narrow, "too_large", "x.png: declares 1x40000, padded to 40000x40000 = "
+           "1,600,000,000 pixels, over the 50,000,000 limit")
+    wide = png_from(200000, 1, b"\0" * 200001)
+    raises(wide, "too_large", "x.png: declares 200000x1, padded to 200000x200000 = "
+           "40,000,000,000 pixels, over the 50,000,000 limit")
+    raises(png_from(40000, 1249, b""), "too_large", "x.png: declares 40000x1249, padded to "
+           "40000x40000 = 1,600,000,000 pixels, over the 50,000,000 limit")
+    sof_at = jpeg(ramp(30, 40)).index(b"\xff\xc0")
+    data = jpeg(ramp(30, 40))
+    long_jpeg = data[:sof_at + 5] + struct.pack(">HH", 700, 65500) + data[sof_at + 9:]
+    raises(long_jpeg, "too_large", "x.png: declares 65500x700, padded to 65500x65500 = "
+           "4,290,250,000 pixels, over the 50,000,000 limit")
+
+
+def test_the_decoded_sample_type_counts(monkeypatch):
+    never_decoded(monkeypatch)
+    # 4000x4000 is a 16 MP square, but 16-bit RGBA decodes to 8 bytes a pixel.
+    raises(png_from(4000, 4000, b"", depth=16, colour=6), "too_large",
+           "x.png: declares 4000x4000 with 8 bytes a pixel = 128,000,000 bytes decoded, "
+           "over the 50,000,000 limit")
+    # A palette counts 4 channels: TensorFlow's decoder expands it to RGBA.
+    raises(png_from(4000, 4000, b"", depth=8, colour=3), "too_large",
+           "x.png: declares 4000x4000 with 4 bytes a pixel = 64,000,000 bytes decoded, "
+           "over the 50,000,000 limit")
+
+
+def test_max_pixels_is_the_one_limit():
+    data = png(ramp(10, 20))  # a 20x20 square once padded: 400 pixels
+    raises(data, "too_large", "x.png: declares 20x10, padded to 20x20 = 400 pixels, over the "
+           "399 limit", max_pixels=399)
+    assert images.decode_any(data, "x.png", max_pixels=400)[0].shape == (10, 20)
+    out, _ = images.preprocess(data, "x.png", 8, max_pixels=400)
+    assert out.shape == (8, 8, 1)
+
+
+def test_ihdr_must_be_the_first_chunk(monkeypatch):
+    # Issue 10: an ancillary chunk before IHDR hid 23000² gray and 10000² RGBA16 from the guard.
+    text = chunk(b"tEXt", b"Comment\0hello")
+    never_decoded(monkeypatch)
+    for width, depth, colour in ((23000, 8, 0), (10000, 16, 6)):
+        raises(png_from(width, width, b"", depth=depth, colour=colour, before=text),
+               "undecodable", "x.png: PNG's first chunk is not a 13-byte IHDR "
+               "(found 00 00 00 0d 74 45 58 74)")
+    raises(png_from(8, 8, b"", depth=8, colour=5), "undecodable",
+           "x.png: PNG IHDR invalid (8x8, colour type 5, bit depth 8)")
+    raises(png_from(0, 8, b""), "undecodable",
+           "x.png: PNG IHDR invalid (0x8, colour type 0, bit depth 8)")
+
+
+def test_pixel_data_that_ends_early_is_refused_not_padded_with_black():
+    # Issue 10: PIL filled the missing rows with black (96 % of the image) and accepted it.
+    rows = b"".join(b"\0" + bytes([200] * 64) for _ in range(64))
+    short = png_from(64, 64, rows[:65 * 3])
+    raises(short, "undecodable", "x.png: PNG pixel data ends early (inflates to 195 of 4,160 "
+           "bytes)")
+    assert images.decode_any(png_from(64, 64, rows), "x.png")[0].min() == 200
+    assert images.decode_any(png_from(64, 64, rows + rows), "x.png")[0].shape == (64, 64)
+
+
+def adam7(image):
+    """The raw (filter type 0) rows of an 8-bit gray image interlaced with Adam7."""
+    raw = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
+                           (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)):
+        sub = image[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\0" + row.tobytes() for row in sub)
+    return raw
+
+
+def test_interlaced_png_size_is_counted_pass_by_pass():
+    image = ramp(8, 8)
+    raw = adam7(image)
+    assert len(raw) == 79  # passes of 1x1, 1x1, 2x1, 2x2, 4x2, 4x4, 8x4 pixels + filter bytes
+    gray, _ = images.decode_any(png_from(8, 8, raw, interlace=1), "x.png")
+    np.testing.assert_array_equal(gray, image)
+    raises(png_from(8, 8, raw[:-9], interlace=1), "undecodable",
+           "x.png: PNG pixel data ends early (inflates to 70 of 79 bytes)")
+
+
+def test_trailing_bytes_after_iend_are_ignored_and_sbit_after_idat_too():
+    data = png(ramp())
+    gray, _ = images.decode_any(data + b"\0" * 5000, "x.png")
+    np.testing.assert_array_equal(gray, ramp())
+    values = np.array([[0, 1000, 4095]], dtype=np.uint16)  # 12 bits used -> 4095 is 255
+    late = png(Image.fromarray(values))
+    late = late[:-12] + chunk(b"sBIT", b"\x10") + late[-12:]  # after IDAT: not an sBIT
+    assert images.decode_any(late, "x.png")[0].tolist() == [[0, 62, 255]]
 
 
 # ---- conversions
@@ -291,13 +403,139 @@ def test_dicom_voi_lut_sequence_maps_through_the_lut():
 
 def test_dicom_declaring_too_many_pixels_is_refused_before_its_pixels():
     data = dicom(np.zeros((1, 1001)), "MONOCHROME2", rows=50_000)  # header says 50,000 rows
-    raises(data, "too_large",
-           "x.png: declares 1001x50000 = 50,050,000 pixels, over the 50,000,000 limit")
+    raises(data, "too_large", "x.png: declares 1001x50000, padded to 50000x50000 = "
+           "2,500,000,000 pixels, over the 50,000,000 limit")
+    # 16-bit samples count twice: 6000x6000 is a 36 MP square but 72 MB of samples.
+    data = dicom(np.zeros((1, 6000)), "MONOCHROME2", rows=6000)
+    raises(data, "too_large", "x.png: declares 6000x6000 with 2 bytes a pixel = 72,000,000 "
+           "bytes decoded, over the 50,000,000 limit")
 
 
 def test_dicom_colour_is_undecodable():
     data = dicom([[1, 2]], "RGB")
     raises(data, "undecodable", "x.png: DICOM RGB image, expected MONOCHROME1 or MONOCHROME2")
+
+
+def test_dicom_window_width_zero_or_negative_falls_back_to_the_stored_range():
+    # Real scanners write these; pydicom raises on them. Stored 0..4095 -> 2 s - 1024.
+    for width in (0, -5):
+        data = dicom(STORED, "MONOCHROME2", slope=2, intercept=-1024, window=(40, width))
+        gray, conversions = images.decode_any(data, "x.dcm")
+        assert conversions == ["dicom", "voi_fallback"]
+        # The own range -1024..7166: -160 -> 864 / 8190 * 255 = 26.9, -60 -> 30.0, 40 -> 33.1
+        assert gray[0].tolist() == [0, 27, 30, 33]
+        assert gray[1, 3] == 255
+
+
+def with_element(data, keyword, vr, value):
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.add_new(keyword, vr, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_dicom_voi_lut_shorter_than_its_descriptor_falls_back():
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(io.BytesIO(dicom([[0, 1, 2, 3, 9]], "MONOCHROME2")))
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [16, 0, 16])  # 16 entries declared, 4 given
+    item.add_new("LUTData", "US", [0, 100, 200, 4000])
+    ds.VOILUTSequence = [item]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    gray, conversions = images.decode_any(buf.getvalue(), "x.dcm")
+    assert conversions == ["dicom", "voi_fallback"]
+    assert gray.tolist() == [[0, 28, 57, 85, 255]]  # 0..9 onto 0..255
+
+
+def test_dicom_unknown_voi_function_text_slope_and_multivalued_rows_are_image_errors():
+    data = with_element(dicom(STORED, "MONOCHROME2", window=(40, 400)), "VOILUTFunction", "CS",
+                        "CUBIC")
+    raises(data, "undecodable", "x.png: DICOM VOILUTFunction 'CUBIC' unknown (expected one "
+           "of LINEAR, LINEAR_EXACT, SIGMOID)")
+    # pydicom refuses to write bad values: the bytes are edited after writing.
+    data = dicom(STORED, "MONOCHROME2", slope="1.25", intercept="0").replace(b"1.25", b"abcd")
+    raises(data, "undecodable", "x.png: DICOM RescaleSlope 'abcd' is not a number")
+    rows = b"\x28\x00\x10\x00US\x02\x00\x02\x00"  # (0028,0010) Rows, US, 2 bytes: 2
+    data = dicom(STORED, "MONOCHROME2")
+    assert rows in data
+    data = data.replace(rows, b"\x28\x00\x10\x00US\x04\x00\x02\x00\x02\x00")
+    raises(data, "undecodable", "x.png: DICOM Rows has 2 values ([2, 2]), expected one")
+
+
+def test_dicom_compressed_without_a_decoder_names_the_syntax():
+    from pydicom.uid import JPEGLSLossless
+
+    data = dicom(STORED, "MONOCHROME2")
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 20])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raises(buf.getvalue(), "undecodable",
+           "x.png: no decoder for JPEG-LS Lossless Image Compression")
+
+
+def test_dicom_embedded_jpeg_larger_than_its_header_is_refused(monkeypatch):
+    import pydicom
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = pydicom.dcmread(io.BytesIO(dicom(STORED, "MONOCHROME2")))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    frame = jpeg(ramp(30, 40))
+    sof = frame.index(b"\xff\xc0")
+    ds.PixelData = pydicom.encaps.encapsulate(
+        [frame[:sof + 5] + struct.pack(">HH", 9000, 9000) + frame[sof + 9:]])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raises(buf.getvalue(), "too_large",
+           "x.png: declares 9000x9000 = 81,000,000 pixels, over the 50,000,000 limit")
+    ds.PixelData = pydicom.encaps.encapsulate([frame])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raises(buf.getvalue(), "undecodable", "x.png: DICOM frame is 40x30, the header says 4x2")
+
+
+def test_dicom_multiframe_is_refused_before_decoding():
+    data = with_element(dicom(STORED, "MONOCHROME2"), "NumberOfFrames", "IS", "3")
+    raises(data, "undecodable", "x.png: DICOM holds 3 frames, expected one")
+
+
+def test_dicom_conversion_in_row_blocks_equals_one_block(monkeypatch):
+    from cxr_tf.data import dicom as dicom_module
+
+    stored = np.random.default_rng(3).integers(0, 4096, (37, 50))
+    for kwargs in ({}, {"slope": 2, "intercept": -1024, "window": (40.5, 401)}):
+        data = dicom(stored, "MONOCHROME2", **kwargs)
+        whole, _ = images.decode_any(data, "x.dcm")
+        monkeypatch.setattr(dicom_module, "_BLOCK_PIXELS", 120)  # blocks of 2 rows
+        blocks, _ = images.decode_any(data, "x.dcm")
+        monkeypatch.undo()
+        np.testing.assert_array_equal(blocks, whole)
+        assert len(np.unique(whole)) > 50
+
+
+def test_dicom_deflate_bomb_is_measured_before_pydicom_inflates_it():
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(io.BytesIO(dicom(np.zeros((1000, 1000)), "MONOCHROME2")))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert len(buf.getvalue()) < 10_000  # 2 MB of zeros, deflated
+    raises(buf.getvalue(), "too_large", "x.png: DICOM deflated dataset inflates to over "
+           "1,000,000 bytes", max_pixels=1_000_000 - (64 << 20))
+    gray, _ = images.decode_any(buf.getvalue(), "x.dcm")
+    assert gray.shape == (1000, 1000)
 
 
 # ---- pad, resize, preprocess

@@ -4,13 +4,22 @@ PNG (8/16-bit gray, palette, RGB, RGBA, gray+alpha), JPEG and DICOM all end as a
 array plus the list of conversions applied, so the prepare report can count them. Every
 failure is an `ImageError` that names the file and the reason; nothing here knows about labels.
 
-The exported SavedModel repeats `preprocess` inside the TF graph (`tf.io.decode_image` -> gray
--> centred zero pad -> `tf.image.resize(method="bilinear", antialias=True)` -> round to uint8),
-so `resize` must stay numerically close to that op: tests/test_images.py asserts the bound.
+Memory is bounded before any pixel is decoded: the size and sample type come from a parsed
+header (PNG: IHDR, which must be the first chunk; JPEG: the first SOF marker; DICOM: Rows,
+Columns, frames, bits), and `check_size` refuses an image whose padded square or decoded
+samples would take more than `max_pixels` bytes (one limit, `--max_pixels`, for prepare,
+predict and the exported SavedModel).
+
+The exported SavedModel repeats `preprocess` inside the TF graph (`cxr_tf/serving/graph.py`),
+accepting and refusing the same bytes, so `resize` must stay numerically close to that
+graph's `tf.image.resize(method="bilinear", antialias=True)`: tests/test_images.py asserts
+the bound.
 """
 
 import io
 import struct
+import typing
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -20,17 +29,31 @@ from PIL import Image
 MAX_PIXELS = 50_000_000
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IHDR = b"\x00\x00\x00\x0dIHDR"  # the first chunk of every PNG: 13 bytes long
 JPEG_SOI = b"\xff\xd8\xff"
 _DICOM_MAGIC_AT = 128  # "DICM" follows the 128-byte preamble of a DICOM Part 10 file
 # JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# PNG colour type -> (samples per pixel as stored, channels once decoded). A palette pixel is
+# one index, which TensorFlow's decoder expands to RGB(A): four channels at most.
+PNG_COLOUR = {0: (1, 1), 2: (3, 3), 3: (1, 4), 4: (2, 2), 6: (4, 4)}
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Adam7 interlacing: (first column, first row, column step, row step) of each pass.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
 _COLOUR_MODES = {"RGB": "rgb", "CMYK": "rgb", "YCbCr": "rgb", "RGBA": "rgba", "LA": "rgba"}
+
+
+def max_file_bytes(max_pixels=MAX_PIXELS):
+    """The most bytes worth reading for one image: its decoded samples may take `max_pixels`
+    bytes, and headers (ICC profiles, DICOM elements) some megabytes more."""
+    return max_pixels + (64 << 20)
 
 
 class ImageError(ValueError):
     """An image that cannot be used; `reason` is the prepare report's skip key.
 
-    reason: "undecodable", "too_large" or "dropped_rgba". str(e) is "NAME: detail".
+    reason: "undecodable", "too_large", "dropped_rgba" or "missing". str(e) is "NAME: detail".
     """
 
     def __init__(self, name, reason, detail):
@@ -43,6 +66,36 @@ class ImageError(ValueError):
         return type(self), (self.name, self.reason, self.detail)
 
 
+class Header(typing.NamedTuple):
+    """What a header declares: the decoded size and samples, before any pixel is decoded."""
+
+    width: int
+    height: int
+    channels: int  # once decoded (a PNG palette counts 4: decoders may expand it to RGBA)
+    sample_bytes: int  # 1, or 2 for 16-bit samples (4/8 for 32/64-bit DICOM)
+
+
+def check_size(name, header, max_pixels=MAX_PIXELS):
+    """Refuses ("too_large") an image whose decode would allocate more than `max_pixels` bytes.
+
+    Two allocations scale with the image: the decoded samples (width × height × channels ×
+    bytes per sample) and the uint8 square it is padded to (max(width, height)²). A 1×40000
+    PNG is 40,000 pixels but a 1.6-gigapixel square.
+    """
+    width, height, channels, sample_bytes = header
+    side = max(width, height)
+    if side * side > max_pixels:
+        size = (f"{width}x{height} = {side * side:,} pixels" if width == height else
+                f"{width}x{height}, padded to {side}x{side} = {side * side:,} pixels")
+        raise ImageError(name, "too_large", f"declares {size}, over the {max_pixels:,} limit")
+    decoded = width * height * channels * sample_bytes
+    if decoded > max_pixels:
+        raise ImageError(
+            name, "too_large",
+            f"declares {width}x{height} with {channels * sample_bytes} bytes a pixel = "
+            f"{decoded:,} bytes decoded, over the {max_pixels:,} limit")
+
+
 def _format(data):
     if data.startswith(PNG_SIGNATURE):
         return "PNG"
@@ -53,21 +106,33 @@ def _format(data):
     return None
 
 
-def probe_size(data):
-    """(width, height) read from the PNG IHDR or JPEG SOF header, without decoding pixels.
+def starts_with(data):
+    """The first bytes as hex, for messages: raw bytes never go into a message as text."""
+    return data[:8].hex(" ")
 
-    None when the bytes are neither, or the header is cut off before the size.
-    """
-    if data.startswith(PNG_SIGNATURE):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            return None
-        return struct.unpack(">II", data[16:24])
-    if not data.startswith(JPEG_SOI):
-        return None
+
+def _png_ihdr(data, name):
+    """(width, height, bit depth, colour type, interlace) from IHDR, the first chunk."""
+    if len(data) < 33:
+        raise ImageError(name, "undecodable",
+                         f"PNG header truncated ({len(data):,} bytes, fewer than 33)")
+    if data[8:16] != PNG_IHDR:
+        raise ImageError(name, "undecodable", f"PNG's first chunk is not a 13-byte IHDR "
+                         f"(found {data[8:16].hex(' ')})")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if not width or not height or depth not in _PNG_DEPTHS.get(colour, ()):
+        raise ImageError(name, "undecodable", f"PNG IHDR invalid ({width}x{height}, colour "
+                         f"type {colour}, bit depth {depth})")
+    return width, height, depth, colour, interlace
+
+
+def _jpeg_sof(data, name):
+    """(width, height, components, precision) from the first start-of-frame marker, walking
+    the marker segments by their lengths as libjpeg does."""
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            return None
+            break
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
@@ -75,31 +140,40 @@ def probe_size(data):
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length field
             pos += 2
             continue
-        if marker in _JPEG_SOF:
-            if pos + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return width, height
+        if marker in JPEG_SOF:
+            if pos + 10 > len(data):
+                break
+            precision, height, width, components = struct.unpack(">BHHB", data[pos + 4:pos + 10])
+            if not width or not height or not components:
+                raise ImageError(name, "undecodable", f"JPEG frame header invalid ({width}x"
+                                 f"{height}, {components} components)")
+            return width, height, components, precision
         pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
-    return None
+    raise ImageError(name, "undecodable", f"JPEG header truncated or corrupt (no frame header "
+                     f"in {len(data):,} bytes)")
 
 
-def _check_size(name, width, height):
-    if width * height > MAX_PIXELS:
-        raise ImageError(
-            name, "too_large",
-            f"declares {width}x{height} = {width * height:,} pixels, "
-            f"over the {MAX_PIXELS:,} limit",
-        )
+def read_header(data, name):
+    """The `Header` of PNG or JPEG bytes, from IHDR or the SOF marker; ImageError if corrupt."""
+    if data.startswith(PNG_SIGNATURE):
+        width, height, depth, colour, _ = _png_ihdr(data, name)
+        return Header(width, height, PNG_COLOUR[colour][1], 2 if depth == 16 else 1)
+    if data.startswith(JPEG_SOI):
+        width, height, components, precision = _jpeg_sof(data, name)
+        return Header(width, height, components, 2 if precision > 8 else 1)
+    raise ImageError(name, "undecodable", f"not a PNG or JPEG file (starts with "
+                     f"{starts_with(data)})")
 
 
 def _png_chunks(name, data):
-    """Walks the chunk headers (cheap: no CRC or zlib work) and returns the sBIT value or None.
+    """Walks the chunk headers (no CRC or zlib work): returns (sBIT value or None, the IDAT
+    chunks' data). Trailing bytes after IEND are ignored, by this walk and by the SavedModel's.
 
     PIL decodes lazily and may accept a file that ends early, so truncation is found here, from
     the chunk lengths, with the byte counts a user can compare against the file on disk.
     """
-    pos, sbit = 8, None
+    pos, sbit, idat = 8, None, []
+    view = memoryview(data)
     while True:
         if pos + 8 > len(data):
             raise ImageError(
@@ -112,11 +186,41 @@ def _png_chunks(name, data):
                 name, "undecodable",
                 f"PNG truncated (read {len(data):,} of at least {end:,} bytes)",
             )
-        if kind == b"sBIT" and length >= 1:
+        if kind == b"sBIT" and length >= 1 and sbit is None and not idat:  # before IDAT only
             sbit = data[pos + 8]
+        elif kind == b"IDAT":
+            idat.append(view[pos + 8:end - 4])
         elif kind == b"IEND":
-            return sbit
+            return sbit, idat
         pos = end
+
+
+def _png_raw_size(width, height, depth, colour, interlace):
+    """Bytes the IDAT stream must inflate to: filter byte + packed samples, row by row, for
+    the whole image or for each of the seven Adam7 passes."""
+    bits = depth * PNG_COLOUR[colour][0]
+    passes = [(width, height)] if not interlace else [
+        ((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7]
+    return sum(rows * (1 + (cols * bits + 7) // 8) for cols, rows in passes if cols and rows)
+
+
+def _check_png_pixel_data(name, idat, expected):
+    """Pixel data that ends early is refused, as TensorFlow's decoder refuses it: PIL fills
+    the missing rows with black, which would put a mostly black film into the training set.
+    Inflated in slices and discarded (bounded memory, ~1 ms per 1024² film)."""
+    inflater, total = zlib.decompressobj(), 0
+    try:
+        for part in idat:
+            while part and total < expected:
+                total += len(inflater.decompress(part, 1 << 22))
+                part = inflater.unconsumed_tail
+        if total < expected:
+            total += len(inflater.flush())
+    except zlib.error as e:
+        raise ImageError(name, "undecodable", f"PNG pixel data corrupt ({e})") from e
+    if total < expected:
+        raise ImageError(name, "undecodable", f"PNG pixel data ends early (inflates to "
+                         f"{total:,} of {expected:,} bytes)")
 
 
 def _scale_16bit(array, sbit):
@@ -130,8 +234,11 @@ def _scale_16bit(array, sbit):
     else:
         peak = int(array.max()) if array.size else 0
         bits = next(b for b in (8, 10, 12, 14, 16, 32) if peak < 2**b)
-    scaled = np.rint(array.astype(np.float32) * np.float32(255.0 / (2**bits - 1)))
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+    scaled = array.astype(np.float32)  # one float copy, then in place: memory is 4 bytes a pixel
+    scaled *= np.float32(255.0 / (2**bits - 1))
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def _to_gray(img, sbit, name):
@@ -153,110 +260,61 @@ def _to_gray(img, sbit, name):
     raise ImageError(name, "undecodable", f"unsupported {img.format} mode {mode}")
 
 
-def decode_gray(data, name, *, drop_rgba=False):
+def decode_gray(data, name, *, drop_rgba=False, max_pixels=MAX_PIXELS):
     """PNG or JPEG bytes -> (uint8 H×W, conversions from {"gray16","palette","rgb","rgba"}).
 
     "rgba" means an alpha channel was dropped (RGBA, or gray+alpha). With drop_rgba=True an
-    RGB(A) image raises ImageError("dropped_rgba"), as the paper skipped them. The declared
-    size is checked against MAX_PIXELS before any pixel is decoded.
+    RGB(A) image raises ImageError("dropped_rgba"), as the paper skipped them. The header is
+    parsed and checked against `max_pixels` (see `check_size`) before any pixel is decoded;
+    a PNG whose chunks or pixel data end early is refused, as the SavedModel refuses it.
     """
     data = bytes(data)
     if not data:
         raise ImageError(name, "undecodable", "empty file (0 bytes)")
-    fmt = _format(data)
-    if fmt not in ("PNG", "JPEG"):
-        raise ImageError(name, "undecodable", f"not a PNG or JPEG file (starts with {data[:4]!r})")
-    size = probe_size(data)
-    if size is None:
-        raise ImageError(name, "undecodable", f"{fmt} header truncated or corrupt "
-                         f"(no image size in {len(data):,} bytes)")
-    _check_size(name, *size)
-    sbit = _png_chunks(name, data) if fmt == "PNG" else None
+    header = read_header(data, name)
+    check_size(name, header, max_pixels)
+    fmt, sbit = _format(data), None
+    if fmt == "PNG":
+        sbit, idat = _png_chunks(name, data)
+        _check_png_pixel_data(name, idat, _png_raw_size(*_png_ihdr(data, name)))
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+            if img.size != header[:2]:  # PIL's JPEG parser keeps the last of several SOFs
+                raise ImageError(name, "undecodable", f"{fmt} frame headers disagree "
+                                 f"({header.width}x{header.height}, then {img.size[0]}x"
+                                 f"{img.size[1]})")
             if drop_rgba and img.mode in ("RGB", "RGBA"):
                 raise ImageError(name, "dropped_rgba", f"{img.mode} image dropped (--drop_rgba)")
-            _check_size(name, *img.size)
             img.load()  # PIL is lazy: force the full decode here so corrupt data fails here
             return _to_gray(img, sbit, name)
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error,
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
             Image.DecompressionBombError) as e:
         kind = "truncated" if "truncated" in str(e) else "undecodable"
         raise ImageError(name, "undecodable", f"{fmt} {kind} ({e})") from e
 
 
-def _voi_range(ds):
-    """The (low, high) output range of the dataset's VOI transform, to map it onto 0..255."""
-    from pydicom.pixels import apply_voi_lut
+def decode_dicom(data, name, *, max_pixels=MAX_PIXELS):
+    """DICOM bytes -> (uint8 H×W, conversions): see `cxr_tf.data.dicom.decode`."""
+    from cxr_tf.data import dicom  # pydicom is imported only when a DICOM file comes
 
-    if ds.get("VOILUTSequence"):
-        n, first = ds.VOILUTSequence[0].LUTDescriptor[:2]
-        out = apply_voi_lut(np.arange(first, first + (n or 2**16)), ds)
-    else:  # windowing maps everything below/above the window onto its fixed output range
-        out = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
-    return float(np.min(out)), float(np.max(out))
+    return dicom.decode(data, name, max_pixels=max_pixels)
 
 
-def decode_dicom(data, name):
-    """DICOM bytes -> (uint8 H×W, ["dicom"] plus "monochrome1" when inverted).
-
-    Applies the modality LUT (rescale slope/intercept), then the VOI LUT or window the file
-    asks for, scaling that window onto 0..255; without one, the image's own min..max. A
-    MONOCHROME1 image (bright = air) is inverted so that bone is bright like every other input.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(bytes(data)))
-        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error) as e:
-        raise ImageError(name, "undecodable", f"DICOM header undecodable ({e})") from e
-    _check_size(name, columns, rows)
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageError(name, "undecodable", f"DICOM {photometric or 'without a photometric'}"
-                         " image, expected MONOCHROME1 or MONOCHROME2")
-    try:
-        pixels = ds.pixel_array
-    except Exception as e:  # pydicom raises many types: missing codec, bad length, ...
-        raise ImageError(name, "undecodable", f"DICOM pixel data undecodable ({e})") from e
-    if pixels.ndim != 2:
-        raise ImageError(name, "undecodable", f"DICOM pixel data has shape {pixels.shape}, "
-                         "expected one grayscale frame")
-    values = apply_modality_lut(pixels, ds)
-    if ds.get("VOILUTSequence") or ("WindowCenter" in ds and "WindowWidth" in ds):
-        if ds.get("VOILUTSequence") and values.dtype.kind == "f":
-            values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
-        low, high = _voi_range(ds)
-        values = apply_voi_lut(values, ds).astype(np.float64)
-    else:
-        low, high = float(values.min()), float(values.max())
-    scale = 255.0 / (high - low) if high > low else 0.0
-    gray = np.clip(np.rint((values - low) * scale), 0, 255).astype(np.uint8)
-    conversions = ["dicom"]
-    if photometric == "MONOCHROME1":
-        gray = 255 - gray
-        conversions.append("monochrome1")
-    return gray, conversions
-
-
-def decode_any(data, name, *, drop_rgba=False):
+def decode_any(data, name, *, drop_rgba=False, max_pixels=MAX_PIXELS):
     """Dispatches on the magic bytes (PNG signature, JPEG SOI, "DICM" at offset 128)."""
     data = bytes(data)
     if not data:
         raise ImageError(name, "undecodable", "empty file (0 bytes)")
     fmt = _format(data)
     if fmt == "DICOM":
-        return decode_dicom(data, name)
+        return decode_dicom(data, name, max_pixels=max_pixels)
     if fmt is None:
         raise ImageError(
-            name, "undecodable", f"not a PNG, JPEG or DICOM file (starts with {data[:4]!r})"
-        )
-    return decode_gray(data, name, drop_rgba=drop_rgba)
+            name, "undecodable", f"not a PNG, JPEG or DICOM file (starts with "
+            f"{starts_with(data)})")
+    return decode_gray(data, name, drop_rgba=drop_rgba, max_pixels=max_pixels)
 
 
 def pad_to_square(image):
@@ -293,9 +351,12 @@ def resize(image, size):
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
-def preprocess(data, name, size, *, drop_rgba=False):
-    """Bytes -> (uint8 size×size×1, conversions): decode_any, pad_to_square ("padded"), resize."""
-    gray, conversions = decode_any(data, name, drop_rgba=drop_rgba)
+def preprocess(data, name, size, *, drop_rgba=False, max_pixels=MAX_PIXELS):
+    """Bytes -> (uint8 size×size×1, conversions): decode_any, pad_to_square ("padded"), resize.
+
+    Peak memory is a few times `max_pixels` bytes at most, whatever the header declares.
+    """
+    gray, conversions = decode_any(data, name, drop_rgba=drop_rgba, max_pixels=max_pixels)
     gray, padded = pad_to_square(gray)
     if padded:
         conversions = conversions + ["padded"]
