@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.stats import rankdata
 from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
@@ -40,7 +41,8 @@ def test_per_class_figures_equal_scikit_learn(report):
     y, prob, _, _ = fixed_set()
     for c, name in enumerate(LABELS[:13]):
         row = report["per_class"][name]
-        assert row["positives"] == y[:, c].sum()
+        assert row["positives"] == y[:, c].sum() >= 10 and row["negatives"] == 300 - y[:, c].sum()
+        assert row["auc_not_estimable"] is None
         assert row["prevalence"] == pytest.approx(y[:, c].mean())
         assert row["auc"] == pytest.approx(roc_auc_score(y[:, c], prob[:, c]), abs=1e-12)
         assert row["average_precision"] == pytest.approx(
@@ -61,8 +63,9 @@ def test_per_class_figures_equal_scikit_learn(report):
 def test_class_without_positives_is_null_not_nan(report):
     report, _ = report
     hernia = report["per_class"]["Hernia"]
-    assert hernia["positives"] == 0
+    assert hernia["positives"] == 0 and hernia["negatives"] == 300
     assert hernia["auc"] is None and hernia["auc_ci_low"] is None
+    assert hernia["auc_not_estimable"] == "0 positives (fewer than 10)"
     assert hernia["average_precision"] is None and hernia["paper_auc@0.5"] is None
     json.dumps(report, allow_nan=False)  # strict JSON
 
@@ -72,9 +75,11 @@ def test_overall_figures_equal_scikit_learn(report):
     y, prob, _, patients = fixed_set()
     overall = report["overall"]
     assert overall["examples"] == 300 and overall["patients"] == 100
-    assert overall["classes_with_auc"] == 13
+    assert overall["classes_with_auc"] == overall["auc_mean_over"] == 13
     aucs = [roc_auc_score(y[:, c], prob[:, c]) for c in range(13)]
     assert overall["auc_mean"] == pytest.approx(np.mean(aucs))
+    assert overall["average_precision_mean"] == pytest.approx(
+        np.mean([average_precision_score(y[:, c], prob[:, c]) for c in range(13)]))
     assert overall["auc_micro"] == pytest.approx(roc_auc_score(y, prob, average="micro"))
     assert overall["average_precision_micro"] == pytest.approx(
         average_precision_score(y, prob, average="micro"))
@@ -107,7 +112,7 @@ def test_published_comparison():
 
 def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
     widths = []
-    for n in (200, 2000):
+    for n in (400, 4000):  # 400 × the rarest prevalence (5 %) leaves every class 10 positives
         y, prob, _, patients = fixed_set(n, seed=1)
         r = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5],
                                    patient_ids=patients, n_boot=300)
@@ -117,6 +122,40 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
         widths.append(np.mean([row["auc_ci_high"] - row["auc_ci_low"] for row in rows]))
     # 10x the data: the interval shrinks by about sqrt(10) = 3.2.
     assert widths[1] < widths[0] / 2.2
+
+
+def test_honest_counts_with_1_3_and_30_positives():
+    # 100 images of 100 patients, scores i/100 for image i. A and B hold 1 and 3 positives:
+    # below the minimum of 10, so no AUC, no interval and no place in the means, however
+    # well they happen to rank. C: 30 positives on images 10..39, 70 negatives: the 60
+    # negatives 40..99 score above every positive, the 10 negatives 0..9 below, so each
+    # positive wins 10 of 70 pairs: AUC = 30·10 / (30·70) = 1/7.
+    y = np.zeros((100, 3), np.int8)
+    y[99, 0] = 1
+    y[[97, 98, 99], 1] = 1
+    y[10:40, 2] = 1
+    prob = np.repeat(np.arange(100)[:, None] / 100, 3, axis=1)
+    r = reporting.build_report(y, prob, label_names=["A", "B", "C"], thresholds=[0.5],
+                               patient_ids=np.arange(100), n_boot=400, seed=0)
+    a, b, c = (r["per_class"][n] for n in "ABC")
+    assert (a["positives"], a["negatives"], b["positives"], b["negatives"]) == (1, 99, 3, 97)
+    for row, reason in ((a, "1 positive (fewer than 10)"), (b, "3 positives (fewer than 10)")):
+        assert row["auc"] is None and row["auc_not_estimable"] == reason
+        assert row["auc_ci_low"] is row["auc_ci_high"] is row["auc_ci_dropped"] is None
+    assert (c["positives"], c["negatives"]) == (30, 70)
+    assert c["auc"] == pytest.approx(1 / 7) and c["auc_not_estimable"] is None
+    assert c["auc_ci_low"] <= 1 / 7 <= c["auc_ci_high"]
+    assert c["auc_ci_dropped"] == 0.0  # 30 of 100 patients: a resample without one is ~1e-16
+    assert r["overall"]["auc_mean"] == pytest.approx(1 / 7)
+    assert r["overall"]["auc_mean_over"] == r["overall"]["classes_with_auc"] == 1
+    assert r["bootstrap"]["method"] == "patient-level percentile bootstrap, 400 resamples"
+    assert r["bootstrap"]["min_count"] == metrics.MIN_CLASS_COUNT == 10
+    assert r["bootstrap"]["dropped_max"] == 0.0
+    text = reporting.format_markdown(r)
+    assert "| A | 1 / 99 | 0.010 | not estimable: 1 positive (fewer than 10) |" in text
+    assert f"| C | 30 / 70 | 0.300 | {1 / 7:.3f} [" in text
+    assert f"| **mean** over 1 findings with an AUC |  |  | {1 / 7:.3f} |" in text
+    assert "95 % CI: patient-level percentile bootstrap, 400 resamples" in text
 
 
 def test_patient_level_bootstrap_is_wider_than_image_level():
@@ -129,9 +168,14 @@ def test_patient_level_bootstrap_is_wider_than_image_level():
     by_image = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5], n_boot=300)
     assert by_patient["bootstrap"]["unit"] == "patient" and by_image["bootstrap"]["unit"] == "image"
 
+    # The minimum counts images, so both reports leave out the same rare findings.
+    names = [n for n in LABELS if by_patient["per_class"][n]["auc"] is not None]
+    assert len(names) >= 10
+    assert names == [n for n in LABELS if by_image["per_class"][n]["auc"] is not None]
+
     def width(r):
         return np.mean([r["per_class"][n]["auc_ci_high"] - r["per_class"][n]["auc_ci_low"]
-                        for n in LABELS[:13]])
+                        for n in names])
 
     assert width(by_patient) > 1.8 * width(by_image)  # sqrt(5) = 2.2 in theory
 
@@ -146,8 +190,17 @@ def test_subgroups_by_sex_age_band_and_view(report):
     rows = np.array([m["view"] == "AP" for m in meta])
     ap = groups["view"]["AP"]
     assert ap["examples"] == rows.sum() == 100
-    assert ap["auc"]["Effusion"] == pytest.approx(roc_auc_score(y[rows, 2], prob[rows, 2]))
-    assert ap["auc"]["Hernia"] is None
+    estimable = []
+    for c, name in enumerate(LABELS):
+        positives = int(y[rows, c].sum())
+        assert (ap["positives"][name], ap["negatives"][name]) == (positives, 100 - positives)
+        if positives >= 10:
+            assert ap["auc"][name] == pytest.approx(roc_auc_score(y[rows, c], prob[rows, c]))
+            estimable.append(ap["auc"][name])
+        else:  # Hernia (none) and the rarest findings: out of the subgroup's mean
+            assert ap["auc"][name] is None
+    assert 3 <= len(estimable) < 14 and ap["auc_mean_over"] == len(estimable)
+    assert ap["auc_mean"] == pytest.approx(np.mean(estimable))
 
 
 @pytest.mark.parametrize("age,band", [(0, "0-20"), (19, "0-20"), (20, "20-40"), (59, "40-60"),
@@ -181,11 +234,14 @@ def test_no_finding_constraint_and_its_effect_on_f1():
 def test_markdown_shows_the_headline_figures(report):
     report, _ = report
     text = reporting.format_markdown(report)
-    effusion = report["per_class"]["Effusion"]
-    assert f"| Effusion | {effusion['prevalence']:.3f} | {effusion['auc']:.3f} [" in text
+    e = report["per_class"]["Effusion"]
+    assert (f"| Effusion | {e['positives']} / {e['negatives']} | {e['prevalence']:.3f} | "
+            f"{e['auc']:.3f} [{e['auc_ci_low']:.3f}, {e['auc_ci_high']:.3f}] |") in text
     assert "Wang 2017" in text and "0.745" in text
     assert "## At threshold tuned" in text and "## Subgroups (mean AUC)" in text
     assert "### age_band" in text and "| unknown | 50 |" in text
+    assert "| Hernia | 0 / 300 | 0.000 | not estimable: 0 positives (fewer than 10) |" in text
+    assert "| **mean** over 13 findings with an AUC |" in text
 
 
 def test_plots_are_written_and_non_empty(tmp_path):
@@ -199,12 +255,27 @@ def test_plots_are_written_and_non_empty(tmp_path):
             assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or ()) > 20
 
 
-def test_per_class_bootstrap_with_progress_equals_one_all_class_call():
-    # The report bootstraps one class at a time (for the progress bar); the draws depend only
-    # on the seed and the number of patients, so the intervals are those of one call.
-    y, prob, _, patients = fixed_set(120, seed=3)
-    lo, hi = metrics.bootstrap_auc_ci(y[:, :13], prob[:, :13], patients, n_boot=120, seed=0)
-    r = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5],
-                               patient_ids=patients, n_boot=120, seed=0)
-    assert [r["per_class"][n]["auc_ci_low"] for n in LABELS[:13]] == lo.tolist()
-    assert [r["per_class"][n]["auc_ci_high"] for n in LABELS[:13]] == hi.tolist()
+def test_interval_is_a_patient_bootstrap_of_rank_aucs():
+    # An independent, plain patient bootstrap: resample patients with numpy, score each
+    # resample with the rank-sum (Mann-Whitney) AUC, take percentiles. The report's interval
+    # (weighted AUCs, other draws) must agree to Monte Carlo error: within 0.4 of the
+    # replicates' spread, about 4 standard errors at these counts. Each patient has 4 copies
+    # of one image, so an image-level bootstrap would be half as wide and miss by ~1 spread.
+    y, prob, _, _ = fixed_set(120, seed=3)
+    y, prob = np.repeat(y[:, 6], 4), np.repeat(prob[:, 6], 4)
+    patients = np.repeat(np.arange(120), 4)
+    r = reporting.build_report(y[:, None], prob[:, None], label_names=["A"], thresholds=[0.5],
+                               patient_ids=patients, n_boot=1000, seed=0)["per_class"]["A"]
+    rng = np.random.default_rng(7)
+    members = [np.flatnonzero(patients == p) for p in range(120)]
+    naive = []
+    for _ in range(1000):
+        rows = np.concatenate([members[p] for p in rng.integers(0, 120, 120)])
+        ranks, positive = rankdata(prob[rows]), y[rows] == 1
+        n1, n0 = positive.sum(), (~positive).sum()
+        naive.append((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    lo, hi = np.quantile(naive, [0.025, 0.975])
+    spread = np.std(naive)
+    assert r["auc_ci_low"] == pytest.approx(lo, abs=0.4 * spread)
+    assert r["auc_ci_high"] == pytest.approx(hi, abs=0.4 * spread)
+    assert r["auc_ci_dropped"] == 0.0

@@ -12,6 +12,9 @@ Conventions, applied everywhere here:
 - AUC is ROC AUC on the scores. A class whose column holds only one label value has no AUC:
   it is NaN, never a crash or a warning, and means skip it (`auc_mean` is the mean over the
   classes that have both values).
+- A *reported* AUC (the evaluate report) needs at least `MIN_CLASS_COUNT` positive and as many
+  negative examples (`auc_estimable`); below that it is not estimable. The per-epoch figures
+  (`epoch_metrics`) keep the plain rule above: they track training, they do not report.
 - Division by zero in precision, recall, specificity and F1 gives 0.0, as scikit-learn's
   `zero_division=0`: a class with nothing predicted positive has precision 0, one with no
   positives has recall 0. Those zeros stay in the macro means, so the macros equal
@@ -21,11 +24,27 @@ Conventions, applied everywhere here:
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 _BOOT_CHUNK = 50  # bootstrap replicates evaluated together (memory: chunk × examples floats)
+
+# With fewer positives (or negatives) than this an AUC is decided by a handful of images: one
+# positive makes it the rank of that one image, and a patient bootstrap that must drop every
+# resample without it gives a narrow interval that means nothing. 10 of each is the common
+# rule of thumb for a two-class estimate (events per variable); it is a reporting floor, not
+# a guarantee of a useful interval.
+MIN_CLASS_COUNT = 10
+
+
+class Interval(NamedTuple):
+    """A percentile bootstrap interval per class, and the share of resamples left out of it
+    because that class had only one label value in them (NaN where none was usable)."""
+    low: np.ndarray
+    high: np.ndarray
+    dropped: np.ndarray
 
 
 def sigmoid(logits):
@@ -48,6 +67,27 @@ def per_class_auc(y_true, y_score):
     for c in np.flatnonzero(_has_both_labels(y_true)):
         aucs[c] = roc_auc_score(y_true[:, c], y_score[:, c])
     return aucs
+
+
+def class_counts(y_true):
+    """(positives, negatives) per class, as int arrays."""
+    y_true = _check_labels(y_true)
+    positives = y_true.sum(axis=0, dtype=np.int64)
+    return positives, y_true.shape[0] - positives
+
+
+def auc_estimable(y_true, min_count=MIN_CLASS_COUNT):
+    """True for the classes with at least `min_count` positives and `min_count` negatives."""
+    positives, negatives = class_counts(y_true)
+    return (positives >= min_count) & (negatives >= min_count)
+
+
+def not_estimable_reason(positives, negatives, min_count=MIN_CLASS_COUNT):
+    """Why an AUC is not reported ("1 positive (fewer than 10)"), or None when it is."""
+    short = [f"{n} {word}{'' if n == 1 else 's'}"
+             for n, word in ((int(positives), "positive"), (int(negatives), "negative"))
+             if n < min_count]
+    return f"{' and '.join(short)} (fewer than {min_count})" if short else None
 
 
 def threshold_metrics(y_true, y_score, threshold):
@@ -122,24 +162,23 @@ def epoch_metrics(y_true, y_score, thresholds, label_names, prefix="val"):
     return out
 
 
-def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, seed=0,
-                     progress=None):
-    """Percentile bootstrap confidence interval of each class's AUC: (lo, hi) arrays.
+def bootstrap_auc_replicates(y_true, y_score, groups=None, *, n_boot=1000, seed=0,
+                             progress=None):
+    """The AUC of each class in `n_boot` bootstrap resamples: an (n_boot, classes) array.
 
     With `groups` (one id per example, e.g. Patient ID) whole groups are resampled with
     replacement, because the images of one patient are not independent and an image-level
     bootstrap would give intervals that are too narrow. Each replicate is the AUC of the
     examples weighted by how often they were drawn, computed from one sort per class rather
-    than re-sorting every replicate. Replicates in which a class has only one label value are
-    left out of that class's percentiles; a class with no usable replicate gets NaN.
-    progress: optional callable, given the number of replicates done after each chunk (a
-    tqdm bar's `update`).
+    than re-sorting every replicate. A replicate in which a class has only one label value is
+    NaN for that class. The draws depend only on `seed` and the number of groups, so two
+    calls on columns of the same examples are paired (their differences are a paired
+    bootstrap). progress: optional callable, given the number of replicates done after each
+    chunk (a tqdm bar's `update`).
     """
     y_true, y_score = _check_pair(y_true, y_score)
     if not isinstance(n_boot, int) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive int; received n_boot={n_boot!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1); received alpha={alpha!r}")
     n = y_true.shape[0]
     if groups is None:
         unit_of_example, n_units = np.arange(n), n
@@ -166,13 +205,37 @@ def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, s
             replicates[start : start + size, c] = auc
         if progress is not None:
             progress(size)
-    lo = np.full(y_true.shape[1], np.nan)
-    hi = np.full(y_true.shape[1], np.nan)
-    for c in range(y_true.shape[1]):
-        finite = replicates[:, c][np.isfinite(replicates[:, c])]
-        if finite.size:
-            lo[c], hi[c] = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
-    return lo, hi
+    return replicates
+
+
+def percentile_interval(replicates, alpha=0.05):
+    """Interval(low, high, dropped) of each column of (resamples × classes) `replicates`: the
+    alpha/2 and 1 - alpha/2 quantiles of its finite values, and the share that was NaN."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1); received alpha={alpha!r}")
+    replicates = np.asarray(replicates, dtype=np.float64)
+    finite = np.isfinite(replicates)
+    lo = np.full(replicates.shape[1], np.nan)
+    hi = np.full(replicates.shape[1], np.nan)
+    for c in np.flatnonzero(finite.any(axis=0)):
+        lo[c], hi[c] = np.quantile(replicates[finite[:, c], c], [alpha / 2, 1 - alpha / 2])
+    return Interval(lo, hi, 1.0 - finite.mean(axis=0))
+
+
+def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, seed=0,
+                     progress=None):
+    """Percentile bootstrap confidence interval of each class's AUC: Interval(low, high,
+    dropped), from `bootstrap_auc_replicates` (see there for `groups` and `progress`).
+
+    Resamples in which a class has only one label value are left out of that class's
+    percentiles, and `dropped` says what share that was: a large share means the interval
+    describes only the resamples that kept the rare positives, so it is too narrow.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1); received alpha={alpha!r}")
+    replicates = bootstrap_auc_replicates(y_true, y_score, groups, n_boot=n_boot, seed=seed,
+                                          progress=progress)
+    return percentile_interval(replicates, alpha)
 
 
 def tune_thresholds(y_true, y_score, method="f1"):
@@ -234,13 +297,21 @@ def _check_pair(y_true, y_score):
             f"y_true and y_score must be non-empty (examples × classes) arrays of one shape; "
             f"received {y_true.shape} and {y_score.shape}"
         )
-    if not np.isin(y_true, (0, 1)).all():
-        values = np.unique(y_true)[:10].tolist()
-        raise ValueError(f"y_true must hold only 0 and 1; received values {values}")
     bad = np.count_nonzero(~np.isfinite(y_score))
     if bad:
         raise ValueError(f"y_score holds {bad} NaN or infinite values of {y_score.size}")
-    return y_true.astype(np.int8), y_score
+    return _check_labels(y_true), y_score
+
+
+def _check_labels(y_true):
+    """y_true as a 2-D int8 0/1 array (a 1-D one is one class)."""
+    y_true = np.asarray(y_true)
+    if y_true.ndim == 1:
+        y_true = y_true[:, None]
+    if not np.isin(y_true, (0, 1)).all():
+        values = np.unique(y_true)[:10].tolist()
+        raise ValueError(f"y_true must hold only 0 and 1; received values {values}")
+    return y_true.astype(np.int8)
 
 
 def _check_threshold(threshold, num_classes):

@@ -35,7 +35,8 @@ def _finish_grid(fig, axes, path, xlabel, ylabel, title):
 
 
 def plot_roc(path, y_true, y_prob, label_names):
-    """ROC curve per finding (AUC and the published AUC in the title), plus micro-average."""
+    """ROC curve per finding (counts, AUC and the published AUC in the title), plus
+    micro-average; no curve where the AUC is not estimable (metrics.MIN_CLASS_COUNT)."""
     from sklearn.metrics import roc_curve
 
     fig, axes = _grid(label_names, 1)
@@ -43,15 +44,17 @@ def plot_roc(path, y_true, y_prob, label_names):
     columns.append(("micro-average", y_true.ravel(), y_prob.ravel()))
     for ax, (name, truth, prob) in zip(axes, columns):
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        title = name
-        if 0 < truth.sum() < len(truth):
+        positives = int(truth.sum())
+        title = f"{name} ({positives:,}+ / {len(truth) - positives:,}−)"
+        reason = metrics.not_estimable_reason(positives, len(truth) - positives)
+        if reason is None:
             fpr, tpr, _ = roc_curve(truth, prob)
             ax.plot(fpr, tpr, lw=1.5)
             title += f"\nAUC {roc_auc_score(truth, prob):.3f}"
             if name in published.WANG2017_AUC:
                 title += f" (Wang 2017: {published.WANG2017_AUC[name]:.3f})"
         else:
-            title += "\n(no positives or no negatives)"
+            title += f"\nAUC not estimable: {reason}"
         ax.set(title=title, xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
         ax.title.set_fontsize(9)
     return _finish_grid(fig, axes, path, "false positive rate", "true positive rate",

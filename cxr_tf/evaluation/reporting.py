@@ -7,6 +7,10 @@ Metric definitions live in `cxr_tf.evaluation.metrics`; this module only arrange
 Names follow history.csv: `f1@0.5`, `precision@tuned`, `paper_auc@0.5` (the paper's AUC of 0/1
 predictions, never called AUC). `report.json` holds JSON null where a figure is undefined
 (a class without positives in that subset), never NaN.
+
+Every AUC comes with its `positives` and `negatives`. Below `metrics.MIN_CLASS_COUNT` of either
+it is null with the reason in `auc_not_estimable`, has no interval, and stays out of every mean;
+each mean says how many findings it averages (`auc_mean_over`).
 """
 
 import math
@@ -31,7 +35,7 @@ def age_band(age):
     return next(name for lo, hi, name in AGE_BANDS if lo <= age < hi)
 
 
-def _threshold_sets(thresholds, tuned):
+def threshold_sets(thresholds, tuned):
     """[(key, threshold or per-class array)]: each configured threshold, then "tuned"."""
     sets = [(metrics.format_threshold(t), float(t)) for t in thresholds]
     if tuned is not None:
@@ -47,13 +51,55 @@ def _average_precision(y_true, y_prob):
     return ap
 
 
-def _bootstrap(y_true, y_prob, groups, n_boot, seed, progress):
-    """Per-class CI (metrics.bootstrap_auc_ci) with a tqdm bar over the replicates."""
+def bootstrap_replicates(y_true, y_prob, groups, n_boot, seed, progress=False):
+    """metrics.bootstrap_auc_replicates with a tqdm bar; (0, classes) when n_boot is 0."""
     from tqdm import tqdm
 
+    if not n_boot:
+        return np.empty((0, np.shape(y_true)[1]))
     with tqdm(total=n_boot, desc="bootstrap", unit="replicate", disable=not progress) as bar:
-        return metrics.bootstrap_auc_ci(y_true, y_prob, groups, n_boot=n_boot, seed=seed,
-                                        progress=bar.update)
+        return metrics.bootstrap_auc_replicates(y_true, y_prob, groups, n_boot=n_boot,
+                                                seed=seed, progress=bar.update)
+
+
+def interval_method(n_boot, groups):
+    """"patient-level percentile bootstrap, 1000 resamples" (None without a bootstrap)."""
+    unit = "patient" if groups is not None else "image"
+    return f"{unit}-level percentile bootstrap, {n_boot} resamples" if n_boot else None
+
+
+def auc_entries(y_true, y_prob, replicates):
+    """One dict per class: positives, negatives, auc, auc_not_estimable (the reason, or None),
+    auc_ci_low/high and auc_ci_dropped (share of resamples without both labels).
+
+    A class below metrics.MIN_CLASS_COUNT gets auc null and no interval. `replicates` are the
+    bootstrap AUCs of the same columns (resamples × classes; zero resamples: no interval).
+    """
+    positives, negatives = metrics.class_counts(y_true)
+    estimable = metrics.auc_estimable(y_true)
+    aucs = metrics.per_class_auc(y_true, y_prob)
+    if len(replicates):
+        interval = metrics.percentile_interval(replicates)
+    else:
+        interval = metrics.Interval(*np.full((3, len(aucs)), np.nan))
+    entries = []
+    for c in range(len(aucs)):
+        ok = bool(estimable[c])
+        entries.append({
+            "positives": int(positives[c]), "negatives": int(negatives[c]),
+            "auc": aucs[c] if ok else None,
+            "auc_not_estimable": metrics.not_estimable_reason(positives[c], negatives[c]),
+            "auc_ci_low": interval.low[c] if ok else None,
+            "auc_ci_high": interval.high[c] if ok else None,
+            "auc_ci_dropped": interval.dropped[c] if ok else None,
+        })
+    return entries
+
+
+def auc_mean(entries):
+    """(mean AUC, number of findings averaged) over the entries that have an AUC."""
+    values = [e["auc"] for e in entries if e["auc"] is not None]
+    return (float(np.mean(values)) if values else None), len(values)
 
 
 def _subgroups(y_true, y_prob, metadata, label_names):
@@ -72,12 +118,14 @@ def _subgroups(y_true, y_prob, metadata, label_names):
         out[key] = {}
         for name in names:
             rows = values == name
-            aucs = metrics.per_class_auc(y_true[rows], y_prob[rows])
+            entries = auc_entries(y_true[rows], y_prob[rows], ())
+            mean, over = auc_mean(entries)
             out[key][name] = {
                 "examples": int(rows.sum()),
                 "any_finding_prevalence": float(y_true[rows].max(axis=1).mean()),
-                "auc_mean": metrics.nanmean(aucs),
-                "auc": dict(zip(label_names, aucs.tolist())),
+                "auc_mean": mean, "auc_mean_over": over,
+                **{field: {n: e[field] for n, e in zip(label_names, entries)}
+                   for field in ("auc", "positives", "negatives")},
             }
     return out
 
@@ -123,46 +171,41 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
     y_true = np.asarray(y_true).astype(np.int8)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     label_names = list(label_names)
-    sets = _threshold_sets(thresholds, tuned_thresholds)
-    aucs = metrics.per_class_auc(y_true, y_prob)
+    sets = threshold_sets(thresholds, tuned_thresholds)
     ap = _average_precision(y_true, y_prob)
-    if n_boot:
-        ci_lo, ci_hi = _bootstrap(y_true, y_prob, patient_ids, n_boot, seed, progress)
-    else:
-        ci_lo = ci_hi = np.full(len(label_names), np.nan)
+    entries = auc_entries(y_true, y_prob, bootstrap_replicates(y_true, y_prob, patient_ids,
+                                                               n_boot, seed, progress))
     at = {key: (metrics.threshold_metrics(y_true, y_prob, t), metrics.paper_auc(y_true, y_prob, t))
           for key, t in sets}
 
     per_class = {}
     for c, name in enumerate(label_names):
-        row = {
-            "positives": int(y_true[:, c].sum()),
-            "prevalence": float(y_true[:, c].mean()),
-            "auc": aucs[c], "auc_ci_low": ci_lo[c], "auc_ci_high": ci_hi[c],
-            "average_precision": ap[c],
-        }
+        row = {"prevalence": float(y_true[:, c].mean()), **entries[c],
+               "average_precision": ap[c]}
         for key, (tm, pa) in at.items():
             row.update({f"{m}@{key}": tm[m][c] for m in _THRESHOLD_METRICS})
             row[f"paper_auc@{key}"] = pa[c]
         if tuned_thresholds is not None:
             row["tuned_threshold"] = float(tuned_thresholds[c])
         row["published_auc"] = published.WANG2017_AUC.get(name)
-        row["auc_minus_published"] = (aucs[c] - row["published_auc"]
-                                      if row["published_auc"] is not None else None)
+        row["auc_minus_published"] = (row["auc"] - row["published_auc"]
+                                      if None not in (row["auc"], row["published_auc"]) else None)
         per_class[name] = row
 
-    both = np.isfinite(aucs)
+    mean, over = auc_mean(entries)
     overall = {
         "examples": int(len(y_true)),
         "patients": int(len(set(patient_ids))) if patient_ids is not None else None,
-        "auc_mean": metrics.nanmean(aucs),
+        "auc_mean": mean, "auc_mean_over": over,
         "auc_micro": float(roc_auc_score(y_true.ravel(), y_prob.ravel()))
         if 0 < y_true.sum() < y_true.size else math.nan,
-        "average_precision_mean": metrics.nanmean(ap),
+        # Over the same findings as auc_mean: one positive makes AP as arbitrary as AUC.
+        "average_precision_mean": metrics.nanmean(
+            [ap[c] for c, e in enumerate(entries) if e["auc"] is not None]),
         "average_precision_micro": float(average_precision_score(y_true.ravel(), y_prob.ravel()))
         if y_true.sum() else math.nan,
         "ece": metrics.expected_calibration_error(y_true, y_prob),
-        "classes_with_auc": int(both.sum()),
+        "classes_with_auc": over,
     }
     for key, (tm, pa) in at.items():
         for m in ("f1", "precision", "recall"):
@@ -171,14 +214,19 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
         overall[f"specificity@{key}/macro"] = float(tm["specificity"].mean())
         overall[f"paper_auc@{key}"] = metrics.nanmean(pa)
 
-    compared = [n for c, n in enumerate(label_names) if both[c] and n in published.WANG2017_AUC]
+    compared = [n for n in label_names
+                if per_class[n]["auc"] is not None and n in published.WANG2017_AUC]
     ours = [per_class[n]["auc"] for n in compared]
     theirs = [published.WANG2017_AUC[n] for n in compared]
     report = {
         "label_names": label_names,
         "thresholds": {key: (t.tolist() if isinstance(t, np.ndarray) else t) for key, t in sets},
         "bootstrap": {"replicates": n_boot, "confidence": 0.95, "seed": seed,
-                      "unit": "patient" if patient_ids is not None else "image"},
+                      "unit": "patient" if patient_ids is not None else "image",
+                      "method": interval_method(n_boot, patient_ids),
+                      "min_count": metrics.MIN_CLASS_COUNT,
+                      "dropped_max": max((e["auc_ci_dropped"] for e in entries
+                                          if e["auc_ci_dropped"] is not None), default=None)},
         "per_class": per_class,
         "overall": overall,
         "published": {
@@ -215,18 +263,45 @@ def write_json(path, obj):
 
 # --- markdown --------------------------------------------------------------------------------
 
-def _f(value, digits=3):
+def format_value(value, digits=3):
+    """A figure with `digits` decimals; "–" for a missing (null) one."""
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _table(header, rows):
+def markdown_table(header, rows):
+    """A GitHub markdown table as lines, with the blank line after it."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines + [""]
 
 
-def format_markdown(report, title="Evaluation report"):
-    """report.md: what a reader needs first (AUC with CI beside the paper), then the rest."""
+def format_auc(entry):
+    """"0.871 [0.820, 0.915]", "0.871" without an interval, or "not estimable: 1 positive
+    (fewer than 10)"."""
+    if entry["auc"] is None:
+        return f"not estimable: {entry['auc_not_estimable'] or 'no AUC'}"
+    ci = (f" [{format_value(entry['auc_ci_low'])}, {format_value(entry['auc_ci_high'])}]"
+          if entry.get("auc_ci_low") is not None else "")
+    return format_value(entry["auc"]) + ci
+
+
+def format_interval_note(bootstrap):
+    """The line that says how intervals were made and how many resamples were dropped."""
+    if not bootstrap.get("method"):
+        return f"no confidence intervals (--bootstrap=0); AUC needs {bootstrap['min_count']} " \
+               "positives and negatives"
+    dropped = bootstrap.get("dropped_max")
+    return (f"95 % CI: {bootstrap['method']}; resamples without both labels dropped: at most "
+            f"{format_value(100 * dropped if dropped is not None else None, 1)} % per finding; an AUC "
+            f"needs {bootstrap['min_count']} positives and {bootstrap['min_count']} negatives")
+
+
+def format_markdown(report, title="Evaluation report", sections=()):
+    """report.md: what a reader needs first (AUC with CI beside the paper), then the rest.
+
+    sections: extra (title, markdown text) pairs appended as `## title` sections (the expert
+    labels, ...), so a new report section needs no change here.
+    """
     overall, per_class, pub = report["overall"], report["per_class"], report["published"]
     keys = list(report["thresholds"])
     lines = [f"# {title}", ""]
@@ -234,62 +309,64 @@ def format_markdown(report, title="Evaluation report"):
         if report.get(k) is not None:
             lines.append(f"- {k}: `{report[k]}`")
     patients = f" from {overall['patients']:,} patients" if overall.get("patients") else ""
-    lines += [f"- {overall['examples']:,} images{patients}; 95 % CI: "
-              f"{report['bootstrap']['unit']}-level bootstrap, "
-              f"{report['bootstrap']['replicates']} replicates", ""]
+    lines += [f"- {overall['examples']:,} images{patients}",
+              f"- {format_interval_note(report['bootstrap'])}", ""]
     lines += ["## AUC per finding", ""]
-    header = ["Finding", "Prevalence", "AUC [95 % CI]", "AP", "Wang 2017", "Δ"]
+    header = ["Finding", "Positives / negatives", "Prevalence", "AUC [95 % CI]", "AP",
+              "Wang 2017", "Δ"]
     rows = []
     for name, r in per_class.items():
-        ci = (f" [{_f(r['auc_ci_low'])}, {_f(r['auc_ci_high'])}]"
-              if r["auc_ci_low"] is not None else "")
-        rows.append([name, _f(r["prevalence"]), _f(r["auc"]) + ci, _f(r["average_precision"]),
-                     _f(r["published_auc"]), _f(r["auc_minus_published"], 3)])
-    rows.append([f"**mean** ({pub['classes_compared']} classes with an AUC)", "",
-                 _f(pub["our_mean_auc"]), _f(overall["average_precision_mean"]),
-                 _f(pub["their_mean_auc_same_classes"]), _f(pub["mean_difference"])])
-    lines += _table(header, rows)
+        rows.append([name, f"{r['positives']:,} / {r['negatives']:,}", format_value(r["prevalence"]),
+                     format_auc(r), format_value(r["average_precision"]), format_value(r["published_auc"]),
+                     format_value(r["auc_minus_published"], 3)])
+    rows.append([f"**mean** over {overall['auc_mean_over']} findings with an AUC", "", "",
+                 format_value(overall["auc_mean"]), format_value(overall["average_precision_mean"]),
+                 format_value(pub["their_mean_auc_same_classes"]), format_value(pub["mean_difference"])])
+    lines += markdown_table(header, rows)
     lines += [f"Δ = our AUC − published. Mean difference over {pub['classes_compared']} "
               "classes: "
-              f"**{_f(pub['mean_difference'])}**. The published mean over all 14 findings is "
-              f"{_f(pub['mean_auc'])}. Source: {pub['source']}.", ""]
+              f"**{format_value(pub['mean_difference'])}**. The published mean over all 14 findings is "
+              f"{format_value(pub['mean_auc'])}. Source: {pub['source']}.", ""]
     lines += ["## Overall", ""]
-    rows = [["AUC (macro mean / micro)", f"{_f(overall['auc_mean'])} / {_f(overall['auc_micro'])}"],
+    rows = [[f"AUC (macro mean over {overall['auc_mean_over']} findings / micro)",
+             f"{format_value(overall['auc_mean'])} / {format_value(overall['auc_micro'])}"],
             ["Average precision (macro / micro)",
-             f"{_f(overall['average_precision_mean'])} / {_f(overall['average_precision_micro'])}"],
-            ["Expected calibration error (15 bins)", _f(overall["ece"], 4)]]
+             f"{format_value(overall['average_precision_mean'])} / {format_value(overall['average_precision_micro'])}"],
+            ["Expected calibration error (15 bins)", format_value(overall["ece"], 4)]]
     for key in keys:
         for avg in ("macro", "micro"):
             rows.append([f"F1 / precision / recall @{key} ({avg})", " / ".join(
-                _f(overall[f"{m}@{key}/{avg}"]) for m in ("f1", "precision", "recall"))])
-        rows.append([f"paper_auc@{key} (AUC of 0/1 predictions)", _f(overall[f"paper_auc@{key}"])])
-    lines += _table(["Figure", "Value"], rows)
+                format_value(overall[f"{m}@{key}/{avg}"]) for m in ("f1", "precision", "recall"))])
+        rows.append([f"paper_auc@{key} (AUC of 0/1 predictions)", format_value(overall[f"paper_auc@{key}"])])
+    lines += markdown_table(["Figure", "Value"], rows)
     for key in keys:
         lines += [f"## At threshold {key}", ""]
         header = ["Finding"] + (["Threshold"] if key == "tuned" else []) + \
             ["F1", "Precision", "Recall", "Specificity", f"paper_auc@{key}"]
-        rows = [[name] + ([_f(r["tuned_threshold"])] if key == "tuned" else []) +
-                [_f(r[f"{m}@{key}"]) for m in (*_THRESHOLD_METRICS, "paper_auc")]
+        rows = [[name] + ([format_value(r["tuned_threshold"])] if key == "tuned" else []) +
+                [format_value(r[f"{m}@{key}"]) for m in (*_THRESHOLD_METRICS, "paper_auc")]
                 for name, r in per_class.items()]
-        lines += _table(header, rows)
+        lines += markdown_table(header, rows)
     if report.get("no_finding"):
         nf = report["no_finding"]
         lines += ["## No Finding constraint", "",
                   f"When the No Finding output is the most likely one, no finding is returned "
                   f"({nf['examples_suppressed']:,} images). No Finding AUC: "
-                  f"{_f(nf['no_finding_auc'])}.", ""]
-        rows = [[name, _f(v["without"]), _f(v["with"]), _f(v["change"])]
+                  f"{format_value(nf['no_finding_auc'])}.", ""]
+        rows = [[name, format_value(v["without"]), format_value(v["with"]), format_value(v["change"])]
                 for name, v in nf.items() if isinstance(v, dict)]
-        lines += _table(["Figure", "Without", "With", "Change"], rows)
+        lines += markdown_table(["Figure", "Without", "With", "Change"], rows)
     if report.get("subgroups"):
         lines += ["## Subgroups (mean AUC)", "",
                   "Who the data represents matters: a gap here is a gap in who the model "
                   "serves.", ""]
         for key, groups in report["subgroups"].items():
-            rows = [[name, f"{g['examples']:,}", _f(g["any_finding_prevalence"]), _f(g["auc_mean"])]
-                    for name, g in groups.items()]
-            lines += [f"### {key}", ""] + _table([key, "Images", "Any finding", "Mean AUC"], rows)
+            rows = [[name, f"{g['examples']:,}", format_value(g["any_finding_prevalence"]),
+                     format_value(g["auc_mean"]), g["auc_mean_over"]] for name, g in groups.items()]
+            lines += [f"### {key}", ""] + markdown_table(
+                [key, "Images", "Any finding", "Mean AUC", "Findings averaged"], rows)
+        lines += [f"A finding enters a subgroup's mean only with {report['bootstrap']['min_count']}"
+                  " positives and negatives in that subgroup.", ""]
+    for section_title, text in sections:
+        lines += [f"## {section_title}", "", text, ""]
     return "\n".join(lines)
-
-
-# --- plots -----------------------------------------------------------------------------------
