@@ -24,6 +24,8 @@ FLAGS = flags.FLAGS
 def format_report(report):
     lines = [f"rows read            {report['rows']:>9,}"]
     for split in ("train", "validation", "test"):
+    for split, why in report.get("empty_splits", {}).items():
+        lines.append(f"empty   {split:<12} {why}")
         lines.append(f"written {split:<12} {report['written'][split]:>9,}")
     for reason, n in sorted(report["skipped"].items()):
         if n:

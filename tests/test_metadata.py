@@ -2,8 +2,10 @@
 whole patients 1..111 of the real v2020 CSV, 443 rows) and on the full real metadata."""
 
 import gzip
+import hashlib
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -88,8 +90,9 @@ def test_label_counts_on_both_variants(data_entry):
     # Row i of the matrix is row i's own Finding Labels, in file order.
     assert index.frame["image_id"].tolist() == metadata.read_data_entry(data_entry)[
         "image_id"].tolist()
-    np.testing.assert_array_equal(
-        matrix, np.stack([labels.to_multi_hot(t) for t in index.frame["finding_labels"]]))
+    names = index.frame["finding_labels"].str.split("|")  # by pandas, not labels.to_multi_hot
+    expected = np.array([[label in row for label in labels.LABELS] for row in names], np.uint8)
+    np.testing.assert_array_equal(matrix, expected)
     expected_unknown = 3 if data_entry == KAGGLE_CSV else 0
     assert index.converted == {"age_unknown": expected_unknown}
 
@@ -125,6 +128,38 @@ def test_missing_column_and_bad_integer(tmp_path):
     assert str(info.value) == (
         f"{path}, line 3: Patient ID 'one' is not a non-negative integer (1 such row(s))")
     assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
+
+
+def test_truncated_or_corrupt_gzip_names_the_file(tmp_path):
+    packed = gzip.compress(KAGGLE_CSV.read_bytes())
+    path = tmp_path / "Data_Entry_2017.csv.gz"
+    path.write_bytes(packed[:len(packed) // 2])  # an interrupted download
+    with pytest.raises(metadata.MetadataError) as info:
+        metadata.read_data_entry(path)
+    assert str(info.value) == (
+        f"{path}: cannot read CSV: truncated or corrupt gzip data (Compressed file ended "
+        "before the end-of-stream marker was reached)")
+    path.write_bytes(packed[:10] + bytes(range(256)) * 4)  # a valid header, then garbage
+    with pytest.raises(metadata.MetadataError,
+                       match=rf"^{re.escape(str(path))}: cannot read CSV: truncated or corrupt "
+                             r"gzip data \(Error -3 while decompressing data: "):
+        metadata.read_data_entry(path)
+
+
+def test_source_fingerprint(tmp_path):
+    shutil.copy(KAGGLE_CSV, tmp_path)
+    (tmp_path / "train_val_list.txt").write_text("00000001_000.png\n")
+    (tmp_path / "test_list.txt").write_text("")
+    # sha256 of the exact bytes (the empty file's digest is the well-known e3b0c442...).
+    assert metadata.source_fingerprint(tmp_path) == {
+        "Data_Entry_2017.csv": hashlib.sha256(KAGGLE_CSV.read_bytes()).hexdigest(),
+        "train_val_list.txt": hashlib.sha256(b"00000001_000.png\n").hexdigest(),
+        "test_list.txt": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    }
+    os.remove(tmp_path / "test_list.txt")
+    with pytest.raises(metadata.MetadataError,
+                       match="test_list.txt: official split list test_list.txt not found"):
+        metadata.source_fingerprint(tmp_path)
 
 
 def test_find_data_entry(tmp_path):
@@ -174,13 +209,10 @@ def test_every_skip_reason_is_counted(tmp_path):
     missing = ["00000003_000.png", "00000003_001.png", "00000045_000.png"]
     root = _faulty_dir(tmp_path, missing)
     index = metadata.build_index(root)
-    report = index.report()
-    assert report["rows"] == 449
-    assert report["skipped"] == {
-        "invalid_image_index": 3, "unknown_label": 1, "duplicate_row": 1, "missing_file": 3,
-        "not_in_split": 1, "undecodable": 0, "too_large": 0, "dropped_rgba": 0}
-    assert sum(report["kept"].values()) == 440
-    assert report["rows"] == sum(report["kept"].values()) + sum(report["skipped"].values())
+    assert index.rows == 449
+    assert index.skipped == {"invalid_image_index": 3, "unknown_label": 1, "duplicate_row": 1,
+                             "missing_file": 3, "not_in_split": 1}
+    assert len(index.frame) == 440 == index.rows - sum(index.skipped.values())
     assert index.skipped_examples == {
         "invalid_image_index": ["line 445: '../../etc/passwd.png'", "line 446: '/abs/x.png'",
                                 "line 447: '00000001_000.PNG'"],
@@ -203,7 +235,7 @@ def test_without_files_nothing_is_missing(tmp_path):
     root = _faulty_dir(tmp_path, missing=["00000003_000.png"])
     index = metadata.build_index(root, require_files=False)
     assert index.skipped["missing_file"] == 0
-    assert sum(index.report()["kept"].values()) == 443
+    assert len(index.frame) == 443
     assert index.frame["path"].isna().all()
 
 
@@ -274,7 +306,7 @@ def test_split_is_patient_wise_and_deterministic():
     assert set(frame.loc[frame["split"] != "test", "image_id"]) == tv_ids
     patients = {s: set(frame.loc[frame["split"] == s, "patient_id"]) for s in metadata.SPLITS}
     assert {s: len(p) for s, p in patients.items()} == {"train": 95, "validation": 10, "test": 6}
-    kept = index.report()["kept"]
+    kept = frame["split"].value_counts()
     assert kept["train"] + kept["validation"] == SLICE_TRAIN_VAL["images"]
     assert len(patients["train"] | patients["validation"]) == SLICE_TRAIN_VAL["patients"]
     assert (kept["test"], len(patients["test"])) == (SLICE_TEST["images"], SLICE_TEST["patients"])
@@ -316,12 +348,11 @@ def test_check_no_patient_overlap_names_patients():
 
 def test_full_real_metadata(real_nih_dir):
     index = metadata.build_index(real_nih_dir, require_files=False)
-    report = index.report()
-    assert report["rows"] == 112_120
-    assert report["kept"]["test"] == 25_596
-    assert report["kept"]["train"] + report["kept"]["validation"] == 86_524
-    assert sum(report["skipped"].values()) == 0
     frame = index.frame
+    kept = frame["split"].value_counts()
+    assert index.rows == 112_120 and sum(index.skipped.values()) == 0
+    assert kept["test"] == 25_596
+    assert kept["train"] + kept["validation"] == 86_524
     patients = {s: set(frame.loc[frame["split"] == s, "patient_id"]) for s in metadata.SPLITS}
     assert len(patients["train"] | patients["validation"]) == 28_008
     assert len(patients["test"]) == 2_797

@@ -2,19 +2,25 @@
 
 import collections
 import glob
+import hashlib
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import tensorflow_datasets as tfds
 
 from cxr_tf import prepare
-from cxr_tf.data import metadata
+from cxr_tf.data import images, metadata
+from cxr_tf.datasets import nih_chest_xray14
 from cxr_tf.datasets.nih_chest_xray14 import build
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+VERSION = str(nih_chest_xray14.Builder.VERSION)  # the version folder prepare writes
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,8 @@ def test_output_does_not_depend_on_worker_count(kaggle_dir, prepared_dir, tmp_pa
     build.prepare(str(kaggle_dir), str(tmp_path), 32, num_workers=2)
 
     def records(root):
-        files = sorted(glob.glob(os.path.join(root, "nih_chest_xray14/32/1.1.0/*.tfrecord*")))
+        pattern = os.path.join(root, "nih_chest_xray14", "32", VERSION, "*.tfrecord*")
+        files = sorted(glob.glob(pattern))
         return [open(f, "rb").read() for f in files]
 
     assert records(tmp_path) == records(prepared_dir)
@@ -98,7 +105,7 @@ def test_prepared_dir_reads_without_cxr_tf(prepared_dir, tmp_path):
         sys.meta_path.insert(0, Block())
         import tensorflow_datasets as tfds
         import glob
-        path = glob.glob("{prepared_dir}/nih_chest_xray14/32/1.1.0")[0]
+        path = glob.glob("{prepared_dir}/nih_chest_xray14/32/{VERSION}")[0]
         builder = tfds.builder_from_directory(path)
         ex = next(iter(tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False))))
         print(ex["image"].shape, ex["image"].dtype, ex["labels"].shape,
@@ -117,7 +124,7 @@ def test_tfds_build_cli(kaggle_dir, tmp_path):
          "--config=224", f"--manual_dir={kaggle_dir}", f"--data_dir={tmp_path}"],
         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    version_dir = tmp_path / "nih_chest_xray14" / "224" / "1.1.0"
+    version_dir = tmp_path / "nih_chest_xray14" / "224" / VERSION
     with open(version_dir / "prepare_report.json") as f:
         report = json.load(f)
     assert sum(report["written"].values()) + sum(report["skipped"].values()) == report["rows"]
@@ -146,3 +153,137 @@ def test_bad_flag_value_is_a_usage_error_not_a_traceback(tmp_path):
     assert proc.stderr.startswith("FATAL Flags parsing error: flag --image_encoding=gif: value "
                                   "should be one of <raw|png>\n")
     assert "Traceback" not in proc.stderr
+
+
+# --- empty splits, a changed source, one unexpected error -------------------------------------
+# A 12-image source: 9 train_val images of 9 patients (round(0.1 * 9) = 1 held out for
+# validation) and 3 test images (00000001, 00000002, 00000011).
+TEST_IDS = ["00000001_000.png", "00000002_000.png", "00000011_000.png"]
+HTML = b"<!DOCTYPE html><html><body><h1>403 Forbidden</h1></body></html>\n"
+
+
+@pytest.fixture(scope="module")
+def small_template(tmp_path_factory):
+    from cxr_tf import synthetic
+
+    out = tmp_path_factory.mktemp("small")
+    synthetic.generate(out, num_images=12, image_size=32, seed=0, num_workers=1, progress=False)
+    return out
+
+
+@pytest.fixture
+def small(small_template, tmp_path):
+    """A fresh copy of the 12-image source, to spoil."""
+    return shutil.copytree(small_template, tmp_path / "kaggle")
+
+
+def _image(source, image_id):
+    return next(source.glob(f"images_*/images/{image_id}"))
+
+
+def test_val_fraction_0_leaves_validation_empty_not_fatal(small, tmp_path):
+    report = build.prepare(str(small), str(tmp_path / "out"), 32, val_fraction=0, num_workers=0)
+    assert report["written"] == {"train": 9, "validation": 0, "test": 3}
+    assert report["empty_splits"] == {
+        "validation": "val_fraction is 0: no patient is held out for validation"}
+    builder = tfds.builder_from_directory(report["dataset_dir"])
+    assert sorted(builder.info.splits) == ["test", "train"]
+    assert builder.info.splits["train"].num_examples == 9
+    with open(tmp_path / "out" / "prepare_report.json") as f:
+        assert json.load(f)["empty_splits"] == report["empty_splits"]
+    assert ("empty   validation   val_fraction is 0: no patient is held out for validation"
+            in prepare.format_report(report).splitlines())
+
+
+def test_one_train_val_patient_leaves_validation_empty(small, tmp_path):
+    (small / "train_val_list.txt").write_text("00000003_000.png\n")
+    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    assert report["written"] == {"train": 1, "validation": 0, "test": 3}
+    assert report["skipped"]["not_in_split"] == 8
+    assert report["empty_splits"] == {
+        "validation": "fewer than 2 train_val patients: none can be held out for validation"}
+
+
+def test_split_whose_files_all_fail_is_reported_and_the_others_written(small, tmp_path):
+    for image_id in TEST_IDS:
+        _image(small, image_id).write_bytes(HTML)
+    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    assert report["written"] == {"train": 8, "validation": 1, "test": 0}
+    assert report["skipped"]["undecodable"] == 3
+    assert report["empty_splits"] == {
+        "test": "all 3 image(s) skipped when decoding (3 undecodable)"}
+    assert [name.split(":")[0] for name in report["skipped_files"]["undecodable"]] == TEST_IDS
+    assert sorted(tfds.builder_from_directory(report["dataset_dir"]).info.splits) == [
+        "train", "validation"]
+
+
+def test_empty_test_list_and_no_image_at_all(small, tmp_path):
+    (small / "test_list.txt").write_text("")
+    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    assert report["written"] == {"train": 8, "validation": 1, "test": 0}
+    assert report["empty_splits"] == {"test": "no row of test_list.txt was kept for test "
+                                               "(see 'skipped')"}
+    for path in small.glob("images_*/images/*.png"):
+        path.write_bytes(b"")
+    with pytest.raises(metadata.MetadataError) as info:
+        build.prepare(str(small), str(tmp_path / "out2"), 32, num_workers=0)
+    assert str(info.value) == (
+        f"{small}: no image to prepare: train: all 8 image(s) skipped when decoding "
+        "(8 undecodable); validation: all 1 image(s) skipped when decoding (1 undecodable); "
+        "test: no row of test_list.txt was kept for test (see 'skipped')")
+
+
+def test_an_unexpected_decoder_error_skips_only_that_file(small, tmp_path, monkeypatch):
+    real = images.preprocess
+
+    def preprocess(data, image_id, *args, **kwargs):
+        if image_id == "00000005_000.png":  # as pydicom's errors did before they were caught
+            raise NotImplementedError("no decoder for JPEG 2000")
+        return real(data, image_id, *args, **kwargs)
+
+    monkeypatch.setattr(images, "preprocess", preprocess)  # num_workers=0: in this process
+    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    assert sum(report["written"].values()) == 11 and report["skipped"]["undecodable"] == 1
+    assert report["skipped_files"]["undecodable"] == [
+        "00000005_000.png: NotImplementedError: no decoder for JPEG 2000"]
+
+
+def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
+    out = tmp_path / "out"
+    first = build.prepare(str(small), str(out), 32, num_workers=0)
+    assert set(first["source"]) == {"Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"}
+    assert first["source"]["test_list.txt"] == hashlib.sha256(
+        (small / "test_list.txt").read_bytes()).hexdigest()
+    shards = sorted(glob.glob(os.path.join(first["dataset_dir"], "*.tfrecord*")))
+    stamps = [os.stat(p).st_mtime_ns for p in shards]
+    assert build.prepare(str(small), str(out), 32, num_workers=0) == first  # same source: reused
+    assert [os.stat(p).st_mtime_ns for p in shards] == stamps
+
+    csv = small / "Data_Entry_2017.csv"
+    csv.write_text(csv.read_text().replace("00000003_000.png,Nodule,", "00000003_000.png,Mass,"))
+    with pytest.raises(build.SourceChangedError) as info:
+        build.prepare(str(small), str(out), 32, num_workers=0)
+    assert str(info.value) == (
+        f"{first['dataset_dir']}: prepared from other metadata than {small} holds now: "
+        "Data_Entry_2017.csv (changed); prepare into a new output_dir, or delete this folder "
+        "and prepare again to rebuild")
+    (small / "Data_Entry_2017_v2020.csv").write_bytes(csv.read_bytes())  # now preferred
+    with pytest.raises(build.SourceChangedError, match=r"holds now: Data_Entry_2017.csv "
+                       r"\(gone\), Data_Entry_2017_v2020.csv \(new\); prepare into"):
+        build.prepare(str(small), str(out), 32, num_workers=0)
+    assert [os.stat(p).st_mtime_ns for p in shards] == stamps  # the old dataset is untouched
+    fresh = build.prepare(str(small), str(tmp_path / "new"), 32, num_workers=0)
+    assert fresh["source"]["Data_Entry_2017_v2020.csv"] != first["source"]["Data_Entry_2017.csv"]
+
+    # A dataset prepared before fingerprints existed is reused with a warning.
+    report_path = os.path.join(first["dataset_dir"], "prepare_report.json")
+    with open(report_path) as f:
+        old = json.load(f)
+    del old["source"]
+    with open(report_path, "w") as f:
+        json.dump(old, f)
+    with caplog.at_level(logging.WARNING):
+        assert "source" not in build.prepare(str(small), str(out), 32, num_workers=0)
+    assert [r.getMessage() for r in caplog.records if r.name == "root"] == [
+        f"{first['dataset_dir']}: no source fingerprint recorded; reusing it without checking "
+        f"that {small} still holds the same metadata"]

@@ -14,8 +14,10 @@ The Data_Entry CSV comes in two published variants; both are read by header name
 
 import collections
 import dataclasses
+import hashlib
 import os
 import re
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,18 @@ def find_data_entry(data_dir):
                         + ", ".join(os.path.basename(p) for p in candidates), path=data_dir)
 
 
+def source_fingerprint(data_dir):
+    """{file name: sha256} of the Data_Entry CSV and the two official lists of `data_dir`: the
+    metadata a prepared dataset was built from (images are not hashed: 112,120 files)."""
+    paths = (find_data_entry(data_dir), _list_path(None, data_dir, TRAIN_VAL_LIST),
+             _list_path(None, data_dir, TEST_LIST))
+    fingerprint = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            fingerprint[os.path.basename(path)] = hashlib.file_digest(f, "sha256").hexdigest()
+    return fingerprint
+
+
 def read_data_entry(path):
     """Reads a Data_Entry CSV (.csv or .csv.gz, either variant) into typed columns.
 
@@ -95,6 +109,9 @@ def read_data_entry(path):
         # trailing comma never turns the first column into the index.
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
                           index_col=False, compression="infer")
+    except (EOFError, zlib.error) as e:  # gzip's errors name no file
+        raise MetadataError(f"cannot read CSV: truncated or corrupt gzip data ({e})",
+                            path=path) from e
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise MetadataError(f"cannot read CSV: {e}", path=path) from e
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -181,16 +198,6 @@ class Index:
         """(n, 14) uint8 labels in LABELS order, for one split or all kept rows."""
         frame = self.frame if split is None else self.frame[self.frame["split"] == split]
         return frame[list(labels_lib.LABELS)].to_numpy(dtype=np.uint8)
-
-    def report(self):
-        """JSON-ready: {"rows", "kept": {split: n}, "skipped": {reason: n}, "converted": {...}}."""
-        kept = self.frame["split"].value_counts()
-        return {
-            "rows": int(self.rows),
-            "kept": {split: int(kept.get(split, 0)) for split in SPLITS},
-            "skipped": {reason: int(self.skipped[reason]) for reason in SKIP_REASONS},
-            "converted": {kind: int(n) for kind, n in sorted(self.converted.items())},
-        }
 
 
 def _parse_labels(texts, candidates, path, strict):

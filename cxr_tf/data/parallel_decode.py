@@ -11,6 +11,7 @@ make `fork` unsafe. They import only what the mapped function's module imports (
 `cxr_tf.data.images` here).
 """
 
+import atexit
 import concurrent.futures
 import dataclasses
 import io
@@ -127,6 +128,14 @@ def worker_count(num_workers, what):
 
 
 _EXECUTORS = {}
+
+
+@atexit.register
+def _shutdown():
+    """Stops the workers while the interpreter is whole: an executor left for the final garbage
+    collection prints "Exception ignored in: ... weakref_cb" on the way out."""
+    while _EXECUTORS:
+        _EXECUTORS.popitem()[1].shutdown(cancel_futures=True)
 
 
 def _executor(num_workers):

@@ -1,13 +1,16 @@
 """Building the prepared dataset from a Kaggle-layout folder: what `python -m cxr_tf.prepare`
-and the demo call. The TFDS builder does the work; this adds the accounting check and a copy
-of prepare_report.json beside the TFDS data_dir."""
+and the demo call. The TFDS builder does the work; this refuses to reuse a dataset prepared
+from other metadata, checks the accounting, and copies prepare_report.json beside the TFDS
+data_dir."""
 
 import json
+import logging
 import os
 import shutil
 
 import tensorflow_datasets as tfds
 
+from cxr_tf.data import metadata
 from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
     REPORT_FILE,
     Builder,
@@ -15,14 +18,21 @@ from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
 )
 
 
+class SourceChangedError(metadata.MetadataError):
+    """The prepared dataset was built from another Data_Entry CSV or split lists."""
+
+
 def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
             image_encoding="raw", strict=False, num_workers=None):
-    """Builds the dataset (a no-op when already built) and returns its report dict."""
+    """Builds the dataset (a no-op when already built from the same metadata) and returns its
+    report dict. Raises SourceChangedError when it was built from other metadata."""
     config = make_config(
         image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
         image_encoding=image_encoding)
     builder = Builder(config=config, data_dir=output_dir, num_workers=num_workers,
                       strict=strict)
+    if builder.data_path.exists():  # what TFDS checks before reusing it
+        check_source(os.fspath(builder.data_dir), data_dir)
     builder.download_and_prepare(
         # Statistics would decode every image once more; the report already counts what matters.
         download_config=tfds.download.DownloadConfig(
@@ -37,6 +47,35 @@ def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, d
         os.path.join(output_dir, REPORT_FILE),
     )
     return report
+
+
+def check_source(dataset_dir, data_dir):
+    """Raises SourceChangedError unless the dataset in `dataset_dir` was prepared from the
+    metadata `data_dir` holds now (its recorded `metadata.source_fingerprint`)."""
+    try:
+        with open(os.path.join(dataset_dir, REPORT_FILE)) as f:
+            recorded = json.load(f).get("source")
+    except FileNotFoundError:
+        recorded = None
+    if recorded is None:  # prepared before fingerprints were recorded: say so, reuse it
+        logging.warning("%s: no source fingerprint recorded; reusing it without checking that "
+                        "%s still holds the same metadata", dataset_dir, data_dir)
+        return
+    current = metadata.source_fingerprint(data_dir)
+    changed = [f"{name} ({_change(name, recorded, current)})"
+               for name in sorted(set(recorded) | set(current))
+               if recorded.get(name) != current.get(name)]
+    if changed:
+        raise SourceChangedError(
+            f"prepared from other metadata than {data_dir} holds now: {', '.join(changed)}; "
+            "prepare into a new output_dir, or delete this folder and prepare again to rebuild",
+            path=dataset_dir)
+
+
+def _change(name, recorded, current):
+    if name not in recorded:
+        return "new"
+    return "changed" if name in current else "gone"
 
 
 def check_accounting(report):

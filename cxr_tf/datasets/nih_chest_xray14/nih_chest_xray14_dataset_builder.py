@@ -130,16 +130,45 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        index = metadata.build_index(
-            os.fspath(dl_manager.manual_dir), val_fraction=config.val_fraction,
-            seed=config.seed, strict=self._strict,
-        )
-        self._report = _new_report(index, config)
+        manual_dir = os.fspath(dl_manager.manual_dir)
+        index = metadata.build_index(manual_dir, val_fraction=config.val_fraction,
+                                     seed=config.seed, strict=self._strict)
+        self._report = _new_report(index, config, metadata.source_fingerprint(manual_dir))
         frame = index.frame
-        return {
-            split: self._generate_examples(frame[frame["split"] == split])
-            for split in ("train", "validation", "test")
-        }
+        generators = {}
+        # TFDS cannot write a split without examples ("No examples were yielded", after all the
+        # decoding): an empty split is left out and the report says why.
+        for split in metadata.SPLITS:
+            rows = frame[frame["split"] == split]
+            why = _why_empty(split, rows, frame, config) or self._why_undecodable(rows)
+            if why:
+                self._report["empty_splits"][split] = why
+            else:
+                generators[split] = self._generate_examples(rows)
+        if not generators:
+            raise metadata.MetadataError(
+                "no image to prepare: " + "; ".join(
+                    f"{split}: {why}" for split, why in self._report["empty_splits"].items()),
+                path=manual_dir)
+        return generators
+
+    def _why_undecodable(self, rows):
+        """Why the kept `rows` give no example, or None. Decodes in this process up to the
+        first good file (one decode for a sound split); when none is good, their skips are
+        counted here, as the split is never generated."""
+        config = self.builder_config
+        results = []
+        for row in rows.itertuples():
+            result = parallel_decode.decode_file(row.image_id, row.path, config.image_size,
+                                                 config.drop_rgba, encoding=None)
+            if result.image is not None:
+                return None
+            results.append(result)
+        for result in results:
+            self._count_skip(result)
+        reasons = collections.Counter(result.skip_reason for result in results)
+        return (f"all {len(results)} image(s) skipped when decoding ("
+                + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) + ")")
 
     def _generate_examples(self, frame):
         config = self.builder_config
@@ -150,7 +179,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             drop_rgba=config.drop_rgba, num_workers=self._num_workers,
             encoding=config.image_encoding,
         )
-        split = records[0]["split"] if records else None
+        split = records[0]["split"]
         for record, label_vector, result in zip(records, label_matrix, decoded):
             if result.image is None:
                 self._count_skip(result)
@@ -191,19 +220,33 @@ def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
     return Builder.builder_configs.get(config.name, config)
 
 
-def _new_report(index, config):
+def _new_report(index, config, source):
     return {
         "rows": index.rows,
         "written": collections.Counter({"train": 0, "validation": 0, "test": 0}),
         "skipped": _all_reasons(index.skipped),
         "converted": collections.Counter(index.converted),
         "skipped_files": {k: list(v) for k, v in index.skipped_examples.items()},
+        "empty_splits": {},  # split -> why it has no example (and was not written)
+        "source": source,  # metadata.source_fingerprint of the Kaggle folder
         "config": {
             "image_size": config.image_size, "val_fraction": config.val_fraction,
             "seed": config.seed, "drop_rgba": config.drop_rgba,
             "image_encoding": config.image_encoding,
         },
     }
+
+
+def _why_empty(split, rows, frame, config):
+    """Why metadata left `split` without rows, or None when it has some."""
+    if len(rows):
+        return None
+    if split == "validation" and config.val_fraction == 0:
+        return "val_fraction is 0: no patient is held out for validation"
+    if split == "validation" and frame.loc[frame["split"] == "train", "patient_id"].nunique() < 2:
+        return "fewer than 2 train_val patients: none can be held out for validation"
+    source = metadata.TEST_LIST if split == "test" else metadata.TRAIN_VAL_LIST
+    return f"no row of {source} was kept for {split} (see 'skipped')"
 
 
 def _all_reasons(counter):
