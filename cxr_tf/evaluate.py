@@ -14,9 +14,8 @@ import os
 import numpy as np
 from absl import app
 
-from cxr_tf import flags, labels
+from cxr_tf import cli, flags, labels
 
-flags.define_evaluate_flags()
 FLAGS = flags.FLAGS
 
 
@@ -128,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags.flags_parser)
+    cli.run(main, flags.define_evaluate_flags)

@@ -13,9 +13,8 @@ import os
 
 from absl import app
 
-from cxr_tf import flags
+from cxr_tf import cli, flags
 
-flags.define_export_flags()
 FLAGS = flags.FLAGS
 
 
@@ -65,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags.flags_parser)
+    cli.run(main, flags.define_export_flags)

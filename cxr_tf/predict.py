@@ -17,9 +17,8 @@ import sys
 
 from absl import app
 
-from cxr_tf import flags
+from cxr_tf import cli, flags
 
-flags.define_predict_flags()
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +38,8 @@ def format_summary(summary):
 def main(argv):
     paths = argv[1:]
     if not FLAGS.model or not paths:
-        raise app.UsageError("usage: python -m cxr_tf.predict --model=DIR FILES_OR_DIRS...")
+        raise app.UsageError("--model and at least one file or folder are required "
+                             "(python -m cxr_tf.predict --model=DIR FILES_OR_DIRS...)")
     from cxr_tf.serving import predictor as predictor_lib  # TensorFlow starts here
 
     predictor = predictor_lib.Predictor(FLAGS.model, FLAGS.threshold)
@@ -66,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags.flags_parser)
+    cli.run(main, flags.define_predict_flags)

@@ -15,18 +15,17 @@ import sys
 
 from absl import app
 
-from cxr_tf import flags
+from cxr_tf import cli, flags
 
-flags.define_prepare_flags()
 FLAGS = flags.FLAGS
 
 
 def format_report(report):
     lines = [f"rows read            {report['rows']:>9,}"]
     for split in ("train", "validation", "test"):
+        lines.append(f"written {split:<12} {report['written'][split]:>9,}")
     for split, why in report.get("empty_splits", {}).items():
         lines.append(f"empty   {split:<12} {why}")
-        lines.append(f"written {split:<12} {report['written'][split]:>9,}")
     for reason, n in sorted(report["skipped"].items()):
         if n:
             lines.append(f"skipped {reason:<12} {n:>9,}")
@@ -54,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags.flags_parser)
+    cli.run(main, flags.define_prepare_flags)

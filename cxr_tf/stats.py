@@ -15,7 +15,7 @@ import os
 import numpy as np
 from absl import app, logging
 
-from cxr_tf import flags, labels
+from cxr_tf import cli, flags, labels
 from cxr_tf.data import metadata
 
 
@@ -136,11 +136,7 @@ def main(argv):
         raise app.UsageError("--data_dir is required")
     if not os.path.isdir(FLAGS.data_dir):
         raise app.UsageError(f"--data_dir={FLAGS.data_dir}: not a directory")
-    try:
-        stats = compute_stats(FLAGS.data_dir, FLAGS.image_size)
-    except (FileNotFoundError, metadata.MetadataError) as e:
-        # The message names the file and the reason; a traceback would add nothing.
-        raise SystemExit(f"cxr_tf.stats: {e}") from None
+    stats = compute_stats(FLAGS.data_dir, FLAGS.image_size)  # user errors: cxr_tf.cli
     if FLAGS.plot:
         plot_label_pie(stats, FLAGS.plot)
     if FLAGS.json:
@@ -151,8 +147,7 @@ def main(argv):
             print(f"\nwrote {FLAGS.plot}")
 
 
-flags.define_stats_flags()
 FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags.flags_parser)
+    cli.run(main, flags.define_stats_flags)

@@ -13,9 +13,8 @@ import sys
 
 from absl import app
 
-from cxr_tf import flags
+from cxr_tf import cli, flags
 
-flags.define_train_flags()
 FLAGS = flags.FLAGS
 
 
@@ -23,9 +22,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = flags.flag_values_dict(flags.TRAIN_FLAG_NAMES)
-    for t in config["thresholds"]:
-        if not 0.0 < float(t) < 1.0:
-            raise app.UsageError(f"--thresholds must lie in (0, 1), got {t}")
     if FLAGS.dry_run:
         return dry_run(config)
     if not FLAGS.model_dir:
@@ -53,4 +49,4 @@ def dry_run(config):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags.flags_parser)
+    cli.run(main, flags.define_train_flags)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cxr_tf"
-APPS = {"train", "evaluate", "export", "predict", "prepare", "stats", "flags",
+APPS = {"train", "evaluate", "export", "predict", "prepare", "stats", "flags", "cli",
         "synthetic.__main__"}
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [

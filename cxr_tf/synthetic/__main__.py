@@ -7,10 +7,9 @@ See `cxr_tf.synthetic.generator` for what it writes.
 
 from absl import app
 
-from cxr_tf import flags
+from cxr_tf import cli, flags
 from cxr_tf.synthetic.generator import generate
 
-flags.define_synthetic_flags()
 FLAGS = flags.FLAGS
 
 
@@ -34,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags.flags_parser)
+    cli.run(main, flags.define_synthetic_flags)

@@ -1,0 +1,220 @@
+"""What every cxr_tf app does around its main(): define and parse its flags, keep
+TensorFlow's start-up lines out of the output, and turn user errors into one line.
+
+    if __name__ == "__main__":
+        cli.run(main, flags.define_train_flags)
+
+Exit codes: 0 done; 1 a user error at run time (a missing file, bad data, an unusable
+model_dir); 2 a usage error (a bad flag value, a missing required flag, a missing or
+self-including flagfile). Both print one `error: <what and why>` line on stderr and no
+traceback. Any other exception is a bug and keeps its traceback.
+
+TensorFlow 2.21 prints a dozen C++ lines while it loads (oneDNN, CUDA stubs, factory
+registrations), before Abseil logging is initialized, so TF_CPP_MIN_LOG_LEVEL cannot hide them
+(abseil-cpp#1957, tensorflow#102212). Unless --tf_logs is given, the process's stderr file
+descriptor is filtered while `tensorflow` is first imported: the known lines below are dropped
+and every other line is passed through; TF_CPP_MIN_LOG_LEVEL=1 then hides TF's later INFO
+lines (its warnings and errors still show).
+"""
+
+import contextlib
+import fcntl
+import functools
+import importlib.abc
+import importlib.util
+import linecache
+import os
+import re
+import sys
+import threading
+
+from absl import app, logging
+from absl import flags as absl_flags
+
+from cxr_tf import flags
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# glog's prefix (`I0000 00:00:1795855481.275492   14990 port.cc:153] `) or TF's older one
+# (`2024-01-01 12:00:00.000000: W tensorflow/.../py_utils.cc:38] `). Never F (fatal) lines.
+_PREFIX = (r"(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ |\d{4}-\d\d-\d\d [\d:.]+: [IWE] )"
+           r"\S+:\d+\] ")
+TF_START_UP_LINES = re.compile("|".join([
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR$",
+    _PREFIX + r"oneDNN custom operations are on\.",
+    _PREFIX + r"Could not find cuda drivers on your machine, GPU will not be used\.$",
+    # 303 (CUDA_ERROR_SHARED_OBJECT_INIT_FAILED) is the stub libcuda of a machine without a
+    # driver, which the line above already says; other cuInit failures still show.
+    _PREFIX + r"failed call to cuInit: .*\(303\)$",
+    _PREFIX + r"This TensorFlow binary is optimized to use available CPU instructions",
+    r"To enable the following instructions: [\w ,.]+ in other operations, rebuild "
+    r"TensorFlow with the appropriate compiler flags\.$",
+    _PREFIX + r"Unable to register (?:cuDNN|cuFFT|cuBLAS) factory: Attempting to register "
+    r"factory for plugin \w+ when one has already been registered$",
+    _PREFIX + r"computation placer already registered\.",
+    _PREFIX + r"TF-TRT Warning: Could not find TensorRT$",
+]))
+
+
+def run(main, define_flags):
+    """Defines the app's flags, parses them, and runs `main(argv)` with one-line errors."""
+    define_flags()
+    app.run(functools.partial(_call_main, main), flags_parser=parse_flags)
+
+
+def parse_flags(argv):
+    """absl `app.run(..., flags_parser=)`: expands flagfiles, parses, quiets TensorFlow.
+
+    TFDS and TF log every file they open at INFO, so apps show warnings and up unless the
+    user passes --verbosity (e.g. --verbosity=0 for INFO).
+    """
+    try:
+        remaining = flags.FLAGS(flags.expand_flagfiles(argv))
+    except (absl_flags.Error, flags.FlagfileError, OSError) as e:
+        fail(e, 2)
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if not flags.FLAGS.tf_logs:
+        quiet_tensorflow_start_up()
+    return remaining
+
+
+def _call_main(main, argv):
+    try:
+        return main(argv)
+    except app.UsageError as e:
+        fail(e, 2)
+    except Exception as e:  # only user errors are caught: a bug re-raises
+        if not is_user_error(e):
+            raise
+        fail(e, 1)
+
+
+def fail(error, exit_code):
+    """Prints `error: <message>` (one line) on stderr and exits with exit_code."""
+    sys.stderr.flush()
+    print(f"error: {error_message(error)}", file=sys.stderr, flush=True)
+    sys.exit(exit_code)
+
+
+def error_message(error):
+    """One line: `path: reason` for an OSError that names its file, else str(error)."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{os.fsdecode(error.filename)}: {error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def is_user_error(error):
+    """Whether `error` is the user's to fix (its message says what), not a bug.
+
+    User errors: OSError (missing files, permissions, a read-only or full disk: the message
+    names the path); cxr_tf's MetadataError and ImageError; TensorFlow's NotFound and
+    PermissionDenied; and any ValueError that cxr_tf code raises on purpose (a `raise`
+    statement in the package: an argument check). A ValueError from inside numpy, Keras or a
+    failing builtin call is a bug and keeps its traceback.
+    """
+    user_types = [OSError]
+    # Looked up, not imported: an error of a module that was never imported cannot occur.
+    for module, name in [("cxr_tf.data.metadata", "MetadataError"),
+                         ("cxr_tf.data.images", "ImageError")]:
+        user_types += [getattr(sys.modules[module], name)] if module in sys.modules else []
+    if "tensorflow" in sys.modules:
+        tf_errors = sys.modules["tensorflow"].errors
+        user_types += [tf_errors.NotFoundError, tf_errors.PermissionDeniedError]
+    if isinstance(error, tuple(user_types)):
+        return True
+    return isinstance(error, ValueError) and _raised_in_package(error)
+
+
+def _raised_in_package(error):
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    return (filename.startswith(PACKAGE_DIR)
+            and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise"))
+
+
+# --- TensorFlow's start-up lines --------------------------------------------------------
+
+def quiet_tensorflow_start_up():
+    """Hides TF's known start-up lines in this process (see the module docstring)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Wraps the first import of `tensorflow` (direct, or through keras or TFDS) in
+    `filtered_stderr`, then removes itself."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        # The module keeps the real loader: nothing of this wrapper stays behind.
+        module.__loader__ = module.__spec__.loader = self.loader
+        with filtered_stderr(TF_START_UP_LINES):
+            self.loader.exec_module(module)
+            # The CUDA probe logs its cuInit failure on first device use: do that here.
+            module.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def filtered_stderr(drop):
+    """Filters file descriptor 2 while the block runs: lines matching `drop` are dropped,
+    every other line (Python's, C++'s) is passed through unchanged and in order.
+
+    fd level, because TensorFlow's C++ writes to fd 2 directly, not through sys.stderr.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to filter
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(AttributeError, OSError):
+        # Headroom: a C++ static initializer writes while the import holds the GIL, so the
+        # forwarding thread cannot drain the pipe until it returns (64 KiB by default).
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    forward = threading.Thread(target=_forward_lines, args=(read_fd, saved, drop),
+                               name="filtered_stderr", daemon=True)
+    forward.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the thread reads EOF
+        forward.join()
+        os.close(saved)
+
+
+def _forward_lines(read_fd, out_fd, drop):
+    with open(read_fd, "rb") as pipe, open(os.dup(out_fd), "wb") as out:
+        for line in pipe:
+            if not drop.match(line.decode("utf-8", "replace").rstrip("\r\n")):
+                out.write(line)
+                out.flush()
