@@ -6,6 +6,17 @@ Writes RUN/eval_<split>/: report.json, report.md, roc.png, pr.png, calibration.p
 `--tune_thresholds` always tunes on the VALIDATION split (whatever --split says) and writes
 RUN/thresholds.json, which the report (as `…@tuned`), export and predict then use. Evaluating
 the test split never chooses anything: no thresholds are ever fitted on it.
+
+    python -m cxr_tf.evaluate --model_dir=RUN --split=test --bbox_csv=KAGGLE_DIR/BBox_List_2017.csv
+
+adds the Grad-CAM pointing game on NIH's boxes (images looked for beside the CSV and under
+--data_dir) to the report, and RUN/eval_<split>/localization.png.
+
+    python -m cxr_tf.evaluate --model_dir=RUN --dataset=chexpert --data_dir=TFDS_DIR [--uncertain_labels=ignore|zeros|ones] [--views=frontal]
+
+evaluates on CheXpert's radiologist-labelled validation split (TFDS `chexpert`, prepared with
+`tfds build chexpert --manual_dir=DIR --data_dir=TFDS_DIR`) for the 7 findings both label sets
+share, and writes RUN/eval_chexpert/.
 """
 
 import json
@@ -53,13 +64,17 @@ def tune_run(model_dir, validation, method, *, checkpoint="best"):
 
 
 def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n_boot=1000,
-                 tune=None, batch_size=64, progress=True):
-    """Evaluates a run dir on one split and writes RUN/eval_<split>/. Returns the report."""
+                 tune=None, batch_size=64, progress=True, bbox_csv=None):
+    """Evaluates a run dir on one split and writes RUN/eval_<split>/. Returns the report.
+
+    bbox_csv: NIH's box list; adds the `localization` section (read before predicting, so a
+    bad file fails at once)."""
     from cxr_tf.evaluation import report_plots, reporting
     from cxr_tf.serving import run_dir
 
     config = run_dir.read_config(model_dir)
     data_dir = data_dir or config["data_dir"]
+    boxes = find_boxes(bbox_csv, data_dir) if bbox_csv else None
     model = run_dir.load_model(model_dir, checkpoint)
     verbose = "auto" if progress else 0
 
@@ -88,9 +103,89 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
               **report}
     report["files"] = [os.path.join(out_dir, name) for name in ("report.json", "report.md")]
     report["files"] += report_plots.write_plots(out_dir, y_true, probs[:, :n], labels.LABELS)
+    sections = []  # (title, markdown) pairs that follow the NIH report in report.md
+    if boxes:
+        report["localization"], text = localization_section(
+            model, *boxes, out_dir, n_boot=n_boot, batch_size=batch_size)
+        report["files"].append(os.path.join(out_dir, "localization.png"))
+        sections.append(("Localisation: Grad-CAM pointing game on NIH boxes", text))
     reporting.write_json(report["files"][0], report)
     with open(report["files"][1], "w") as f:
-        f.write(reporting.format_markdown(report, f"Evaluation on {split}"))
+        f.write(reporting.format_markdown(report, f"Evaluation on {split}", sections))
+    return report
+
+
+def find_boxes(bbox_csv, data_dir):
+    """(source, boxes, {image: path}) of NIH's box list; images are looked for beside the CSV
+    (where the Kaggle download has it) and under data_dir. An error when none is found."""
+    from cxr_tf.evaluation import localization
+
+    boxes = localization.read_boxes(bbox_csv)
+    dirs = [os.path.dirname(os.path.abspath(bbox_csv)), data_dir]
+    paths = localization.find_images(dirs, [b.image_id for b in boxes])
+    if boxes and not paths:
+        raise FileNotFoundError(
+            f"{bbox_csv}: none of the {len({b.image_id for b in boxes}):,} images of the box "
+            f"list is under {dirs[0]} or {data_dir}; the boxes need the image files (their "
+            "size places each box)")
+    return os.path.abspath(bbox_csv), boxes, paths
+
+
+def localization_section(model, source, boxes, paths, out_dir, *, n_boot=1000, batch_size=32):
+    """The pointing game with the model's Grad-CAM: (report section, markdown lines); writes
+    out_dir/localization.png."""
+    from cxr_tf.evaluation import localization
+    from cxr_tf.serving import gradcam
+
+    cam = gradcam.GradCam(model)
+    pairs = localization.point(boxes, paths, cam, cam.size[0], batch_size=batch_size)
+    section, examples = localization.summarize(pairs, boxes, paths, size=cam.size[0],
+                                               n_boot=n_boot, source=source)
+    grid = localization.plot_overlays(os.path.join(out_dir, "localization.png"), examples)
+    return section, localization.format_markdown(section, grid)
+
+
+def evaluate_chexpert(model_dir, *, data_dir, checkpoint="best", n_boot=1000, uncertain="ignore",
+                      views=("frontal",), batch_size=64, progress=True):
+    """Evaluates an NIH-trained run on CheXpert's validation split (TFDS `chexpert` prepared
+    in data_dir) for the findings both label sets share; writes RUN/eval_chexpert/."""
+    from cxr_tf.data import chexpert
+    from cxr_tf.evaluation import external, metrics, report_plots, reporting
+    from cxr_tf.serving import run_dir
+
+    config = run_dir.read_config(model_dir)
+    images, rows, excluded = chexpert.read(data_dir, config["image_size"], views=views)
+    model = run_dir.load_model(model_dir, checkpoint)
+    logits = model.predict(images.batch(batch_size), verbose="auto" if progress else 0)
+    names = list(chexpert.SHARED)
+    columns = [labels.LABELS.index(name) for name in names]
+    probs = metrics.sigmoid(np.asarray(logits, np.float64))[:, columns]
+    y = np.stack([r["labels"] for r in rows])
+    tuned, tuned_info = run_dir.read_thresholds(model_dir)
+    report = external.build_report(
+        y, probs, label_names=names, policy=uncertain,
+        thresholds=[float(t) for t in config.get("thresholds", ["0.5"])],
+        tuned_thresholds=None if tuned is None else np.asarray(tuned)[columns],
+        patient_ids=[r["patient_id"] for r in rows], metadata=rows, n_boot=n_boot,
+        progress=progress)
+    report["labels"].update(views=list(views), images_left_out_by_view=excluded,
+                            chexpert_observation=chexpert.SHARED)
+    out_dir = os.path.join(model_dir, "eval_chexpert")
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"model_dir": os.path.abspath(model_dir), "checkpoint": checkpoint,
+              "dataset": "chexpert", "split": chexpert.SPLIT,
+              "data_dir": os.path.abspath(data_dir), "tuned_thresholds_from": tuned_info,
+              **report}
+    report["files"] = [os.path.join(out_dir, name) for name in ("report.json", "report.md")]
+    complete = (y != chexpert.UNCERTAIN).all(axis=1) | (uncertain != "ignore")
+    report["files"] += report_plots.write_plots(
+        out_dir, external.apply_policy(y[complete], uncertain)[0].astype(np.int8),
+        probs[complete], names)
+    reporting.write_json(report["files"][0], report)
+    with open(report["files"][1], "w") as f:
+        f.write(reporting.format_markdown(
+            report, "Evaluation on CheXpert validation",
+            [("Labels (CheXpert)", external.format_markdown(report["labels"]))]))
     return report
 
 
@@ -109,6 +204,14 @@ def format_summary(report):
     if report.get("tuned_thresholds_from"):
         lines.append(f"Tuned thresholds: {report['model_dir']}/thresholds.json "
                      f"({report['tuned_thresholds_from']['method']}, on validation)")
+    if report.get("localization") and report["localization"]["overall"]:
+        loc = report["localization"]["overall"]
+        lines.append(f"Grad-CAM pointing game: {loc['hits']} of {loc['boxes']} NIH boxes hit "
+                     f"({loc['hit_rate']:.3f}, chance {loc['chance']:.3f})")
+    if report.get("labels"):
+        left = sum(r["left_out"] for r in report["labels"]["per_finding"].values())
+        lines.append(f"Uncertain labels {report['labels']['uncertain_policy']}: {left} "
+                     "finding labels left out")
     lines.append(f"Report: {report['files'][1]}")
     return "\n".join(lines)
 
@@ -118,10 +221,23 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
+    if FLAGS.dataset == "chexpert":
+        if not FLAGS.data_dir:
+            raise app.UsageError("--dataset=chexpert needs --data_dir (the TFDS dir holding "
+                                 "the prepared chexpert dataset)")
+        if FLAGS.tune_thresholds or FLAGS.bbox_csv:
+            raise app.UsageError("--tune_thresholds and --bbox_csv work on NIH data: run them "
+                                 "with --dataset=nih")
+        report = evaluate_chexpert(FLAGS.model_dir, data_dir=FLAGS.data_dir,
+                                   checkpoint=FLAGS.checkpoint, n_boot=FLAGS.bootstrap,
+                                   uncertain=FLAGS.uncertain_labels, views=FLAGS.views,
+                                   batch_size=FLAGS.batch_size, progress=not FLAGS.json)
+        print(json.dumps(report) if FLAGS.json else format_summary(report))
+        return 0
     report = evaluate_run(FLAGS.model_dir, FLAGS.split, data_dir=FLAGS.data_dir,
                           checkpoint=FLAGS.checkpoint, n_boot=FLAGS.bootstrap,
                           tune=FLAGS.tune_thresholds, batch_size=FLAGS.batch_size,
-                          progress=not FLAGS.json)
+                          progress=not FLAGS.json, bbox_csv=FLAGS.bbox_csv)
     print(json.dumps(report) if FLAGS.json else format_summary(report))
     return 0
 

@@ -161,7 +161,7 @@ def test_pointing_game_on_non_square_films(tmp_path):
     grid = localization.plot_overlays(tmp_path / "grid.png", examples)
     with Image.open(grid) as img:
         assert img.size == (260, 840)  # 1 column × 3 findings at 2.6 × 2.8 inches, 100 dpi
-    text = "\n".join(localization.format_markdown(section, grid))
+    text = localization.format_markdown(section, grid)
     assert "| Mass | 2 | 1 | 1 | 0.500 | 0.024 |" in text
     assert "| **all** | 4 | 3 | 3 | 0.750 [" in text
     assert "![Grad-CAM overlays with NIH boxes](grid.png)" in text

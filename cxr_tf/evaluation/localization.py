@@ -283,9 +283,8 @@ def _f(value):
 
 
 def format_markdown(section, grid=None):
-    """The section as report.md lines."""
-    lines = ["## Localisation: Grad-CAM pointing game on NIH boxes", "",
-             f"- boxes: `{section['source']}`; {section['boxes_scored']:,} of "
+    """The section's markdown body (reporting.format_markdown adds the title)."""
+    lines = [f"- boxes: `{section['source']}`; {section['boxes_scored']:,} of "
              f"{section['boxes_read']:,} scored ({section['images_missing']:,} images not found)",
              "- a hit: the Grad-CAM maximum for the box's finding lies in the box (boxes "
              "scaled through the same pad-to-square and resize as the pixels; image sizes "
@@ -306,4 +305,4 @@ def format_markdown(section, grid=None):
     lines.append("")
     if grid:
         lines += [f"![Grad-CAM overlays with NIH boxes]({os.path.basename(grid)})", ""]
-    return lines
+    return "\n".join(lines)
