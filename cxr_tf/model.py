@@ -17,23 +17,31 @@ Where it departs from `keras.applications.ResNet50`, it follows the seed's torch
 - Pixels are normalized inside the model (layer `normalize`), so training, export and
   serving share one preprocessing.
 
-The bottleneck blocks are ResNet v1 as in keras.applications: the stride of a stage's first
-block sits on its first 1×1 convolution. (torchvision's "v1.5" puts it on the 3×3 one: about
-6 % more multiply-adds (4.0 against 3.8 G at 224 px, one channel) for about 0.5 % ImageNet
-top-1 according to NVIDIA's ResNet-50 v1.5 notes; the issue asks for v1.)
+Two bottleneck geometries, same layers, names and parameter count:
+- `resnet50`, `resnet101`: ResNet v1.5, the seed's torchvision network (also timm's and
+  keras-hub's): a stage's first block strides on its 3×3 convolution (`conv3_block1_2_conv`).
+- `resnet50_v1`, `resnet101_v1`: ResNet v1 as in keras.applications, which strides on the
+  first 1×1 convolution (`conv3_block1_1_conv`). v1.5 costs about 6 % more multiply-adds
+  (that 1×1 runs on every input pixel instead of one in four: 4.0 against 3.8 G at 224 px)
+  for about 0.5 % ImageNet top-1 according to NVIDIA's ResNet-50 v1.5 notes. keras.applications' ImageNet weights are v1, so
+  `weights="imagenet"` is offered for the `_v1` archs (converted by `cxr_tf.pretrained`).
 
 Example:
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")  # optional, before building
     model = build_model("resnet50", image_size=224)
     logits = model(uint8_images)  # (batch, 14)
+    from_imagenet = build_model("resnet50_v1", 320, weights="imagenet")  # fresh 14-way head
 """
 
 import contextvars
+import functools
 
 import keras
 from keras import layers
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+from cxr_tf import pretrained
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_v1", "resnet101_v1")
 
 # Gray pixels are normalized with the mean and standard deviation of the ImageNet RGB
 # statistics averaged over the three channels, the usual convention when a torchvision
@@ -55,14 +63,20 @@ _MIN_IMAGE_SIZE = 32  # five stride-2 reductions leave a 1×1 map at 32 px
 _SYNC_BN = contextvars.ContextVar("sync_batchnorm", default=False)
 
 
-def build_model(arch="resnet50", image_size=224, num_classes=14, *, name=None,
-                sync_batchnorm=False):
+def build_model(arch="resnet50", image_size=224, num_classes=14, *, weights=None,
+                imagenet_weights=None, name=None, sync_batchnorm=False):
     """Builds a one-channel ResNet that outputs float32 logits, one per class.
 
     Args:
         arch: one of `ARCHS`.
         image_size: side S of the square S×S×1 input, at least 32.
         num_classes: number of sigmoid outputs (14 for ChestX-ray14).
+        weights: None (random initialization); "imagenet" (keras.applications' ImageNet
+            weights converted exactly, `resnet50_v1`/`resnet101_v1` only, with a fresh head);
+            or the path of a cxr_tf `.weights.h5`/`.keras` file, loaded whole, except that a
+            head of another size starts fresh (fine-tuning to another label set).
+        imagenet_weights: with weights="imagenet", a local copy of keras.applications' notop
+            file (for machines without network); None lets Keras download and cache it.
         name: model name; defaults to `arch`.
         sync_batchnorm: compute BatchNorm batch statistics over all replicas (TensorFlow
             backend only). Multi-worker training needs it: otherwise each worker keeps its own
@@ -93,12 +107,24 @@ def build_model(arch="resnet50", image_size=224, num_classes=14, *, name=None,
             "build_model needs keras.config.image_data_format() == 'channels_last'; "
             f"received {keras.config.image_data_format()!r}"
         )
+    pretrained.check_weights(arch, weights, imagenet_weights)
+    if weights == "imagenet":
+        # Found or fetched before building, so a machine without network fails at once.
+        imagenet_weights = pretrained.imagenet_file(arch, imagenet_weights)
     stack_fn = _STACKS[arch]
     token = _SYNC_BN.set(bool(sync_batchnorm))
     try:
-        return _resnet(stack_fn, image_size, num_classes, name=name or arch)
+        net = _resnet(stack_fn, image_size, num_classes, name=name or arch)
     finally:
         _SYNC_BN.reset(token)
+    if weights == "imagenet":
+        pretrained.load_imagenet(net, arch, imagenet_weights)
+    elif weights is not None:
+        # The file's head may have another size: the loader builds that twin to read it.
+        twin = functools.partial(build_model, arch, image_size, name=name,
+                                 sync_batchnorm=sync_batchnorm)
+        pretrained.load_cxr_tf(net, weights, build_with_head=twin)
+    return net
 
 
 def _resnet(stack_fn, image_size, num_classes, name):
@@ -154,14 +180,19 @@ def _conv_bn(x, filters, kernel_size, stride, name, relu=True):
     return x
 
 
-def bottleneck_block(x, filters, stride=1, conv_shortcut=True, name=None):
-    """ResNet v1 bottleneck: 1×1 (stride) -> 3×3 -> 1×1 (4·filters), plus the shortcut."""
+def bottleneck_block(x, filters, stride=1, conv_shortcut=True, name=None, stride_on_3x3=True):
+    """Bottleneck: 1×1 -> 3×3 -> 1×1 (4·filters), plus the shortcut.
+
+    `stride_on_3x3`: True is v1.5 (torchvision), False is v1 (keras.applications: the stride
+    sits on the first 1×1, which then reads one input pixel in four).
+    """
     if conv_shortcut:
         shortcut = _conv_bn(x, 4 * filters, 1, stride, name=f"{name}_0", relu=False)
     else:
         shortcut = x
-    x = _conv_bn(x, filters, 1, stride, name=f"{name}_1")
-    x = _conv_bn(x, filters, 3, 1, name=f"{name}_2")
+    stride_1x1, stride_3x3 = (1, stride) if stride_on_3x3 else (stride, 1)
+    x = _conv_bn(x, filters, 1, stride_1x1, name=f"{name}_1")
+    x = _conv_bn(x, filters, 3, stride_3x3, name=f"{name}_2")
     x = _conv_bn(x, 4 * filters, 1, 1, name=f"{name}_3", relu=False)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
@@ -183,12 +214,14 @@ def stack_blocks(x, block_fn, filters, blocks, stride1=2, name=None):
     """`blocks` blocks of `block_fn`; only the first one strides and projects the shortcut."""
     # The first block needs a projection when it strides or changes the width: always for
     # bottlenecks (64 -> 256 even at stride 1), only when striding for basic blocks.
-    expansion = 4 if block_fn is bottleneck_block else 1
-    projection = stride1 != 1 or expansion != 1
+    projection = stride1 != 1 or block_fn is not basic_block
     x = block_fn(x, filters, stride=stride1, conv_shortcut=projection, name=f"{name}_block1")
     for i in range(2, blocks + 1):
         x = block_fn(x, filters, conv_shortcut=False, name=f"{name}_block{i}")
     return x
+
+
+_bottleneck_v1 = functools.partial(bottleneck_block, stride_on_3x3=False)
 
 
 def _stack_fn(block_fn, blocks_per_stage):
@@ -206,4 +239,6 @@ _STACKS = {
     "resnet34": _stack_fn(basic_block, (3, 4, 6, 3)),
     "resnet50": _stack_fn(bottleneck_block, (3, 4, 6, 3)),
     "resnet101": _stack_fn(bottleneck_block, (3, 4, 23, 3)),
+    "resnet50_v1": _stack_fn(_bottleneck_v1, (3, 4, 6, 3)),
+    "resnet101_v1": _stack_fn(_bottleneck_v1, (3, 4, 23, 3)),
 }

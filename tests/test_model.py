@@ -50,10 +50,42 @@ def test_block_convs_have_no_bias_and_keras_application_names(resnet50):
     for name in ("conv2_block1_0_conv", "conv2_block3_3_conv", "conv4_block6_2_conv",
                  "conv5_block3_out"):
         resnet50.get_layer(name)  # raises if missing
-    # v1 bottleneck: the stage's stride is on the first 1x1 conv and the projection.
-    assert resnet50.get_layer("conv3_block1_1_conv").strides == (2, 2)
-    assert resnet50.get_layer("conv3_block1_0_conv").strides == (2, 2)
-    assert resnet50.get_layer("conv3_block1_2_conv").strides == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def resnet50_v1():
+    return model.build_model("resnet50_v1", image_size=64)
+
+
+@pytest.mark.parametrize("stage", [3, 4, 5])
+def test_v1_5_strides_on_the_3x3_and_v1_on_the_first_1x1(resnet50, resnet50_v1, stage):
+    def strides(net, conv):
+        return net.get_layer(f"conv{stage}_block1_{conv}_conv").strides
+
+    # v1.5 (torchvision): 1x1 at full resolution, then the 3x3 strides (padded 1 each side).
+    assert [strides(resnet50, conv) for conv in (0, 1, 2, 3)] == [(2, 2), (1, 1), (2, 2), (1, 1)]
+    assert resnet50.get_layer(f"conv{stage}_block1_2_pad").padding == ((1, 1), (1, 1))
+    assert resnet50.get_layer(f"conv{stage}_block1_2_conv").padding == "valid"
+    # v1 (keras.applications): the first 1x1 strides, the 3x3 keeps its "same" padding.
+    assert [strides(resnet50_v1, conv) for conv in (0, 1, 2, 3)] == [
+        (2, 2), (2, 2), (1, 1), (1, 1)]
+    assert resnet50_v1.get_layer(f"conv{stage}_block1_2_conv").padding == "same"
+    # Later blocks never stride; both end at the same map size.
+    assert resnet50.get_layer(f"conv{stage}_block2_2_conv").strides == (1, 1)
+    assert resnet50_v1.get_layer(f"conv{stage}_block2_1_conv").strides == (1, 1)
+    assert (resnet50.get_layer(f"conv{stage}_block1_out").output.shape
+            == resnet50_v1.get_layer(f"conv{stage}_block1_out").output.shape)
+
+
+def test_v1_and_v1_5_share_layer_names_and_parameters(resnet50, resnet50_v1):
+    def weights(net):
+        return [(w.path, tuple(w.shape)) for w in net.weights]
+
+    assert weights(resnet50) == weights(resnet50_v1)
+    assert resnet50_v1.count_params() == resnet50.count_params() == 23_583_566
+    # v1.5 adds only the explicit padding layers before the three strided 3x3 convs.
+    extra = {l.name for l in resnet50.layers} - {l.name for l in resnet50_v1.layers}
+    assert extra == {"conv3_block1_2_pad", "conv4_block1_2_pad", "conv5_block1_2_pad"}
 
 
 def test_logits_head(resnet50):
@@ -79,7 +111,8 @@ def test_resnet50_parameter_count(resnet50):
 @pytest.mark.parametrize(
     "arch, torchvision_params, features",
     # torchvision's counts, minus the 2 stem channels (6,272) and the 1000-class head.
-    [("resnet18", 11_689_512, 512), ("resnet34", 21_797_672, 512), ("resnet101", 44_549_160, 2048)],
+    [("resnet18", 11_689_512, 512), ("resnet34", 21_797_672, 512), ("resnet101", 44_549_160, 2048),
+     ("resnet101_v1", 44_549_160, 2048)],
 )
 def test_other_archs_match_torchvision_counts(arch, torchvision_params, features):
     net = model.build_model(arch, image_size=32)
@@ -139,8 +172,8 @@ def test_saved_model_file_round_trip(tmp_path):
     [
         (
             {"arch": "resnet152"},
-            "arch must be one of resnet18, resnet34, resnet50, resnet101; "
-            "received arch='resnet152'",
+            "arch must be one of resnet18, resnet34, resnet50, resnet101, resnet50_v1, "
+            "resnet101_v1; received arch='resnet152'",
         ),
         (
             {"image_size": 16},
@@ -159,7 +192,7 @@ def test_arguments_are_checked_first(kwargs, message):
 _TF_IMPORTS = {"tensorflow", "tf_keras"}
 
 
-@pytest.mark.parametrize("module", ["model.py", "losses.py"])
+@pytest.mark.parametrize("module", ["model.py", "pretrained.py", "losses.py"])
 def test_source_imports_no_tensorflow(module, import_roots):
     imported = import_roots(module)
     assert not imported & _TF_IMPORTS, f"cxr_tf/{module} imports {imported & _TF_IMPORTS}"
