@@ -1,18 +1,69 @@
 """Files that are either wholly old or wholly new: write beside, then rename.
 
-A job killed mid-write (SIGKILL, preemption) must not leave a truncated config.json, report
-or thresholds file that a resumed run or a server would then read.
+A job killed mid-write (SIGKILL, preemption) must not leave a truncated config.json, report,
+history or checkpoint that a resumed run or a server would then read. The temporary name is
+unique per process (two writers never share one) and starts with a dot, so nothing that lists
+the directory mistakes it for the real file; it is removed if the write fails.
 """
 
+import contextlib
 import json
 import os
 
 
-def write_json(path, obj, **dump_options):
-    """json.dump(obj, **dump_options) into `path`.tmp, then os.replace onto `path`."""
+def temporary_path(path):
+    """Where `path` is written before its rename: `.NAME.tmp-PID.EXT` in the same directory
+    (same file system, so the rename is atomic). The extension stays last because Keras
+    chooses its format from it (`.keras`, `.weights.h5`)."""
+    directory, base = os.path.split(os.fspath(path))
+    stem, ext = _split_ext(base)
+    return os.path.join(directory, f".{stem}.tmp-{os.getpid()}{ext}")
+
+
+def is_temporary(name):
+    """True for a name `temporary_path` makes (of this or any other process)."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def _split_ext(base):
+    for ext in (".weights.h5", ".keras", ".json", ".csv"):
+        if base.endswith(ext) and len(base) > len(ext):
+            return base[:-len(ext)], ext
+    return os.path.splitext(base)
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Yields the temporary path to write; renames it onto `path` when the block succeeds.
+
+    On any failure the temporary file is removed. An OSError (a full disk, a read-only
+    directory) is raised again as one line naming `path` and the cause.
+
+    Example:
+        with atomic.replacing("run/checkpoints/last.keras") as tmp:
+            model.save(tmp)
+    """
     path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, **dump_options)
-    os.replace(tmp, path)
-    return path
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            cause = e.strerror or str(e)
+            raise OSError(e.errno, f"{path}: not written ({cause})") from e
+        raise
+
+
+def write_file(path, data, mode="w", **open_options):
+    """`data` (str, or bytes with mode="wb") into `path`, whole or not at all."""
+    with replacing(path) as tmp, open(tmp, mode, **open_options) as f:
+        f.write(data)
+    return os.fspath(path)
+
+
+def write_json(path, obj, **dump_options):
+    """json.dumps(obj, **dump_options) into `path`, whole or not at all."""
+    return write_file(path, json.dumps(obj, **dump_options))

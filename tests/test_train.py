@@ -75,6 +75,7 @@ def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
                 "val/paper_auc@0.5"):
         assert key in columns
 
+    import tensorflow as tf
     from tensorboard.backend.event_processing import event_accumulator
 
     acc = event_accumulator.EventAccumulator(str(model_dir / "logs" / "metrics"),
@@ -88,6 +89,18 @@ def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
     assert [e.step for e in acc.Tensors("val/auc_mean")] == [0, 1]
     assert "inputs/val" in acc.Tags()["tensors"]
     assert any(p.endswith(".v2") or "events" in p for p in os.listdir(model_dir / "logs" / "train"))
+    # Keras's epoch_loss / epoch_auc charts overlay train and validation: both runs have them.
+    for run in ("train", "validation"):
+        acc = event_accumulator.EventAccumulator(str(model_dir / "logs" / run),
+                                                 size_guidance={"tensors": 0})
+        acc.Reload()
+        for tag in ("epoch_loss", "epoch_auc"):
+            assert [e.step for e in acc.Tensors(tag)] == [0, 1], (run, tag)
+    validation = {e.step: float(tf.make_ndarray(e.tensor_proto))
+                  for e in acc.Tensors("epoch_loss")}
+    with open(model_dir / "history.csv", newline="") as f:
+        val_loss = {int(r["epoch"]): float(r["val_loss"]) for r in csv.DictReader(f)}
+    assert validation == pytest.approx(val_loss, rel=1e-6)
 
 
 def test_resume_after_sigkill_is_bitwise_identical(prepared_dir, tmp_path):
@@ -97,11 +110,10 @@ def test_resume_after_sigkill_is_bitwise_identical(prepared_dir, tmp_path):
     model_dir = tmp_path / "crash"
     cmd = [sys.executable, "-m", "cxr_tf.train", f"--model_dir={model_dir}", *args]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    marker = model_dir / "backup" / "training_metadata.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if marker.exists() and json.loads(marker.read_text() or '{"epoch": 0}')["epoch"] >= 1:
-            break  # epoch 1 is backed up: the process is now inside epoch 2
+        if list((model_dir / "backup").glob("epoch-*.weights.h5")):
+            break  # the first epoch is backed up: the process is now inside the next one
         time.sleep(0.02)
     assert proc.poll() is None, "training finished before it could be killed"
     proc.send_signal(signal.SIGKILL)

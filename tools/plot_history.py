@@ -29,7 +29,9 @@ def read_history(path):
     """(run name, DataFrame) from a run dir or a history.csv path."""
     import pandas as pd
 
-    csv_path = os.path.join(path, "history.csv") if os.path.isdir(path) else path
+    from cxr_tf.serving import run_dir
+
+    csv_path = run_dir.history_path(path) if os.path.isdir(path) else path
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"{csv_path}: not found (is {path} a run dir?)")
     frame = pd.read_csv(csv_path)

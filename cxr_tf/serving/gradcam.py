@@ -26,7 +26,12 @@ def feature_layer_name(model):
     except ValueError as e:
         raise ValueError(f"model {model.name!r} has no {_POOL_LAYER!r} layer; pass layer_name "
                          "(the last convolutional layer) explicitly") from e
-    return pool.input._keras_history.operation.name
+    # Public API only: the layer whose symbolic output is the pooling layer's input.
+    for layer in model.layers:
+        if layer.output is pool.input:
+            return layer.name
+    raise ValueError(f"model {model.name!r}: no single layer feeds {_POOL_LAYER!r}; pass "
+                     "layer_name (the last convolutional layer) explicitly")
 
 
 class GradCam:

@@ -44,7 +44,7 @@ class Predictor:
             self.image_size = int(meta["image_size"])
             self.thresholds = meta["thresholds"].astype(np.float64)
             self.thresholds_from = f"as exported (cxr_tf {meta['version'].decode()})"
-        elif os.path.isfile(os.path.join(model_path, "config.json")):
+        elif os.path.isfile(run_dir.config_path(model_path)):
             self.keras_model = run_dir.load_model(model_path, "best")
             self.label_names = list(labels.LABELS)
             self.image_size = int(self.keras_model.input_shape[1])

@@ -1,19 +1,25 @@
 """Keras callbacks of a training run: exact per-epoch metrics, crash-safe history and checkpoints.
 
 Order matters, because Keras passes one `logs` dict through the callbacks in list order:
-`standard_callbacks` puts EpochMetrics first so that history.csv, the checkpoints and early
-stopping all see `val/auc_mean`, and BackupAndRestore last so that an epoch counts as done
-only once everything else about it is on disk.
+`standard_callbacks` puts EpochMetrics first so that TensorBoard, history.csv, the checkpoints
+and early stopping all see `val_loss` and `val/auc_mean`, and EpochBackup last so that an
+epoch counts as done only once everything else about it is on disk.
+
+Every file is written through `cxr_tf.atomic` (beside, then renamed) at the paths
+`serving.run_dir` owns. Only public Keras API is used here.
 """
 
 import csv
+import io
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf import atomic
 from cxr_tf.evaluation import metrics
+from cxr_tf.serving import run_dir
 
 MONITOR = "val/auc_mean"
 
@@ -46,8 +52,10 @@ class EpochMetrics(keras.callbacks.Callback):
         self.hparams = hparams
         self._writer = None
         self._local_predict = None
+        self._images_logged = False
 
     def on_train_begin(self, logs=None):
+        self._images_logged = False  # once per fit(): a resumed run logs its first epoch's
         self._writer = tf.summary.create_file_writer(self.log_dir) if self.log_dir else None
         if self._writer is not None and self.hparams:
             from tensorboard.plugins.hparams import api as hp
@@ -107,14 +115,34 @@ class EpochMetrics(keras.callbacks.Callback):
                 if "loss" in logs:
                     tf.summary.scalar("train/loss", logs["loss"])
                 tf.summary.scalar("train/learning_rate", _current_lr(self.model))
-                if epoch == 0 or epoch == getattr(self.model, "_initial_epoch", 0):
+                if not self._images_logged:
                     for images, _ in self.dataset.take(1):
                         tf.summary.image("inputs/val", images[:8], max_outputs=8)
+                    self._images_logged = True
         self._writer.flush()
 
 
 def _current_lr(model):
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard, run after EpochMetrics, so that its `validation` run exists.
+
+    Keras writes `logs/validation` only from `val_*` keys, which fit() produces only when it
+    is given validation data; our validation is EpochMetrics' exact pass instead. This passes
+    Keras the validation loss (`val_loss`) and mean AUC (as `val_auc`), so `epoch_loss` and
+    `epoch_auc` show train and validation curves overlaid, and keeps the `val/...` and
+    `test...` keys (EpochMetrics' own `metrics` run) out of Keras's runs.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        keras_logs = {k: v for k, v in logs.items()
+                      if "/" not in k and not k.startswith("test_")}
+        if MONITOR in logs:
+            keras_logs["val_auc"] = logs[MONITOR]
+        super().on_epoch_end(epoch, keras_logs)
 
 
 class CompactProgbarLogger(keras.callbacks.ProgbarLogger):
@@ -147,108 +175,146 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
             with open(self.filename, newline="") as f:
                 rows = list(csv.reader(f))
             kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < self.initial_epoch]
-            if len(kept) == 1:
-                kept = []  # header only: let CSVLogger write its own
-            _atomic_write_rows(self.filename, kept)
+            text = io.StringIO()
+            if len(kept) > 1:  # header only: let CSVLogger write its own
+                csv.writer(text).writerows(kept)
+            atomic.write_file(self.filename, text.getvalue(), newline="")
         super().on_train_begin(logs)
 
 
-def _atomic_write_rows(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, path)
-
-
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves `last.keras` every epoch and `best.keras` on a new best `monitor` value.
+    """Saves `last.keras` every epoch and `best.keras` on a new best `monitor` value, both
+    without optimizer state (`run_dir.save_model`); the training state is EpochBackup's.
 
     Each file is written beside its target and renamed into place, so a kill never leaves a
-    half-written `best.keras`. The best value so far is read back from history.csv on restart.
+    half-written `best.keras`; when an epoch is the best, best.keras is a hard link to the
+    last.keras just written rather than a second save. The best value so far is read back
+    from history.csv on restart, and the best.keras it belongs to is checked whole.
     """
 
-    def __init__(self, directory, monitor=MONITOR, mode="max", history_file=None):
+    def __init__(self, model_dir, monitor=MONITOR, mode="max"):
         super().__init__()
-        self.directory = directory
+        self.model_dir = model_dir
         self.monitor = monitor
         self.sign = 1.0 if mode == "max" else -1.0
-        self.history_file = history_file
         self.best = -np.inf
 
     def on_train_begin(self, logs=None):
-        os.makedirs(self.directory, exist_ok=True)
+        directory = run_dir.checkpoints_dir(self.model_dir)
+        os.makedirs(directory, exist_ok=True)
+        _remove_temporary_files(directory)
         self.best = -np.inf
-        if self.history_file and os.path.exists(self.history_file):
-            with open(self.history_file, newline="") as f:
-                values = [float(r[self.monitor]) for r in csv.DictReader(f)
-                          if r.get(self.monitor) not in (None, "", "nan")]
-            if values:
-                self.best = max(self.sign * v for v in values)
+        best_file = run_dir.checkpoint_path(self.model_dir, "best", must_exist=False)
+        if not os.path.exists(best_file):
+            return  # nothing to beat: the first epoch of this fit() becomes best.keras
+        run_dir.verify_checkpoint(best_file)
+        values = [float(r[self.monitor]) for r in run_dir.read_history(self.model_dir)
+                  if r.get(self.monitor) not in (None, "", "nan")]
+        if values:
+            self.best = max(self.sign * v for v in values)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self._save("last.keras")
+        last = run_dir.save_model(self.model, self.model_dir, "last")
         current = logs.get(self.monitor)
         if current is not None and np.isfinite(current) and self.sign * current > self.best:
             self.best = self.sign * current
-            self._save("best.keras")
-
-    def _save(self, name):
-        target = os.path.join(self.directory, name)
-        tmp = os.path.join(self.directory, f".{name[:-len('.keras')]}.tmp.keras")
-        self.model.save(tmp, overwrite=True)
-        os.replace(tmp, target)
+            best = run_dir.checkpoint_path(self.model_dir, "best", must_exist=False)
+            with atomic.replacing(best) as tmp:
+                _link_or_copy(last, tmp)
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose weights and epoch marker are each written, then renamed.
+def _link_or_copy(source, target):
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        import shutil
 
-    Keras writes them in place, so a kill mid-write can leave a torn weights file. The marker
-    is renamed last: a kill before it only makes the rerun redo the epoch.
+        shutil.copyfile(source, target)
+
+
+def _remove_temporary_files(directory):
+    """Temporary files a killed process left (the run dir's lock says none is running)."""
+    for name in os.listdir(directory):
+        if atomic.is_temporary(name):
+            os.remove(os.path.join(directory, name))
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """The full training state (weights and optimizer) after each epoch, for resuming.
+
+    Keras's BackupAndRestore writes the weights and the epoch marker as two files, so a kill
+    between them resumes new weights with the old epoch number. Here the epoch is in the
+    file name (`run_dir.backup_path`): a new backup is written whole under a temporary name,
+    renamed into place, and only then is the previous one removed, so at every instant the
+    newest complete backup is one consistent (weights, epoch) pair.
+
+    Args:
+        model_dir: the run dir.
+        initial_epoch: the epoch fit() starts at (`run_dir.resume_epoch`); its backup is
+            restored at the start of training.
+        on_step: test hook, called with "written", "renamed", "pruned" during each save.
     """
 
-    def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        tmp_weights = os.path.join(self.backup_dir, "tmp.weights.h5")
-        self.model.save_weights(tmp_weights, overwrite=True)
-        os.replace(tmp_weights, self._weights_path)
-        tmp_meta = self._training_metadata_path + ".tmp"
-        with open(tmp_meta, "w") as f:
-            f.write(f'{{"epoch": {self._current_epoch}, "batch": {self._last_batch_seen}}}')
-        os.replace(tmp_meta, self._training_metadata_path)
+    def __init__(self, model_dir, initial_epoch=0, on_step=None):
+        super().__init__()
+        self.model_dir = model_dir
+        self.initial_epoch = initial_epoch
+        self.on_step = on_step or (lambda step: None)
+
+    def on_train_begin(self, logs=None):
+        directory = run_dir.backup_dir(self.model_dir)
+        if os.path.isdir(directory):
+            _remove_temporary_files(directory)
+        if self.initial_epoch:
+            self._restore(run_dir.backup_path(self.model_dir, self.initial_epoch))
+
+    def _restore(self, path):
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # its slots are in the file
+        try:
+            self.model.load_weights(path)
+        except Exception as e:  # h5py and Keras raise several types for a damaged file
+            raise run_dir.RunDirError(
+                f"{path}: cannot restore the training state ({type(e).__name__}: {e}); "
+                f"{run_dir.what_to_do(path)}") from e
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = run_dir.backup_path(self.model_dir, epoch + 1)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic.replacing(path) as tmp:
+            self.model.save_weights(tmp)
+            self.on_step("written")
+        self.on_step("renamed")
+        for older, older_path in run_dir.backup_files(self.model_dir).items():
+            if older < epoch + 1:
+                os.remove(older_path)
+        self.on_step("pruned")
+
+    def on_train_end(self, logs=None):
+        # fit() returned (all epochs, early stop or NaN stop): the run is complete.
+        import shutil
+
+        shutil.rmtree(run_dir.backup_dir(self.model_dir), ignore_errors=True)
 
 
-def backup_initial_epoch(backup_dir):
-    """The epoch a rerun resumes at (0 for a fresh run): the input pipeline needs it before
-    fit() starts, so that the resumed run reads exactly the data the crashed one would have."""
-    import json
-
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
-
-
-def standard_callbacks(run_dir, *, epoch_metrics, initial_epoch=0, early_stop_patience=0,
+def standard_callbacks(model_dir, *, epoch_metrics, initial_epoch=0, early_stop_patience=0,
                        tensorboard=True):
     """The callback list of a run, in the order explained in the module docstring.
 
     epoch_metrics: EpochMetrics instances (validation first; a test one is only logged).
     """
-    callbacks = []
+    callbacks = list(epoch_metrics)
     if tensorboard:
-        # Keras's own TensorBoard writes losses, graphs and histograms; it runs before
-        # EpochMetrics so our `val/...` keys are not written a second time under its names.
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")))
-    callbacks.extend(epoch_metrics)
+        callbacks.append(TensorBoard(run_dir.logs_dir(model_dir)))
     callbacks.append(CompactProgbarLogger())
-    history = os.path.join(run_dir, "history.csv")
-    callbacks.append(ResumableCSVLogger(history, initial_epoch=initial_epoch))
-    callbacks.append(AtomicCheckpoint(os.path.join(run_dir, "checkpoints"), history_file=history))
+    callbacks.append(ResumableCSVLogger(run_dir.history_path(model_dir),
+                                        initial_epoch=initial_epoch))
+    callbacks.append(AtomicCheckpoint(model_dir))
     if early_stop_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=MONITOR, mode="max", patience=early_stop_patience, verbose=1))
     callbacks.append(keras.callbacks.TerminateOnNaN())
-    callbacks.append(AtomicBackupAndRestore(os.path.join(run_dir, "backup")))
+    callbacks.append(EpochBackup(model_dir, initial_epoch))
     return callbacks

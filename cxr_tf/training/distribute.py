@@ -11,22 +11,28 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
 
 def make_strategy(name="auto"):
+    """The tf.distribute strategy `name` (one of STRATEGIES) names on this machine.
+
+    "mirrored" replicates over every GPU or, on a machine without one, over every logical
+    CPU device: one on a plain host, N after `tf.config.set_logical_device_configuration`
+    splits the CPU (how the tests run MirroredStrategy with two replicas without GPUs).
+    """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+            raise ValueError("strategy 'multi_worker' needs the TF_CONFIG environment variable")
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
@@ -65,49 +71,3 @@ def mixed_precision_policy(choice="auto"):
         if capability and capability[0] >= 8:
             return "mixed_bfloat16"
     return "float32"
-
-
-def prepare_keras_for_multi_worker(net, strategy, image_size, num_outputs):
-    """Works around two Keras 3.15 bugs that stop `fit()` under MultiWorkerMirroredStrategy
-    (tensorflow/tensorflow#72388, closed unfixed; its only suggested workaround was Keras 2):
-
-    1. fit() builds the model by `strategy.reduce("MEAN", (images, labels))` on a tuple, which
-       the strategy cannot reduce. We build optimizer and metric variables from a local zero
-       batch instead and skip that step.
-    2. The per-step logs (scalar loss and metrics) are reduced with `axis=0`, which fails on
-       scalars. We reduce scalars with `axis=None` (the mean over replicas).
-
-    Both touch Keras private names, pinned by setup.cfg and covered by
-    tests/test_train.py::test_two_workers_train_to_identical_weights.
-    """
-    batch = (np.zeros((1, image_size, image_size, 1), np.uint8),
-             np.zeros((1, num_outputs), np.float32))
-    with strategy.scope():
-        net._symbolic_build(data_batch=batch)
-    net._maybe_symbolic_build = lambda *args, **kwargs: None
-    _patch_scalar_reduction()
-
-
-def _patch_scalar_reduction():
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
-
-    original = trainer.reduce_per_replica
-    if getattr(original, "cxr_tf_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean") or not isinstance(
-                strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            return original(values, strategy, reduction)
-
-        def reduce(value):
-            if not isinstance(value, tf.distribute.DistributedValues):
-                return value
-            rank = strategy.experimental_local_results(value)[0].shape.rank
-            return strategy.reduce("MEAN", value, axis=None if rank == 0 else 0)
-
-        return tree.map_structure(reduce, values)
-
-    reduce_per_replica.cxr_tf_patched = True
-    trainer.reduce_per_replica = reduce_per_replica

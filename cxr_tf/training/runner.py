@@ -1,11 +1,8 @@
 """One training run, from a plain config dict to a run dir. The train app is a thin wrapper.
 
-Run dir (`model_dir`) layout, read by evaluate, export, predict and tools/plot_history.py:
-    config.json          resolved config, package versions, num_replicas_in_sync
-    history.csv          one row per epoch (loss, val/auc_mean, val/auc/<Label>, f1@T, ...)
-    logs/                TensorBoard (logs/train, logs/validation from Keras; logs/metrics ours)
-    checkpoints/         best.keras (best val/auc_mean) and last.keras
-    backup/              BackupAndRestore state; rerunning the same command resumes from it
+The run dir (`model_dir`) it writes is laid out by `cxr_tf.serving.run_dir`, which evaluate,
+export, predict and tools/plot_history.py read it through; rerunning the same command resumes
+from its backup.
 """
 
 import math
@@ -17,9 +14,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import __version__, atomic, labels, losses, model
+from cxr_tf import __version__, labels, losses, model
 from cxr_tf.data import input_pipeline
-from cxr_tf.training import callbacks, distribute
+from cxr_tf.serving import run_dir as layout
+from cxr_tf.training import callbacks, distribute, keras_compat
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf")
 # Per-epoch evaluation predicts in batches this many times the training batch: inference keeps
@@ -117,7 +115,7 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
     if config["steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, config["steps_per_epoch"])
     total_steps = steps_per_epoch * config["epochs"]
-    initial_epoch = callbacks.backup_initial_epoch(os.path.join(run_dir, "backup"))
+    initial_epoch = layout.resume_epoch(run_dir)
 
     def train_fn(input_context):
         return input_pipeline.make_dataset(
@@ -171,11 +169,10 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
         "command_line": command_line, "argv": sys.argv,
         "pos_weight_values": None if pos_weight is None else [float(w) for w in pos_weight],
     }
-    if initial_epoch == 0 or not os.path.exists(os.path.join(run_dir, "config.json")):
-        atomic.write_json(os.path.join(run_dir, "config.json"), resolved, indent=2,
-                          sort_keys=True, default=str)
+    if initial_epoch == 0 or not os.path.exists(layout.config_path(run_dir)):
+        layout.write_config(run_dir, resolved)
 
-    metric_logdir = os.path.join(run_dir, "logs", "metrics")
+    metric_logdir = layout.logs_dir(run_dir, "metrics")
     hparams = {"learning_rate": config["learning_rate"], "batch_size": batch,
                "thresholds": ",".join(config["thresholds"]), "image_size": size,
                "optimizer": config["optimizer"], "arch": config["arch"],
@@ -192,7 +189,7 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
                                        initial_epoch=initial_epoch,
                                        early_stop_patience=config["early_stop_patience"])
     if multi_worker:
-        distribute.prepare_keras_for_multi_worker(net, strategy, size, num_outputs)
+        keras_compat.prepare_for_multi_worker(net, strategy, size, num_outputs)
     history = net.fit(train_ds, epochs=config["epochs"], steps_per_epoch=steps_per_epoch,
                       initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose,
                       shuffle=False)  # the stream is already shuffled, per epoch and seeded

@@ -1,0 +1,76 @@
+"""Every use of a private Keras name in cxr_tf, in one place, checked against the Keras version
+it was tested with.
+
+Everything else in the package uses public Keras API. The workarounds here reach into
+`keras.src` and private Model methods, which change between Keras releases without notice,
+so each public function first checks `keras.__version__` against TESTED_KERAS and stops with
+a message naming both versions on any other release. A run that needs no workaround (one
+device, MirroredStrategy) never calls them and works on any Keras 3.
+
+To support a new Keras release: rerun tests/test_train.py::test_two_workers_train_to_identical_weights
+on it, check the private names below against its source, and update TESTED_KERAS.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+TESTED_KERAS = "3.15"  # major.minor: any 3.15.x patch release
+
+
+def check_keras_version(version=None):
+    """Raises RuntimeError unless `version` (default: the installed Keras) is TESTED_KERAS.x."""
+    version = version or keras.__version__
+    if version.split(".")[:2] != TESTED_KERAS.split("."):
+        raise RuntimeError(
+            f"cxr_tf.training.keras_compat was tested with Keras {TESTED_KERAS}.x, found Keras "
+            f"{version}: its workarounds use private Keras names (Model._symbolic_build, "
+            "Model._maybe_symbolic_build, keras.src.backend.tensorflow.trainer."
+            "reduce_per_replica). Install keras~=" + TESTED_KERAS + ".0, or check them "
+            "against the new version and update TESTED_KERAS.")
+
+
+def prepare_for_multi_worker(net, strategy, image_size, num_outputs):
+    """Works around two Keras 3.15 bugs that stop `fit()` under MultiWorkerMirroredStrategy
+    (tensorflow/tensorflow#72388, closed unfixed; its only suggested workaround was Keras 2):
+
+    1. fit() builds the model by `strategy.reduce("MEAN", (images, labels))` on a tuple, which
+       the strategy cannot reduce. We build optimizer and metric variables from a local zero
+       batch instead and skip that step.
+    2. The per-step logs (scalar loss and metrics) are reduced with `axis=0`, which fails on
+       scalars. We reduce scalars with `axis=None` (the mean over replicas).
+
+    Covered by tests/test_train.py::test_two_workers_train_to_identical_weights.
+    """
+    check_keras_version()
+    batch = (np.zeros((1, image_size, image_size, 1), np.uint8),
+             np.zeros((1, num_outputs), np.float32))
+    with strategy.scope():
+        net._symbolic_build(data_batch=batch)
+    net._maybe_symbolic_build = lambda *args, **kwargs: None
+    _patch_scalar_reduction()
+
+
+def _patch_scalar_reduction():
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "cxr_tf_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not isinstance(
+                strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return original(values, strategy, reduction)
+
+        def reduce(value):
+            if not isinstance(value, tf.distribute.DistributedValues):
+                return value
+            rank = strategy.experimental_local_results(value)[0].shape.rank
+            return strategy.reduce("MEAN", value, axis=None if rank == 0 else 0)
+
+        return tree.map_structure(reduce, values)
+
+    reduce_per_replica.cxr_tf_patched = True
+    trainer.reduce_per_replica = reduce_per_replica

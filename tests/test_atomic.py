@@ -1,0 +1,68 @@
+"""cxr_tf.atomic: a file is wholly old or wholly new, its temporary name is per process and
+removed on failure, and a failed write is one line naming the file and the cause."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cxr_tf import atomic
+
+
+def test_write_json_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"old": true}')
+    assert atomic.write_json(path, {"seed": 3}, indent=1) == str(path)
+    assert json.loads(path.read_text()) == {"seed": 3}
+    assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_temporary_name_is_hidden_unique_per_process_and_keeps_the_extension(tmp_path):
+    pid = os.getpid()
+    assert atomic.temporary_path(tmp_path / "last.keras") == \
+        str(tmp_path / f".last.tmp-{pid}.keras")
+    assert atomic.temporary_path(tmp_path / "epoch-0003.weights.h5") == \
+        str(tmp_path / f".epoch-0003.tmp-{pid}.weights.h5")
+    assert atomic.temporary_path("history.csv") == f".history.tmp-{pid}.csv"
+    assert atomic.is_temporary(f".last.tmp-{pid + 1}.keras")
+    assert not atomic.is_temporary("last.keras")
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n0,0.5\n")
+    with pytest.raises(RuntimeError, match="serializer broke"):
+        with atomic.replacing(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("epoch,loss\n")  # half written
+            raise RuntimeError("serializer broke")
+    assert path.read_text() == "epoch,loss\n0,0.5\n"
+    assert os.listdir(tmp_path) == ["history.csv"]
+
+
+def test_an_os_error_names_the_target_and_the_cause(tmp_path):
+    target = tmp_path / "missing_dir" / "config.json"
+    with pytest.raises(OSError) as info:
+        atomic.write_json(target, {})
+    assert str(info.value) == f"[Errno 2] {target}: not written (No such file or directory)"
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
+    """The file-size limit makes the write fail as a full disk does, after 4 KiB were written."""
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
+        "from cxr_tf import atomic\n"
+        "try:\n"
+        "    atomic.write_file(sys.argv[1], b'x' * 100_000, mode='wb')\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    target = tmp_path / "best.keras"
+    proc = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout == f"[Errno 27] {target}: not written (File too large)\n"
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,198 @@
+"""cxr_tf.training.callbacks on a tiny Dense model: history rows on resume, best restored from
+history, the NaN branch of EpochMetrics, the lean checkpoints, and the epoch-end save killed
+at every step resuming exactly."""
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxr_tf import labels
+from cxr_tf.serving import run_dir
+from cxr_tf.training import callbacks
+
+X = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+Y = (X[:, :1] > 0).astype(np.float32).repeat(3, axis=1)
+
+
+def tiny_model(outputs=3):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    net = keras.Model(inputs, keras.layers.Dense(outputs, name="logits")(inputs), name="tiny")
+    # Momentum: the optimizer has state, which a resume must restore too.
+    net.compile(keras.optimizers.SGD(0.05, momentum=0.9), "binary_crossentropy")
+    return net
+
+
+def write_history(model_dir, rows):
+    os.makedirs(model_dir, exist_ok=True)
+    with open(run_dir.history_path(model_dir), "w") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def test_csv_logger_drops_rows_of_epochs_to_redo(tmp_path):
+    write_history(tmp_path, ["epoch,loss,val_loss", "0,0.5,0.55", "1,0.4,0.45", "2,0.3,0.4"])
+    logger = callbacks.ResumableCSVLogger(run_dir.history_path(tmp_path), initial_epoch=2)
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 0.25, "val_loss": 0.35})
+    logger.on_train_end()
+    assert (tmp_path / "history.csv").read_text().splitlines() == \
+        ["epoch,loss,val_loss", "0,0.5,0.55", "1,0.4,0.45", "2,0.25,0.35"]
+
+
+def test_csv_logger_on_a_fresh_start_keeps_one_header(tmp_path):
+    write_history(tmp_path, ["epoch,loss", "0,0.5"])
+    logger = callbacks.ResumableCSVLogger(run_dir.history_path(tmp_path), initial_epoch=0)
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": 0.7, "val_loss": 0.8})
+    logger.on_train_end()
+    assert (tmp_path / "history.csv").read_text().splitlines() == \
+        ["epoch,loss,val_loss", "0,0.7,0.8"]
+
+
+def test_best_is_restored_from_history_and_only_a_better_epoch_replaces_it(tmp_path):
+    net = tiny_model()
+    run_dir.save_model(net, tmp_path, "best")
+    write_history(tmp_path, ["epoch,val/auc_mean", "0,0.6", "1,nan", "2,0.7", "3,"])
+    checkpoint = callbacks.AtomicCheckpoint(str(tmp_path))
+    checkpoint.set_model(net)
+    checkpoint.on_train_begin()
+    assert checkpoint.best == 0.7
+    best = tmp_path / "checkpoints" / "best.keras"
+    before = best.stat().st_ino
+    checkpoint.on_epoch_end(4, {"val/auc_mean": 0.65})
+    assert best.stat().st_ino == before
+    checkpoint.on_epoch_end(5, {"val/auc_mean": float("nan")})
+    assert best.stat().st_ino == before
+    checkpoint.on_epoch_end(6, {"val/auc_mean": 0.75})
+    # The best epoch's file is the last.keras just written, linked rather than saved twice.
+    assert best.stat().st_ino == (tmp_path / "checkpoints" / "last.keras").stat().st_ino
+    assert checkpoint.best == 0.75
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["best.keras", "last.keras"]
+
+
+def test_without_best_keras_the_first_epoch_becomes_best(tmp_path):
+    write_history(tmp_path, ["epoch,val/auc_mean", "0,0.9"])
+    checkpoint = callbacks.AtomicCheckpoint(str(tmp_path))
+    checkpoint.set_model(tiny_model())
+    checkpoint.on_train_begin()
+    checkpoint.on_epoch_end(1, {"val/auc_mean": 0.5})
+    assert (tmp_path / "checkpoints" / "best.keras").exists()
+
+
+def test_a_torn_best_keras_stops_the_resume_naming_it(tmp_path):
+    net = tiny_model()
+    path = run_dir.save_model(net, tmp_path, "best")
+    with open(path, "r+b") as f:
+        f.truncate(300)
+    checkpoint = callbacks.AtomicCheckpoint(str(tmp_path))
+    checkpoint.set_model(net)
+    with pytest.raises(run_dir.RunDirError, match=f"^{path}: not a readable .keras file "
+                       r"\(File is not a zip file\); delete it: a resumed run writes it again"):
+        checkpoint.on_train_begin()
+
+
+def _epoch_metrics(net, prefix="val"):
+    y_true = np.zeros((6, 14), np.float32)
+    y_true[::2, :] = 1.0
+    x = np.linspace(-1, 1, 6 * 4, dtype=np.float32).reshape(6, 4)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y_true)).batch(4)
+    metric = callbacks.EpochMetrics(dataset, y_true, [0.5], labels.LABELS, prefix=prefix)
+    metric.set_model(net)
+    metric.on_train_begin()
+    logs = {"loss": 0.3}
+    metric.on_epoch_end(0, logs)
+    return logs
+
+
+def test_epoch_metrics_logs_loss_auc_and_learning_rate():
+    logs = _epoch_metrics(tiny_model(14))
+    assert logs["learning_rate"] == pytest.approx(0.05)
+    assert 0.0 <= logs["val/auc_mean"] <= 1.0
+    assert 0.0 < logs["val_loss"] < 10.0 and logs["loss"] == 0.3
+
+
+def test_epoch_metrics_of_a_diverged_model_are_nan_not_a_crash():
+    net = tiny_model(14)
+    net.get_layer("logits").set_weights([np.full((4, 14), np.nan, np.float32),
+                                         np.zeros(14, np.float32)])
+    logs = _epoch_metrics(net, prefix="test")
+    metric_keys = [k for k in logs if k.startswith("test")]
+    assert {"test_loss", "test/auc_mean", "test/auc/Hernia", "test/f1@0.5/macro",
+            "test/paper_auc@0.5"} <= set(metric_keys)
+    assert all(np.isnan(logs[k]) for k in metric_keys)
+    assert "learning_rate" not in logs  # only the validation pass logs it
+
+
+def fit(model_dir, epochs, snapshot=None, on_step=None):
+    """Trains the tiny model as a run does (history, checkpoints, backup last); returns it.
+    `snapshot` is placed before, between and after the savers."""
+    net = tiny_model()
+    os.makedirs(model_dir, exist_ok=True)
+    initial = run_dir.resume_epoch(model_dir)
+    snap = [snapshot] if snapshot else []
+    cbs = [*snap, callbacks.ResumableCSVLogger(run_dir.history_path(model_dir), initial), *snap,
+           callbacks.AtomicCheckpoint(str(model_dir), monitor="loss", mode="min"), *snap,
+           callbacks.EpochBackup(str(model_dir), initial, on_step=on_step or snapshot)]
+    net.fit(X, Y, batch_size=4, epochs=epochs, initial_epoch=initial, shuffle=False,
+            verbose=0, callbacks=cbs)
+    return net
+
+
+class Snapshot(keras.callbacks.Callback):
+    """Copies the run dir at each point of epoch 1's end-of-epoch save: exactly what a
+    SIGKILL at that point would leave on disk. Placed between the callbacks that write, and
+    called by EpochBackup as its on_step hook at each step of the backup itself."""
+
+    def __init__(self, model_dir, out):
+        super().__init__()
+        self.model_dir, self.out, self.epoch = model_dir, out, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self("between")
+
+    def __call__(self, step):
+        if self.epoch == 1:
+            shutil.copytree(self.model_dir, self.out / f"{len(os.listdir(self.out))}-{step}")
+
+
+def test_a_kill_at_any_step_of_the_epoch_end_save_resumes_exactly(tmp_path):
+    reference = fit(tmp_path / "reference", epochs=3).get_weights()
+    model_dir, snapshots = tmp_path / "run", tmp_path / "snapshots"
+    snapshots.mkdir()
+    fit(model_dir, epochs=3, snapshot=Snapshot(model_dir, snapshots))
+    # Before the history row, before the checkpoints, before the backup, and inside it:
+    # new file written (not yet renamed), renamed (old one still there), old one removed.
+    expected = {"0-between": 1, "1-between": 1, "2-between": 1, "3-written": 1,
+                "4-renamed": 2, "5-pruned": 2}
+    assert sorted(os.listdir(snapshots)) == sorted(expected)
+    for label, resume_epoch in expected.items():
+        resumed_dir = snapshots / label
+        assert run_dir.resume_epoch(resumed_dir) == resume_epoch, label
+        resumed = fit(resumed_dir, epochs=3)
+        for a, b in zip(resumed.get_weights(), reference):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=label)
+        assert [r["epoch"] for r in run_dir.read_history(resumed_dir)] == ["0", "1", "2"]
+        assert not (resumed_dir / "backup").exists()
+        assert not [n for n in os.listdir(resumed_dir / "checkpoints") if n.startswith(".")]
+
+
+def test_a_corrupt_backup_names_the_file_and_what_to_do(tmp_path):
+    model_dir = tmp_path / "run"
+    fit(model_dir, epochs=1, on_step=lambda step: step == "pruned" and shutil.copytree(
+        model_dir / "backup", tmp_path / "kept"))
+    shutil.copytree(tmp_path / "kept", model_dir / "backup")  # as if killed after epoch 0
+    path = model_dir / "backup" / "epoch-0001.weights.h5"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(run_dir.RunDirError) as info:
+        fit(model_dir, epochs=2)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot restore the training state (")
+    assert message.endswith("); delete backup/ to restart the unfinished run from epoch 0, or "
+                            "train with --overwrite to start afresh")
