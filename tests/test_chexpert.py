@@ -178,3 +178,23 @@ def test_evaluate_chexpert_end_to_end(chexpert_dir, tmp_path, make_run_dir):
     text = (out / "report.md").read_text()
     assert "## Labels (CheXpert)" in text and "| Atelectasis | 4 | 2 | 2 |" in text
     assert (out / "roc.png").exists()
+
+
+def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):
+    import os
+    import subprocess
+    import sys
+
+    data_dir, _ = chexpert_dir
+    make_run_dir(tmp_path / "run")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={tmp_path / 'run'}",
+               "--dataset=chexpert", f"--data_dir={data_dir}", "--bootstrap=0", "--json",
+               "--uncertain_labels=zeros", "--views=frontal,lateral"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert printed["dataset"] == "chexpert" and printed["overall"]["examples"] == 8
+    assert printed["labels"]["per_finding"]["Atelectasis"] == {
+        "uncertain": 2, "left_out": 0, "images": 8}
+    assert printed["labels"]["views"] == ["frontal", "lateral"]
