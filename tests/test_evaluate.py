@@ -77,8 +77,11 @@ def test_thresholds_are_tuned_on_validation_only(run, prepared_dir):
     on_validation = metrics.tune_thresholds(y_val, p_val, "f1")
     on_test = metrics.tune_thresholds(*split_probs(net, prepared_dir, "test")[:2], "f1")
     got = np.array([written["thresholds"][name] for name in labels.LABELS])
-    np.testing.assert_allclose(got, on_validation)
-    assert not np.allclose(got, on_test)  # would pass by accident if it had tuned on test
+    # Two separate predict calls agree to float32 rounding only (different batching and CPU
+    # kernels gave 1e-7 relative), so: equal within what float32 can guarantee, and far from
+    # the thresholds tuned on test.
+    np.testing.assert_allclose(got, on_validation, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, on_test, rtol=1e-5, atol=1e-6)
     assert report["thresholds"]["tuned"] == pytest.approx(got.tolist())
     assert report["per_class"]["Atelectasis"]["tuned_threshold"] == pytest.approx(got[0])
 
