@@ -12,6 +12,11 @@ the test split never chooses anything: no thresholds are ever fitted on it.
 adds the Grad-CAM pointing game on NIH's boxes (images looked for beside the CSV and under
 --data_dir) to the report, and RUN/eval_<split>/localization.png.
 
+    python -m cxr_tf.evaluate --model_dir=RUN --split=test --expert_labels=google2019_nih-chest-xray-labels.csv.gz
+
+adds the radiologist-adjudicated labels (Google's four findings, either file shape) on the
+split's images that have them, beside NIH's labels on the same images (the label-noise gap).
+
     python -m cxr_tf.evaluate --model_dir=RUN --dataset=chexpert --data_dir=TFDS_DIR [--uncertain_labels=ignore|zeros|ones] [--views=frontal]
 
 evaluates on CheXpert's radiologist-labelled validation split (TFDS `chexpert`, prepared with
@@ -64,17 +69,20 @@ def tune_run(model_dir, validation, method, *, checkpoint="best"):
 
 
 def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n_boot=1000,
-                 tune=None, batch_size=64, progress=True, bbox_csv=None):
+                 tune=None, batch_size=64, progress=True, bbox_csv=None, expert_labels=None):
     """Evaluates a run dir on one split and writes RUN/eval_<split>/. Returns the report.
 
-    bbox_csv: NIH's box list; adds the `localization` section (read before predicting, so a
-    bad file fails at once)."""
+    bbox_csv: NIH's box list; adds the `localization` section. expert_labels: Google's
+    radiologist labels (cxr_tf.evaluation.expert_labels); adds the `expert_labels` section.
+    Both files are read before predicting, so a bad file fails at once."""
+    from cxr_tf.evaluation import expert_labels as expert_lib
     from cxr_tf.evaluation import report_plots, reporting
     from cxr_tf.serving import run_dir
 
     config = run_dir.read_config(model_dir)
     data_dir = data_dir or config["data_dir"]
     boxes = find_boxes(bbox_csv, data_dir) if bbox_csv else None
+    expert = expert_lib.read(expert_labels) if expert_labels else None
     model = run_dir.load_model(model_dir, checkpoint)
     verbose = "auto" if progress else 0
 
@@ -90,12 +98,22 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
     tuned, tuned_info = run_dir.read_thresholds(model_dir)
     n = labels.NUM_CLASSES
     y_true = np.stack([r["labels"] for r in rows])
+    thresholds = [float(t) for t in config.get("thresholds", ["0.5"])]
+    patient_ids = [r["patient_id"] for r in rows]
     report = reporting.build_report(
-        y_true, probs[:, :n], label_names=labels.LABELS,
-        thresholds=[float(t) for t in config.get("thresholds", ["0.5"])],
-        tuned_thresholds=tuned, patient_ids=[r["patient_id"] for r in rows], metadata=rows,
+        y_true, probs[:, :n], label_names=labels.LABELS, thresholds=thresholds,
+        tuned_thresholds=tuned, patient_ids=patient_ids, metadata=rows,
         no_finding_prob=probs[:, n] if probs.shape[1] > n else None, n_boot=n_boot,
         progress=progress)
+    sections = []  # (title, markdown) pairs that follow the NIH report in report.md
+    if expert is not None:
+        section = expert_lib.evaluate(
+            expert, [r["image_id"] for r in rows], patient_ids, y_true, probs[:, :n],
+            label_names=labels.LABELS, thresholds=thresholds, tuned_thresholds=tuned,
+            n_boot=n_boot, progress=progress)
+        report["expert_labels"] = {"file": os.path.abspath(expert_labels), **section}
+        sections.append(("Radiologist-adjudicated labels",
+                         expert_lib.format_markdown(report["expert_labels"])))
     out_dir = os.path.join(model_dir, f"eval_{split}")
     os.makedirs(out_dir, exist_ok=True)
     report = {"model_dir": os.path.abspath(model_dir), "checkpoint": checkpoint, "split": split,
@@ -103,7 +121,6 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
               **report}
     report["files"] = [os.path.join(out_dir, name) for name in ("report.json", "report.md")]
     report["files"] += report_plots.write_plots(out_dir, y_true, probs[:, :n], labels.LABELS)
-    sections = []  # (title, markdown) pairs that follow the NIH report in report.md
     if boxes:
         report["localization"], text = localization_section(
             model, *boxes, out_dir, n_boot=n_boot, batch_size=batch_size)
@@ -191,16 +208,26 @@ def evaluate_chexpert(model_dir, *, data_dir, checkpoint="best", n_boot=1000, un
 
 def format_summary(report):
     overall, pub = report["overall"], report["published"]
-    lines = [f"{'finding':<20} {'AUC':>6}  {'95% CI':<15} {'Wang17':>6}"]
+    lines = [f"{'finding':<20} {'pos/neg':>11} {'AUC':>6}  {'95% CI':<15} {'Wang17':>6}"]
     for name, r in report["per_class"].items():
         ci = (f"[{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]"
               if r["auc_ci_low"] is not None else "")
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
-        lines.append(f"{name:<20} {auc:>6}  {ci:<15} {r['published_auc']:>6.3f}")
+        counts = f"{r['positives']}/{r['negatives']}"
+        lines.append(f"{name:<20} {counts:>11} {auc:>6}  {ci:<15} {r['published_auc']:>6.3f}")
     mean = "n/a" if overall["auc_mean"] is None else f"{overall['auc_mean']:.3f}"
     diff = "n/a" if pub["mean_difference"] is None else f"{pub['mean_difference']:+.3f}"
-    lines += [f"{'mean':<20} {mean:>6}  {'':<15} {pub['mean_auc']:>6.3f}   (difference {diff})",
+    over = f"mean of {overall['auc_mean_over']}"
+    lines += [f"{over:<20} {'':>11} {mean:>6}  {'':<15} {pub['mean_auc']:>6.3f}   "
+              f"(difference {diff})",
+              f"n/a: fewer than {report['bootstrap']['min_count']} positives or negatives; "
+              f"CI: {report['bootstrap']['method'] or 'none'}",
               f"ECE {overall['ece']:.4f} over {overall['examples']:,} images"]
+    if report.get("expert_labels"):
+        expert = report["expert_labels"]
+        aucs = ", ".join(f"{name} {'n/a' if e['auc'] is None else format(e['auc'], '.3f')}"
+                         for name, e in expert["per_finding"].items() if e["predicted"])
+        lines.append(f"Radiologist labels on {expert['images']:,} images: AUC {aucs}")
     if report.get("tuned_thresholds_from"):
         lines.append(f"Tuned thresholds: {report['model_dir']}/thresholds.json "
                      f"({report['tuned_thresholds_from']['method']}, on validation)")
@@ -237,7 +264,8 @@ def main(argv):
     report = evaluate_run(FLAGS.model_dir, FLAGS.split, data_dir=FLAGS.data_dir,
                           checkpoint=FLAGS.checkpoint, n_boot=FLAGS.bootstrap,
                           tune=FLAGS.tune_thresholds, batch_size=FLAGS.batch_size,
-                          progress=not FLAGS.json, bbox_csv=FLAGS.bbox_csv)
+                          progress=not FLAGS.json, bbox_csv=FLAGS.bbox_csv,
+                          expert_labels=FLAGS.expert_labels)
     print(json.dumps(report) if FLAGS.json else format_summary(report))
     return 0
 

@@ -1,0 +1,309 @@
+"""cxr_tf.evaluation.expert_labels: the reader on real rows in both file shapes, the 14 → 4
+mapping, the section's figures worked out by hand, and the label-noise gap through the
+evaluate app on a synthetic run whose images carry NIH names."""
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from cxr_tf import labels
+from cxr_tf.data.metadata import MetadataError
+from cxr_tf.evaluation import expert_labels
+
+SLICE = Path(__file__).resolve().parent / "data" / "expert_labels"
+TXRV = SLICE / "google2019_nih-chest-xray-labels.csv"
+GOOGLE = SLICE / "four_findings_expert_labels"
+LABELS = list(labels.LABELS)
+FINDINGS = list(expert_labels.FINDINGS)
+
+
+# --- reader ----------------------------------------------------------------------------------
+
+def test_reads_torchxrayvision_shape_csv_and_gz(tmp_path):
+    gz = tmp_path / "google2019_nih-chest-xray-labels.csv.gz"
+    with open(TXRV, "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    frame = expert_labels.read(str(TXRV))
+    pd.testing.assert_frame_equal(expert_labels.read(str(gz)), frame)
+    assert list(frame.columns) == ["image_id", "patient_id", "split", *FINDINGS]
+    assert len(frame) == 32 and frame.attrs["not_adjudicated"] == 0
+    assert frame["split"].value_counts().to_dict() == {"test": 16, "validation": 16}
+    # Row 16 of the file: 00001946_028.png,...,1946,...,YES,YES,YES,NO,test
+    row = frame.set_index("image_id").loc["00001946_028.png"]
+    assert row["patient_id"] == 1946 and row["split"] == "test"
+    assert [row[f] for f in FINDINGS] == [1, 1, 1, 0]
+    assert frame[FINDINGS].sum().tolist() == [6, 7, 15, 8]
+    assert all(frame[f].dtype == np.int8 for f in FINDINGS)
+
+
+def test_reads_googles_shape_with_the_split_from_the_file_name():
+    both = expert_labels.read(str(TXRV))
+    for name, split in (("test_labels.csv", "test"), ("validation_labels.csv", "validation")):
+        frame = expert_labels.read(str(GOOGLE / name))
+        expected = both[both["split"] == split].reset_index(drop=True)
+        pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
+    renamed = expert_labels.read(str(GOOGLE / "test_labels.csv"), split="validation")
+    assert set(renamed["split"]) == {"validation"}
+
+
+def _write(tmp_path, text, name="labels.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+HEADER = "Image Index,Patient ID,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n"
+
+
+def test_bad_values_name_file_line_and_column(tmp_path):
+    path = _write(tmp_path, HEADER + "00000001_000.png,1,NO,NO,NO,NO,test\n"
+                                     "00000002_000.png,2,NO,MAYBE,NO,NO,test\n")
+    with pytest.raises(MetadataError, match=rf"^{path}, line 3: column 'Pneumothorax': 'MAYBE' "
+                                            r"is not YES or NO$"):
+        expert_labels.read(path)
+    path = _write(tmp_path, HEADER + "00000001_000.png,1,NO,HEDGE,NO,NO,test\n")
+    with pytest.raises(MetadataError, match=r"line 2: column 'Pneumothorax': 'HEDGE' is not YES "
+                                            r"or NO; HEDGE is a single reader's answer"):
+        expert_labels.read(path)
+    path = _write(tmp_path, HEADER + "00000001_000.png,1,NO,NO,NO,NO,train\n")
+    with pytest.raises(MetadataError, match=r"line 2: column 'Set Id': 'train' is not val or test"):
+        expert_labels.read(path)
+    path = _write(tmp_path, HEADER + "00000001_000.png,P1,NO,NO,NO,NO,test\n")
+    with pytest.raises(MetadataError, match=r"column 'Patient ID': 'P1' is not a patient number"):
+        expert_labels.read(path)
+    path = _write(tmp_path, HEADER + "film.png,1,NO,NO,NO,NO,test\n")
+    with pytest.raises(MetadataError, match=r"column 'Image Index': 'film.png' is not an NIH"):
+        expert_labels.read(path)
+    path = _write(tmp_path, HEADER + "00000001_000.png,1,NO,NO,NO,NO,test\n" * 2)
+    with pytest.raises(MetadataError, match=r"image 00000001_000.png is listed more than once"):
+        expert_labels.read(path)
+
+
+def test_missing_columns_and_unknown_split_are_errors(tmp_path):
+    path = _write(tmp_path, "Image Index,Patient ID,Fracture,Pneumothorax\n")
+    with pytest.raises(MetadataError, match=r"missing column\(s\) \['Airspace opacity', "
+                                            r"'Nodule or mass'\]; expected Google's"):
+        expert_labels.read(path)
+    path = _write(tmp_path, HEADER.replace(",Set Id", "") + "00000001_000.png,1,NO,NO,NO,NO\n",
+                  name="labels.csv")
+    with pytest.raises(MetadataError, match=r"no Set Id column and the file name does not say"):
+        expert_labels.read(path)
+    assert expert_labels.read(path, split="test")["split"].tolist() == ["test"]
+
+
+def test_rows_google_did_not_adjudicate_are_dropped_and_counted(tmp_path):
+    # Google: "If a column value is missing, then the image was not included". All four
+    # empty: left out and counted; some empty: a contradiction, so an error.
+    path = _write(tmp_path, HEADER + "00000001_000.png,1,NO,YES,NO,NO,val\n"
+                                     "00000002_000.png,2,,,,,val\n")
+    frame = expert_labels.read(path)
+    assert frame["image_id"].tolist() == ["00000001_000.png"]
+    assert frame.attrs["not_adjudicated"] == 1
+    path = _write(tmp_path, HEADER + "00000002_000.png,2,NO,,NO,NO,val\n")
+    with pytest.raises(MetadataError, match=r"line 2: column 'Pneumothorax': '' is not YES"):
+        expert_labels.read(path)
+
+
+# --- mapping ---------------------------------------------------------------------------------
+
+def test_mapping_is_documented_and_fracture_is_not_predicted():
+    assert list(expert_labels.MAPPING) == FINDINGS
+    for name, mapping in expert_labels.MAPPING.items():
+        assert set(mapping.outputs) <= set(LABELS) and len(mapping.reason) > 15, name
+    assert expert_labels.MAPPING["Fracture"].outputs == ()
+    assert expert_labels.MAPPING["Pneumothorax"].outputs == ("Pneumothorax",)
+    assert set(expert_labels.MAPPING["Nodule or mass"].outputs) == {"Nodule", "Mass"}
+
+
+def test_scores_are_the_maximum_and_decisions_any_output_at_its_own_threshold():
+    probs = np.full((2, 14), 0.1)
+    col = {name: LABELS.index(name) for name in LABELS}
+    probs[0, col["Nodule"]], probs[0, col["Mass"]] = 0.3, 0.4
+    probs[1, col["Edema"]], probs[1, col["Pneumothorax"]] = 0.8, 0.6
+    scores = expert_labels.map_scores(probs, LABELS)
+    assert np.isnan(scores[:, 0]).all()  # Fracture
+    np.testing.assert_allclose(scores[:, 1:], [[0.1, 0.1, 0.4], [0.6, 0.8, 0.1]])
+    # Per-output thresholds: Nodule 0.25 fires on 0.3 although the max (Mass 0.4) is below
+    # Mass's 0.5; Edema 0.9 does not fire on 0.8.
+    thresholds = np.full(14, 0.5)
+    thresholds[[col["Nodule"], col["Edema"]]] = 0.25, 0.9
+    decided = expert_labels.map_decisions(probs, thresholds, LABELS)
+    assert decided.tolist() == [[False, False, False, True], [False, True, False, False]]
+    with pytest.raises(ValueError, match=r"needs outputs \['Pneumothorax'\]"):
+        expert_labels.map_scores(probs[:, :3], LABELS[:3])
+
+
+# --- the section, by hand --------------------------------------------------------------------
+
+def hand_set():
+    """24 images of 12 patients (2 each), scored (24 - i) / 25 by every output.
+
+    Pneumothorax: radiologists YES on images 0..11 (every positive above every negative:
+    AUC 1); NIH YES on 0..5 and 12..17: those on 0..5 beat all 12 negatives, those on
+    12..17 beat only 18..23, so 6·12 + 6·6 = 108 of 144 pairs: AUC 0.75, gap +0.25.
+    Airspace opacity: radiologists YES on 3 images only: not estimable. Nodule or mass:
+    radiologists YES on odd images; NIH YES on none. Two extra expert rows are not in the
+    split, and images 24, 25 of the split have no expert row.
+    """
+    ids = [f"{i // 2 + 1:08d}_{i % 2:03d}.png" for i in range(26)]
+    probs = np.repeat(((24 - np.arange(26)) / 25)[:, None], 14, axis=1)
+    y_nih = np.zeros((26, 14), np.int8)
+    y_nih[list(range(6)) + list(range(12, 18)), LABELS.index("Pneumothorax")] = 1
+    expert = pd.DataFrame({
+        "image_id": ids[:24] + ["00000099_000.png", "00000098_000.png"],
+        "patient_id": [i // 2 + 1 for i in range(24)] + [99, 98],
+        "split": ["test"] * 24 + ["validation"] * 2,
+        "Fracture": [1] * 4 + [0] * 22,
+        "Pneumothorax": [1] * 12 + [0] * 14,
+        "Airspace opacity": [1] * 3 + [0] * 23,
+        "Nodule or mass": [i % 2 for i in range(26)],
+    })
+    return expert, ids, [i // 2 + 1 for i in range(26)], y_nih, probs
+
+
+def test_section_figures_by_hand():
+    expert, ids, patients, y_nih, probs = hand_set()
+    tuned = np.full(14, 0.5)
+    tuned[LABELS.index("Pneumothorax")] = 0.9
+    s = expert_labels.evaluate(expert, ids, patients, y_nih, probs, label_names=LABELS,
+                               thresholds=[0.5], tuned_thresholds=tuned, n_boot=300, seed=0)
+    assert (s["images"], s["patients"], s["rows_in_file"]) == (24, 12, 26)
+    assert s["expert_sets"] == {"test": 24}
+    assert s["method"] == "patient-level percentile bootstrap, 300 resamples"
+    p = s["per_finding"]["Pneumothorax"]
+    assert (p["positives"], p["negatives"], p["auc"]) == (12, 12, 1.0)
+    assert p["auc_ci_low"] == p["auc_ci_high"] == 1.0 and p["auc_ci_dropped"] == 0.0
+    assert (p["nih"]["positives"], p["nih"]["negatives"]) == (12, 12)
+    assert p["nih"]["auc"] == pytest.approx(0.75)
+    assert p["label_noise_gap"] == pytest.approx(0.25)
+    assert p["label_noise_gap_ci_low"] <= 0.25 <= p["label_noise_gap_ci_high"]
+    assert p["agreement"] == {"both_positive": 6, "radiologists_only": 6, "nih_only": 6,
+                              "both_negative": 6}
+    # Scores >= 0.5 are images 0..11 (12/25 = 0.48 < 0.5 from image 12 on): all 12 positives.
+    assert p["f1@0.5"] == p["recall@0.5"] == p["precision@0.5"] == 1.0
+    # Tuned 0.9 keeps images 0 and 1 (24/25, 23/25): tp 2, fn 10 -> F1 4/14.
+    assert p["f1@tuned"] == pytest.approx(4 / 14) and p["precision@tuned"] == 1.0
+    assert p["average_precision"] == 1.0
+    a = s["per_finding"]["Airspace opacity"]
+    assert (a["positives"], a["negatives"], a["auc"]) == (3, 21, None)
+    assert a["auc_not_estimable"] == "3 positives (fewer than 10)"
+    assert a["auc_ci_low"] is None and a["label_noise_gap"] is None
+    n = s["per_finding"]["Nodule or mass"]
+    # Odd images positive: positive 2k+1 beats negatives 2k+2..22 -> sum_k (11 - k) = 66 of
+    # 144 pairs. NIH has no nodule or mass here: not estimable, so no gap.
+    assert n["auc"] == pytest.approx(66 / 144)
+    assert n["nih"]["auc"] is None and n["nih"]["auc_not_estimable"] == "0 positives (fewer than 10)"
+    assert n["label_noise_gap"] is None
+    f = s["per_finding"]["Fracture"]
+    assert (f["predicted"], f["positives"], f["negatives"], f["auc"]) == (False, 4, 20, None)
+    assert f["auc_not_estimable"].startswith("not predicted") and f["f1@0.5"] is None
+    assert s["auc_mean_over"] == 2 and s["auc_mean"] == pytest.approx((1 + 66 / 144) / 2)
+    assert s["label_noise_gap_mean_over"] == 1
+    assert s["label_noise_gap_mean"] == pytest.approx(0.25)
+    text = expert_labels.format_markdown({**s, "file": "labels.csv"})
+    assert "| Fracture | none | 4 / 20 | not predicted |" in text
+    assert "| Pneumothorax | Pneumothorax | 12 / 12 | 1.000 [1.000, 1.000] | 12 / 12 | 0.750 [" in text
+    assert "not estimable: 3 positives (fewer than 10)" in text
+
+
+def test_no_matching_image_gives_an_empty_section():
+    expert, ids, patients, y_nih, probs = hand_set()
+    s = expert_labels.evaluate(expert, ids[24:], patients[24:], y_nih[24:], probs[24:],
+                               label_names=LABELS, thresholds=[0.5], n_boot=50)
+    assert s["images"] == 0 and s["auc_mean"] is None and s["auc_mean_over"] == 0
+    p = s["per_finding"]["Pneumothorax"]
+    assert (p["positives"], p["negatives"], p["auc"]) == (0, 0, None)
+    assert p["auc_not_estimable"] == "no image of this split has expert labels"
+    assert "0 images of this split" in expert_labels.format_markdown({**s, "file": "x.csv"})
+
+
+# --- through the evaluate app on a synthetic run ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory, make_run_dir):
+    """200 synthetic images (46 in the test split) with every finding at >= 40 %, prepared at
+    32 px, and an untrained run on them."""
+    from cxr_tf import synthetic
+    from cxr_tf.datasets.nih_chest_xray14 import build
+
+    root = tmp_path_factory.mktemp("expert")
+    synthetic.generate(root / "kaggle", num_images=200, image_size=32, seed=5, progress=False,
+                       num_workers=1, min_prevalence=0.4)
+    build.prepare(str(root / "kaggle"), str(root / "tfds"), 32, num_workers=0)
+    net = make_run_dir(root / "run", root / "tfds", thresholds=("0.5",))
+    return root, net
+
+
+def split_probs(net, data_dir, split):
+    """(rows, probabilities) of a split, computed here independently of cxr_tf.evaluate."""
+    from cxr_tf.data import input_pipeline, source
+    from cxr_tf.evaluation import metrics
+
+    src = source.open_source(str(data_dir), image_size=32)
+    pixels = np.concatenate([x.numpy() for x, _ in input_pipeline.make_for_eval(
+        src, split, batch_size=16)])
+    return src.rows(split), metrics.sigmoid(net.predict(pixels, verbose=0))
+
+
+def test_label_noise_gap_through_evaluate(synthetic_run):
+    from cxr_tf import evaluate
+
+    root, net = synthetic_run
+    rows, probs = split_probs(net, root / "tfds", "test")
+    y_nih = np.stack([r["labels"] for r in rows])
+    scores = expert_labels.map_scores(probs, LABELS)
+    n = len(rows)
+    assert n == 46
+    # Radiologists, chosen so the AUCs are known: Pneumothorax = NIH's own labels (gap 0);
+    # Nodule or mass YES on the images the run scores highest (AUC 1); Airspace opacity YES
+    # on those it scores lowest (AUC 0); Fracture YES on 5 images (not predicted). Each cut
+    # lies at the widest gap between neighbouring scores among the middle ranks, so float
+    # noise between this prediction and evaluate's cannot reorder across it.
+    def cut(column, top):
+        order = np.argsort(-column if top else column)
+        k = 15 + int(np.argmax(np.abs(np.diff(column[order][14:32]))))
+        chosen = np.zeros(n, int)
+        chosen[order[:k]] = 1
+        return chosen, k
+
+    nodule_or_mass, k_nm = cut(scores[:, 3], top=True)
+    airspace, _ = cut(scores[:, 2], top=False)
+    pneumothorax = y_nih[:, LABELS.index("Pneumothorax")]
+    yes = np.array(["NO", "YES"])
+    lines = [f"{r['image_id']},Finding,0,{r['patient_id']},50,M,PA,32,32,0.1,0.1,"
+             f"{'YES' if i < 5 else 'NO'},{yes[pneumothorax[i]]},{yes[airspace[i]]},"
+             f"{yes[nodule_or_mass[i]]}" for i, r in enumerate(rows)]
+    lines.append("00099999_000.png,Finding,0,99999,50,M,PA,32,32,0.1,0.1,NO,NO,NO,NO")
+    header = (GOOGLE / "test_labels.csv").read_text().splitlines()[0]
+    expert_file = root / "test_labels.csv"
+    expert_file.write_text("\n".join([header, *lines]) + "\n")
+
+    report = evaluate.evaluate_run(str(root / "run"), "test", n_boot=50, progress=False,
+                                   expert_labels=str(expert_file))
+    s = report["expert_labels"]
+    assert s["file"] == str(expert_file) and s["images"] == 46 and s["rows_in_file"] == 47
+    assert s["thresholds"] == {"0.5": 0.5}  # the run's; nothing tuned on expert labels
+    p, nm, ao = (s["per_finding"][k] for k in ("Pneumothorax", "Nodule or mass",
+                                               "Airspace opacity"))
+    nih_pneumothorax = roc_auc_score(pneumothorax, scores[:, 1])
+    assert p["auc"] == pytest.approx(nih_pneumothorax) and p["label_noise_gap"] == 0.0
+    assert p["f1@0.5"] == pytest.approx(f1_score(pneumothorax, scores[:, 1] >= 0.5,
+                                                 zero_division=0))
+    nih_nm = y_nih[:, [LABELS.index("Nodule"), LABELS.index("Mass")]].max(axis=1)
+    assert nm["auc"] == 1.0 and (nm["positives"], nm["negatives"]) == (k_nm, 46 - k_nm)
+    assert nm["nih"]["auc"] == pytest.approx(roc_auc_score(nih_nm, scores[:, 3]))
+    assert nm["label_noise_gap"] == pytest.approx(1.0 - roc_auc_score(nih_nm, scores[:, 3]))
+    assert ao["auc"] == 0.0
+    nih_ao_negatives = int((y_nih[:, [LABELS.index(k) for k in expert_labels.MAPPING[
+        "Airspace opacity"].outputs]].max(axis=1) == 0).sum())
+    assert ao["nih"]["negatives"] == nih_ao_negatives < 10  # so: no NIH AUC and no gap
+    assert ao["nih"]["auc"] is None and ao["label_noise_gap"] is None
+    assert s["per_finding"]["Fracture"]["positives"] == 5
+    text = (root / "run" / "eval_test" / "report.md").read_text()
+    assert "## Radiologist-adjudicated labels" in text and "| Fracture | none | 5 / 41 |" in text
+    assert "Radiologist labels on 46 images" in evaluate.format_summary(report)
