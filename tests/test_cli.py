@@ -1,0 +1,228 @@
+"""Tests for cxr_tf.cli: a user error is one `error: ...` line and exit 1 (2 for usage), a bug
+keeps its traceback, and TensorFlow's C++ start-up lines are hidden unless --tf_logs.
+
+The apps run as subprocesses, as a user runs them. Usage errors are found before TensorFlow is
+imported, so those runs take about a second each."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cxr_tf import cli, flags
+from cxr_tf.data import metadata
+from cxr_tf.synthetic import rows
+
+# Lines TensorFlow 2.21 printed at start-up on a CPU machine (cxr_tf.train --dry_run), and
+# the GPU builds' factory lines (tensorflow#62075).
+START_UP = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1795855481.275492   14990 port.cc:153] oneDNN custom operations are on. You "
+    "may see slightly different numerical results due to floating-point round-off errors from "
+    "different computation orders. To turn them off, set the environment variable "
+    "`TF_ENABLE_ONEDNN_OPTS=0`.",
+    "I0000 00:00:1795855481.275980   14990 cudart_stub.cc:31] Could not find cuda drivers on "
+    "your machine, GPU will not be used.",
+    "I0000 00:00:1795855481.371573   14990 cpu_feature_guard.cc:227] This TensorFlow binary is "
+    "optimized to use available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F AVX512_VNNI FMA, in other operations, "
+    "rebuild TensorFlow with the appropriate compiler flags.",
+    "E0000 00:00:1795855483.520950   14990 cuda_platform.cc:52] failed call to cuInit: "
+    "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    "E0000 00:00:1731000000.000000    1234 cuda_dnn.cc:8310] Unable to register cuDNN factory: "
+    "Attempting to register factory for plugin cuDNN when one has already been registered",
+    "E0000 00:00:1731000000.000000    1234 cuda_blas.cc:1418] Unable to register cuBLAS "
+    "factory: Attempting to register factory for plugin cuBLAS when one has already been "
+    "registered",
+    "W0000 00:00:1731000000.000000    1234 computation_placer.cc:177] computation placer "
+    "already registered. Please check linkage and avoid linking the same target more than once.",
+    "2024-01-01 12:00:00.000000: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] "
+    "TF-TRT Warning: Could not find TensorRT",
+]
+# Real problems that look alike: these always show.
+KEPT = [
+    "E0000 00:00:1795855483.520950   14990 cuda_platform.cc:52] failed call to cuInit: "
+    "CUDA_ERROR_NO_DEVICE: no CUDA-capable device is detected (100)",
+    "F0000 00:00:1795855481.275492   14990 port.cc:153] oneDNN custom operations are on.",
+    "W0000 00:00:1795855481.275492   14990 gpu_device.cc:2344] Cannot dlopen some GPU "
+    "libraries.",
+    "I0000 00:00:1795855481.275492   14990 port.cc:153] something else entirely",
+    "Traceback (most recent call last):",
+]
+
+
+def run_app(app, *args, cwd=None, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", f"cxr_tf.{app}", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def run_code(code, timeout=60):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_error(proc, exit_code, message):
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {message}"]
+    assert proc.returncode == exit_code
+
+
+# --- the filter ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line", START_UP)
+def test_known_start_up_lines_match(line):
+    assert cli.TF_START_UP_LINES.match(line)
+
+
+@pytest.mark.parametrize("line", KEPT)
+def test_other_lines_do_not_match(line):
+    assert not cli.TF_START_UP_LINES.match(line)
+
+
+def test_filtered_stderr_drops_known_lines_and_passes_every_other_in_order(capfd):
+    with cli.filtered_stderr(cli.TF_START_UP_LINES):
+        for line in [START_UP[0], KEPT[0], START_UP[1], "a Python warning", START_UP[4]]:
+            os.write(2, (line + "\n").encode())
+        os.write(2, b"\xff not UTF-8\n")
+        os.write(2, b"a last line without a newline")
+    os.write(2, b"; after the block\n")
+    assert capfd.readouterr().err == (f"{KEPT[0]}\na Python warning\n\ufffd not UTF-8\n"
+                                      "a last line without a newline; after the block\n")
+
+
+# --- which errors are the user's ----------------------------------------------------------
+
+def raised(function, *args):
+    try:
+        function(*args)
+    except Exception as e:  # noqa: BLE001 -- the test wants the exception object
+        return e
+    raise AssertionError("no exception")
+
+
+def test_user_errors_and_bugs_are_told_apart():
+    assert cli.is_user_error(raised(open, "/nonexistent/x.csv"))
+    assert cli.is_user_error(metadata.MetadataError("missing column(s) ['Patient ID']"))
+    # An argument check (a `raise` in cxr_tf) is the user's; numpy's ValueError is a bug.
+    assert cli.is_user_error(raised(rows.sample_rows, 0))
+    assert not cli.is_user_error(raised(np.zeros(2).reshape, 3))
+    assert not cli.is_user_error(raised(int, "x"))
+    assert not cli.is_user_error(raised(dict().__getitem__, "x"))
+
+
+def test_error_message_is_one_line_naming_the_file():
+    assert cli.error_message(raised(open, "/nonexistent/x.csv")) == (
+        "/nonexistent/x.csv: No such file or directory")
+    assert cli.error_message(ValueError("first\n  second\n")) == "first; second"
+    assert cli.error_message(OSError("disk full")) == "disk full"
+
+
+# --- apps: usage errors (exit 2) ----------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--thresholds=abc"], "flag --thresholds=['abc']: 'abc' is not a number"),
+    (["--thresholds="], "flag --thresholds=[]: give at least one threshold, e.g. 0.5 or "
+                        "0.4,0.5,0.6"),
+    (["--learning_rate=nan"], "flag --learning_rate=nan: must be a finite number, not nan"),
+    (["--learning_rate=inf"], "flag --learning_rate=inf: must be a finite number, not inf"),
+    (["--learning_rate=0"], "flag --learning_rate=0.0: must be a finite number > 0, not 0.0"),
+    (["--learning_rate=-1"], "flag --learning_rate=-1.0: must be a finite number > 0, not -1.0"),
+    (["--lerning_rate=0.1"], "Unknown command line flag 'lerning_rate'. Did you mean: "
+                             "learning_rate ?"),
+    (["--dry_run", "extra"], "unexpected arguments: ['extra']"),
+    (["--flagfile=nope.cfg"], "flagfile 'nope.cfg' not found (looked in nope.cfg, "
+                              f"{os.path.join(flags.CONFIG_DIR, 'nope.cfg')})"),
+])
+def test_train_usage_errors(tmp_path, args, message):
+    assert_one_error(run_app("train", *args, cwd=tmp_path), 2, message)
+
+
+def test_self_including_flagfile(tmp_path):
+    cfg = tmp_path / "loop.cfg"
+    cfg.write_text("--epochs=1\n--flagfile=loop.cfg\n")
+    assert_one_error(run_app("train", f"--flagfile={cfg}"), 2,
+                     f"flagfile {cfg} includes itself via {cfg}")
+
+
+def test_missing_required_arguments_are_usage_errors():
+    assert_one_error(run_app("predict"), 2, "--model and at least one file or folder are "
+                     "required (python -m cxr_tf.predict --model=DIR FILES_OR_DIRS...)")
+    assert_one_error(run_app("predict", "--threshold=1.5", "--model=m", "x.png"), 2,
+                     "flag --threshold=1.5: must lie in (0, 1), not 1.5")
+
+
+# --- apps: user errors at run time (exit 1) -----------------------------------------------
+
+def test_metadata_error_is_one_line(tmp_path):
+    csv = tmp_path / "Data_Entry_2017.csv"
+    csv.write_text("a,b\n1,2\n")
+    proc = run_app("stats", f"--data_dir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"error: {csv}, line 1: missing column(s) ['Image Index', ")
+
+
+def test_invalid_model_dir_is_one_line(tmp_path):
+    proc = run_app("export", f"--model_dir={tmp_path / 'missing'}",
+                   f"--export_dir={tmp_path / 'out' / '1'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"error: {tmp_path / 'missing' / 'config.json'}: ")
+
+
+def test_train_into_a_model_dir_under_a_file_is_one_line(tmp_path, prepared_dir):
+    (tmp_path / "file").write_text("")
+    model_dir = tmp_path / "file" / "run"
+    proc = run_app("train", f"--data_dir={prepared_dir}", f"--model_dir={model_dir}",
+                   "--arch=resnet18", "--image_size=32", "--epochs=1", "--steps_per_epoch=1",
+                   timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("error: ") and str(tmp_path / "file") in line
+    assert line.endswith(": Not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_train_into_a_read_only_model_dir_is_one_line(tmp_path, prepared_dir):
+    tmp_path.joinpath("ro").mkdir(mode=0o555)
+    proc = run_app("train", f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'ro' / 'run'}",
+                   "--arch=resnet18", "--image_size=32", "--epochs=1", "--steps_per_epoch=1",
+                   timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1].endswith(": Permission denied")
+
+
+def test_a_library_argument_check_is_one_line_and_a_bug_keeps_its_traceback():
+    template = ("from cxr_tf import cli, flags\n"
+                "def main(argv):\n    {}\n"
+                "cli.run(main, flags.define_stats_flags)\n")
+    proc = run_code(template.format("from cxr_tf.synthetic import rows; rows.sample_rows(0)"))
+    assert_one_error(proc, 1, "need num_images >= 1, seed >= 0 and 0 <= min_prevalence < 1, "
+                              "got 0, 0, 0.0")
+    for bug, last_line in [("import numpy; numpy.zeros(2).reshape(3)",
+                            "ValueError: cannot reshape array of size 2 into shape (3,)"),
+                           ("{}['x']", "KeyError: 'x'")]:
+        proc = run_code(template.format(bug))
+        assert proc.returncode == 1
+        assert "Traceback (most recent call last)" in proc.stderr
+        assert proc.stderr.splitlines()[-1] == last_line
+        assert "error: " not in proc.stderr
+
+
+# --- TensorFlow's start-up lines ----------------------------------------------------------
+
+def test_dry_run_hides_tensorflow_start_up_lines_unless_tf_logs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    args = ["--flagfile=demo.cfg", "--dry_run", "--arch=resnet18", "--image_size=32"]
+    quiet = run_app("train", *args, cwd=tmp_path, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert '"arch": "resnet18"' in quiet.stdout.splitlines()[0]
+    assert quiet.stderr == ""
+    loud = run_app("train", *args, "--tf_logs", cwd=tmp_path, env=env)
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stdout.splitlines()[0] == quiet.stdout.splitlines()[0]  # the same config
+    shown = [line for line in loud.stderr.splitlines() if cli.TF_START_UP_LINES.match(line)]
+    assert any("All log messages before absl::InitializeLog()" in line for line in shown)
+    assert any("oneDNN custom operations are on" in line for line in shown)
