@@ -138,12 +138,13 @@ def find_boxes(bbox_csv, data_dir):
     from cxr_tf.evaluation import localization
 
     boxes = localization.read_boxes(bbox_csv)
-    dirs = [os.path.dirname(os.path.abspath(bbox_csv)), data_dir]
+    dirs = list(dict.fromkeys([os.path.dirname(os.path.abspath(bbox_csv)),
+                               os.path.abspath(data_dir)]))  # walked once each
     paths = localization.find_images(dirs, [b.image_id for b in boxes])
     if boxes and not paths:
         raise FileNotFoundError(
             f"{bbox_csv}: none of the {len({b.image_id for b in boxes}):,} images of the box "
-            f"list is under {dirs[0]} or {data_dir}; the boxes need the image files (their "
+            f"list is under {' or '.join(dirs)}; the boxes need the image files (their "
             "size places each box)")
     return os.path.abspath(bbox_csv), boxes, paths
 
@@ -194,10 +195,10 @@ def evaluate_chexpert(model_dir, *, data_dir, checkpoint="best", n_boot=1000, un
               "data_dir": os.path.abspath(data_dir), "tuned_thresholds_from": tuned_info,
               **report}
     report["files"] = [os.path.join(out_dir, name) for name in ("report.json", "report.md")]
-    complete = (y != chexpert.UNCERTAIN).all(axis=1) | (uncertain != "ignore")
-    report["files"] += report_plots.write_plots(
-        out_dir, external.apply_policy(y[complete], uncertain)[0].astype(np.int8),
-        probs[complete], names)
+    y_used, _ = external.apply_policy(y, uncertain)
+    complete = ~np.isnan(y_used).any(axis=1)  # the curves need every finding's label
+    report["files"] += report_plots.write_plots(out_dir, y_used[complete].astype(np.int8),
+                                                probs[complete], names)
     reporting.write_json(report["files"][0], report)
     with open(report["files"][1], "w") as f:
         f.write(reporting.format_markdown(
@@ -252,15 +253,18 @@ def main(argv):
         if not FLAGS.data_dir:
             raise app.UsageError("--dataset=chexpert needs --data_dir (the TFDS dir holding "
                                  "the prepared chexpert dataset)")
-        if FLAGS.tune_thresholds or FLAGS.bbox_csv:
-            raise app.UsageError("--tune_thresholds and --bbox_csv work on NIH data: run them "
-                                 "with --dataset=nih")
+        if FLAGS.tune_thresholds or FLAGS.bbox_csv or FLAGS["split"].present:
+            raise app.UsageError("--split, --tune_thresholds and --bbox_csv work on NIH data "
+                                 "(--dataset=chexpert always evaluates CheXpert's validation "
+                                 "split)")
         report = evaluate_chexpert(FLAGS.model_dir, data_dir=FLAGS.data_dir,
                                    checkpoint=FLAGS.checkpoint, n_boot=FLAGS.bootstrap,
                                    uncertain=FLAGS.uncertain_labels, views=FLAGS.views,
                                    batch_size=FLAGS.batch_size, progress=not FLAGS.json)
         print(json.dumps(report) if FLAGS.json else format_summary(report))
         return 0
+    if FLAGS["uncertain_labels"].present or FLAGS["views"].present:
+        raise app.UsageError("--uncertain_labels and --views apply to --dataset=chexpert")
     report = evaluate_run(FLAGS.model_dir, FLAGS.split, data_dir=FLAGS.data_dir,
                           checkpoint=FLAGS.checkpoint, n_boot=FLAGS.bootstrap,
                           tune=FLAGS.tune_thresholds, batch_size=FLAGS.batch_size,

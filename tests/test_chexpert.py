@@ -198,3 +198,17 @@ def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):
     assert printed["labels"]["per_finding"]["Atelectasis"] == {
         "uncertain": 2, "left_out": 0, "images": 8}
     assert printed["labels"]["views"] == ["frontal", "lateral"]
+
+
+@pytest.mark.parametrize("flags_given, message", [
+    (["--dataset=chexpert", "--data_dir=D", "--split=test"],
+     "--split, --tune_thresholds and --bbox_csv work on NIH data"),
+    (["--views=lateral"], "--uncertain_labels and --views apply to --dataset=chexpert"),
+])
+def test_evaluate_app_refuses_flags_of_the_other_dataset(tmp_path, flags_given, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={tmp_path}",
+                           *flags_given], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
