@@ -132,17 +132,21 @@ def test_pointing_game_on_non_square_films(tmp_path):
         "00000001_000.png,Mass,0,0,10,10\n"  # same map, elsewhere: miss
         "00000002_000.png,Nodule,3,48,10,10\n"  # hit
         "00000001_000.png,Effusion,0,0,64,40\n"  # the whole film: hit
-        "00000003_000.png,Mass,0,0,5,5\n")  # no such file
+        "00000003_000.png,Mass,0,0,5,5\n"  # no such file
+        "00000004_000.png,Mass,0,0,5,5\n")  # a PNG cut short: counted, the game goes on
+    (tmp_path / "00000004_000.png").write_bytes(images.PNG_SIGNATURE + b"\0\0\0\rIHDR")
     boxes = localization.read_boxes(tmp_path / "b.csv")
     paths = localization.find_images([tmp_path], [b.image_id for b in boxes])
-    assert sorted(paths) == ["00000001_000.png", "00000002_000.png"]
+    assert sorted(paths) == ["00000001_000.png", "00000002_000.png", "00000004_000.png"]
     pairs = list(localization.point(boxes, paths, brightness_map, 32, batch_size=2))
-    assert [(p.image_id, p.label, p.hits) for p in pairs] == [
+    assert [p.image_id for p in pairs if p.error] == ["00000004_000.png"]
+    assert [(p.image_id, p.label, p.hits) for p in pairs if not p.error] == [
         ("00000001_000.png", "Mass", [True, False]),
         ("00000002_000.png", "Nodule", [True]),
         ("00000001_000.png", "Effusion", [True])]
     # The wide film's first box: (38, 18 + 12) × 32/64 = (19, 15), 10 × 0.5 = 5 a side.
     assert pairs[0].boxes[0] == pytest.approx((19, 15, 5, 5))
+    assert pairs[2].error.startswith("00000004_000.png: ")
     section, examples = localization.summarize(pairs, boxes, paths, size=32, n_boot=50,
                                                source="b.csv", examples_per_finding=1)
     assert section["per_finding"]["Mass"] | {"hit_rate_ci_low": 0, "hit_rate_ci_high": 0} == {
@@ -155,8 +159,10 @@ def test_pointing_game_on_non_square_films(tmp_path):
     assert list(section["per_finding"]) == ["Effusion", "Mass", "Nodule"]  # label order
     overall = section["overall"]
     assert (overall["boxes"], overall["hits"], overall["patients"]) == (4, 3, 2)
-    assert (section["boxes_read"], section["boxes_scored"]) == (5, 4)
+    assert (section["boxes_read"], section["boxes_scored"]) == (6, 4)
     assert section["images_missing_first"] == ["00000003_000.png"]
+    assert section["images_unreadable"] == 1
+    assert section["images_unreadable_first"] == [pairs[2].error]
     assert [len(v) for v in examples.values()] == [1, 1, 1]
     grid = localization.plot_overlays(tmp_path / "grid.png", examples)
     with Image.open(grid) as img:

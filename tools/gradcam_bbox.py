@@ -108,6 +108,8 @@ def main(argv=None):
     if section["images_missing"]:
         print(f"{section['images_missing']} images of the box list not found under "
               f"{args.data_dir}")
+    for error in section["images_unreadable_first"]:
+        print(f"unreadable: {error}")
     print(json.dumps(summary))
     return 0
 

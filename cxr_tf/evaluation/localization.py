@@ -57,6 +57,7 @@ class Pair:
     peak: tuple  # (row, col) of the map's maximum
     image: np.ndarray  # uint8 S×S, the model's input
     heatmap: np.ndarray  # float S×S in [0, 1]
+    error: str = None  # why the image could not be read (then no boxes, hits or map)
 
 
 def read_boxes(path):
@@ -144,6 +145,9 @@ def load_image(path, size):
 def point(boxes, paths, heatmaps, size, *, batch_size=32):
     """Plays the pointing game; yields one Pair per (image, finding) whose image was found.
 
+    An image that cannot be decoded yields a Pair with its `error` (counted by `summarize`)
+    rather than stopping the game.
+
     Args:
         boxes: [Box]; paths: {image name: file}, e.g. from `find_images`.
         heatmaps: callable (uint8 (B, S, S, 1) images, class indices (B,)) -> (B, S, S) maps,
@@ -156,8 +160,15 @@ def point(boxes, paths, heatmaps, size, *, batch_size=32):
             pairs.setdefault((box.image_id, box.label), []).append(box)
     todo = list(pairs)
     for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        loaded = [load_image(paths[name], size) for name, _ in chunk]
+        chunk, loaded = [], []
+        for name, label in todo[start:start + batch_size]:
+            try:
+                loaded.append(load_image(paths[name], size))
+                chunk.append((name, label))
+            except (images.ImageError, OSError) as e:
+                yield Pair(name, label, [], [], None, None, None, error=str(e))
+        if not chunk:
+            continue
         maps = heatmaps(np.stack([image for image, _ in loaded])[..., None],
                         np.array([labels_lib.LABELS.index(label) for _, label in chunk]))
         for (name, label), (image, shape), heatmap in zip(chunk, loaded, maps):
@@ -203,9 +214,11 @@ def summarize(pairs, boxes, paths, *, size, n_boot=1000, seed=0, source=None,
     and the chance rate (mean share of the input the boxes cover). Boxes whose image was not
     found are counted (and the first few named), never silently dropped.
     """
-    per = {}
-    examples = {}
+    per, examples, unreadable = {}, {}, {}
     for pair in pairs:
+        if pair.error:
+            unreadable[pair.image_id] = pair.error
+            continue
         entry = per.setdefault(pair.label, {"hits": [], "groups": [], "chance": [], "images": 0})
         entry["hits"] += pair.hits
         entry["groups"] += [patient_of(pair.image_id)] * len(pair.hits)
@@ -236,6 +249,8 @@ def summarize(pairs, boxes, paths, *, size, n_boot=1000, seed=0, source=None,
         "boxes_scored": sum(f["boxes"] for f in per_finding.values()),
         "images_missing": len(missing),
         "images_missing_first": missing[:MAX_LISTED],
+        "images_unreadable": len(unreadable),
+        "images_unreadable_first": [unreadable[k] for k in sorted(unreadable)[:MAX_LISTED]],
         "per_finding": per_finding,
         "overall": (figures(sum((e["hits"] for e in everything), []),
                             sum((e["groups"] for e in everything), []),
@@ -285,7 +300,8 @@ def _f(value):
 def format_markdown(section, grid=None):
     """The section's markdown body (reporting.format_markdown adds the title)."""
     lines = [f"- boxes: `{section['source']}`; {section['boxes_scored']:,} of "
-             f"{section['boxes_read']:,} scored ({section['images_missing']:,} images not found)",
+             f"{section['boxes_read']:,} scored ({section['images_missing']:,} images not "
+             f"found, {section['images_unreadable']:,} unreadable)",
              "- a hit: the Grad-CAM maximum for the box's finding lies in the box (boxes "
              "scaled through the same pad-to-square and resize as the pixels; image sizes "
              "from the image files)",
