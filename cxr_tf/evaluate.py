@@ -38,13 +38,14 @@ FLAGS = flags.FLAGS
 def predict_split(model, data_dir, split, *, image_size, val_fraction=0.1, seed=0,
                   batch_size=64, verbose="auto"):
     """(probabilities (n, outputs), per-image metadata rows) of one split, in one order."""
-    from cxr_tf.data import input_pipeline
+    from cxr_tf.data import input_pipeline, source
     from cxr_tf.evaluation import metrics
 
-    common = dict(image_size=image_size, val_fraction=val_fraction, seed=seed)
-    rows = input_pipeline.split_metadata(data_dir, split, **common)
-    ds = input_pipeline.make_dataset(data_dir, split, batch_size=batch_size, training=False,
-                                     **common).map(lambda image, target: image)
+    data = source.open_source(data_dir, image_size=image_size, val_fraction=val_fraction,
+                              seed=seed)
+    rows = data.rows(split)
+    ds = input_pipeline.make_for_eval(data, split, batch_size=batch_size).map(
+        lambda image, target: image)
     logits = np.asarray(model.predict(ds, verbose=verbose), np.float64)
     if len(logits) != len(rows):
         # Only the raw-Kaggle path drops images (undecodable files, warned above).

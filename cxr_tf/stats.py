@@ -51,23 +51,12 @@ def kaggle_stats(data_dir):
 
 def prepared_stats(data_dir, image_size=None):
     """{"splits": {"train": ..., "validation": ..., "test": ...}} from a prepared dataset."""
-    import tensorflow_datasets as tfds  # only here: a Kaggle folder needs no TensorFlow
+    from cxr_tf.data import source  # only here: a Kaggle folder needs no TensorFlow
 
-    from cxr_tf.data import input_pipeline
-
-    builder = input_pipeline.open_prepared(data_dir, image_size)
-    splits = {}
-    for split in input_pipeline.SPLITS:
-        if split not in builder.info.splits:
-            continue
-        ds = builder.as_dataset(split=split, shuffle_files=False,
-                                decoders={"image": tfds.decode.SkipDecoding()})
-        ds = ds.map(lambda ex: (ex["labels"], ex["patient_id"])).batch(8192)
-        parts = list(tfds.as_numpy(ds))
-        label_matrix = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 14))
-        patient_ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
-        splits[split] = split_stats(label_matrix, patient_ids)
-    return {"splits": splits}
+    # find_prepared first: a folder that holds no prepared dataset is a FileNotFoundError.
+    data = source.open_source(source.find_prepared(data_dir, image_size))
+    return {"splits": {split: split_stats(data.labels(split), data.columns(split)["patient_id"])
+                       for split in data.split_sizes}}
 
 
 def compute_stats(data_dir, image_size=None):

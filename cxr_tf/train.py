@@ -14,6 +14,7 @@ import sys
 from absl import app
 
 from cxr_tf import cli, flags
+from cxr_tf.training.config import RunConfig
 
 FLAGS = flags.FLAGS
 
@@ -21,28 +22,33 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = flags.flag_values_dict(flags.TRAIN_FLAG_NAMES)
+    try:
+        config = RunConfig(**flags.flag_values_dict(flags.TRAIN_FLAG_NAMES))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     if FLAGS.dry_run:
         return dry_run(config)
-    if not FLAGS.model_dir:
+    if not config.model_dir:
         raise app.UsageError("--model_dir is required")
+    if not (config.data_dir or config.synthetic):
+        raise app.UsageError("give --data_dir (a prepared TFDS dir or a Kaggle folder) or "
+                             "--synthetic")
     from cxr_tf.training import distribute, runner  # TensorFlow starts here, after flag checks
 
     # Created first: MultiWorkerMirroredStrategy must exist before any other TF op.
-    strategy = distribute.make_strategy(config["strategy"])
+    strategy = distribute.make_strategy(config.strategy)
     summary = runner.run(config, strategy=strategy, command_line=shlex.join(sys.argv),
-                           verbose="auto" if sys.stdout.isatty() else 2)
+                         verbose="auto" if sys.stdout.isatty() else 2)
     print(json.dumps(summary, sort_keys=True) if FLAGS.json else runner.format_summary(summary))
     return 1 if summary["terminated_on_nan"] else 0
 
 
 def dry_run(config):
     """The resolved config as one JSON line, then the model summary and parameter count."""
-    from cxr_tf import labels, model
+    from cxr_tf import model
 
-    print(json.dumps(config, sort_keys=True))
-    net = model.build_model(config["arch"], config["image_size"],
-                            labels.NUM_CLASSES + int(config["no_finding_output"]))
+    print(json.dumps(config.to_dict(), sort_keys=True))
+    net = model.build_model(config.arch, config.image_size, config.num_outputs)
     net.summary(line_length=110)
     print(f"parameters: {net.count_params():,}")
     return 0

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from cxr_tf import evaluate, labels
-from cxr_tf.data import input_pipeline
+from cxr_tf.data import input_pipeline, source
 from cxr_tf.evaluation import metrics
 from cxr_tf.serving import run_dir
 
@@ -21,9 +21,10 @@ SIZE = 32
 
 def split_probs(net, data_dir, split):
     """(labels, probabilities) of a split, computed here independently of cxr_tf.evaluate."""
-    rows = input_pipeline.split_metadata(str(data_dir), split, image_size=SIZE)
-    pixels = np.concatenate([x.numpy() for x, _ in input_pipeline.make_dataset(
-        str(data_dir), split, batch_size=8, training=False, image_size=SIZE)])
+    data = source.open_source(data_dir, image_size=SIZE)
+    rows = data.rows(split)
+    pixels = np.concatenate([x.numpy() for x, _ in input_pipeline.make_for_eval(
+        data, split, batch_size=8)])
     probs = metrics.sigmoid(net.predict(pixels, verbose=0))
     return np.stack([r["labels"] for r in rows]), probs, rows
 

@@ -41,24 +41,25 @@ def main(argv=None):
     import tensorflow as tf
 
     from cxr_tf import labels, losses, model
-    from cxr_tf.data import input_pipeline
+    from cxr_tf.data import input_pipeline, source
     from cxr_tf.training import callbacks, runner
 
-    data = runner.synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir)
-    n = input_pipeline.split_size(data, "train", args.image_size)
+    data = source.open_source(
+        runner.synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir),
+        image_size=args.image_size)
+    n = data.split_sizes["train"]
     steps = n // args.batch_size
     net = model.build_model(args.arch, args.image_size, labels.NUM_CLASSES)
     net.compile(keras.optimizers.Adam(1e-3), losses.make_loss(None))
-    stream = input_pipeline.make_dataset(
-        data, "train", batch_size=args.batch_size, training=True, image_size=args.image_size,
-        epochs=args.repeats + 2, steps_per_epoch=steps)
+    stream = input_pipeline.make_for_train(
+        data, batch_size=args.batch_size, epochs=args.repeats + 2, steps_per_epoch=steps,
+        augment=input_pipeline.augment)
     in_memory = tf.data.Dataset.from_tensor_slices(
         tuple(np.stack(t) for t in zip(*[(x.numpy(), y.numpy()) for x, y in stream.take(steps)]))
     ).repeat()
-    y_val = np.stack([r["labels"] for r in input_pipeline.split_metadata(data, "validation")])
-    val = input_pipeline.make_dataset(data, "validation", training=False,
-                                      batch_size=runner.EVAL_BATCH_FACTOR * args.batch_size,
-                                      image_size=args.image_size)
+    y_val = data.labels("validation")
+    val = input_pipeline.make_for_eval(data, "validation",
+                                       batch_size=runner.EVAL_BATCH_FACTOR * args.batch_size)
     metrics_cb = callbacks.EpochMetrics(val, y_val, [0.4, 0.5, 0.6], labels.LABELS)
     metrics_cb.set_model(net)
 

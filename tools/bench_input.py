@@ -4,8 +4,8 @@
         [--repeats=5] [--cache] [--no-augment] [--work_dir=DIR]
 
 Generates the synthetic Kaggle-layout set (at 2x the size), prepares it at --image_size,
-then times full passes of `input_pipeline.make_dataset(training=True)` with augmentation on
-all cores, as the train app builds it. The first pass warms up (file cache, autotuning) and
+then times full passes of `input_pipeline.make_for_train` with augmentation on all cores,
+as the train app builds it. The first pass warms up (file cache, autotuning) and
 is not counted. Reports the median over --repeats passes of images/s, the cores used and the
 rate per core. Target: >= 1,500 img/s per core at 224 px (a 16-core GPU host then feeds
 > 20,000 img/s, more than the ~7,000 img/s an H100/H200 trains on at 224 px).
@@ -47,17 +47,17 @@ def main(argv=None):
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
     args = parser.parse_args(argv)
 
-    from cxr_tf.data import input_pipeline
+    from cxr_tf.data import input_pipeline, source
     from cxr_tf.training import runner
 
     tfds_dir = runner.synthetic_data_dir(args.image_size, args.num_images,
                                            cache_dir=args.work_dir)
-    n = input_pipeline.split_size(tfds_dir, "train", args.image_size)
+    data = source.open_source(tfds_dir, image_size=args.image_size)
+    n = data.split_sizes["train"]
     steps = n // args.batch_size
-    ds = input_pipeline.make_dataset(
-        tfds_dir, "train", batch_size=args.batch_size, training=True, image_size=args.image_size,
-        epochs=args.repeats + 1, steps_per_epoch=steps, cache=args.cache,
-        augment_images=args.augment)
+    ds = input_pipeline.make_for_train(
+        data, batch_size=args.batch_size, epochs=args.repeats + 1, steps_per_epoch=steps,
+        cache=args.cache, augment=input_pipeline.augment if args.augment else None)
     rates, iterator = [], iter(ds)
     for repeat in range(args.repeats + 1):
         start = time.perf_counter()

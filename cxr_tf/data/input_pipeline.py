@@ -1,4 +1,6 @@
-"""tf.data pipelines over a prepared `nih_chest_xray14` TFDS dir (fast) or a raw Kaggle folder (slow).
+"""tf.data input pipelines, the big_vision way: read a split from a `source.Source`, then
+`make_for_train(...)` or `make_for_eval(...)`; options come in as functions (`augment`,
+`target_fn`) and names (`features`) rather than booleans.
 
 Images leave here as uint8 S×S×1 and labels as float32 multi-hot: normalisation lives in the
 model, so that training, export and serving share one preprocessing.
@@ -8,152 +10,15 @@ augmented with stateless ops keyed by (seed, epoch, position). A run resumed at 
 BackupAndRestore therefore sees exactly the batches the uninterrupted run saw.
 """
 
-import functools
-import glob
-import json
 import math
-import os
 
-import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from cxr_tf import labels
-from cxr_tf.data import images, metadata
+from cxr_tf.data import source as source_lib
 
-DATASET_NAME = "nih_chest_xray14"
-SPLITS = ("train", "validation", "test")
 AUTOTUNE = tf.data.AUTOTUNE
 _SHUFFLE_BUFFER = 16_384  # examples, at most...
 _SHUFFLE_BYTES = 1 << 30  # ...and about this much image data (S² bytes each, or less as PNG)
-
-
-# --- locating data -------------------------------------------------------------------------
-
-def find_prepared(data_dir, image_size=None):
-    """Returns the version dir (`DIR/nih_chest_xray14/<config>/<version>`) of a prepared dataset.
-
-    Accepts the TFDS data_dir that `prepare` wrote to, or the version dir itself. With several
-    prepared configs, `image_size` picks the one named by that size.
-    """
-    if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-        return data_dir
-    found = sorted(glob.glob(os.path.join(data_dir, DATASET_NAME, "*", "*", "dataset_info.json")))
-    found = _latest_versions([os.path.dirname(p) for p in found])
-    if image_size is not None:
-        found = [p for p in found if _config_size(p) == int(image_size)]
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        size = f" at image_size={image_size}" if image_size else ""
-        raise FileNotFoundError(
-            f"{data_dir}: no prepared {DATASET_NAME} dataset{size} "
-            f"(run: python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir={data_dir})"
-        )
-    exact = [p for p in found if os.path.basename(os.path.dirname(p)) == str(image_size)]
-    if len(exact) == 1:
-        return exact[0]
-    raise ValueError(f"{data_dir}: several prepared datasets match, pick one: {found}")
-
-
-def _latest_versions(version_dirs):
-    """One version dir per config: the newest, as TFDS itself picks (an older one is left by
-    a previous cxr_tf release)."""
-    latest = {}
-    for path in version_dirs:
-        config, version = os.path.split(path)
-        if not tfds.core.Version.is_valid(version):
-            continue
-        version = tfds.core.Version(version)
-        if config not in latest or version > latest[config][0]:
-            latest[config] = (version, path)
-    return sorted(path for _, path in latest.values())
-
-
-def _config_size(version_dir):
-    return int(os.path.basename(os.path.dirname(version_dir)).split("_")[0])
-
-
-def is_prepared(data_dir):
-    """A TFDS dir written by prepare (or one of its version dirs), not a raw Kaggle folder."""
-    return (os.path.isfile(os.path.join(data_dir, "dataset_info.json"))
-            or os.path.isdir(os.path.join(data_dir, DATASET_NAME)))
-
-
-def open_prepared(data_dir, image_size=None):
-    """A read-only TFDS builder for the prepared dataset; needs no cxr_tf builder code."""
-    return tfds.builder_from_directory(find_prepared(data_dir, image_size))
-
-
-def prepared_image_size(builder):
-    return int(builder.info.features["image"].shape[0])
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-def _read_prepared(data_dir, split, image_size, input_context):
-    builder = open_prepared(data_dir, image_size)
-    num_files = builder.info.splits[split].num_shards
-    # TFDS shards by file; with fewer files than input pipelines, shard by element instead.
-    by_file = input_context is not None and num_files >= input_context.num_input_pipelines
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=False,  # order must not depend on the process: see the module docstring
-        decoders={"image": tfds.decode.SkipDecoding()},  # decode after shuffling, in parallel
-        read_config=tfds.ReadConfig(input_context=input_context if by_file else None),
-    )
-    if input_context is not None and not by_file and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    size = prepared_image_size(builder)
-    # Datasets prepared before version 1.1.0, or with --image_encoding=png, hold PNG.
-    is_png = isinstance(builder.info.features["image"], tfds.features.Image)
-
-    def decode(example):
-        if is_png:
-            image = tf.io.decode_png(example["image"], channels=1)
-        else:
-            image = tf.io.decode_raw(example["image"], tf.uint8)
-        image = tf.reshape(image, (size, size, 1))
-        return {**example, "image": image}, tf.constant(True)
-
-    return ds, decode, size
-
-
-def _read_kaggle(data_dir, split, image_size, val_fraction, seed):
-    """The slow path: decode and resize raw Kaggle PNGs on the fly (no prepare step)."""
-    if image_size is None:
-        raise ValueError(f"{data_dir}: reading a raw Kaggle folder needs image_size")
-    index = metadata.build_index(data_dir, val_fraction=val_fraction, seed=seed)
-    frame = index.frame[index.frame["split"] == split]
-    columns = {
-        "image_path": frame["path"].to_numpy(str),
-        "image_id": frame["image_id"].to_numpy(str),
-        "labels": frame[list(labels.LABELS)].to_numpy(np.uint8),
-        "patient_id": frame["patient_id"].to_numpy(np.int32),
-        "age": frame["age"].to_numpy(np.int32),
-        "sex": frame["sex"].to_numpy(str),
-        "view": frame["view"].to_numpy(str),
-        "follow_up": frame["follow_up"].to_numpy(np.int32),
-    }
-    ds = tf.data.Dataset.from_tensor_slices(columns)
-
-    def load(path, image_id):
-        try:
-            with open(path.decode(), "rb") as f:
-                image, _ = images.preprocess(f.read(), image_id.decode(), image_size)
-            return image, True
-        except (images.ImageError, OSError) as e:
-            tf.get_logger().warning("skipping %s", e)
-            return np.zeros((image_size, image_size, 1), np.uint8), False
-
-    def decode(example):
-        image, ok = tf.numpy_function(
-            load, [example["image_path"], example["image_id"]], [tf.uint8, tf.bool]
-        )
-        image.set_shape((image_size, image_size, 1))
-        return {**example, "image": image}, ok
-
-    return ds, decode, image_size
 
 
 # --- augmentation ----------------------------------------------------------------------------
@@ -235,146 +100,162 @@ def warp_affine(images, transforms):
 
 # --- the pipeline ----------------------------------------------------------------------------
 
-def make_dataset(data_dir, split, *, batch_size, training, image_size=None, augment_images=None,
-                 hflip=False, seed=0, epoch=0, epochs=None, steps_per_epoch=None,
-                 deterministic=False, input_context=None, cache=False, with_metadata=False,
-                 add_no_finding=False, val_fraction=0.1, shuffle_buffer=None):
-    """Batches of (image uint8 [B,S,S,1], labels float32 [B,14]) for one split.
+def with_no_finding(target):
+    """Appends the 15th "No Finding" target (1 when no finding is present) to [..., 14] labels:
+    the `target_fn` of a run trained with a No Finding output."""
+    target = tf.convert_to_tensor(target, tf.float32)
+    return tf.concat([target, 1.0 - tf.reduce_max(target, axis=-1, keepdims=True)], axis=-1)
 
-    training=True: epochs `epoch` .. `epochs`-1 back to back, each shuffled with its own seed,
-    augmented (unless augment_images=False), cut to `steps_per_epoch` full batches.
-    training=False: one pass in file order, no augmentation, last partial batch kept.
-    with_metadata=True yields a dict (image, labels, image_id, patient_id, age, sex, view).
-    add_no_finding appends a 15th "No Finding" target (1 when no finding is present).
-    input_context: a tf.distribute.InputContext; batch_size is then the global batch and each
-    replica gets batch_size / num_replicas_in_sync, read from its own share of the files.
-    shuffle_buffer: examples; default 16,384, fewer above 256 px so it holds about 1 GiB.
+
+def make_for_train(source, split="train", *, batch_size, epochs, initial_epoch=0,
+                   steps_per_epoch=None, seed=0, augment=None, target_fn=None, features=(),
+                   cache=False, input_context=None, deterministic=False, shuffle_buffer=None):
+    """Training batches: epochs `initial_epoch` .. `epochs`-1 back to back (as Keras's fit
+    counts them), each shuffled with its own seed and cut to `steps_per_epoch` full batches.
+
+    Args:
+        source: a `source.Source` (open_source), opened once per run.
+        batch_size: the global batch; under `input_context` (a tf.distribute.InputContext)
+            each replica gets batch_size / num_replicas_in_sync from its own share of files.
+        augment: None, or `fn(images uint8 [B,S,S,1], seed int64 [2]) -> images`, e.g.
+            `functools.partial(augment, hflip=True)`; called once per batch with a seed from
+            (seed, epoch, batch, input pipeline).
+        target_fn: None (the 14 labels as float32), or `fn(labels [14]) -> target`, e.g.
+            `with_no_finding`.
+        features: metadata names (source.FEATURES) to yield with each image; then elements
+            are dicts {"image", "labels", *features} instead of (image, target).
+        cache: keep the stored images (raw pixels or PNG) in memory after the first epoch.
+        deterministic: keep element order exact under parallel maps (bitwise-repeatable runs).
+        shuffle_buffer: examples; default 16,384, fewer above 256 px so it holds about 1 GiB.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    prepared = is_prepared(data_dir)
-    if prepared:
-        ds, decode, size = _read_prepared(data_dir, split, image_size, input_context)
-    else:
-        ds, decode, size = _read_kaggle(data_dir, split, image_size, val_fraction, seed)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if input_context is not None:
-        batch_size = input_context.get_per_replica_batch_size(batch_size)
-    augment_images = training if augment_images is None else augment_images
+    if epochs <= initial_epoch:
+        raise ValueError(f"epochs ({epochs}) must exceed initial_epoch ({initial_epoch})")
     if shuffle_buffer is None:
-        shuffle_buffer = max(1_024, min(_SHUFFLE_BUFFER, _SHUFFLE_BYTES // size**2))
+        shuffle_buffer = max(1_024, min(_SHUFFLE_BUFFER, _SHUFFLE_BYTES // source.image_size**2))
+    records, decode = source.read(split, input_context)
+    return _pipeline(
+        records, _parse_fn(source, decode, target_fn, features),
+        batch_size=_replica_batch(batch_size, input_context), drop_undecodable=not source.prepared,
+        cache=cache, epochs=(initial_epoch, epochs), shuffle_buffer=shuffle_buffer, seed=seed,
+        steps_per_epoch=steps_per_epoch, augment=augment, deterministic=deterministic,
+        pipeline_id=input_context.input_pipeline_id if input_context is not None else 0)
 
-    def to_example(example):
-        example, ok = decode(example)
-        image = example["image"]
-        target = tf.cast(example["labels"], tf.float32)
-        if add_no_finding:
-            target = tf.concat([target, [1.0 - tf.reduce_max(target)]], axis=0)
-        if with_metadata:
-            keep = ("image_id", "patient_id", "age", "sex", "view")
-            return {"image": image, "labels": target, **{k: example[k] for k in keep}}, ok
-        return (image, target), ok
 
-    pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+def make_for_eval(source, split, *, batch_size, target_fn=None, features=(),
+                  input_context=None):
+    """One pass over a split in file order (the order of `source.labels(split)`): no shuffle,
+    no augmentation, the last partial batch kept. Arguments as in `make_for_train`."""
+    records, decode = source.read(split, input_context)
+    return _pipeline(records, _parse_fn(source, decode, target_fn, features),
+                     batch_size=_replica_batch(batch_size, input_context),
+                     drop_undecodable=not source.prepared)
 
-    def finish(examples, epoch_number):
-        examples = examples.map(to_example, num_parallel_calls=AUTOTUNE)
-        if not prepared:
-            # Only a raw Kaggle folder can hold an undecodable file here (prepare skipped and
-            # counted them): drop it, with the warning logged, rather than train on a blank.
-            # (Not filtering prepared data keeps its cardinality known to Keras.)
-            examples = examples.filter(_is_ok)
-        batches = examples.map(_without_flag).batch(
-            batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
-        if not augment_images:
-            return batches
-        # Augmentation keyed by (seed, epoch, batch, input pipeline): a pure function of them.
-        key = functools.partial(_batch_seed, seed, epoch_number, pipeline_id)
-        return batches.enumerate().map(
-            lambda i, batch: _augment_batch(batch, key(i), hflip), num_parallel_calls=AUTOTUNE)
 
-    # Order (as big_vision): read -> cache -> shuffle -> repeat -> map -> batch -> prefetch.
-    # The cache and the shuffle buffer hold stored bytes (raw pixels or PNG); decoding after
-    # shuffling lets decode + augment run in parallel on all cores.
+def _pipeline(records, parse, *, batch_size, drop_undecodable, cache=False, epochs=None,
+              shuffle_buffer=None, seed=0, steps_per_epoch=None, augment=None,
+              deterministic=True, pipeline_id=0):
+    """The one place that fixes the order of the steps, as big_vision's input pipeline does:
+    filter → cache → shuffle → repeat → map → batch → prefetch.
+
+    epochs=None: one pass in file order. epochs=(first, end): training epochs first..end-1.
+    """
+    # filter: a split arrives as its own records (prepare wrote each split apart), so nothing
+    # is dropped before decoding; an undecodable raw file is found only by decoding (below).
+    # cache: first, so it holds the compact stored bytes, and every epoch reshuffles the same
+    # cached records; nothing random is cached.
     if cache:
-        ds = ds.cache()
-    if training:
-        # "Repeat" is a concatenation of seeded epochs rather than ds.repeat(): the batches
-        # of epoch e then depend only on (seed, e), which is what makes a resume exact.
-        def one_epoch(e):
-            shuffled = ds.shuffle(shuffle_buffer, seed=seed * 1_000_003 + e + 1,
-                                  reshuffle_each_iteration=False)
-            batches = finish(shuffled, e)
-            return batches.take(steps_per_epoch) if steps_per_epoch else batches
+        records = records.cache()
 
-        epochs = epoch + 1 if epochs is None else epochs
-        if epochs <= epoch:
-            raise ValueError(f"epochs ({epochs}) must exceed the first epoch ({epoch})")
-        ds = functools.reduce(tf.data.Dataset.concatenate,
-                              [one_epoch(e) for e in range(epoch, epochs)])
+    def one_epoch(epoch):
+        examples = records
+        if epochs is not None:
+            # shuffle: before decoding, so the buffer holds stored bytes, not decoded images;
+            # seeded by (seed, epoch) alone, never by how many epochs this process has run.
+            # The graph-level seed is cleared in this function's graph: tf.data pairs it with
+            # the op seed, and a global seed of 0 with a tensor op seed fails while tracing
+            # (`seeds == (0, 0)` in random_seed.get_seed; tensorflow#17284). The order then
+            # does not depend on the global seed either.
+            tf.random.set_seed(None)
+            examples = examples.shuffle(shuffle_buffer, seed=_epoch_seed(seed, epoch),
+                                        reshuffle_each_iteration=False)
+        # map: decode after shuffling, in parallel on all cores.
+        examples = examples.map(parse, num_parallel_calls=AUTOTUNE)
+        if drop_undecodable:
+            # Only a raw Kaggle folder can hold an undecodable file (prepare skipped and counted
+            # them): drop it, warned, rather than train on a blank. Not filtering prepared
+            # data keeps its cardinality known to Keras.
+            examples = examples.filter(_is_ok)
+        # batch: before augmentation, which is one XLA-compiled call per batch.
+        batches = examples.map(_without_flag).batch(
+            batch_size, drop_remainder=epochs is not None, num_parallel_calls=AUTOTUNE)
+        if steps_per_epoch:
+            batches = batches.take(steps_per_epoch)
+        if augment is None:
+            return batches
+        return batches.enumerate().map(
+            lambda i, batch: _augment_batch(batch, augment,
+                                            _batch_seed(seed, epoch, pipeline_id, i)),
+            num_parallel_calls=AUTOTUNE)
+
+    if epochs is None:
+        ds = one_epoch(0)
     else:
-        ds = finish(ds, 0)
+        # repeat: one dataset of epochs rather than ds.repeat(), whose k-th reshuffle depends
+        # on the k-1 before it in this process: here epoch e is a function of (seed, e), so a
+        # fresh pipeline started at epoch k (a resumed run) yields the same batches.
+        ds = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
     options = tf.data.Options()
-    options.deterministic = bool(deterministic or not training)
-    # Sharding was done above; stop tf.distribute from sharding a second time.
+    options.deterministic = bool(deterministic)
+    # The source sharded by input pipeline; stop tf.distribute from sharding a second time.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    # prefetch: last, so the whole pipeline runs ahead of the training step.
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def _is_ok(example, ok):
+def _parse_fn(source, decode, target_fn, features):
+    """record -> ((image, target) or {"image", "labels", *features}, ok)."""
+    unknown = sorted(set(features) - set(source_lib.FEATURES))
+    if unknown:
+        raise ValueError(f"features must be among {source_lib.FEATURES}, got {unknown}")
+
+    def parse(record):
+        example, ok = decode(record)
+        target = tf.cast(example["labels"], tf.float32)
+        if target_fn is not None:
+            target = target_fn(target)
+        if features:
+            return {"image": example["image"], "labels": target,
+                    **{k: example[k] for k in features}}, ok
+        return (example["image"], target), ok
+
+    return parse
+
+
+def _replica_batch(batch_size, input_context):
+    if input_context is None:
+        return batch_size
+    return input_context.get_per_replica_batch_size(batch_size)
+
+
+def _is_ok(element, ok):
     return ok
 
 
-def _without_flag(example, ok):
-    return example
+def _without_flag(element, ok):
+    return element
+
+
+def _epoch_seed(seed, epoch):
+    return tf.constant(seed * 1_000_003 + 1, tf.int64) + tf.cast(epoch, tf.int64)
 
 
 def _batch_seed(seed, epoch, pipeline_id, batch_index):
-    return tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64),
+    return tf.stack([tf.constant(seed * 1_000_003, tf.int64) + tf.cast(epoch, tf.int64),
                      tf.cast(batch_index, tf.int64) * 1_024 + pipeline_id])
 
 
-def _augment_batch(batch, seed, hflip):
+def _augment_batch(batch, augment, seed):
     if isinstance(batch, dict):
-        return {**batch, "image": augment(batch["image"], seed, hflip=hflip)}
+        return {**batch, "image": augment(batch["image"], seed)}
     images, target = batch
-    return augment(images, seed, hflip=hflip), target
-
-
-def split_size(data_dir, split, image_size=None, val_fraction=0.1, seed=0):
-    """Number of examples in a split (prepared: from dataset_info; raw: from the metadata)."""
-    if is_prepared(data_dir):
-        return open_prepared(data_dir, image_size).info.splits[split].num_examples
-    index = metadata.build_index(data_dir, val_fraction=val_fraction, seed=seed)
-    return int((index.frame["split"] == split).sum())
-
-
-def split_metadata(data_dir, split, image_size=None, val_fraction=0.1, seed=0):
-    """Per-example records of a split in pipeline order (labels, patient, age, sex, view),
-    read without decoding images: for label counts, pos_weight and subgroup reports."""
-    if is_prepared(data_dir):
-        builder = open_prepared(data_dir, image_size)
-        ds = builder.as_dataset(split=split, shuffle_files=False,
-                                decoders={"image": tfds.decode.SkipDecoding()})
-        rows = [{k: v for k, v in ex.items() if k != "image"} for ex in tfds.as_numpy(ds)]
-        for row in rows:
-            for key in ("image_id", "sex", "view"):
-                row[key] = row[key].decode()
-        return rows
-    index = metadata.build_index(data_dir, val_fraction=val_fraction, seed=seed)
-    frame = index.frame[index.frame["split"] == split]
-    return [
-        {"image_id": r["image_id"], "patient_id": r["patient_id"], "age": r["age"],
-         "sex": r["sex"], "view": r["view"], "follow_up": r["follow_up"],
-         "labels": np.array([r[name] for name in labels.LABELS], np.uint8)}
-        for r in frame.to_dict("records")
-    ]
-
-
-def read_prepare_report(data_dir):
-    path = os.path.join(data_dir, "prepare_report.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return augment(images, seed), target

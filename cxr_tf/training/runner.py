@@ -1,10 +1,12 @@
-"""One training run, from a plain config dict to a run dir. The train app is a thin wrapper.
+"""One training run, from a RunConfig to a run dir, as a short sequence of named steps. The
+train app is a thin wrapper.
 
 The run dir (`model_dir`) it writes is laid out by `cxr_tf.serving.run_dir`, which evaluate,
 export, predict and tools/plot_history.py read it through; rerunning the same command resumes
 from its backup.
 """
 
+import functools
 import math
 import os
 import platform
@@ -15,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import __version__, labels, losses, model
-from cxr_tf.data import input_pipeline
+from cxr_tf.data import input_pipeline, source
 from cxr_tf.serving import run_dir as layout
 from cxr_tf.training import callbacks, distribute, keras_compat
 
@@ -80,122 +82,162 @@ def package_versions():
 
 
 def run(config, *, strategy=None, command_line=None, verbose="auto"):
-    """Trains as `config` (the train flags as a dict) says. Returns a summary dict."""
-    config = dict(config)
-    strategy = strategy or distribute.make_strategy(config["strategy"])
-    keras.utils.set_random_seed(config["seed"])
-    if config["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
-    policy = distribute.mixed_precision_policy(config["mixed_precision"])
-    keras.mixed_precision.set_dtype_policy(policy)
+    """Trains as `config` (a RunConfig) says and returns the summary dict.
 
-    if not config["data_dir"]:
-        if not config["synthetic"]:
-            raise ValueError("give --data_dir (prepared TFDS dir or Kaggle folder) or --synthetic")
-        config["data_dir"] = synthetic_data_dir(
-            config["image_size"], config["synthetic_num_images"],
-            config["synthetic_min_prevalence"], config["seed"])
-    data_dir, size = config["data_dir"], config["image_size"]
-    if input_pipeline.is_prepared(data_dir):
-        # A prepared dataset fixes the image size; a mismatch would be silently resized away.
-        input_pipeline.find_prepared(data_dir, size)
-    model_dir = config["model_dir"]
-    run_dir = distribute.writable_run_dir(model_dir, strategy)
+    strategy: a tf.distribute strategy (default: `distribute.make_strategy(config.strategy)`;
+    a MultiWorkerMirroredStrategy must be made before any other TF op, so the app makes it).
+    command_line: recorded in config.json. verbose: Keras's fit verbosity.
+    """
+    strategy = strategy or distribute.make_strategy(config.strategy)
+    policy = seed_and_precision(config)
+    source = open_data(config)
+    run_dir = distribute.writable_run_dir(config.model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
-    thresholds = [float(t) for t in config["thresholds"]]
-    num_outputs = labels.NUM_CLASSES + (1 if config["no_finding_output"] else 0)
-
-    common = dict(image_size=size, val_fraction=config["val_fraction"], seed=config["seed"])
-    train_meta = input_pipeline.split_metadata(data_dir, "train", **common)
-    y_train = np.stack([r["labels"] for r in train_meta]).astype(np.float32)
-    val_meta = input_pipeline.split_metadata(data_dir, "validation", **common)
-    y_val = np.stack([r["labels"] for r in val_meta]).astype(np.float32)
-    batch = config["batch_size"]
-    steps_per_epoch = max(len(y_train) // batch, 1)
-    if config["steps_per_epoch"]:
-        steps_per_epoch = min(steps_per_epoch, config["steps_per_epoch"])
-    total_steps = steps_per_epoch * config["epochs"]
     initial_epoch = layout.resume_epoch(run_dir)
+    steps_per_epoch = steps_in_epoch(config, source.split_sizes["train"])
+    net, pos_weight = build_compiled_model(config, source, strategy, steps_per_epoch)
+    resolved = resolved_config(config, source, strategy, policy, steps_per_epoch, pos_weight,
+                               command_line)
+    if initial_epoch == 0 or not os.path.exists(layout.config_path(run_dir)):
+        layout.write_config(run_dir, resolved)
+    cbs = make_callbacks(config, source, run_dir, initial_epoch)
+    history = fit(net, config, source, strategy, cbs, steps_per_epoch=steps_per_epoch,
+                  initial_epoch=initial_epoch, verbose=verbose)
+    summary = _summary(net, history, resolved, initial_epoch)
+    distribute.cleanup_run_dir(run_dir, config.model_dir)
+    return summary
 
-    def train_fn(input_context):
-        return input_pipeline.make_dataset(
-            data_dir, "train", batch_size=batch, training=True, augment_images=config["augment"],
-            # max(): a crash after the last epoch's backup resumes with nothing left to train.
-            hflip=config["hflip"], epoch=initial_epoch,
-            epochs=max(config["epochs"], initial_epoch + 1),
-            steps_per_epoch=steps_per_epoch,
-            deterministic=config["deterministic"], input_context=input_context,
-            cache=config["cache"], add_no_finding=config["no_finding_output"], **common)
 
-    train_ds = strategy.distribute_datasets_from_function(train_fn)
+def seed_and_precision(config):
+    """Seeds Python, NumPy and TF (and makes TF ops deterministic if asked); sets the mixed
+    precision policy. Returns the policy's name."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = distribute.mixed_precision_policy(config.mixed_precision)
+    keras.mixed_precision.set_dtype_policy(policy)
+    return policy
 
-    def eval_split(split, y_true):
-        ds = input_pipeline.make_dataset(data_dir, split, batch_size=EVAL_BATCH_FACTOR * batch,
-                                         training=False,
-                                         add_no_finding=config["no_finding_output"], **common)
-        if config["no_finding_output"]:
-            y_true = np.concatenate([y_true, 1.0 - y_true.max(axis=1, keepdims=True)], axis=1)
-        return ds, y_true
 
+def open_data(config):
+    """The run's dataset source, opened once: `data_dir`, or the synthetic set made (once) in
+    the cache. A prepared dir must hold `image_size` (otherwise it would be resized away)."""
+    data_dir = config.data_dir
+    if not data_dir:
+        if not config.synthetic:
+            raise ValueError("no data: give data_dir (a prepared TFDS dir or a Kaggle folder) "
+                             "or synthetic=True")
+        data_dir = synthetic_data_dir(config.image_size, config.synthetic_num_images,
+                                      config.synthetic_min_prevalence, config.seed)
+    opened = source.open_source(data_dir, image_size=config.image_size,
+                                val_fraction=config.val_fraction, seed=config.seed)
+    for split in ("train", "validation"):
+        if not opened.split_sizes.get(split):
+            raise ValueError(f"{data_dir}: the {split} split is empty; training needs "
+                             "examples in train and validation (val_fraction > 0)")
+    return opened
+
+
+def steps_in_epoch(config, train_examples):
+    """Full batches per epoch (at least 1), capped by config.steps_per_epoch."""
+    steps = max(train_examples // config.batch_size, 1)
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+
+
+def build_compiled_model(config, data, strategy, steps_per_epoch):
+    """The model, built and compiled under `strategy`; returns (model, pos_weight or None)."""
     with strategy.scope():
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        net = model.build_model(config["arch"], size, num_outputs, sync_batchnorm=multi_worker)
-        if config["weights"]:
-            net.load_weights(config["weights"])
+        net = model.build_model(config.arch, config.image_size, config.num_outputs,
+                                sync_batchnorm=multi_worker)
+        if config.weights:
+            net.load_weights(config.weights)
         pos_weight = None
-        if config["pos_weight"] == "balanced":
-            pos_weight = losses.balanced_pos_weight(y_train)
-            if config["no_finding_output"]:
+        if config.pos_weight == "balanced":
+            pos_weight = losses.balanced_pos_weight(data.labels("train").astype(np.float32))
+            if config.no_finding_output:
                 pos_weight = np.append(pos_weight, 1.0)
         net.compile(
             optimizer=make_optimizer(
-                config["optimizer"], config["learning_rate"], total_steps=total_steps,
-                warmup_steps=int(round(config["warmup_epochs"] * steps_per_epoch)),
-                lr_schedule=config["lr_schedule"], weight_decay=config["weight_decay"]),
+                config.optimizer, config.learning_rate,
+                total_steps=steps_per_epoch * config.epochs,
+                warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
+                lr_schedule=config.lr_schedule, weight_decay=config.weight_decay),
             loss=losses.make_loss(pos_weight),
             # Drives the progress bar only; reported AUCs come from EpochMetrics (exact).
             metrics=[keras.metrics.AUC(multi_label=True, from_logits=True, name="auc",
-                                       num_labels=num_outputs)],
-            jit_compile=config["jit_compile"],
+                                       num_labels=config.num_outputs)],
+            jit_compile=config.jit_compile,
         )
+    return net, pos_weight
 
-    resolved = {
-        **config, "data_dir": os.path.abspath(data_dir), "model_dir": os.path.abspath(model_dir),
-        "label_names": list(labels.LABELS), "num_outputs": num_outputs,
+
+def resolved_config(config, data, strategy, policy, steps_per_epoch, pos_weight, command_line):
+    """What config.json records: the config's fields and what the run resolved them to."""
+    return {
+        **config.to_dict(), "data_dir": os.path.abspath(data.data_dir),
+        "model_dir": os.path.abspath(config.model_dir),
+        "label_names": list(labels.LABELS), "num_outputs": config.num_outputs,
         "num_replicas_in_sync": strategy.num_replicas_in_sync,
         "num_workers": _num_workers(strategy), "dtype_policy": policy,
-        "steps_per_epoch": steps_per_epoch, "train_examples": len(y_train),
-        "validation_examples": len(y_val), "package_versions": package_versions(),
-        "command_line": command_line, "argv": sys.argv,
+        "steps_per_epoch": steps_per_epoch, "train_examples": data.split_sizes["train"],
+        "validation_examples": data.split_sizes["validation"],
+        "package_versions": package_versions(), "command_line": command_line,
+        "argv": sys.argv,
         "pos_weight_values": None if pos_weight is None else [float(w) for w in pos_weight],
+        "flags": config.to_dict(),  # as given, for the rerun check (run_dir.differing_flags)
     }
-    if initial_epoch == 0 or not os.path.exists(layout.config_path(run_dir)):
-        layout.write_config(run_dir, resolved)
 
+
+def make_callbacks(config, data, run_dir, initial_epoch):
+    """EpochMetrics on validation (and test, if asked), then the run dir's standard ones."""
+    thresholds = list(config.thresholds)
+    hparams = {"learning_rate": config.learning_rate, "batch_size": config.batch_size,
+               "thresholds": ",".join(config.to_dict()["thresholds"]),
+               "image_size": config.image_size, "optimizer": config.optimizer,
+               "arch": config.arch, "pos_weight": config.pos_weight}
     metric_logdir = layout.logs_dir(run_dir, "metrics")
-    hparams = {"learning_rate": config["learning_rate"], "batch_size": batch,
-               "thresholds": ",".join(config["thresholds"]), "image_size": size,
-               "optimizer": config["optimizer"], "arch": config["arch"],
-               "pos_weight": config["pos_weight"]}
-    val_ds, y_val_t = eval_split("validation", y_val)
-    epoch_metrics = [callbacks.EpochMetrics(val_ds, y_val_t, thresholds, labels.LABELS,
-                                            metric_logdir, "val", hparams)]
-    if config["eval_test_each_epoch"]:
-        test_meta = input_pipeline.split_metadata(data_dir, "test", **common)
-        test_ds, y_test = eval_split("test", np.stack([r["labels"] for r in test_meta]))
-        epoch_metrics.append(callbacks.EpochMetrics(test_ds, y_test, thresholds, labels.LABELS,
-                                                    metric_logdir, "test"))
-    cbs = callbacks.standard_callbacks(run_dir, epoch_metrics=epoch_metrics,
-                                       initial_epoch=initial_epoch,
-                                       early_stop_patience=config["early_stop_patience"])
-    if multi_worker:
-        keras_compat.prepare_for_multi_worker(net, strategy, size, num_outputs)
-    history = net.fit(train_ds, epochs=config["epochs"], steps_per_epoch=steps_per_epoch,
-                      initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose,
-                      shuffle=False)  # the stream is already shuffled, per epoch and seeded
-    summary = _summary(net, history, resolved, initial_epoch)
-    distribute.cleanup_run_dir(run_dir, model_dir)
-    return summary
+    epoch_metrics = [callbacks.EpochMetrics(*eval_split(config, data, "validation"), thresholds,
+                                            labels.LABELS, metric_logdir, "val", hparams)]
+    if config.eval_test_each_epoch:
+        epoch_metrics.append(callbacks.EpochMetrics(*eval_split(config, data, "test"),
+                                                    thresholds, labels.LABELS, metric_logdir,
+                                                    "test"))
+    return callbacks.standard_callbacks(run_dir, epoch_metrics=epoch_metrics,
+                                        initial_epoch=initial_epoch,
+                                        early_stop_patience=config.early_stop_patience)
+
+
+def eval_split(config, data, split):
+    """(batches of one split, its targets in the same order) for per-epoch metrics."""
+    target_fn = input_pipeline.with_no_finding if config.no_finding_output else None
+    ds = input_pipeline.make_for_eval(data, split, target_fn=target_fn,
+                                      batch_size=EVAL_BATCH_FACTOR * config.batch_size)
+    y_true = data.labels(split).astype(np.float32)
+    return ds, y_true if target_fn is None else target_fn(y_true).numpy()
+
+
+def fit(net, config, data, strategy, cbs, *, steps_per_epoch, initial_epoch, verbose="auto"):
+    """Keras fit on the training stream, epochs initial_epoch .. config.epochs - 1."""
+    augment = (functools.partial(input_pipeline.augment, hflip=config.hflip)
+               if config.augment else None)
+
+    def train_fn(input_context):
+        return input_pipeline.make_for_train(
+            data, batch_size=config.batch_size, initial_epoch=initial_epoch,
+            # max(): a crash after the last epoch's backup resumes with nothing left to train.
+            epochs=max(config.epochs, initial_epoch + 1), steps_per_epoch=steps_per_epoch,
+            seed=config.seed, augment=augment,
+            target_fn=input_pipeline.with_no_finding if config.no_finding_output else None,
+            cache=config.cache, input_context=input_context, deterministic=config.deterministic)
+
+    train_ds = strategy.distribute_datasets_from_function(train_fn)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        keras_compat.prepare_for_multi_worker(net, strategy, config.image_size,
+                                              config.num_outputs)
+    return net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                   initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose,
+                   shuffle=False)  # the stream is already shuffled, per epoch and seeded
 
 
 def _num_workers(strategy):
