@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from cxr_tf import evaluate, labels
 from cxr_tf.data import input_pipeline, source
@@ -50,17 +49,17 @@ def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
     y, probs, rows = split_probs(net, prepared_dir, "test")
     assert report["overall"]["examples"] == len(rows)
     assert report["overall"]["patients"] == len({r["patient_id"] for r in rows})
-    checked = 0
+    # 14 test images: no finding reaches 10 positives and 10 negatives, so every AUC is
+    # reported as not estimable, with its counts (tests/test_expert_labels.py checks the
+    # figures against scikit-learn through evaluate on a larger synthetic split).
     for c, name in enumerate(labels.LABELS):
         row = report["per_class"][name]
-        assert row["positives"] == int(y[:, c].sum())
-        if 0 < y[:, c].sum() < len(y):
-            assert row["auc"] == pytest.approx(roc_auc_score(y[:, c], probs[:, c]), abs=1e-6)
-            assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
-            checked += 1
-        else:
-            assert row["auc"] is None
-    assert checked >= 3
+        positives = int(y[:, c].sum())
+        assert (row["positives"], row["negatives"]) == (positives, len(y) - positives)
+        assert row["auc"] is None and row["auc_ci_low"] is None
+        assert row["auc_not_estimable"] == metrics.not_estimable_reason(positives,
+                                                                       len(y) - positives)
+    assert report["overall"]["auc_mean"] is None and report["overall"]["auc_mean_over"] == 0
     assert set(report["thresholds"]) == {"0.4", "0.5"}  # no thresholds.json: no "tuned"
     assert set(report["subgroups"]) == {"sex", "age_band", "view"}
     assert sum(g["examples"] for g in report["subgroups"]["sex"].values()) == len(rows)

@@ -285,6 +285,17 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
 
     report = evaluate.evaluate_run(str(root / "run"), "test", n_boot=50, progress=False,
                                    expert_labels=str(expert_file))
+    checked = 0  # the NIH figures of the same report, on a split where most are estimable
+    for c, name in enumerate(LABELS):
+        row, positives = report["per_class"][name], int(y_nih[:, c].sum())
+        assert (row["positives"], row["negatives"]) == (positives, n - positives)
+        if min(positives, n - positives) >= 10:
+            assert row["auc"] == pytest.approx(roc_auc_score(y_nih[:, c], probs[:, c]), abs=1e-6)
+            assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
+            checked += 1
+        else:
+            assert row["auc"] is None and row["auc_not_estimable"]
+    assert checked >= 10 and report["overall"]["auc_mean_over"] == checked
     s = report["expert_labels"]
     assert s["file"] == str(expert_file) and s["images"] == 46 and s["rows_in_file"] == 47
     assert s["thresholds"] == {"0.5": 0.5}  # the run's; nothing tuned on expert labels
