@@ -149,10 +149,21 @@ def test_bad_flag_value_is_a_usage_error_not_a_traceback(tmp_path):
         [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={tmp_path}",
          f"--output_dir={tmp_path}", "--image_encoding=gif"],
         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2  # a usage error (cxr_tf.cli)
+    assert proc.stderr == "error: flag --image_encoding=gif: value should be one of <raw|png>\n"
+
+
+def test_a_folder_without_metadata_is_one_line_naming_it(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={tmp_path / 'nih'}",
+         f"--output_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("FATAL Flags parsing error: flag --image_encoding=gif: value "
-                                  "should be one of <raw|png>\n")
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr == (
+        f"error: {tmp_path / 'nih'}: no Data_Entry CSV found; looked for "
+        "Data_Entry_2017_v2020.csv, Data_Entry_2017_v2020.csv.gz, Data_Entry_2017.csv, "
+        "Data_Entry_2017.csv.gz\n")
+    assert not (tmp_path / "out").exists()  # nothing started
 
 
 # --- empty splits, a changed source, one unexpected error -------------------------------------

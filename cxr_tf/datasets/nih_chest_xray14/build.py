@@ -29,10 +29,12 @@ def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, d
     config = make_config(
         image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
         image_encoding=image_encoding)
+    # Also checks that data_dir holds the metadata, before TFDS's less helpful message.
+    source = metadata.source_fingerprint(data_dir)
     builder = Builder(config=config, data_dir=output_dir, num_workers=num_workers,
                       strict=strict)
     if builder.data_path.exists():  # what TFDS checks before reusing it
-        check_source(os.fspath(builder.data_dir), data_dir)
+        check_source(os.fspath(builder.data_dir), data_dir, source)
     builder.download_and_prepare(
         # Statistics would decode every image once more; the report already counts what matters.
         download_config=tfds.download.DownloadConfig(
@@ -49,9 +51,9 @@ def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, d
     return report
 
 
-def check_source(dataset_dir, data_dir):
+def check_source(dataset_dir, data_dir, current):
     """Raises SourceChangedError unless the dataset in `dataset_dir` was prepared from the
-    metadata `data_dir` holds now (its recorded `metadata.source_fingerprint`)."""
+    metadata `data_dir` holds now: `current`, its `metadata.source_fingerprint`."""
     try:
         with open(os.path.join(dataset_dir, REPORT_FILE)) as f:
             recorded = json.load(f).get("source")
@@ -61,7 +63,6 @@ def check_source(dataset_dir, data_dir):
         logging.warning("%s: no source fingerprint recorded; reusing it without checking that "
                         "%s still holds the same metadata", dataset_dir, data_dir)
         return
-    current = metadata.source_fingerprint(data_dir)
     changed = [f"{name} ({_change(name, recorded, current)})"
                for name in sorted(set(recorded) | set(current))
                if recorded.get(name) != current.get(name)]
