@@ -152,26 +152,39 @@ def quiet_tensorflow_start_up():
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
     """Wraps the first import of `tensorflow` (direct, or through keras or TFDS) in
-    `filtered_stderr`, then removes itself."""
+    `filtered_stderr`, then removes itself.
+
+    It stays in place until TensorFlow is actually loaded: TFDS and Keras probe with
+    `importlib.util.find_spec("tensorflow")` long before they import it.
+    """
+
+    def __init__(self):
+        self._finding = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "tensorflow":
+        if fullname != "tensorflow" or self._finding:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._finding = True  # the finders after this one find the real spec
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _FilteredLoader(spec.loader)
+            spec.loader = _FilteredLoader(spec.loader, self)
         return spec
 
 
 class _FilteredLoader(importlib.abc.Loader):
-    def __init__(self, loader):
+    def __init__(self, loader, finder):
         self.loader = loader
+        self.finder = finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self.finder)
         # The module keeps the real loader: nothing of this wrapper stays behind.
         module.__loader__ = module.__spec__.loader = self.loader
         with filtered_stderr(TF_START_UP_LINES):

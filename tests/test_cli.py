@@ -226,3 +226,21 @@ def test_dry_run_hides_tensorflow_start_up_lines_unless_tf_logs(tmp_path):
     shown = [line for line in loud.stderr.splitlines() if cli.TF_START_UP_LINES.match(line)]
     assert any("All log messages before absl::InitializeLog()" in line for line in shown)
     assert any("oneDNN custom operations are on" in line for line in shown)
+
+
+def test_tensorflow_probed_before_it_is_imported_still_starts_quietly():
+    """TFDS and Keras call importlib.util.find_spec("tensorflow") before importing it."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", (
+        "import importlib.util, sys\n"
+        "from cxr_tf import cli\n"
+        "cli.quiet_tensorflow_start_up()\n"
+        "assert importlib.util.find_spec('tensorflow') is not None\n"
+        "import tensorflow as tf\n"
+        "print(type(tf.__loader__).__name__, type(tf.__spec__.loader).__name__)\n"
+        "print(int(tf.constant(2) * 3))\n"
+        "print('a warning of ours', file=sys.stderr)\n")],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["SourceFileLoader SourceFileLoader", "6"]
+    assert proc.stderr.splitlines() == ["a warning of ours"]
