@@ -318,3 +318,31 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
     text = (root / "run" / "eval_test" / "report.md").read_text()
     assert "## Radiologist-adjudicated labels" in text and "| Fracture | none | 5 / 41 |" in text
     assert "Radiologist labels on 46 images" in evaluate.format_summary(report)
+
+
+def test_evaluate_app_takes_expert_labels(synthetic_run):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root, _ = synthetic_run
+    run = root / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={run}", "--split=test",
+         "--bootstrap=20", f"--expert_labels={TXRV}", "--json"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    section = json.loads(proc.stdout)["expert_labels"]
+    # The real slice's images are NIH's, not the synthetic split's: none match, and the
+    # section says so instead of failing after the predictions.
+    assert section["file"] == str(TXRV) and section["rows_in_file"] == 32
+    assert section["images"] == 0 and section["auc_mean_over"] == 0
+    bad = root / "bad_labels.csv"
+    bad.write_text(HEADER + "00000001_000.png,1,NO,MAYBE,NO,NO,test\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={run}", f"--expert_labels={bad}"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 1
+    assert f"{bad}, line 2: column 'Pneumothorax': 'MAYBE' is not YES or NO" in proc.stderr
