@@ -170,8 +170,9 @@ class _Definer:
 
 # Flags that several apps take: (kind, default, help, bounds and checks). One definition each.
 _SHARED = {
-    "tf_logs": ("bool", False, "Show TensorFlow's C++ start-up and INFO lines (hidden by "
-                "default; its warnings and errors always show).", {}),
+    "tf_logs": ("bool", False, "Show TensorFlow's C++ start-up lines (oneDNN, CUDA "
+                "probing) and INFO lines, hidden by default; other warnings and errors always "
+                "show.", {}),
     "json": ("bool", False, "Print one JSON object instead of the human summary.", {}),
     "seed": ("integer", 0, "Seed for the patient-wise validation split and training.",
              {"lower_bound": 0}),
