@@ -37,8 +37,15 @@ def main(argv):
 
     # Created first: MultiWorkerMirroredStrategy must exist before any other TF op.
     strategy = distribute.make_strategy(config.strategy)
-    summary = runner.run(config, strategy=strategy, command_line=shlex.join(sys.argv),
-                         verbose="auto" if sys.stdout.isatty() else 2)
+    # The run dir is locked until training ends; a finished run is not trained again.
+    with distribute.claimed_run_dir(config, strategy) as complete:
+        if complete:
+            print(json.dumps({"model_dir": config.model_dir, "complete": True}) if FLAGS.json
+                  else f"{config.model_dir}: run is complete, nothing to do (--overwrite "
+                       "trains it again)")
+            return 0
+        summary = runner.run(config, strategy=strategy, command_line=shlex.join(sys.argv),
+                             verbose="auto" if sys.stdout.isatty() else 2)
     print(json.dumps(summary, sort_keys=True) if FLAGS.json else runner.format_summary(summary))
     return 1 if summary["terminated_on_nan"] else 0
 

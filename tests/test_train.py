@@ -127,6 +127,57 @@ def test_resume_after_sigkill_is_bitwise_identical(prepared_dir, tmp_path):
     assert not (model_dir / "backup").exists()  # removed once training completed
 
 
+def run_files(model_dir):
+    """{path: (size, mtime_ns)} of every file in the run dir but the lock."""
+    return {str(p.relative_to(model_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in model_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_a_complete_run_is_not_retrained_and_overwrite_starts_afresh(prepared_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    args = [f"--data_dir={prepared_dir}", f"--model_dir={model_dir}", "--epochs=1",
+            "--steps_per_epoch=2", *TINY]
+    train(*args)
+    before = run_files(model_dir)
+
+    again = train(*args)
+    assert last_json(again.stdout) == {"model_dir": str(model_dir), "complete": True}
+    assert run_files(model_dir) == before
+
+    other = train(*args, "--learning_rate=0.002", "--epochs=2", check=False)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert (f"error: {model_dir} holds a run with other flags: --epochs: 1 (run) != 2 (now); "
+            "--learning_rate: 0.001 (run) != 0.002 (now). Rerun with the run's flags to resume "
+            "it, --overwrite to start afresh, or use another --model_dir") in other.stderr
+    assert run_files(model_dir) == before
+
+    fresh = last_json(train(*args, "--learning_rate=0.002", "--overwrite").stdout)
+    assert (fresh["epochs_run"], fresh["resumed_from_epoch"]) == (1, 0)
+    assert json.loads((model_dir / "config.json").read_text())["learning_rate"] == 0.002
+    assert history_epochs(model_dir) == [0]
+
+
+def test_a_second_train_on_a_locked_run_dir_exits_at_once(prepared_dir, tmp_path):
+    from cxr_tf.serving import run_dir
+
+    model_dir = tmp_path / "busy"
+    with run_dir.locked(model_dir):  # as the train process using it holds it
+        proc = train(f"--data_dir={prepared_dir}", f"--model_dir={model_dir}", *TINY,
+                     check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"error: {model_dir}: in use by another training process (pid {os.getpid()}); "
+            "wait for it to end or use another --model_dir") in proc.stderr
+    assert os.listdir(model_dir) == [".lock"]
+
+
+def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
+    proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
+                 "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",
+                 "--learning_rate=1e30", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Training stopped: the loss became NaN" in proc.stdout
+
+
 def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
     proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
                  "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",

@@ -2,16 +2,20 @@
 
 MultiWorkerMirroredStrategy must be created before any other TensorFlow op runs, so the
 train app calls `make_strategy` first. With several workers only the chief writes to
-model_dir; the others write to a temporary dir that is removed at the end, as the TF
-multi-worker guide does, because every worker runs every callback.
+model_dir, and holds it (`claimed_run_dir`) for the life of the run; the others write to a
+temporary dir that is removed at the end, as the TF multi-worker guide does, because every
+worker runs every callback.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 
 import tensorflow as tf
+
+from cxr_tf.serving import run_dir
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
@@ -55,9 +59,44 @@ def writable_run_dir(model_dir, strategy):
     return tempfile.mkdtemp(prefix=f"cxr_tf_worker{strategy.cluster_resolver.task_id}_")
 
 
-def cleanup_run_dir(run_dir, model_dir):
-    if os.path.abspath(run_dir) != os.path.abspath(model_dir):
-        shutil.rmtree(run_dir, ignore_errors=True)
+def cleanup_run_dir(worker_dir, model_dir):
+    if os.path.abspath(worker_dir) != os.path.abspath(model_dir):
+        shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def claimed_run_dir(config, strategy):
+    """Holds `config.model_dir` for one run; yields True when that run is already complete.
+
+    On the chief: takes the run dir's lock (another process holding it: RunDirError naming
+    its pid), then with `config.overwrite` deletes the previous run; otherwise a run dir
+    whose config.json recorded other flags is RunDirError listing them, and a complete run
+    (`run_dir.is_complete`) yields True: there is nothing to train, and nothing is written.
+    Other workers write no model_dir and always yield False.
+
+    Example:
+        with distribute.claimed_run_dir(config, strategy) as complete:
+            if not complete:
+                runner.run(config, strategy=strategy)
+    """
+    if not is_chief(strategy):
+        yield False
+        return
+    model_dir = config.model_dir
+    with run_dir.locked(model_dir):
+        if config.overwrite:
+            run_dir.clear(model_dir)
+        elif os.path.isfile(run_dir.config_path(model_dir)):
+            changed = run_dir.differing_flags(model_dir, config.to_dict())
+            if changed:
+                raise run_dir.RunDirError(
+                    f"{model_dir} holds a run with other flags: {'; '.join(changed)}. Rerun "
+                    "with the run's flags to resume it, --overwrite to start afresh, or use "
+                    "another --model_dir")
+            if run_dir.is_complete(model_dir):
+                yield True
+                return
+        yield False
 
 
 def mixed_precision_policy(choice="auto"):
