@@ -235,9 +235,10 @@ def summarize(pairs, boxes, paths, *, size, n_boot=1000, seed=0, source=None,
                 "hit_rate_ci_low": lo, "hit_rate_ci_high": hi,
                 "chance": float(np.mean(chances))}
 
-    per_finding = {label: figures(e["hits"], e["groups"], e["chance"], e["images"])
-                   for label, e in sorted(per.items(), key=lambda kv: labels_lib.LABELS.index(kv[0]))}
-    everything = [per[label] for label in per_finding]
+    order = [label for label in labels_lib.LABELS if label in per]
+    per_finding = {label: figures(per[label]["hits"], per[label]["groups"],
+                                  per[label]["chance"], per[label]["images"]) for label in order}
+    everything = [per[label] for label in order]
     missing = sorted({b.image_id for b in boxes if b.image_id not in paths})
     section = {
         "source": source,
