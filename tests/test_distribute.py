@@ -95,3 +95,37 @@ def test_keras_compat_is_the_only_module_with_private_keras_names():
                         "def _save_model", "._weights_path")):
                     offenders.append(name)
     assert offenders == []
+
+
+def test_claimed_run_dir_resumes_refuses_or_starts_afresh(tmp_path):
+    from cxr_tf.serving import run_dir
+    from cxr_tf.training.config import RunConfig
+
+    model_dir = tmp_path / "run"
+    config = RunConfig(model_dir=str(model_dir), learning_rate=0.01, epochs=2)
+    chief = tf.distribute.get_strategy()
+    with distribute.claimed_run_dir(config, chief) as complete:
+        assert complete is False  # a new run dir
+        run_dir.write_config(model_dir, {"flags": config.to_dict()})
+        (model_dir / "history.csv").write_text("epoch,loss\n0,0.5\n1,0.4\n")
+    with distribute.claimed_run_dir(config, chief) as complete:
+        assert complete is True
+    with pytest.raises(run_dir.RunDirError, match=r"holds a run with other flags: "
+                       r"--learning_rate: 0.01 \(run\) != 0.02 \(now\)\. Rerun"):
+        with distribute.claimed_run_dir(config.replace(learning_rate=0.02), chief):
+            pass
+    with distribute.claimed_run_dir(config.replace(learning_rate=0.02, overwrite=True),
+                                    chief) as complete:
+        assert complete is False
+        assert os.listdir(model_dir) == [".lock"]
+
+
+def test_only_the_chief_claims_the_run_dir(monkeypatch, tmp_path):
+    from cxr_tf.training.config import RunConfig
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps(
+        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
+    config = RunConfig(model_dir=str(tmp_path / "run"))
+    with distribute.claimed_run_dir(config, fake_strategy("worker", 1)) as complete:
+        assert complete is False
+    assert not (tmp_path / "run").exists()
