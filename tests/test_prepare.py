@@ -272,22 +272,24 @@ def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
 
     csv = small / "Data_Entry_2017.csv"
     csv.write_text(csv.read_text().replace("00000003_000.png,Nodule,", "00000003_000.png,Mass,"))
-    with pytest.raises(build.SourceChangedError) as info:
+    with pytest.raises(nih_chest_xray14.SourceChangedError) as info:
         build.prepare(str(small), str(out), 32, num_workers=0)
     assert str(info.value) == (
         f"{first['dataset_dir']}: prepared from other metadata than {small} holds now: "
-        "Data_Entry_2017.csv (changed); prepare into a new output_dir, or delete this folder "
-        "and prepare again to rebuild")
+        "Data_Entry_2017.csv (changed); prepare into a new output_dir, or rebuild it "
+        "(prepare's overwrite, `tfds build --overwrite`)")
     (small / "Data_Entry_2017_v2020.csv").write_bytes(csv.read_bytes())  # now preferred
-    with pytest.raises(build.SourceChangedError, match=r"holds now: Data_Entry_2017.csv "
+    with pytest.raises(nih_chest_xray14.SourceChangedError, match=r"holds now: Data_Entry_2017.csv "
                        r"\(gone\), Data_Entry_2017_v2020.csv \(new\); prepare into"):
         build.prepare(str(small), str(out), 32, num_workers=0)
     assert [os.stat(p).st_mtime_ns for p in shards] == stamps  # the old dataset is untouched
     fresh = build.prepare(str(small), str(tmp_path / "new"), 32, num_workers=0)
     assert fresh["source"]["Data_Entry_2017_v2020.csv"] != first["source"]["Data_Entry_2017.csv"]
+    rebuilt = build.prepare(str(small), str(out), 32, num_workers=0, overwrite=True)
+    assert rebuilt["source"] == fresh["source"]
 
     # A dataset prepared before fingerprints existed is reused with a warning.
-    report_path = os.path.join(first["dataset_dir"], "prepare_report.json")
+    report_path = os.path.join(rebuilt["dataset_dir"], "prepare_report.json")
     with open(report_path) as f:
         old = json.load(f)
     del old["source"]

@@ -5,5 +5,6 @@ from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import ( 
     STANDARD_SIZES,
     Builder,
     NihConfig,
+    SourceChangedError,
     make_config,
 )

@@ -1,10 +1,8 @@
 """Building the prepared dataset from a Kaggle-layout folder: what `python -m cxr_tf.prepare`
-and the demo call. The TFDS builder does the work; this refuses to reuse a dataset prepared
-from other metadata, checks the accounting, and copies prepare_report.json beside the TFDS
-data_dir."""
+and the demo call. The TFDS builder does the work; this adds the accounting check and a copy
+of prepare_report.json beside the TFDS data_dir."""
 
 import json
-import logging
 import os
 import shutil
 
@@ -18,27 +16,28 @@ from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
 )
 
 
-class SourceChangedError(metadata.MetadataError):
-    """The prepared dataset was built from another Data_Entry CSV or split lists."""
-
-
 def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
-            image_encoding="raw", strict=False, num_workers=None):
-    """Builds the dataset (a no-op when already built from the same metadata) and returns its
-    report dict. Raises SourceChangedError when it was built from other metadata."""
+            image_encoding="raw", strict=False, num_workers=None, overwrite=False):
+    """Builds the dataset and returns its report dict.
+
+    A dataset already built from the same metadata is reused; one built from other metadata
+    raises SourceChangedError, unless `overwrite` (which rebuilds it in any case).
+    """
     config = make_config(
         image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
         image_encoding=image_encoding)
-    # Also checks that data_dir holds the metadata, before TFDS's less helpful message.
-    source = metadata.source_fingerprint(data_dir)
+    metadata.source_fingerprint(data_dir)  # a folder without the metadata: MetadataError now
     builder = Builder(config=config, data_dir=output_dir, num_workers=num_workers,
                       strict=strict)
-    if builder.data_path.exists():  # what TFDS checks before reusing it
-        check_source(os.fspath(builder.data_dir), data_dir, source)
+    mode = tfds.download.GenerateMode
     builder.download_and_prepare(
-        # Statistics would decode every image once more; the report already counts what matters.
         download_config=tfds.download.DownloadConfig(
-            manual_dir=data_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP)
+            manual_dir=data_dir,
+            # REUSE_CACHE_IF_EXISTS regenerates the dataset (there is nothing to download).
+            download_mode=(mode.REUSE_CACHE_IF_EXISTS if overwrite
+                           else mode.REUSE_DATASET_IF_EXISTS),
+            # Statistics would decode every image once more; the report counts what matters.
+            compute_stats=tfds.download.ComputeStatsMode.SKIP)
     )
     with open(os.path.join(builder.data_dir, REPORT_FILE)) as f:
         report = json.load(f)
@@ -49,34 +48,6 @@ def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, d
         os.path.join(output_dir, REPORT_FILE),
     )
     return report
-
-
-def check_source(dataset_dir, data_dir, current):
-    """Raises SourceChangedError unless the dataset in `dataset_dir` was prepared from the
-    metadata `data_dir` holds now: `current`, its `metadata.source_fingerprint`."""
-    try:
-        with open(os.path.join(dataset_dir, REPORT_FILE)) as f:
-            recorded = json.load(f).get("source")
-    except FileNotFoundError:
-        recorded = None
-    if recorded is None:  # prepared before fingerprints were recorded: say so, reuse it
-        logging.warning("%s: no source fingerprint recorded; reusing it without checking that "
-                        "%s still holds the same metadata", dataset_dir, data_dir)
-        return
-    changed = [f"{name} ({_change(name, recorded, current)})"
-               for name in sorted(set(recorded) | set(current))
-               if recorded.get(name) != current.get(name)]
-    if changed:
-        raise SourceChangedError(
-            f"prepared from other metadata than {data_dir} holds now: {', '.join(changed)}; "
-            "prepare into a new output_dir, or delete this folder and prepare again to rebuild",
-            path=dataset_dir)
-
-
-def _change(name, recorded, current):
-    if name not in recorded:
-        return "new"
-    return "changed" if name in current else "gone"
 
 
 def check_accounting(report):

@@ -9,6 +9,8 @@ The metadata rules (label parsing, skip reasons, the patient-wise validation spl
 
 import collections
 import dataclasses
+import json
+import logging
 import os
 
 import numpy as np
@@ -78,6 +80,10 @@ def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
     )
 
 
+class SourceChangedError(metadata.MetadataError):
+    """The prepared dataset was built from another Data_Entry CSV or split lists."""
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """NIH ChestX-ray14, resized and sharded."""
 
@@ -102,6 +108,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._num_workers = num_workers
         self._strict = strict
         super().__init__(**kwargs)
+
+    def download_and_prepare(self, *, download_config=None, **kwargs):
+        """TFDS's, except that a dataset prepared from other metadata than the manual_dir's is
+        never reused: SourceChangedError, unless the download mode overwrites it."""
+        config = download_config or tfds.download.DownloadConfig()
+        if (config.manual_dir and not config.download_mode.overwrite_dataset
+                and self.data_path.exists()):  # what TFDS checks before reusing it
+            check_source(os.fspath(self.data_dir), os.fspath(config.manual_dir))
+        return super().download_and_prepare(download_config=download_config, **kwargs)
 
     def _info(self):
         size = self.builder_config.image_size
@@ -218,6 +233,35 @@ def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
     config = _new_config(image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
                          image_encoding=image_encoding)
     return Builder.builder_configs.get(config.name, config)
+
+
+def check_source(dataset_dir, manual_dir):
+    """Raises SourceChangedError unless the dataset in `dataset_dir` was prepared from the
+    metadata `manual_dir` holds now (its `metadata.source_fingerprint`)."""
+    try:
+        with open(os.path.join(dataset_dir, REPORT_FILE)) as f:
+            recorded = json.load(f).get("source")
+    except FileNotFoundError:
+        recorded = None
+    if recorded is None:  # prepared before fingerprints were recorded: say so, reuse it
+        logging.warning("%s: no source fingerprint recorded; reusing it without checking that "
+                        "%s still holds the same metadata", dataset_dir, manual_dir)
+        return
+    current = metadata.source_fingerprint(manual_dir)
+    changed = [f"{name} ({_change(name, recorded, current)})"
+               for name in sorted(set(recorded) | set(current))
+               if recorded.get(name) != current.get(name)]
+    if changed:
+        raise SourceChangedError(
+            f"prepared from other metadata than {manual_dir} holds now: {', '.join(changed)}; "
+            "prepare into a new output_dir, or rebuild it (prepare's overwrite, "
+            "`tfds build --overwrite`)", path=dataset_dir)
+
+
+def _change(name, recorded, current):
+    if name not in recorded:
+        return "new"
+    return "changed" if name in current else "gone"
 
 
 def _new_report(index, config, source):
