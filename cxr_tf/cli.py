@@ -112,9 +112,10 @@ def is_user_error(error):
 
     User errors: OSError (missing files, permissions, a read-only or full disk: the message
     names the path); cxr_tf's MetadataError and ImageError; TensorFlow's NotFound and
-    PermissionDenied; and any ValueError that cxr_tf code raises on purpose (a `raise`
-    statement in the package: an argument check). A ValueError from inside numpy, Keras or a
-    failing builtin call is a bug and keeps its traceback.
+    PermissionDenied; and any ValueError or RuntimeError that cxr_tf code raises on purpose
+    (a `raise` statement in the package: an argument check, weights that cannot be fetched,
+    an untested Keras version). One from inside numpy, Keras or a failing builtin call is a
+    bug and keeps its traceback.
     """
     user_types = [OSError]
     # Looked up, not imported: an error of a module that was never imported cannot occur.
@@ -126,7 +127,7 @@ def is_user_error(error):
         user_types += [tf_errors.NotFoundError, tf_errors.PermissionDeniedError]
     if isinstance(error, tuple(user_types)):
         return True
-    return isinstance(error, ValueError) and _raised_in_package(error)
+    return isinstance(error, (ValueError, RuntimeError)) and _raised_in_package(error)
 
 
 def _raised_in_package(error):

@@ -110,6 +110,17 @@ def test_user_errors_and_bugs_are_told_apart():
     assert not cli.is_user_error(raised(np.zeros(2).reshape, 3))
     assert not cli.is_user_error(raised(int, "x"))
     assert not cli.is_user_error(raised(dict().__getitem__, "x"))
+    assert not cli.is_user_error(raised(np.linalg.inv, np.zeros((2, 2))))  # LinAlgError
+
+
+def test_a_runtime_error_raised_on_purpose_is_the_users():
+    from cxr_tf.training import keras_compat  # imports TensorFlow
+
+    error = raised(keras_compat.check_keras_version, "2.15.0")
+    assert cli.is_user_error(error)
+    assert cli.error_message(error).startswith("cxr_tf.training.keras_compat was tested with "
+                                               "Keras 3.15.x, found Keras 2.15.0: ")
+    assert not cli.is_user_error(raised(np.random.default_rng(0).choice, [], 1))
 
 
 def test_error_message_is_one_line_naming_the_file():
