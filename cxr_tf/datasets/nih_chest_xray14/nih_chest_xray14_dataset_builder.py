@@ -171,11 +171,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """Why the kept `rows` give no example, or None. Decodes in this process up to the
         first good file (one decode for a sound split); when none is good, their skips are
         counted here, as the split is never generated."""
-        config = self.builder_config
         results = []
-        for row in rows.itertuples():
-            result = parallel_decode.decode_file(row.image_id, row.path, config.image_size,
-                                                 config.drop_rgba, encoding=None)
+        for result in self._decode(rows, num_workers=0, encoding=None):
             if result.image is not None:
                 return None
             results.append(result)
@@ -185,15 +182,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return (f"all {len(results)} image(s) skipped when decoding ("
                 + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) + ")")
 
-    def _generate_examples(self, frame):
+    def _decode(self, rows, num_workers, encoding):
+        """Decoded results of the kept `rows`, in order (see parallel_decode.decode_files)."""
         config = self.builder_config
+        return parallel_decode.decode_files(
+            zip(rows["image_id"], rows["path"]), config.image_size, drop_rgba=config.drop_rgba,
+            num_workers=num_workers, encoding=encoding)
+
+    def _generate_examples(self, frame):
         records = frame.to_dict("records")
         label_matrix = frame[list(labels.LABELS)].to_numpy(np.uint8)
-        decoded = parallel_decode.decode_files(
-            ((r["image_id"], r["path"]) for r in records), config.image_size,
-            drop_rgba=config.drop_rgba, num_workers=self._num_workers,
-            encoding=config.image_encoding,
-        )
+        decoded = self._decode(frame, self._num_workers, self.builder_config.image_encoding)
         split = records[0]["split"]
         for record, label_vector, result in zip(records, label_matrix, decoded):
             if result.image is None:
