@@ -91,7 +91,8 @@ def test_missing_columns_and_unknown_split_are_errors(tmp_path):
         expert_labels.read(path)
     path = _write(tmp_path, HEADER.replace(",Set Id", "") + "00000001_000.png,1,NO,NO,NO,NO\n",
                   name="labels.csv")
-    with pytest.raises(MetadataError, match=r"no Set Id column and the file name does not say"):
+    with pytest.raises(MetadataError, match=r"no Set Id column, and the file name says "
+                                            r"neither validation nor test: keep Google's name"):
         expert_labels.read(path)
     assert expert_labels.read(path, split="test")["split"].tolist() == ["test"]
 
@@ -106,6 +107,12 @@ def test_rows_google_did_not_adjudicate_are_dropped_and_counted(tmp_path):
     assert frame.attrs["not_adjudicated"] == 1
     path = _write(tmp_path, HEADER + "00000002_000.png,2,NO,,NO,NO,val\n")
     with pytest.raises(MetadataError, match=r"line 2: column 'Pneumothorax': '' is not YES"):
+        expert_labels.read(path)
+    # Lines count in the file, dropped rows included.
+    path = _write(tmp_path, HEADER + "00000002_000.png,2,,,,,val\n"
+                                     "00000003_000.png,3,NO,NO,NO,NO,val\n"
+                                     "3.png,3,NO,NO,NO,NO,val\n")
+    with pytest.raises(MetadataError, match=r"line 4: column 'Image Index': '3.png' is not"):
         expert_labels.read(path)
 
 

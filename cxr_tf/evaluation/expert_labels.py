@@ -85,8 +85,8 @@ def read(path, split=None):
     })
     for name in FINDINGS:
         out[name] = _yes_no(findings[name], unlabelled, path, name)
+    _check_image_ids(out, path)  # before dropping rows, so errors give the file's line
     out = out[~unlabelled.to_numpy()].reset_index(drop=True)
-    _check_image_ids(out, path)
     out.attrs["not_adjudicated"] = int(unlabelled.sum())
     return out
 
@@ -129,8 +129,8 @@ def _splits(frame, path, split):
         split = next((s for s in ("validation", "test") if s in name), None)
     if split not in ("validation", "test"):
         raise metadata.MetadataError(
-            "no Set Id column and the file name does not say validation or test; "
-            "name the split (split='test')", path)
+            "no Set Id column, and the file name says neither validation nor test: keep "
+            "Google's name (validation_labels.csv, test_labels.csv) or pass split=", path)
     return pd.Series(split, index=frame.index)
 
 
