@@ -6,10 +6,12 @@
 Folders are searched recursively for .png, .jpg, .jpeg, .dcm and .dicom files. Every file
 goes through `cxr_tf.data.images.preprocess`, the preprocessing of the training data (DICOM:
 rescale slope/intercept, VOI LUT or window, MONOCHROME1 inverted). The CSV has `file`, one
-probability column per finding and `positive_labels` ("A|B", or "No Finding"). A file that
-cannot be read is reported with its reason and the others go on; the exit code is 1 if any
-failed. --gradcam_dir (run dir only) writes one Grad-CAM overlay per file and positive finding
-(or the top --gradcam_top_k findings when none is positive).
+probability column per finding and `positive_labels` ("A|B", or "No Finding"); it is written
+whole at the end (a temporary name, then renamed), names that are not UTF-8 escaped (\\xNN).
+A file that cannot be read (not a regular file, over --max_pixels, corrupt) is reported with
+its reason and the others go on; the exit code is 1 if any failed. --gradcam_dir (run dir
+only) writes one Grad-CAM overlay per file and positive finding (or the top --gradcam_top_k
+findings when none is positive).
 """
 
 import json
@@ -17,7 +19,7 @@ import sys
 
 from absl import app
 
-from cxr_tf import cli, flags
+from cxr_tf import atomic, cli, flags
 
 FLAGS = flags.FLAGS
 
@@ -48,12 +50,13 @@ def main(argv):
     files = predictor_lib.list_inputs(paths)
     rows, failures, overlays = predictor_lib.predict_files(
         predictor, files, batch_size=FLAGS.batch_size, gradcam_dir=FLAGS.gradcam_dir,
-        gradcam_top_k=FLAGS.gradcam_top_k)
+        gradcam_top_k=FLAGS.gradcam_top_k, max_pixels=FLAGS.max_pixels)
     summary = {"model": FLAGS.model, "thresholds_from": predictor.thresholds_from,
                "files": len(files), "predicted": len(rows), "failed": failures,
                "output": FLAGS.output, "gradcam_dir": FLAGS.gradcam_dir, "gradcam": overlays}
-    if FLAGS.output:
-        with open(FLAGS.output, "w", newline="") as f:
+    if FLAGS.output:  # whole or not at all: an interrupted run leaves no half-written CSV
+        with atomic.replacing(FLAGS.output) as tmp, open(tmp, "w", newline="",
+                                                         encoding="utf-8") as f:
             predictor_lib.write_csv(rows, predictor.label_names, f)
     if FLAGS.json:
         print(json.dumps({**summary, "label_names": predictor.label_names, "predictions": rows}))

@@ -170,22 +170,71 @@ def test_tf_serving_rest_json_round_trip(exported, loaded):
 
 
 @pytest.mark.parametrize("name,data,message", [
-    ("text", b"hello, not an image", r"image 1: not a PNG or JPEG image \(19 bytes"),
-    ("empty", b"", r"image 1: not a PNG or JPEG image \(0 bytes"),
-    ("cut PNG", "cut_png", r"image 1: PNG truncated \(no IEND chunk in \d+ bytes\)"),
+    ("text", b"hello, not an image", r"image 1: not a PNG or JPEG image \(19 bytes, starting "
+     r"with 68 65 6c 6c 6f 2c 20 6e\)"),
+    ("empty", b"", r"image 1: not a PNG or JPEG image \(0 bytes, starting with \)"),
+    # Issue 10: these raised a Python UnicodeDecodeError (raw bytes went into the message).
+    ("GIF", b"GIF89a\x01\x00\x01\x00\x80\xff", r"image 1: not a PNG or JPEG image \(12 bytes, "
+     r"starting with 47 49 46 38 39 61 01 00\)"),
+    ("random", bytes(range(255, 0, -1)), r"image 1: not a PNG or JPEG image \(255 bytes, "
+     r"starting with ff fe fd fc fb fa f9 f8\)"),
+    ("cut PNG", "cut_png", r"image 1: PNG truncated \(read \d+ of at least \d+ bytes\)"),
+    ("no IEND", "no_iend", r"image 1: PNG truncated \(read \d+ bytes, no IEND chunk\)"),
     ("PNG header", "png_head", r"image 1: PNG header truncated \(20 bytes, fewer than 33\)"),
-    ("cut JPEG", "cut_jpeg", r"Invalid JPEG data"),
+    ("cut JPEG", "cut_jpeg", r"image 1: JPEG pixel data undecodable"),
 ])
 def test_bad_bytes_are_a_clear_error_and_serving_goes_on(loaded, name, data, message):
     good = sample_images()["gray8.png"]
     jpeg = sample_images()["gray.jpg"]
-    data = {"cut_png": good[:len(good) // 2], "png_head": good[:20],
+    data = {"cut_png": good[:len(good) // 2], "png_head": good[:20], "no_iend": good[:-12],
             "cut_jpeg": jpeg[:len(jpeg) // 2]}.get(data, data)
     serve = loaded.signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         serve(image_bytes=tf.constant([good, data]))
     again = serve(image_bytes=tf.constant([good]))["probabilities"].numpy()
     assert again.shape == (1, 14) and np.isfinite(again).all()
+
+
+def test_the_first_bad_image_is_named_and_pixel_errors_name_theirs(loaded):
+    good = sample_images()["gray8.png"]
+    jpeg = sample_images()["gray.jpg"]
+    serve = loaded.signatures["serving_default"]
+    # Two bad images: the header checks run first, in order, so image 2's is reported.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image 2: not a PNG or JPEG"):
+        serve(image_bytes=tf.constant([good, jpeg[:len(jpeg) // 2], b"GIF89a", good]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image 3: JPEG pixel data"):
+        serve(image_bytes=tf.constant([good, good, jpeg, jpeg[:len(jpeg) // 2]]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image 0: JPEG pixel data"):
+        serve(image_bytes=tf.constant([jpeg[:len(jpeg) // 2]]))
+
+
+def test_metadata_reports_max_pixels_and_serving_applies_it(exported, loaded, tmp_path):
+    assert int(loaded.signatures["metadata"]()["max_pixels"]) == images.MAX_PIXELS
+    assert exported[3]["max_pixels"] == images.MAX_PIXELS
+    net = exported[0]
+    archive_dir = tmp_path / "small"
+    graph.export(net, archive_dir, [0.5] * 14, max_pixels=3599)  # a 60x60 square is 3,600
+    small = tf.saved_model.load(str(archive_dir))
+    assert int(small.signatures["metadata"]()["max_pixels"]) == 3599
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image 0: PNG declares 60x45, "
+                       r"padded to 60x60 pixels, over the 3,599 limit"):
+        small.signatures["serving_default"](image_bytes=tf.constant([sample_images()["gray8.png"]]))
+    with pytest.raises(ValueError, match=r"max_pixels must be in 1..2\*\*40; received 0"):
+        graph.build_archive(net, [0.5] * 14, max_pixels=0)
+
+
+def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
+    """A .keras file can carry Python code in a Lambda layer; run dirs are loaded with Keras's
+    safe_mode, which refuses to deserialise it (README, Security)."""
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    (tmp_path / "checkpoints").mkdir()
+    keras.Model(inputs, outputs).save(tmp_path / "checkpoints" / "best.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet18", "image_size": SIZE}))
+    with pytest.raises(ValueError, match=r"Requested the deserialization of a `Lambda` layer"):
+        run_dir.load_model(str(tmp_path))
 
 
 def test_predict_images_signature_equals_keras(exported, loaded):

@@ -173,3 +173,111 @@ def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
 def test_unknown_model_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a SavedModel .* nor a run dir"):
         predictor.Predictor(str(tmp_path))
+
+
+# ---- hostile folders (issue 10): one bad file is one counted failure
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, folder):
+    """A folder as a careless export or an attacker leaves it: a FIFO and a link to
+    /dev/zero named like images, a link loop, a folder link back up, a name that is not
+    UTF-8, a 1x40000 PNG and DICOMs a scanner writes (window width 0, JPEG-LS)."""
+    import struct
+    import zlib
+
+    import pydicom
+    from pydicom.uid import JPEGLSLossless
+
+    root = tmp_path_factory.mktemp("hostile")
+    good = (folder / "a.png").read_bytes()
+    (root / "good.png").write_bytes(good)
+    os.mkfifo(root / "fifo.png")
+    os.symlink("/dev/zero", root / "zero.png")
+    os.symlink("loop.png", root / "loop.png")
+    (root / "sub").mkdir()
+    os.symlink("..", root / "sub" / "up")  # not followed: the walk cannot loop
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as f:
+        f.write(good)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    (root / "narrow.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 40000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0\0" * 40000, 9)) + chunk(b"IEND", b""))
+    film = np.asarray(Image.open(folder / "a.png"))
+    (root / "width0.dcm").write_bytes(dicom(film, WindowCenter=128, WindowWidth=0))
+    ds = pydicom.dcmread(io.BytesIO(dicom(film)))
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless  # pixel data no installed plugin decodes
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 32])
+    ds.save_as(root / "jpegls.dcm", enforce_file_format=True)
+    return root
+
+
+def test_hostile_folder_every_file_predicted_or_one_failure(hostile, models, tmp_path):
+    _, export_dir = models
+    out = tmp_path / "out" / "preds.csv"
+    out.parent.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.predict", f"--model={export_dir}", str(hostile),
+         f"--output={out}", "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 1, proc.stderr  # some failed; none hung, none crashed the job
+    summary = json.loads(proc.stdout)
+    reasons = {os.path.basename(f["file"]): f["reason"] for f in summary["failed"]}
+    shown = str(hostile) + "/"
+    assert reasons == {
+        "fifo.png": f"{shown}fifo.png: a FIFO, not an image file",
+        "zero.png": f"{shown}zero.png: a character device, not an image file",
+        "loop.png": f"{shown}loop.png: Too many levels of symbolic links",
+        "narrow.png": f"{shown}narrow.png: declares 1x40000, padded to 40000x40000 = "
+                      "1,600,000,000 pixels, over the 50,000,000 limit",
+        "jpegls.dcm": f"{shown}jpegls.dcm: no decoder for JPEG-LS Lossless Image Compression",
+    }
+    predicted = sorted(os.path.basename(p["file"]) for p in summary["predictions"])
+    assert predicted == ["caf\\xe9.png", "good.png", "width0.dcm"]
+    assert summary["files"] == 8 and summary["predicted"] == 3
+    assert os.listdir(out.parent) == ["preds.csv"]  # written whole, no temporary left
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = {os.path.basename(r["file"]): r for r in csv.DictReader(f)}
+    assert sorted(rows) == predicted
+    assert rows["caf\\xe9.png"]["Atelectasis"] == rows["good.png"]["Atelectasis"]
+
+
+def test_any_exception_while_decoding_is_that_files_failure(folder, models, monkeypatch):
+    _, export_dir = models
+    real = predictor.images.preprocess
+
+    def flaky(data, name, size, **kwargs):
+        if name.endswith("c.jpg"):
+            raise RuntimeError("decoder bug")
+        return real(data, name, size, **kwargs)
+
+    monkeypatch.setattr(predictor.images, "preprocess", flaky)
+    files = [str(folder / "a.png"), str(folder / "c.jpg"), str(folder / "dicom" / "m2.dcm")]
+    rows, failures, _ = predictor.predict_files(predictor.Predictor(str(export_dir)), files)
+    assert [os.path.basename(r["file"]) for r in rows] == ["a.png", "m2.dcm"]
+    assert failures == [{"file": files[1], "reason": f"{files[1]}: RuntimeError: decoder bug"}]
+
+
+def test_bytes_read_per_file_are_capped(tmp_path):
+    from cxr_tf.data import images
+
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(images.max_file_bytes(1000) + 1)  # sparse: no disk used
+    with pytest.raises(images.ImageError, match=r"big.png: file over 67,109,864 bytes"):
+        predictor.read_file(str(big), str(big), images.max_file_bytes(1000))
+    assert len(predictor.read_file(str(big), "x", images.max_file_bytes(1000) + 1)) == \
+        images.max_file_bytes(1000) + 1
+
+
+def test_max_pixels_reaches_the_decoder(folder, models):
+    _, export_dir = models
+    files = [str(folder / "a.png")]  # 40x48: a 48x48 square once padded, 2,304 pixels
+    model = predictor.Predictor(str(export_dir))
+    rows, failures, _ = predictor.predict_files(model, files, max_pixels=2303)
+    assert rows == [] and failures[0]["reason"].endswith("over the 2,303 limit")
+    rows, failures, _ = predictor.predict_files(model, files, max_pixels=2304)
+    assert len(rows) == 1 and failures == []

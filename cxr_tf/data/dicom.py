@@ -52,7 +52,7 @@ def decode(data, name, *, max_pixels=images.MAX_PIXELS):
     try:
         pixels = ds.pixel_array
     except Exception as e:  # pydicom raises many types: missing codec, bad length, ...
-        raise ImageError(name, "undecodable", f"DICOM pixel data undecodable ({e})") from e
+        raise ImageError(name, "undecodable", f"DICOM pixel data undecodable ({_reason(e)})") from e
     if pixels.shape != (rows, columns):
         raise ImageError(name, "undecodable", f"DICOM pixel data has shape {pixels.shape}, "
                          "expected one grayscale frame")
@@ -68,11 +68,21 @@ def _read(data, name, max_pixels):
 
     try:
         _check_deflated(data, name, max_pixels)
-        return pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data))
+        # pydicom converts each element on first access, where a bad value (an unknown VR,
+        # bytes that are no number) raises anything: convert them all here, once.
+        ds.walk(lambda *_: None)
+        return ds
     except ImageError:
         raise
     except Exception as e:  # a corrupt header raises InvalidDicomError, struct.error, ...
-        raise ImageError(name, "undecodable", f"DICOM header undecodable ({e})") from e
+        raise ImageError(name, "undecodable", f"DICOM header undecodable ({_reason(e)})") from e
+
+
+def _reason(error):
+    """pydicom's message, first line only: its tag wrapper appends a whole traceback."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _check_deflated(data, name, max_pixels):
@@ -98,7 +108,7 @@ def _value(ds, keyword, name):
     try:  # pydicom converts raw element values on first access, and may fail there
         return ds.get(keyword)
     except Exception as e:
-        raise ImageError(name, "undecodable", f"DICOM {keyword} unreadable ({e})") from e
+        raise ImageError(name, "undecodable", f"DICOM {keyword} unreadable ({_reason(e)})") from e
 
 
 def _integer(ds, keyword, name, default=0):
@@ -155,7 +165,7 @@ def _check_compressed(ds, name, columns, rows, max_pixels):
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     except Exception as e:
         raise ImageError(name, "undecodable", f"DICOM pixel data fragments unreadable "
-                         f"({e})") from e
+                         f"({_reason(e)})") from e
     if frame.startswith(images.JPEG_SOI):
         header = images.read_header(frame, name)
     elif frame.startswith(_J2K_CODESTREAM) and len(frame) >= 44:
@@ -221,7 +231,8 @@ def _to_gray(ds, pixels, name):
         try:
             out = apply_modality_lut(pixels[block], ds)
         except Exception as e:
-            raise ImageError(name, "undecodable", f"DICOM modality LUT unusable ({e})") from e
+            raise ImageError(name, "undecodable",
+                             f"DICOM modality LUT unusable ({_reason(e)})") from e
         if voi is None:
             return out
         if voi[1] and out.dtype.kind == "f":

@@ -6,7 +6,7 @@ signatures, so that TF Serving (or any process with TensorFlow, and no cxr_tf) c
     serving_default(image_bytes: string [None])
         -> probabilities float32 [None, 14], positive bool [None, 14]
     predict_images(images: uint8 [None, S, S, 1]) -> probabilities float32 [None, 14]
-    metadata() -> label_names, thresholds, image_size, version, no_finding_output
+    metadata() -> label_names, thresholds, image_size, version, no_finding_output, max_pixels
 
 A model trained with `--no_finding_output` also outputs `no_finding` float32 [None] from both
 prediction signatures, and `positive` applies the constraint (nothing is positive where No
@@ -19,6 +19,12 @@ uint8 gray with PIL's own rules -> centred zero pad to square ->
 conversion are bit-exact with PIL (same luma integers, same 16-bit scaling); the resize
 differs from PIL's by at most one gray level, because PIL rounds to uint8 between its two
 passes and TF does not (tests/test_export.py measures it).
+
+The graph accepts and refuses the same bytes as `images.decode_gray`, for the same reasons,
+before any pixel is decoded: IHDR first, the size against `max_pixels` (the padded square and
+the decoded samples), every PNG chunk complete (bytes after IEND ignored), a JPEG frame header.
+Every refusal is an InvalidArgumentError "image INDEX: REASON", raw bytes only as hex, and the
+model goes on serving the next request.
 """
 
 import keras
@@ -29,9 +35,11 @@ import tensorflow.experimental.numpy as tnp
 from cxr_tf import __version__, labels
 from cxr_tf.data import images
 
-_PNG_HEADER_BYTES = 33  # signature (8) + IHDR chunk (25): width, height, bit depth, colour type
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
-_IEND_WINDOW = 4096
+# IHDR colour type -> channels once decoded (see images.PNG_COLOUR); 0 for invalid types.
+_PNG_CHANNELS = [images.PNG_COLOUR.get(colour, (0, 0))[1] for colour in range(7)]
+_PNG_VALID = [(c, d) for c, depths in images._PNG_DEPTHS.items() for d in depths]
+_HEX = [f"{i:02x}" for i in range(256)]
 # PIL's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, i.e. ITU-R 601 luma in integers.
 _LUMA = (19595, 38470, 7471)
 # 255 / (2**bits - 1) divided in float64 and rounded to float32, exactly as numpy does in
@@ -39,25 +47,189 @@ _LUMA = (19595, 38470, 7471)
 _SCALE_BY_BITS = [float(np.float32(255.0 / (2**bits - 1))) if bits else 0.0 for bits in range(33)]
 
 
-def _byte(data, pos):
-    """The byte at `pos` of a scalar string, as int32 (the string must be long enough)."""
-    return tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, 1), tf.uint8)[0], tf.int32)
+def _code(name):
+    """A 4-letter chunk name as the integer `_uint32` reads."""
+    return int.from_bytes(name, "big")
 
 
-def _uint32_be(data, pos):
-    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, 4), tf.uint8), tf.int64)
-    return raw[0] * 2**24 + raw[1] * 2**16 + raw[2] * 2**8 + raw[3]
+def _length(data):
+    return tf.cast(tf.strings.length(data), tf.int64)
 
 
-def _offset_of(data, marker):
-    """(found, offset) of the first occurrence of the bytes `marker` in a scalar string."""
-    pieces = tf.strings.split(data, sep=marker, maxsplit=1)
-    return tf.size(pieces) > 1, tf.strings.length(pieces[0])
+def _read(data, pos, count):
+    """`count` bytes of `data` from `pos` as int64, zero past the end: no read can fail, so a
+    loop may read ahead of its own bounds checks."""
+    pos = tf.clip_by_value(tf.cast(pos, tf.int64), 0, _length(data))
+    piece = tf.strings.join([tf.strings.substr(data, pos, tf.constant(count, tf.int64)),
+                             b"\0" * count])
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(piece, 0, count), tf.uint8), tf.int64)
+
+
+def _uint(raw, start, count):
+    value = raw[start]
+    for i in range(start + 1, start + count):
+        value = value * 256 + raw[i]
+    return value
+
+
+def _hex(data, count=8):
+    """The first bytes as hex: raw bytes in an error message could be anything (the Python
+    client decodes the message as UTF-8), hex is always text."""
+    raw = tf.io.decode_raw(tf.strings.substr(data, 0, count), tf.uint8)
+    return tf.strings.reduce_join(tf.gather(_HEX, tf.cast(raw, tf.int32)), separator=" ")
 
 
 def _check(condition, template, *values):
-    """An assert whose InvalidArgumentError reads as one sentence (tf.strings.format)."""
-    return tf.debugging.Assert(condition, [tf.strings.format(template, values, summarize=8)])
+    """An assert whose InvalidArgumentError reads as one sentence: `template` with each {}
+    replaced by a value (tf.strings.format would quote strings)."""
+    texts = template.split("{}")
+    parts = [texts[0]]
+    for value, text in zip(values, texts[1:]):
+        value = tf.convert_to_tensor(value)
+        parts += [value if value.dtype == tf.string else tf.strings.as_string(value), text]
+    return tf.debugging.Assert(condition, [tf.strings.join(parts)])
+
+
+def _in_order(*checks):
+    """Runs `checks` (functions returning an assert op) one after the other, so the first
+    failing one is the one reported, and values a check reads are only computed once the
+    checks before it passed. Returns a bool tensor that depends on them all."""
+    done = tf.constant(True)
+    for check in checks:
+        with tf.control_dependencies([done]):
+            op = check()
+        with tf.control_dependencies([op]):
+            done = tf.identity(done)
+    return done
+
+
+def _check_size(index, fmt, width, height, channels, sample_bytes, max_pixels):
+    """`images.check_size` in the graph: the padded square and the decoded samples."""
+    # float64: a 32-bit width times a 32-bit height overflows int64 products.
+    w, h = tf.cast(width, tf.float64), tf.cast(height, tf.float64)
+    side = tf.maximum(width, height)
+    decoded = tf.cast(channels * sample_bytes, tf.float64)
+    return _in_order(
+        lambda: _check(tf.maximum(w, h) ** 2 <= max_pixels,
+                       "image {}: " + fmt + " declares {}x{}, padded to {}x{} pixels, over the "
+                       f"{max_pixels:,} limit", index, width, height, side, side),
+        lambda: _check(w * h * decoded <= max_pixels,
+                       "image {}: " + fmt + " declares {}x{} with {} bytes a pixel, over the "
+                       f"{max_pixels:,} limit", index, width, height, channels * sample_bytes))
+
+
+def _png_chunks(data):
+    """Walks the chunks as `images._png_chunks` does: (status, position, sBIT).
+
+    status 1: no IEND (position: where the next chunk header would start), 2: a chunk runs
+    past the end (position: the bytes it needs), 3: IEND found. sBIT is the first sBIT chunk
+    before IDAT, 0 without one. Bytes after IEND are ignored, as by PIL and libpng.
+    """
+    n = _length(data)
+
+    def step(pos, status, sbit, seen_idat):
+        raw = _read(data, pos, 9)
+        size, kind = _uint(raw, 0, 4), _uint(raw, 4, 4)
+        end = pos + 12 + size
+        status = tf.where(pos + 8 > n, 1, tf.where(end > n, 2,
+                                                   tf.where(kind == _code(b"IEND"), 3, 0)))
+        fits = status != 1
+        is_sbit = fits & (kind == _code(b"sBIT")) & (size >= 1) & (sbit == 0) & ~seen_idat
+        sbit = tf.where(is_sbit, raw[8], sbit)
+        seen_idat = seen_idat | (fits & (kind == _code(b"IDAT")))
+        return tf.where(status == 1, pos, end), status, sbit, seen_idat
+
+    start = (tf.constant(8, tf.int64), tf.constant(0), tf.constant(0, tf.int64),
+             tf.constant(False))
+    pos, status, sbit, _ = tf.while_loop(lambda pos, status, *_: status == 0, step, start)
+    return status, pos, sbit
+
+
+def _check_png(data, index, max_pixels):
+    """The PNG header checks of `images.decode_gray`, in its order, with its reasons."""
+    n = _length(data)
+    head = _read(data, 0, 29)
+    width, height = _uint(head, 16, 4), _uint(head, 20, 4)
+    depth, colour = head[24], head[25]
+    valid = (width > 0) & (height > 0) & tf.reduce_any(
+        [(colour == c) & (depth == d) for c, d in _PNG_VALID])
+    channels = tf.gather(_PNG_CHANNELS, tf.clip_by_value(colour, 0, 6))
+    status = {}
+
+    def walk():
+        status["walk"] = _png_chunks(data)
+        return tf.no_op()
+
+    return _in_order(
+        lambda: _check(n >= 33, "image {}: PNG header truncated ({} bytes, fewer than 33)",
+                       index, n),
+        lambda: _check(tf.strings.substr(data, 8, 8) == images.PNG_IHDR,
+                       "image {}: PNG does not start with a 13-byte IHDR chunk (found {})", index,
+                       _hex(tf.strings.substr(data, 8, 8))),
+        lambda: _check(valid, "image {}: PNG IHDR invalid ({}x{}, colour type {}, bit depth "
+                       "{})", index, width, height, colour, depth),
+        lambda: _check_size(index, "PNG", width, height, tf.cast(channels, tf.int64),
+                            tf.where(depth == 16, tf.constant(2, tf.int64), 1), max_pixels),
+        walk,
+        lambda: _check(status["walk"][0] != 1, "image {}: PNG truncated (read {} bytes, no "
+                       "IEND chunk)", index, n),
+        lambda: _check(status["walk"][0] != 2, "image {}: PNG truncated (read {} of at least "
+                       "{} bytes)", index, n, status["walk"][1]),
+    )
+
+
+def _jpeg_frame(data):
+    """(found, width, height, components, precision) of the first SOF marker, walking the
+    marker segments by their lengths as `images._jpeg_sof` (and libjpeg) does."""
+    n = _length(data)
+    sof = tf.constant(sorted(images.JPEG_SOF), tf.int64)
+
+    def step(pos, status, frame):
+        raw = _read(data, pos, 10)
+        marker = raw[1]
+        bad = (pos + 4 > n) | (raw[0] != 0xFF)
+        is_sof = tf.reduce_any(tf.equal(marker, sof))
+        no_length = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8))
+        skip = tf.where(marker == 0xFF, tf.constant(1, tf.int64),
+                        tf.where(no_length, tf.constant(2, tf.int64), 2 + _uint(raw, 2, 2)))
+        status = tf.where(bad | (is_sof & (pos + 10 > n)), 2, tf.where(is_sof, 1, 0))
+        frame = tf.where(status == 1, tf.stack([_uint(raw, 7, 2), _uint(raw, 5, 2), raw[9],
+                                                raw[4]]), frame)
+        return pos + skip, status, frame
+
+    start = (tf.constant(2, tf.int64), tf.constant(0), tf.zeros([4], tf.int64))
+    _, status, frame = tf.while_loop(lambda pos, status, frame: status == 0, step, start)
+    return status == 1, frame[0], frame[1], frame[2], frame[3]
+
+
+def _check_jpeg(data, index, max_pixels):
+    found, width, height, components, precision = _jpeg_frame(data)
+    return _in_order(
+        lambda: _check(found, "image {}: JPEG header truncated or corrupt (no frame header in "
+                       "{} bytes)", index, _length(data)),
+        lambda: _check((width > 0) & (height > 0) & (components > 0), "image {}: JPEG frame "
+                       "header invalid ({}x{}, {} components)", index, width, height,
+                       components),
+        lambda: _check_size(index, "JPEG", width, height, components,
+                            tf.where(precision > 8, tf.constant(2, tf.int64), 1), max_pixels),
+    )
+
+
+def _is_png(data):
+    return tf.strings.substr(data, 0, len(images.PNG_SIGNATURE)) == images.PNG_SIGNATURE
+
+
+def check_image(data, index=0, max_pixels=images.MAX_PIXELS):
+    """Every check `images.decode_gray` makes before decoding, from the headers only: the
+    format, IHDR first, the size against `max_pixels`, the PNG chunks complete. Raises
+    InvalidArgumentError "image INDEX: REASON" (raw bytes as hex); returns True."""
+    is_jpeg = tf.strings.substr(data, 0, len(images.JPEG_SOI)) == images.JPEG_SOI
+    return _in_order(
+        lambda: _check(_is_png(data) | is_jpeg, "image {}: not a PNG or JPEG image ({} bytes, "
+                       "starting with {})", index, tf.strings.length(data), _hex(data)),
+        lambda: tf.cond(_is_png(data), lambda: _check_png(data, index, max_pixels),
+                        lambda: _check_jpeg(data, index, max_pixels)),
+    )
 
 
 def _to_gray(image):
@@ -65,10 +237,9 @@ def _to_gray(image):
     C=3/4 (RGB, RGBA) integer luma with alpha dropped (not composited)."""
     channels = tf.shape(image)[2]
 
-    def luma():
-        rgb = tf.cast(image[:, :, :3], tf.int32)
-        weighted = rgb[:, :, 0] * _LUMA[0] + rgb[:, :, 1] * _LUMA[1] + rgb[:, :, 2] * _LUMA[2]
-        return tf.cast(tf.bitwise.right_shift(weighted + 0x8000, 16), tf.uint8)
+    def luma():  # channel by channel: int32 temporaries of one channel at a time
+        weighted = [tf.cast(image[:, :, c], tf.int32) * _LUMA[c] for c in range(3)]
+        return tf.cast(tf.bitwise.right_shift(tf.add_n(weighted) + 0x8000, 16), tf.uint8)
 
     def first_channel():  # one channel: a free reshape rather than a strided copy
         return tf.cond(channels == 1, lambda: tf.reshape(image, tf.shape(image)[:2]),
@@ -77,47 +248,21 @@ def _to_gray(image):
     return tf.cond(channels >= 3, luma, first_channel)
 
 
-def _scale_gray16(image16, data):
+def _scale_gray16(image16, sbit):
     """16-bit gray -> uint8 as `images._scale_16bit`: by the sBIT bit depth when the file sets
-    one (before IDAT, as the PNG spec requires), else by the smallest of 8/10/12/14/16 bits
-    that holds the image's maximum; never by the image's own min/max."""
-    _, idat_at = _offset_of(data, b"IDAT")
-    # Searched for in the bytes before IDAT only: a second split of the whole film would copy
-    # it once more.
-    has_sbit, sbit_at = _offset_of(tf.strings.substr(data, 0, idat_at), b"sBIT")
-    sbit = tf.cond(has_sbit, lambda: _byte(data, sbit_at + 4), lambda: tf.constant(0))
+    one, else by the smallest of 8/10/12/14/16 bits that holds the image's maximum; never by
+    the image's own min/max."""
     peak = tf.reduce_max(tf.cast(image16, tf.int32))
     peak_bits = tf.constant(32)
     for bits in (16, 14, 12, 10, 8):  # smallest first wins: assign from the largest down
         peak_bits = tf.where(peak < 2**bits, bits, peak_bits)
+    sbit = tf.cast(sbit, tf.int32)
     bits = tf.where((sbit >= 8) & (sbit <= 16), sbit, peak_bits)
     scaled = tf.round(tf.cast(image16, tf.float32) * tf.gather(_SCALE_BY_BITS, bits))
     return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
 
 
-def _decode_png(data, index):
-    # Size guard before any pixel is decoded, as `images.decode_gray` does.
-    ok_header = _check(tf.strings.length(data) >= _PNG_HEADER_BYTES,
-                       "image {}: PNG header truncated ({} bytes, fewer than 33)", index,
-                       tf.strings.length(data))
-    with tf.control_dependencies([ok_header]):
-        width, height = _uint32_be(data, 16), _uint32_be(data, 20)
-        depth, colour = _byte(data, 24), _byte(data, 25)
-    # IEND closes every complete PNG. Searched for in the tail only: a split of the whole
-    # string would copy it (~4 ms for a 1024² film); PIL, like libpng, ignores trailing bytes
-    # after IEND, and writers that add any add far less than this window.
-    tail_start = tf.maximum(tf.strings.length(data) - _IEND_WINDOW, 0)
-    has_end, _ = _offset_of(tf.strings.substr(data, tail_start, _IEND_WINDOW), b"IEND")
-    checks = [
-        _check(width * height <= images.MAX_PIXELS,
-               "image {}: PNG declares {}x{} pixels, over the " f"{images.MAX_PIXELS:,} limit",
-               index, width, height),
-        _check(has_end, "image {}: PNG truncated (no IEND chunk in {} bytes)", index,
-               tf.strings.length(data)),
-    ]
-    with tf.control_dependencies(checks):
-        data = tf.identity(data)
-
+def _decode_png(data):
     def eight_bit():
         return _to_gray(tf.io.decode_png(data, channels=0, dtype=tf.uint8))
 
@@ -126,39 +271,30 @@ def _decode_png(data, index):
         # PIL keeps 16-bit gray as I;16 (scaled below) but opens 16-bit RGB(A) and gray+alpha
         # as 8-bit RGB(A) from the high byte of each sample.
         return tf.cond(
-            colour == _PNG_GRAY,
-            lambda: _scale_gray16(image16[:, :, 0], data),
+            _read(data, 25, 1)[0] == _PNG_GRAY,
+            lambda: _scale_gray16(image16[:, :, 0], _png_chunks(data)[2]),
             lambda: _to_gray(tf.cast(tf.bitwise.right_shift(image16, 8), tf.uint8)),
         )
 
-    return tf.cond(depth == 16, sixteen_bit, eight_bit)
+    return tf.cond(_read(data, 24, 1)[0] == 16, sixteen_bit, eight_bit)
 
 
-def _decode_jpeg(data, index):
-    shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
-    ok = _check(shape[0] * shape[1] <= images.MAX_PIXELS,
-                "image {}: JPEG declares {}x{} pixels, over the " f"{images.MAX_PIXELS:,} limit",
-                index, shape[1], shape[0])
+def _decode_pixels(data):
+    """Checked PNG or JPEG bytes -> uint8 H×W (TF's decoder errors pass through)."""
     # INTEGER_ACCURATE is libjpeg's ISLOW, what PIL uses; TF's default (IFAST) differs from
     # PIL by up to 5 gray levels, ISLOW matches it bit for bit.
-    with tf.control_dependencies([ok]):
-        return _to_gray(tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"))
+    return tf.cond(_is_png(data), lambda: _decode_png(data), lambda: _to_gray(
+        tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")))
 
 
-def decode_gray(data, index=0):
+def decode_gray(data, index=0, max_pixels=images.MAX_PIXELS):
     """One encoded PNG or JPEG (scalar string) -> uint8 H×W, exactly as `images.decode_gray`.
 
-    Bad bytes raise tf.errors.InvalidArgumentError naming the image's position in the batch:
-    "image 3: not a PNG or JPEG image", "image 0: PNG truncated (no IEND chunk ...)", or TF's
-    own decoder message ("Invalid PNG data", "Invalid JPEG data").
+    `check_image` runs first ("image 3: not a PNG or JPEG image ...", "image 0: PNG truncated
+    ..."); pixel data the decoder refuses raises its own InvalidArgumentError.
     """
-    is_png = tf.strings.substr(data, 0, len(images.PNG_SIGNATURE)) == images.PNG_SIGNATURE
-    is_jpeg = tf.strings.substr(data, 0, len(images.JPEG_SOI)) == images.JPEG_SOI
-    known = _check(is_png | is_jpeg, "image {}: not a PNG or JPEG image ({} bytes, starting "
-                   "with {})", index, tf.strings.length(data), tf.strings.substr(data, 0, 8))
-    with tf.control_dependencies([known]):
-        data = tf.identity(data)
-    return tf.cond(is_png, lambda: _decode_png(data, index), lambda: _decode_jpeg(data, index))
+    with tf.control_dependencies([check_image(data, index, max_pixels)]):
+        return _decode_pixels(tf.identity(data))
 
 
 def pad_and_resize(gray, size):
@@ -176,27 +312,47 @@ def pad_and_resize(gray, size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def preprocess_bytes(image_bytes, size):
+def preprocess_bytes(image_bytes, size, max_pixels=images.MAX_PIXELS):
     """string [N] of encoded images -> uint8 [N, size, size, 1] (the serving preprocessing).
 
-    The images are decoded in parallel by a tf.data map inside the graph: TensorFlow runs a
-    `tf.map_fn` loop (and even two independent decode ops) on one thread, which made PNG
-    decoding ~2x slower than it needs to be on a 2-core machine. The order is kept.
+    Two passes. First `check_image` over every image, in order, from the headers alone: a bad
+    image is refused before any pixel of the batch is decoded, so what a request may allocate
+    is bounded by `max_pixels` per image. Then the decode, in parallel by a tf.data map inside
+    the graph (TensorFlow runs a `tf.map_fn` loop on one thread, which made PNG decoding ~2x
+    slower than it needs to be on a 2-core machine); the order is kept. Pixel data that TF's
+    decoder refuses is caught there (`ignore_errors`, the decoder's message goes to the log) so
+    that the error still names the image: "image 2: PNG pixel data undecodable".
     """
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
     count = tf.size(image_bytes, out_type=tf.int64)
 
     def decode_all():
-        ds = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes)).map(
-            lambda index, data: pad_and_resize(decode_gray(data, index), size),
+        indices = tf.range(count)
+        checked = tf.map_fn(lambda args: check_image(args[1], args[0], max_pixels),
+                            (indices, image_bytes), fn_output_signature=tf.bool)
+        with tf.control_dependencies([checked]):
+            checked_bytes = tf.identity(image_bytes)
+        ds = tf.data.Dataset.from_tensor_slices((indices, checked_bytes)).map(
+            lambda index, data: (index, pad_and_resize(_decode_pixels(data), size)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(count).get_single_element()
+        nothing = tf.data.Dataset.from_tensors(
+            (tf.zeros([0], tf.int64), tf.zeros([0, size, size, 1], tf.uint8)))
+        # Every image failing leaves no batch at all: the empty one stands in for it.
+        decoded, pixels = ds.ignore_errors(log_warning=True).batch(count).concatenate(
+            nothing).take(1).get_single_element()
+        found = tf.scatter_nd(decoded[:, None], tf.ones_like(decoded), [count])
+        first = tf.argmin(found)  # the first image without pixels
+        fmt = tf.where(_is_png(checked_bytes[first]), "PNG", "JPEG")
+        ok = _check(tf.size(decoded, out_type=tf.int64) == count, "image {}: {} pixel data "
+                    "undecodable", first, fmt)
+        with tf.control_dependencies([ok]):
+            return tf.identity(pixels)
 
     # get_single_element fails on an empty dataset: an empty request gets an empty batch.
     return tf.cond(count > 0, decode_all, lambda: tf.zeros((0, size, size, 1), tf.uint8))
 
 
-def build_archive(model, thresholds, *, label_names=labels.LABELS):
+def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=images.MAX_PIXELS):
     """A `keras.export.ExportArchive` serving `model` (logits out) with the three signatures.
 
     Args:
@@ -204,6 +360,8 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS):
             (or 15 when the last output is "No Finding").
         thresholds: one decision threshold per finding (14 floats).
         label_names: the finding names, in output order.
+        max_pixels: the largest image `serving_default` decodes (see `images.check_size`);
+            the `metadata` signature reports it.
     """
     size = int(model.input_shape[1])
     num_labels = len(label_names)
@@ -215,6 +373,9 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS):
     if len(thresholds) != num_labels:
         raise ValueError(f"need {num_labels} thresholds, one per finding; received {thresholds}")
     has_no_finding = num_outputs == num_labels + 1
+    max_pixels = int(max_pixels)
+    if not 0 < max_pixels <= 2**40:  # float64 size checks are exact below 2**53
+        raise ValueError(f"max_pixels must be in 1..2**40; received {max_pixels}")
 
     def probabilities_of(images_uint8):
         def run():
@@ -236,7 +397,7 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS):
         return out
 
     def serve_bytes(image_bytes):
-        return outputs(preprocess_bytes(image_bytes, size), with_decisions=True)
+        return outputs(preprocess_bytes(image_bytes, size, max_pixels), with_decisions=True)
 
     def predict_images(pixels):
         return outputs(pixels, with_decisions=False)
@@ -248,6 +409,7 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS):
             "image_size": tf.constant(size, tf.int32),
             "version": tf.constant(__version__),
             "no_finding_output": tf.constant(has_no_finding),
+            "max_pixels": tf.constant(max_pixels, tf.int64),
         }
 
     archive = keras.export.ExportArchive()
@@ -260,8 +422,9 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS):
     return archive
 
 
-def export(model, export_dir, thresholds, *, label_names=labels.LABELS):
+def export(model, export_dir, thresholds, *, label_names=labels.LABELS,
+           max_pixels=images.MAX_PIXELS):
     """Writes the SavedModel to `export_dir` (e.g. `models/cxr/1`, TF Serving's version dir)."""
-    build_archive(model, thresholds, label_names=label_names).write_out(
+    build_archive(model, thresholds, label_names=label_names, max_pixels=max_pixels).write_out(
         str(export_dir), verbose=False)
     return str(export_dir)

@@ -1,9 +1,17 @@
 """Predicting files with an exported SavedModel or a run dir: what `python -m cxr_tf.predict`
 runs. Every file goes through `cxr_tf.data.images.preprocess`, the preprocessing of the
-training data; a file that cannot be read is a failure with its reason, and the others go on."""
+training data; a file that cannot be read is a failure with its reason, and the others go on.
+
+A folder from a PACS export or a shared drive may hold anything under an image's name: a FIFO
+(reading it would wait for ever), a link to /dev/zero (a read that never ends), a link loop,
+a name that is not UTF-8. Only regular files are read, at most `images.max_file_bytes` of
+each, and any error while reading or decoding one file is that file's failure.
+"""
 
 import csv
+import logging
 import os
+import stat
 
 import numpy as np
 import tensorflow as tf
@@ -17,7 +25,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 def list_inputs(paths):
-    """Files to predict, in order: each file as given, each folder's images sorted."""
+    """Files to predict, in order: each file as given, each folder's images sorted. Links to
+    folders are not followed (os.walk's default), so a link loop cannot trap the walk."""
     found = []
     for path in paths:
         if os.path.isdir(path):
@@ -70,19 +79,50 @@ class Predictor:
         return probs, labels.decide(probs, self.thresholds, no_finding)
 
 
-def _read(path, size):
+def display_name(path):
+    """`path` as printable text: bytes that are not UTF-8 (a name from another system's
+    encoding) are escaped as \\xNN, so the CSV and the summary can always be written."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read_file(path, name, max_bytes):
+    """The bytes of the regular file at `path` (links followed); ImageError otherwise."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise images.ImageError(path, "missing", e.strerror or str(e)) from e
-    return images.preprocess(data, path, size)[0]
+        raise images.ImageError(name, "missing", e.strerror or str(e)) from e
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise images.ImageError(name, "undecodable", f"{kind}, not an image file")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise images.ImageError(name, "undecodable", e.strerror or str(e)) from e
+    if len(data) > max_bytes:
+        raise images.ImageError(name, "too_large", f"file over {max_bytes:,} bytes")
+    return data
 
 
-def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_top_k=1):
+def _read(path, size, max_pixels):
+    name = display_name(path)
+    data = read_file(path, name, images.max_file_bytes(max_pixels))
+    return images.preprocess(data, name, size, max_pixels=max_pixels)[0]
+
+
+def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_top_k=1,
+                  max_pixels=images.MAX_PIXELS):
     """Predicts every file; returns (rows, failures, overlay paths).
 
     rows: {"file", "probabilities" (list), "positive_labels"}; failures: {"file", "reason"}.
+    "file" is `display_name(path)`. Any exception while reading or decoding one file is its
+    failure; images over `max_pixels` are refused before decoding.
     """
     cam = None
     if gradcam_dir:
@@ -95,17 +135,21 @@ def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_
         batch_files, batch = [], []
         for path in files[start:start + batch_size]:
             try:
-                batch.append(_read(path, predictor.image_size))
+                batch.append(_read(path, predictor.image_size, max_pixels))
                 batch_files.append(path)
             except images.ImageError as e:
-                failures.append({"file": path, "reason": str(e)})
+                failures.append({"file": display_name(path), "reason": str(e)})
+            except Exception as e:  # a decoder bug must not cost the other files their rows
+                logging.debug("%s", display_name(path), exc_info=True)
+                failures.append({"file": display_name(path),
+                                 "reason": f"{display_name(path)}: {type(e).__name__}: {e}"})
         if not batch:
             continue
         batch = np.stack(batch)
         probs, positive = predictor(batch)
         for i, path in enumerate(batch_files):
             names = [predictor.label_names[c] for c in np.flatnonzero(positive[i])]
-            rows.append({"file": path, "probabilities": probs[i].tolist(),
+            rows.append({"file": display_name(path), "probabilities": probs[i].tolist(),
                          "positive_labels": "|".join(names) or labels.NO_FINDING})
         if cam is not None:
             overlays += _write_overlays(cam, gradcam_dir, batch_files, batch, probs, positive,
