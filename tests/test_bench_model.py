@@ -54,6 +54,21 @@ def test_bench_model_prints_one_json_line(backend):
     )
     # The GPU machine has no TensorFlow: under JAX the benchmark must not import it.
     assert result["tensorflow_imported"] is (backend == "tensorflow")
+    if backend == "tensorflow":
+        assert result["flops"] is None
+        assert result["flops_method"] == (
+            "XLA FLOP counts need KERAS_BACKEND=jax: not counted under tensorflow")
+        return
+    flops = result["flops"]
+    # v1.5's first 1x1 of stages 3-5 reads every pixel, not one in four: +6.9 % at 224 px
+    # (7.816 against 7.311 GFLOP); at 32 px XLA also counts the padded taps of the strided
+    # 3x3 on 2x2 maps, measured 1.108.
+    assert 1.04 < result["flops_ratio_v1_5_v1"] < 1.12
+    assert result["flops_ratio_v1_5_v1"] == pytest.approx(flops["resnet50"] / flops["resnet50_v1"])
+    # Same geometry as keras.applications: only its conv biases add (0.4 % at 32 px).
+    assert flops["keras_applications"] == pytest.approx(flops["resnet50_v1"], rel=0.01)
+    assert flops["keras_applications"] > flops["resnet50_v1"]
+    assert lines[-6].startswith("XLA GFLOP per image (inference): resnet50 (v1.5) 0.13")
 
 
 def test_bad_flag_is_rejected_with_its_value():

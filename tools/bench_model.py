@@ -1,4 +1,5 @@
-"""Train-step and inference throughput of cxr_tf's model against keras.applications.ResNet50.
+"""Train-step and inference throughput of cxr_tf's model against keras.applications.ResNet50,
+and XLA FLOP counts of our two ResNet-50s (v1.5 and v1).
 
     KERAS_BACKEND=jax python tools/bench_model.py --image_size=224 --batch_size=256 \
         --precision=bfloat16
@@ -8,11 +9,14 @@ Runs under whatever KERAS_BACKEND says (jax, tensorflow, torch) and imports only
 machine (`tools/gpu_check.sh`). The reference is `keras.applications.ResNet50(weights=None,
 input_shape=(S, S, 1), classes=14, classifier_activation=None)`: the stock Keras ResNet-50 with
 a one-channel stem and a logits head like ours, so both train on the same loss. The figure to
-watch is the ratio ours / reference, measured in the same process on the same data.
+watch is the ratio ours / reference, measured in the same process on the same data; our
+`resnet50_v1` has the reference's geometry (stride on the first 1×1), so the default run
+compares like with like.
 
 Flags:
-    --arch            cxr_tf architecture to time (default resnet50; the reference is always
-                      ResNet-50, so the ratio only compares like with like for resnet50).
+    --arch            cxr_tf architecture to time (default resnet50_v1; the reference is
+                      always keras.applications' ResNet-50 v1, so the ratio only compares
+                      like with like for resnet50_v1; resnet50, v1.5, does ~7 % more work).
     --image_size      side S of the S×S×1 images (default 224).
     --batch_size      images per step (default 256).
     --precision       bfloat16 | float16 | float32: the global Keras dtype policy
@@ -38,6 +42,9 @@ What is timed:
   host that copies nothing, and TensorFlow is not what runs on the GPU machine.)
 - Each repeat ends by reading a weight back to the host, so asynchronous dispatch cannot hide
   unfinished work. The two models alternate within each repeat, so clock drift hits both.
+- flops (JAX backend only, `null` with a note otherwise): XLA's `cost_analysis()["flops"]`
+  of `jax.jit(model.stateless_call)` in inference mode on one image, for `resnet50` (v1.5),
+  `resnet50_v1` and the reference, under the same dtype policy; not timed.
 
 The last line printed is one JSON object; the lines before it are a human table.
 """
@@ -57,11 +64,13 @@ NUM_CLASSES = 14
 _POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "float32": "float32"}
 _TRAIN_METHOD = "model.fit(steps_per_epoch=steps) on one on-device batch, Adam, BCE from logits"
 _INFER_METHOD = "model.predict(steps=steps) on one on-device batch"
+_FLOPS_METHOD = ("XLA cost_analysis()['flops'] of jax.jit(model.stateless_call), inference "
+                 "mode, one image")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--arch", default="resnet50_v1")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--precision", choices=sorted(_POLICIES), default="bfloat16")
@@ -154,6 +163,7 @@ def main(argv=None):
     for kind in ("train", "infer"):
         ours_rate = result["ours"][f"{kind}_img_s"]
         result[f"ratio_{kind}"] = ours_rate / result["keras_applications"][f"{kind}_img_s"]
+    result.update(_flops(keras, args.image_size, build_model, models["keras_applications"]))
     _print_table(result)
     print(json.dumps(result), flush=True)
     return result
@@ -169,6 +179,30 @@ def _compiled(keras, builder, args):
         steps_per_execution=args.steps_per_execution,
     )
     return model
+
+
+def _flops(keras, image_size, build_model, reference):
+    """XLA's FLOP count per image of our v1.5 and v1 ResNet-50s and the reference (JAX only)."""
+    if keras.backend.backend() != "jax":
+        return {"flops": None, "flops_method": "XLA FLOP counts need KERAS_BACKEND=jax: "
+                                               f"not counted under {keras.backend.backend()}"}
+    import jax
+
+    image = jax.ShapeDtypeStruct((1, image_size, image_size, 1), "float32")
+    flops = {}
+    for name, model in (("resnet50", build_model("resnet50", image_size, NUM_CLASSES)),
+                        ("resnet50_v1", build_model("resnet50_v1", image_size, NUM_CLASSES)),
+                        ("keras_applications", reference)):
+        def forward(trainable, non_trainable, images, model=model):
+            return model.stateless_call(trainable, non_trainable, images, training=False)[0]
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        cost = jax.jit(forward).lower(trainable, non_trainable, image).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost  # older JAX: a list of one dict
+        flops[name] = cost["flops"]
+    return {"flops": flops, "flops_method": _FLOPS_METHOD,
+            "flops_ratio_v1_5_v1": flops["resnet50"] / flops["resnet50_v1"]}
 
 
 def _device_batch(keras, batch_size, image_size):
@@ -233,6 +267,14 @@ def _print_table(result):
         f"{result['precision']}, jit_compile={result['jit_compile']}, "
         f"median of {result['repeats']} x {result['steps']} steps"
     )
+    if result["flops"]:
+        flops = result["flops"]
+        print(f"XLA GFLOP per image (inference): resnet50 (v1.5) {flops['resnet50'] / 1e9:.3f}, "
+              f"resnet50_v1 {flops['resnet50_v1'] / 1e9:.3f} (ratio "
+              f"{result['flops_ratio_v1_5_v1']:.3f}), keras.applications "
+              f"{flops['keras_applications'] / 1e9:.3f}")
+    else:
+        print(result["flops_method"])
     print(f"{'':22}{'train img/s':>14}{'infer img/s':>14}")
     for name in ("ours", "keras_applications"):
         train, infer = result[name]["train_img_s"], result[name]["infer_img_s"]
