@@ -1,0 +1,171 @@
+"""Fuzz the image decoder and the metadata reader with atheris (coverage-guided libFuzzer).
+
+    python tools/fuzz_inputs.py image -max_total_time=600      # bytes -> images.preprocess
+    python tools/fuzz_inputs.py metadata -max_total_time=600   # bytes -> metadata.read_data_entry
+    python tools/fuzz_inputs.py image -runs=300                # the test suite's short run
+
+Every other argument goes to libFuzzer (-runs, -max_total_time, -seed, -jobs, corpus dirs,
+-artifact_prefix=DIR/). A seed corpus of real files is generated first (PNGs of every colour
+type, 16-bit with sBIT, interlaced, trailing bytes; JPEGs; DICOMs with a window, a VOI LUT,
+MONOCHROME1, RLE; both Data_Entry CSV variants, plain and gzipped), so mutations start from
+inputs that reach deep into the parsers. The documented errors are `ImageError` for images
+and `MetadataError` for the CSV; any other exception, a run over -timeout seconds or over
+-rss_limit_mb is a finding: libFuzzer prints it, saves the input as crash-<sha1> and exits 1;
+otherwise it ends with "Done N runs in S second(s)" and exit 0.
+"""
+
+import gzip
+import io
+import os
+import struct
+import sys
+import tempfile
+import warnings
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import atheris  # noqa: E402  (atheris==3.0.0, in the `test` extra)
+import numpy as np  # noqa: E402
+
+with atheris.instrument_imports(include=["cxr_tf", "PIL", "pydicom"]):
+    import PIL.JpegImagePlugin  # noqa: F401  (instrumented: the plugins parse the headers)
+    import PIL.PngImagePlugin  # noqa: F401
+    import pydicom
+
+    from cxr_tf.data import dicom, images, metadata  # noqa: F401
+
+# Small enough that a mutated header declaring a large image is refused, not decoded for
+# seconds: the bound itself is what is fuzzed, not how fast numpy fills memory.
+MAX_PIXELS = 1_000_000
+_CSV_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+               "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+
+
+def image_target(data):
+    try:
+        images.preprocess(data, "fuzz", 16, max_pixels=MAX_PIXELS)
+    except images.ImageError:
+        pass
+
+
+def make_metadata_target(work_dir):
+    plain = os.path.join(work_dir, "Data_Entry_2017.csv")
+
+    def metadata_target(data):
+        # The first byte picks plain or gzipped, as prepare finds either on disk.
+        path = plain + (".gz" if data[:1] == b"\x1f" else "")
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            metadata.read_data_entry(path)
+        except metadata.MetadataError:
+            pass
+
+    return metadata_target
+
+
+def _encode(image, fmt="PNG", **params):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def _chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _dicom(stored, **attributes):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    syntax = attributes.pop("syntax", None)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    if syntax is not None:
+        ds.compress(syntax, encoding_plugin="pydicom")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def image_seeds():
+    """{name: bytes}: one small valid file of every kind the decoder handles."""
+    from PIL import Image
+    from pydicom.dataset import Dataset
+    from pydicom.uid import RLELossless
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (12, 9), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    gray16 = _encode(rng.integers(0, 4096, (9, 12), dtype=np.uint16))
+    lut = Dataset()
+    lut.add_new("LUTDescriptor", "US", [4, 0, 16])
+    lut.add_new("LUTData", "US", [0, 100, 200, 4000])
+    raw = b"".join(b"\0" + row.tobytes() for row in gray)
+    ihdr = struct.pack(">IIBBBBB", 9, 12, 8, 0, 0, 0, 1)  # interlaced: the bytes need not be
+    return {  # a valid Adam7 stream for a seed, only a reachable header
+        "gray.png": _encode(gray),
+        "gray16_sbit.png": gray16[:33] + _chunk(b"sBIT", b"\x0c") + gray16[33:],
+        "rgb.png": _encode(rgb),
+        "rgba.png": _encode(rng.integers(0, 256, (9, 12, 4), dtype=np.uint8)),
+        "gray_alpha.png": _encode(Image.fromarray(np.dstack([gray, gray]), "LA")),
+        "palette.png": _encode(Image.fromarray(rgb).convert("P")),
+        "interlaced.png": (images.PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
+                           + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")),
+        "trailing.png": _encode(gray) + b"\0" * 16,
+        "gray.jpg": _encode(gray, "JPEG", quality=90),
+        "rgb.jpg": _encode(rgb, "JPEG", quality=90, progressive=True),
+        "plain.dcm": _dicom(gray.astype(np.uint16) * 16),
+        "window.dcm": _dicom(gray.astype(np.uint16), RescaleSlope=2, RescaleIntercept=-100,
+                             WindowCenter=100, WindowWidth=300, VOILUTFunction="SIGMOID"),
+        "lut.dcm": _dicom(gray.astype(np.uint16) % 4, VOILUTSequence=[lut]),
+        "monochrome1.dcm": _dicom(gray.astype(np.uint16), PhotometricInterpretation="MONOCHROME1"),
+        "rle.dcm": _dicom(gray.astype(np.uint16), syntax=RLELossless),
+    }
+
+
+def metadata_seeds():
+    rows = ["00000001_000.png,Cardiomegaly|Effusion,0,1,57,M,PA,2682,2749,0.143,0.143",
+            "00000002_000.png,No Finding,0,2,081Y,F,AP,2500,2048,0.168,0.168"]
+    v2020 = "\n".join([_CSV_HEADER, *rows]) + "\n"
+    kaggle = "\n".join([_CSV_HEADER + ",", *(row + "," for row in rows)]) + "\n"
+    return {"v2020.csv": v2020.encode(), "kaggle.csv": kaggle.encode(),
+            "v2020.csv.gz": gzip.compress(v2020.encode(), mtime=0)}
+
+
+def main(argv):
+    warnings.simplefilter("ignore")  # pydicom warns about every invalid value it meets
+    if len(argv) < 2 or argv[1] not in ("image", "metadata"):
+        sys.exit(__doc__)
+    target_name, libfuzzer_args = argv[1], argv[2:]
+    work_dir = tempfile.mkdtemp(prefix=f"cxr_tf_fuzz_{target_name}_")
+    corpus = os.path.join(work_dir, "corpus")
+    os.makedirs(corpus)
+    seeds = image_seeds() if target_name == "image" else metadata_seeds()
+    for name, data in seeds.items():
+        with open(os.path.join(corpus, name), "wb") as f:
+            f.write(data)
+    target = image_target if target_name == "image" else make_metadata_target(work_dir)
+    for data in seeds.values():  # a seed that fails outright is a bug in the seeds
+        target(data)
+    print(f"seed corpus: {len(seeds)} files in {corpus}", flush=True)
+    atheris.Setup([argv[0], *libfuzzer_args, corpus], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
