@@ -198,7 +198,7 @@ def test_ihdr_must_be_the_first_chunk(monkeypatch):
     never_decoded(monkeypatch)
     for width, depth, colour in ((23000, 8, 0), (10000, 16, 6)):
         raises(png_from(width, width, b"", depth=depth, colour=colour, before=text),
-               "undecodable", "x.png: PNG's first chunk is not a 13-byte IHDR "
+               "undecodable", "x.png: PNG does not start with a 13-byte IHDR chunk "
                "(found 00 00 00 0d 74 45 58 74)")
     raises(png_from(8, 8, b"", depth=8, colour=5), "undecodable",
            "x.png: PNG IHDR invalid (8x8, colour type 5, bit depth 8)")

@@ -117,7 +117,7 @@ def _png_ihdr(data, name):
         raise ImageError(name, "undecodable",
                          f"PNG header truncated ({len(data):,} bytes, fewer than 33)")
     if data[8:16] != PNG_IHDR:
-        raise ImageError(name, "undecodable", f"PNG's first chunk is not a 13-byte IHDR "
+        raise ImageError(name, "undecodable", f"PNG does not start with a 13-byte IHDR chunk "
                          f"(found {data[8:16].hex(' ')})")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
     if not width or not height or depth not in _PNG_DEPTHS.get(colour, ()):
