@@ -46,7 +46,7 @@ def main(argv):
     report = build.prepare(
         FLAGS.data_dir, FLAGS.output_dir, FLAGS.image_size, val_fraction=FLAGS.val_fraction,
         seed=FLAGS.seed, drop_rgba=FLAGS.drop_rgba, image_encoding=FLAGS.image_encoding,
-        strict=FLAGS.strict, num_workers=FLAGS.num_workers,
+        strict=FLAGS.strict, num_workers=FLAGS.num_workers, max_pixels=FLAGS.max_pixels,
     )
     print(json.dumps(report, sort_keys=True) if FLAGS.json else format_report(report))
     sys.stdout.flush()

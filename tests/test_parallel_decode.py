@@ -125,7 +125,7 @@ def test_decode_file_bad_files_are_skips_not_errors(tmp_path):
 
 def test_an_unexpected_exception_is_a_logged_skip(tmp_path, monkeypatch, caplog):
     # Not an ImageError: a decoder bug or an input nobody foresaw (as pydicom's errors were).
-    def broken(data, image_id, image_size, drop_rgba=False):
+    def broken(data, image_id, image_size, drop_rgba=False, max_pixels=None):
         raise ZeroDivisionError("float division by zero")
 
     monkeypatch.setattr(images, "preprocess", broken)

@@ -42,7 +42,8 @@ def encode_png(image):
     return buffer.getvalue()
 
 
-def decode_file(image_id, path, image_size, drop_rgba=False, encoding="raw"):
+def decode_file(image_id, path, image_size, drop_rgba=False, encoding="raw",
+                max_pixels=images.MAX_PIXELS):
     """One file -> Decoded. Never raises for a bad file: whatever goes wrong reading or decoding
     it becomes a counted skip, so one file never stops a 112,120-image job.
 
@@ -51,7 +52,8 @@ def decode_file(image_id, path, image_size, drop_rgba=False, encoding="raw"):
     try:
         with open(path, "rb") as f:
             data = f.read()
-        image, conversions = images.preprocess(data, image_id, image_size, drop_rgba=drop_rgba)
+        image, conversions = images.preprocess(data, image_id, image_size, drop_rgba=drop_rgba,
+                                               max_pixels=max_pixels)
         if encoding == "png":
             image = encode_png(image)
         elif encoding is None:
@@ -72,13 +74,15 @@ def _decode_task(args):
     return decode_file(*args)
 
 
-def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encoding="raw"):
+def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encoding="raw",
+                 max_pixels=images.MAX_PIXELS):
     """Yields a Decoded for each (image_id, path) of `items`, in order (see `decode_file`).
 
     num_workers=None uses every core; 0 decodes in this process (handy in tests and for tiny
     jobs, where starting processes costs more than it saves).
     """
-    tasks = ((image_id, path, image_size, drop_rgba, encoding) for image_id, path in items)
+    tasks = ((image_id, path, image_size, drop_rgba, encoding, max_pixels)
+             for image_id, path in items)
     # Chunks of 8 amortise the pickling round trips and still balance the load.
     yield from map_in_order(_decode_task, tasks, num_workers=num_workers, what="decoding",
                             chunksize=8)

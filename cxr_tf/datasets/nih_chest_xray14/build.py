@@ -8,7 +8,7 @@ import shutil
 
 import tensorflow_datasets as tfds
 
-from cxr_tf.data import metadata
+from cxr_tf.data import images, metadata
 from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
     REPORT_FILE,
     Builder,
@@ -17,7 +17,8 @@ from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
 
 
 def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
-            image_encoding="raw", strict=False, num_workers=None, overwrite=False):
+            image_encoding="raw", strict=False, num_workers=None, overwrite=False,
+            max_pixels=None):
     """Builds the dataset and returns its report dict.
 
     A dataset already built from the same metadata is reused; one built from other metadata
@@ -25,7 +26,7 @@ def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, d
     """
     config = make_config(
         image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
-        image_encoding=image_encoding)
+        image_encoding=image_encoding, max_pixels=max_pixels or images.MAX_PIXELS)
     metadata.source_fingerprint(data_dir)  # a folder without the metadata: MetadataError now
     builder = Builder(config=config, data_dir=output_dir, num_workers=num_workers,
                       strict=strict)

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from cxr_tf import atomic, labels
-from cxr_tf.data import metadata, parallel_decode
+from cxr_tf.data import images, metadata, parallel_decode
 
 _DESCRIPTION = """\
 ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, each labelled with any of 14
@@ -54,9 +54,11 @@ class NihConfig(tfds.core.BuilderConfig):
     seed: int = 0
     drop_rgba: bool = False
     image_encoding: str = "raw"
+    max_pixels: int = images.MAX_PIXELS
 
 
-def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw"):
+def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw",
+                max_pixels=images.MAX_PIXELS):
     if int(image_size) < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     if image_encoding not in IMAGE_ENCODINGS:
@@ -71,12 +73,14 @@ def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
         name += "_droprgba"
     if image_encoding != "raw":
         name += f"_{image_encoding}"
+    if max_pixels != images.MAX_PIXELS:
+        name += f"_maxpx{max_pixels}"
     return NihConfig(
         name=name,
         description=f"{image_size}x{image_size} gray ({image_encoding}), "
         f"val_fraction={val_fraction:g}, seed={seed}, drop_rgba={drop_rgba}",
         image_size=int(image_size), val_fraction=val_fraction, seed=seed,
-        drop_rgba=drop_rgba, image_encoding=image_encoding,
+        drop_rgba=drop_rgba, image_encoding=image_encoding, max_pixels=int(max_pixels),
     )
 
 
@@ -187,7 +191,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         return parallel_decode.decode_files(
             zip(rows["image_id"], rows["path"]), config.image_size, drop_rgba=config.drop_rgba,
-            num_workers=num_workers, encoding=encoding)
+            num_workers=num_workers, encoding=encoding, max_pixels=config.max_pixels)
 
     def _generate_examples(self, frame):
         records = frame.to_dict("records")
@@ -222,7 +226,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             examples.append(result.error)
 
 
-def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw"):
+def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw",
+                max_pixels=images.MAX_PIXELS):
     """A config named by image size ("224"), with any non-default choice that changes the data
     appended ("224_val0.2_seed1_droprgba_png"), so two different datasets never share a folder.
 
@@ -230,7 +235,7 @@ def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
     that shares a standard config's name.
     """
     config = _new_config(image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
-                         image_encoding=image_encoding)
+                         image_encoding=image_encoding, max_pixels=max_pixels)
     return Builder.builder_configs.get(config.name, config)
 
 
