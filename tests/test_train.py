@@ -178,12 +178,25 @@ def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
     assert "Training stopped: the loss became NaN" in proc.stdout
 
 
-def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
-    proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
-                 "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",
-                 "--learning_rate=1e30", check=False)
+def test_an_empty_validation_split_stops_training_with_a_clear_error(kaggle_dir, tmp_path):
+    proc = train(f"--data_dir={kaggle_dir}", f"--model_dir={tmp_path / 'run'}",
+                 "--val_fraction=0", *TINY, check=False)
     assert proc.returncode == 1, proc.stderr
-    assert "Training stopped: the loss became NaN" in proc.stdout
+    assert (f"error: {kaggle_dir}: the validation split is empty; training needs examples in "
+            "train and validation (val_fraction > 0)") in proc.stderr
+
+
+def test_runner_steps():
+    from cxr_tf.training import runner
+    from cxr_tf.training.config import RunConfig
+
+    # 41 training images: 10 full batches of 4; at least one step; capped by steps_per_epoch.
+    assert runner.steps_in_epoch(RunConfig(batch_size=4), 41) == 10
+    assert runner.steps_in_epoch(RunConfig(batch_size=64), 41) == 1
+    assert runner.steps_in_epoch(RunConfig(batch_size=4, steps_per_epoch=3), 41) == 3
+    with pytest.raises(ValueError, match=r"^no data: give data_dir \(a prepared TFDS dir or a "
+                                         r"Kaggle folder\) or synthetic=True$"):
+        runner.open_data(RunConfig(model_dir="run"))
 
 
 def _free_ports(n):

@@ -94,7 +94,8 @@ class Source:
     Attributes:
         data_dir: the directory it was opened from.
         image_size: side of the images it yields (a prepared dataset's own size).
-        split_sizes: {split: number of examples}; only the splits the data holds.
+        split_sizes: {split: number of examples}: a prepared dataset's splits (prepare leaves
+            out an empty one), or all three of a raw folder (0 when empty).
         builder: the TFDS builder of a prepared dataset, or None.
         index: the metadata.Index of a raw Kaggle folder (CSV parsed once), or None.
     """
@@ -104,7 +105,8 @@ class Source:
     split_sizes: dict
     builder: object = None
     index: metadata.Index = None
-    _columns: dict = dataclasses.field(default_factory=dict, repr=False)  # split -> columns
+    # split -> columns, filled on first use: a frozen Source still reads each split once.
+    _columns: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     @property
     def prepared(self):
