@@ -125,3 +125,18 @@ def test_peak_memory_stays_bounded_on_the_issues_inputs(tool, exported, path):
     assert all(not o.startswith(("accepted", "predicted")) for o in outcomes.values()), outcomes
     # +1.6 GB, +4.1 GB, 40 GB asked, +4.3 GB, +1.65 GB, +530 MB, +2.5 GB before the fix.
     assert results[-1]["rss_increase_mb"] < BOUND_MB, results
+
+
+def test_prepare_passes_max_pixels_to_its_decode_workers(tmp_path):
+    from cxr_tf.data import parallel_decode
+    from cxr_tf.datasets.nih_chest_xray14 import nih_chest_xray14_dataset_builder as builder
+
+    path = tmp_path / "00000001_000.png"
+    path.write_bytes(encode(np.zeros((10, 20), np.uint8)))  # a 20x20 square once padded
+    refused = parallel_decode.decode_file("00000001_000.png", str(path), 16, max_pixels=399)
+    assert (refused.skip_reason, refused.error) == (
+        "too_large", "00000001_000.png: declares 20x10, padded to 20x20 = 400 pixels, over the "
+        "399 limit")
+    assert parallel_decode.decode_file("x", str(path), 16, max_pixels=400).skip_reason is None
+    assert builder.make_config(64, max_pixels=400).name == "64_maxpx400"
+    assert builder.make_config(64).max_pixels == images.MAX_PIXELS
