@@ -21,9 +21,10 @@ Two bottleneck geometries, same layers, names and parameter count:
 - `resnet50`, `resnet101`: ResNet v1.5, the seed's torchvision network (also timm's and
   keras-hub's): a stage's first block strides on its 3×3 convolution (`conv3_block1_2_conv`).
 - `resnet50_v1`, `resnet101_v1`: ResNet v1 as in keras.applications, which strides on the
-  first 1×1 convolution (`conv3_block1_1_conv`). v1.5 costs about 6 % more multiply-adds
-  (that 1×1 runs on every input pixel instead of one in four: 4.0 against 3.8 G at 224 px)
-  for about 0.5 % ImageNet top-1 according to NVIDIA's ResNet-50 v1.5 notes. keras.applications' ImageNet weights are v1, so
+  first 1×1 convolution (`conv3_block1_1_conv`). v1.5 costs about 7 % more compute (that
+  1×1 reads every input pixel instead of one in four; XLA counts 7.93 against 7.38 GFLOP per
+  224-px image, `tools/bench_model.py`) for about 0.5 % ImageNet top-1 according to NVIDIA's
+  ResNet-50 v1.5 notes. keras.applications' ImageNet weights are v1, so
   `weights="imagenet"` is offered for the `_v1` archs (converted by `cxr_tf.pretrained`).
 
 Example:
