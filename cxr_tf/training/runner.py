@@ -147,9 +147,11 @@ def steps_in_epoch(config, train_examples):
 def build_compiled_model(config, data, strategy, steps_per_epoch):
     """The model, built and compiled under `strategy`; returns (model, pos_weight or None)."""
     with strategy.scope():
-        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        # With several replicas, BatchNorm uses the statistics of the global batch, as on one
+        # device: per-replica statistics of a few images would make the run depend on how
+        # many devices share the batch.
         net = model.build_model(config.arch, config.image_size, config.num_outputs,
-                                sync_batchnorm=multi_worker)
+                                sync_batchnorm=strategy.num_replicas_in_sync > 1)
         if config.weights:
             net.load_weights(config.weights)
         pos_weight = None
@@ -217,21 +219,32 @@ def eval_split(config, data, split):
     return ds, y_true if target_fn is None else target_fn(y_true).numpy()
 
 
-def fit(net, config, data, strategy, cbs, *, steps_per_epoch, initial_epoch, verbose="auto"):
-    """Keras fit on the training stream, epochs initial_epoch .. config.epochs - 1."""
+def train_stream(config, data, strategy, *, steps_per_epoch, initial_epoch):
+    """The training batches as `strategy` distributes them: each replica gets
+    batch_size / num_replicas_in_sync examples per step."""
     augment = (functools.partial(input_pipeline.augment, hflip=config.hflip)
                if config.augment else None)
 
     def train_fn(input_context):
+        # A step takes one per-replica batch from this pipeline for each replica it feeds
+        # (two for MirroredStrategy on two devices, one per worker under multi-worker).
+        per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         return input_pipeline.make_for_train(
             data, batch_size=config.batch_size, initial_epoch=initial_epoch,
             # max(): a crash after the last epoch's backup resumes with nothing left to train.
-            epochs=max(config.epochs, initial_epoch + 1), steps_per_epoch=steps_per_epoch,
+            epochs=max(config.epochs, initial_epoch + 1),
+            steps_per_epoch=steps_per_epoch * per_step,
             seed=config.seed, augment=augment,
             target_fn=input_pipeline.with_no_finding if config.no_finding_output else None,
             cache=config.cache, input_context=input_context, deterministic=config.deterministic)
 
-    train_ds = strategy.distribute_datasets_from_function(train_fn)
+    return strategy.distribute_datasets_from_function(train_fn)
+
+
+def fit(net, config, data, strategy, cbs, *, steps_per_epoch, initial_epoch, verbose="auto"):
+    """Keras fit on the training stream, epochs initial_epoch .. config.epochs - 1."""
+    train_ds = train_stream(config, data, strategy, steps_per_epoch=steps_per_epoch,
+                            initial_epoch=initial_epoch)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         keras_compat.prepare_for_multi_worker(net, strategy, config.image_size,
                                               config.num_outputs)
