@@ -157,7 +157,10 @@ def _pipeline(records, parse, *, batch_size, drop_undecodable, cache=False, epoc
     """The one place that fixes the order of the steps, as big_vision's input pipeline does:
     filter → cache → shuffle → repeat → map → batch → prefetch.
 
-    epochs=None: one pass in file order. epochs=(first, end): training epochs first..end-1.
+    epochs=None: one pass in file order. epochs=(first, end): training epochs first..end-1;
+    the repeat is a loop of epochs around shuffle, map and batch, so that no batch straddles
+    two epochs and each epoch depends on (seed, epoch) only. Each step says why it stands
+    where it does (hence the length).
     """
     # filter: a split arrives as its own records (prepare wrote each split apart), so nothing
     # is dropped before decoding; an undecodable raw file is found only by decoding (below).
@@ -192,10 +195,11 @@ def _pipeline(records, parse, *, batch_size, drop_undecodable, cache=False, epoc
             batches = batches.take(steps_per_epoch)
         if augment is None:
             return batches
-        return batches.enumerate().map(
-            lambda i, batch: _augment_batch(batch, augment,
-                                            _batch_seed(seed, epoch, pipeline_id, i)),
-            num_parallel_calls=AUTOTUNE)
+
+        def augment_batch(index, batch):
+            return _augment_batch(batch, augment, _batch_seed(seed, epoch, pipeline_id, index))
+
+        return batches.enumerate().map(augment_batch, num_parallel_calls=AUTOTUNE)
 
     if epochs is None:
         ds = one_epoch(0)
