@@ -90,18 +90,18 @@ def run(config, *, strategy=None, command_line=None, verbose="auto"):
     """
     strategy = strategy or distribute.make_strategy(config.strategy)
     policy = seed_and_precision(config)
-    source = open_data(config)
+    data = open_data(config)
     run_dir = distribute.writable_run_dir(config.model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
     initial_epoch = layout.resume_epoch(run_dir)
-    steps_per_epoch = steps_in_epoch(config, source.split_sizes["train"])
-    net, pos_weight = build_compiled_model(config, source, strategy, steps_per_epoch)
-    resolved = resolved_config(config, source, strategy, policy, steps_per_epoch, pos_weight,
+    steps_per_epoch = steps_in_epoch(config, data.split_sizes["train"])
+    net, pos_weight = build_compiled_model(config, data, strategy, steps_per_epoch)
+    resolved = resolved_config(config, data, strategy, policy, steps_per_epoch, pos_weight,
                                command_line)
     if initial_epoch == 0 or not os.path.exists(layout.config_path(run_dir)):
         layout.write_config(run_dir, resolved)
-    cbs = make_callbacks(config, source, run_dir, initial_epoch)
-    history = fit(net, config, source, strategy, cbs, steps_per_epoch=steps_per_epoch,
+    cbs = make_callbacks(config, data, run_dir, initial_epoch)
+    history = fit(net, config, data, strategy, cbs, steps_per_epoch=steps_per_epoch,
                   initial_epoch=initial_epoch, verbose=verbose)
     summary = _summary(net, history, resolved, initial_epoch)
     distribute.cleanup_run_dir(run_dir, config.model_dir)
