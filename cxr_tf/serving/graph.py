@@ -40,6 +40,10 @@ _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
 _PNG_CHANNELS = [images.PNG_COLOUR.get(colour, (0, 0))[1] for colour in range(7)]
 _PNG_VALID = [(c, d) for c, depths in images._PNG_DEPTHS.items() for d in depths]
 _HEX = [f"{i:02x}" for i in range(256)]
+# Chunk headers walked at most. A step costs ~60 us in the graph, and a crafted 1 MB file can
+# hold 87,000 empty chunks: past this many (8 MB of libpng's 8 KB IDATs) truncation is left
+# to libpng, which refuses pixel data that ends early too.
+_MAX_CHUNKS_WALKED = 1024
 # PIL's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, i.e. ITU-R 601 luma in integers.
 _LUMA = (19595, 38470, 7471)
 # 255 / (2**bits - 1) divided in float64 and rounded to float32, exactly as numpy does in
@@ -122,8 +126,9 @@ def _png_chunks(data):
     """Walks the chunks as `images._png_chunks` does: (status, position, sBIT).
 
     status 1: no IEND (position: where the next chunk header would start), 2: a chunk runs
-    past the end (position: the bytes it needs), 3: IEND found. sBIT is the first sBIT chunk
-    before IDAT, 0 without one. Bytes after IEND are ignored, as by PIL and libpng.
+    past the end (position: the bytes it needs), 3: IEND found, 0: not decided within
+    `_MAX_CHUNKS_WALKED` chunks. sBIT is the first sBIT chunk before IDAT, 0 without one.
+    Bytes after IEND are ignored, as by PIL and libpng.
     """
     n = _length(data)
 
@@ -141,7 +146,8 @@ def _png_chunks(data):
 
     start = (tf.constant(8, tf.int64), tf.constant(0), tf.constant(0, tf.int64),
              tf.constant(False))
-    pos, status, sbit, _ = tf.while_loop(lambda pos, status, *_: status == 0, step, start)
+    pos, status, sbit, _ = tf.while_loop(lambda pos, status, *_: status == 0, step, start,
+                                         maximum_iterations=_MAX_CHUNKS_WALKED)
     return status, pos, sbit
 
 
@@ -154,27 +160,22 @@ def _check_png(data, index, max_pixels):
     valid = (width > 0) & (height > 0) & tf.reduce_any(
         [(colour == c) & (depth == d) for c, d in _PNG_VALID])
     channels = tf.gather(_PNG_CHANNELS, tf.clip_by_value(colour, 0, 6))
-    status = {}
-
-    def walk():
-        status["walk"] = _png_chunks(data)
-        return tf.no_op()
-
+    # Walked whatever the header says: every read is bounds-safe, the steps are capped.
+    status, needed, _ = _png_chunks(data)
     return _in_order(
         lambda: _check(n >= 33, "image {}: PNG header truncated ({} bytes, fewer than 33)",
                        index, n),
         lambda: _check(tf.strings.substr(data, 8, 8) == images.PNG_IHDR,
-                       "image {}: PNG does not start with a 13-byte IHDR chunk (found {})", index,
-                       _hex(tf.strings.substr(data, 8, 8))),
+                       "image {}: PNG does not start with a 13-byte IHDR chunk (found {})",
+                       index, _hex(tf.strings.substr(data, 8, 8))),
         lambda: _check(valid, "image {}: PNG IHDR invalid ({}x{}, colour type {}, bit depth "
                        "{})", index, width, height, colour, depth),
         lambda: _check_size(index, "PNG", width, height, tf.cast(channels, tf.int64),
                             tf.where(depth == 16, tf.constant(2, tf.int64), 1), max_pixels),
-        walk,
-        lambda: _check(status["walk"][0] != 1, "image {}: PNG truncated (read {} bytes, no "
-                       "IEND chunk)", index, n),
-        lambda: _check(status["walk"][0] != 2, "image {}: PNG truncated (read {} of at least "
-                       "{} bytes)", index, n, status["walk"][1]),
+        lambda: _check(status != 1, "image {}: PNG truncated (read {} bytes, no IEND chunk)",
+                       index, n),
+        lambda: _check(status != 2, "image {}: PNG truncated (read {} of at least {} bytes)",
+                       index, n, needed),
     )
 
 
