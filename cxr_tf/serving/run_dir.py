@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -287,8 +288,6 @@ def _show(value):
 
 def clear(model_dir):
     """Deletes what a run wrote (the layout above and eval_* reports); other files stay."""
-    import shutil
-
     for name in os.listdir(model_dir):
         path = os.path.join(model_dir, name)
         if name in _LAYOUT or (name.startswith("eval_") and os.path.isdir(path)) \

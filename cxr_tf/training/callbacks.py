@@ -12,6 +12,7 @@ Every file is written through `cxr_tf.atomic` (beside, then renamed) at the path
 import csv
 import io
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -228,8 +229,6 @@ def _link_or_copy(source, target):
     try:
         os.link(source, target)
     except OSError:  # a file system without hard links
-        import shutil
-
         shutil.copyfile(source, target)
 
 
@@ -294,8 +293,6 @@ class EpochBackup(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         # fit() returned (all epochs, early stop or NaN stop): the run is complete.
-        import shutil
-
         shutil.rmtree(run_dir.backup_dir(self.model_dir), ignore_errors=True)
 
 
