@@ -52,9 +52,11 @@ def main(argv):
 
 def dry_run(config):
     """The resolved config as one JSON line, then the model summary and parameter count."""
-    from cxr_tf import model
+    from cxr_tf import model, pretrained
 
     print(json.dumps(config.to_dict(), sort_keys=True))
+    # The weights arguments are checked, not loaded: a dry run downloads nothing.
+    pretrained.check_weights(config.arch, config.weights or None, config.imagenet_weights or None)
     net = model.build_model(config.arch, config.image_size, config.num_outputs)
     net.summary(line_length=110)
     print(f"parameters: {net.count_params():,}")

@@ -150,10 +150,11 @@ def build_compiled_model(config, data, strategy, steps_per_epoch):
         # With several replicas, BatchNorm uses the statistics of the global batch, as on one
         # device: per-replica statistics of a few images would make the run depend on how
         # many devices share the batch.
+        # `--weights=` (empty, as to drop a flagfile's imagenet) means none.
         net = model.build_model(config.arch, config.image_size, config.num_outputs,
+                                weights=config.weights or None,
+                                imagenet_weights=config.imagenet_weights or None,
                                 sync_batchnorm=strategy.num_replicas_in_sync > 1)
-        if config.weights:
-            net.load_weights(config.weights)
         pos_weight = None
         if config.pos_weight == "balanced":
             pos_weight = losses.balanced_pos_weight(data.labels("train").astype(np.float32))
