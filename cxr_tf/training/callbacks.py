@@ -94,7 +94,8 @@ class EpochMetrics(keras.callbacks.Callback):
             )
         n = len(self.label_names)
         y_true = self.y_true[:, :n]
-        loss = float(np.mean(np.logaddexp(0.0, logits) - self.y_true * logits))
+        with np.errstate(invalid="ignore"):  # a diverged model's NaN logits: a NaN loss
+            loss = float(np.mean(np.logaddexp(0.0, logits) - self.y_true * logits))
         results = {f"{self.prefix}_loss": loss}
         if not np.all(np.isfinite(logits)):
             # A diverged model: report NaN rather than crash the run in scikit-learn.
