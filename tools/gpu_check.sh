@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The model's GPU throughput in one prepared run: cxr_tf's ResNet-50 against
-# keras.applications.ResNet50 under Keras 3's JAX backend, bf16, at 224 px / batch 256 and
-# 512 px / batch 64 (tools/bench_model.py does the timing).
+# The model's GPU throughput in one prepared run: cxr_tf's resnet50_v1 (bench_model's
+# default: keras.applications' geometry) against keras.applications.ResNet50 under Keras 3's
+# JAX backend, bf16, at 224 px / batch 256 and 512 px / batch 64 (tools/bench_model.py does
+# the timing, and counts the XLA FLOPs of resnet50 v1.5 and v1).
 #
 #   bash tools/gpu_check.sh                  # on the GPU machine (JAX, no TensorFlow, no Keras)
 #   bash tools/gpu_check.sh --fetch-wheels   # here, once before: Keras wheels into .whl/
