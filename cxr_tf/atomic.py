@@ -52,7 +52,8 @@ def replacing(path):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):
-            cause = e.strerror or str(e)
+            # h5py's message spans several lines of internals; the errno says it all.
+            cause = os.strerror(e.errno) if e.errno else str(e)
             raise OSError(e.errno, f"{path}: not written ({cause})") from e
         raise
 

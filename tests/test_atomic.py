@@ -66,3 +66,33 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
                           text=True, check=True)
     assert proc.stdout == f"[Errno 27] {target}: not written (File too large)\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_during_a_keras_save_is_one_line_and_leaves_no_temporary(tmp_path):
+    """The backup (h5py) and the lean model (zip) hit the file-size limit as a full disk."""
+    script = (
+        "import os, resource, signal, sys\n"
+        "import keras\n"
+        "from cxr_tf.serving import run_dir\n"
+        "from cxr_tf.training import callbacks\n"
+        "inputs = keras.Input((64,))\n"
+        "net = keras.Model(inputs, keras.layers.Dense(4096)(inputs))\n"
+        "net.compile('adam', 'mse')\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+        "for saver in (callbacks.AtomicCheckpoint(sys.argv[1]), callbacks.EpochBackup(sys.argv[1])):\n"
+        "    saver.set_model(net)\n"
+        "    try:\n"
+        "        saver.on_epoch_end(0, {})\n"
+        "    except OSError as e:\n"
+        "        print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, check=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.stdout.splitlines() == [
+        f"[Errno 27] {tmp_path / 'checkpoints' / 'last.keras'}: not written (File too large)",
+        f"[Errno 27] {tmp_path / 'backup' / 'epoch-0001.weights.h5'}: not written "
+        "(File too large)"]
+    assert os.listdir(tmp_path / "checkpoints") == []
+    assert os.listdir(tmp_path / "backup") == []
