@@ -125,7 +125,20 @@ def test_only_the_chief_claims_the_run_dir(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
-    config = RunConfig(model_dir=str(tmp_path / "run"))
+    from cxr_tf.serving import run_dir
+
+    model_dir = tmp_path / "run"
+    config = RunConfig(model_dir=str(model_dir))
     with distribute.claimed_run_dir(config, fake_strategy("worker", 1)) as complete:
         assert complete is False
-    assert not (tmp_path / "run").exists()
+    assert not model_dir.exists()  # no lock, nothing written
+    model_dir.mkdir()
+    run_dir.write_config(model_dir, {"flags": config.to_dict()})
+    (model_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    # The chief finds the run complete and stops: this worker stops too, not waiting for it.
+    with distribute.claimed_run_dir(config, fake_strategy("worker", 1)) as complete:
+        assert complete is True
+    with pytest.raises(run_dir.RunDirError, match="holds a run with other flags: --seed"):
+        with distribute.claimed_run_dir(config.replace(seed=5), fake_strategy("worker", 1)):
+            pass
+    assert sorted(os.listdir(model_dir)) == ["config.json", "history.csv"]

@@ -64,41 +64,6 @@ def cleanup_run_dir(worker_dir, model_dir):
         shutil.rmtree(worker_dir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def claimed_run_dir(config, strategy):
-    """Holds `config.model_dir` for one run; yields True when that run is already complete.
-
-    On the chief: takes the run dir's lock (another process holding it: RunDirError naming
-    its pid), then with `config.overwrite` deletes the previous run; otherwise a run dir
-    whose config.json recorded other flags is RunDirError listing them, and a complete run
-    (`run_dir.is_complete`) yields True: there is nothing to train, and nothing is written.
-    Other workers write no model_dir and always yield False.
-
-    Example:
-        with distribute.claimed_run_dir(config, strategy) as complete:
-            if not complete:
-                runner.run(config, strategy=strategy)
-    """
-    if not is_chief(strategy):
-        yield False
-        return
-    model_dir = config.model_dir
-    with run_dir.locked(model_dir):
-        if config.overwrite:
-            run_dir.clear(model_dir)
-        elif os.path.isfile(run_dir.config_path(model_dir)):
-            changed = run_dir.differing_flags(model_dir, config.to_dict())
-            if changed:
-                raise run_dir.RunDirError(
-                    f"{model_dir} holds a run with other flags: {'; '.join(changed)}. Rerun "
-                    "with the run's flags to resume it, --overwrite to start afresh, or use "
-                    "another --model_dir")
-            if run_dir.is_complete(model_dir):
-                yield True
-                return
-        yield False
-
-
 def mixed_precision_policy(choice="auto"):
     """'auto' picks bfloat16 on GPUs with compute capability >= 8 (Ampere+), else float32."""
     if choice == "off":
@@ -110,3 +75,42 @@ def mixed_precision_policy(choice="auto"):
         if capability and capability[0] >= 8:
             return "mixed_bfloat16"
     return "float32"
+
+
+@contextlib.contextmanager
+def claimed_run_dir(config, strategy):
+    """Holds `config.model_dir` for one run; yields True when that run is already complete.
+
+    The chief takes the run dir's lock (another process holding it: RunDirError naming its
+    pid), then with `config.overwrite` deletes the previous run. Otherwise a run dir whose
+    config.json recorded other flags is RunDirError listing them, and a complete run
+    (`run_dir.is_complete`) yields True: there is nothing to train, and nothing is written.
+    Other workers only read: they stop with the chief instead of waiting for it forever.
+
+    Example:
+        with distribute.claimed_run_dir(config, strategy) as complete:
+            if not complete:
+                runner.run(config, strategy=strategy)
+    """
+    if not is_chief(strategy):
+        yield not config.overwrite and _finished(config)
+        return
+    with run_dir.locked(config.model_dir):
+        if config.overwrite:
+            run_dir.clear(config.model_dir)
+            yield False
+        else:
+            yield _finished(config)
+
+
+def _finished(config):
+    """True if model_dir holds this run complete; RunDirError if it holds another run."""
+    model_dir = config.model_dir
+    if not os.path.isfile(run_dir.config_path(model_dir)):
+        return False
+    changed = run_dir.differing_flags(model_dir, config.to_dict())
+    if changed:
+        raise run_dir.RunDirError(
+            f"{model_dir} holds a run with other flags: {'; '.join(changed)}. Rerun with the "
+            "run's flags to resume it, --overwrite to start afresh, or use another --model_dir")
+    return run_dir.is_complete(model_dir)
