@@ -52,7 +52,8 @@ def decode(data, name, *, max_pixels=images.MAX_PIXELS):
     try:
         pixels = ds.pixel_array
     except Exception as e:  # pydicom raises many types: missing codec, bad length, ...
-        raise ImageError(name, "undecodable", f"DICOM pixel data undecodable ({_reason(e)})") from e
+        raise ImageError(name, "undecodable",
+                         f"DICOM pixel data undecodable ({_reason(e)})") from e
     if pixels.shape != (rows, columns):
         raise ImageError(name, "undecodable", f"DICOM pixel data has shape {pixels.shape}, "
                          "expected one grayscale frame")
@@ -76,7 +77,8 @@ def _read(data, name, max_pixels):
     except ImageError:
         raise
     except Exception as e:  # a corrupt header raises InvalidDicomError, struct.error, ...
-        raise ImageError(name, "undecodable", f"DICOM header undecodable ({_reason(e)})") from e
+        raise ImageError(name, "undecodable",
+                         f"DICOM header undecodable ({_reason(e)})") from e
 
 
 def _reason(error):
@@ -108,7 +110,8 @@ def _value(ds, keyword, name):
     try:  # pydicom converts raw element values on first access, and may fail there
         return ds.get(keyword)
     except Exception as e:
-        raise ImageError(name, "undecodable", f"DICOM {keyword} unreadable ({_reason(e)})") from e
+        raise ImageError(name, "undecodable",
+                         f"DICOM {keyword} unreadable ({_reason(e)})") from e
 
 
 def _integer(ds, keyword, name, default=0):

@@ -37,7 +37,7 @@ JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # PNG colour type -> (samples per pixel as stored, channels once decoded). A palette pixel is
 # one index, which TensorFlow's decoder expands to RGB(A): four channels at most.
 PNG_COLOUR = {0: (1, 1), 2: (3, 3), 3: (1, 4), 4: (2, 2), 6: (4, 4)}
-_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 # Adam7 interlacing: (first column, first row, column step, row step) of each pass.
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
           (0, 1, 1, 2))
@@ -120,7 +120,7 @@ def _png_ihdr(data, name):
         raise ImageError(name, "undecodable", f"PNG does not start with a 13-byte IHDR chunk "
                          f"(found {data[8:16].hex(' ')})")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    if not width or not height or depth not in _PNG_DEPTHS.get(colour, ()):
+    if not width or not height or depth not in PNG_DEPTHS.get(colour, ()):
         raise ImageError(name, "undecodable", f"PNG IHDR invalid ({width}x{height}, colour "
                          f"type {colour}, bit depth {depth})")
     return width, height, depth, colour, interlace

@@ -38,7 +38,7 @@ from cxr_tf.data import images
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
 # IHDR colour type -> channels once decoded (see images.PNG_COLOUR); 0 for invalid types.
 _PNG_CHANNELS = [images.PNG_COLOUR.get(colour, (0, 0))[1] for colour in range(7)]
-_PNG_VALID = [(c, d) for c, depths in images._PNG_DEPTHS.items() for d in depths]
+_PNG_VALID = [(c, d) for c, depths in images.PNG_DEPTHS.items() for d in depths]
 _HEX = [f"{i:02x}" for i in range(256)]
 # Chunk headers walked at most. A step costs ~60 us in the graph, and a crafted 1 MB file can
 # hold 87,000 empty chunks: past this many (8 MB of libpng's 8 KB IDATs) truncation is left
@@ -52,7 +52,7 @@ _SCALE_BY_BITS = [float(np.float32(255.0 / (2**bits - 1))) if bits else 0.0 for 
 
 
 def _code(name):
-    """A 4-letter chunk name as the integer `_uint32` reads."""
+    """A 4-letter chunk name as the integer `_uint` reads."""
     return int.from_bytes(name, "big")
 
 
