@@ -157,6 +157,22 @@ def test_whole_network_equals_keras_applications(reference):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
 
 
+def test_resnet101_v1_takes_every_weight_of_keras_applications_resnet101():
+    reference = keras.applications.ResNet101(weights=None, include_top=False,
+                                             input_shape=(SIZE, SIZE, 3))
+    _randomise(reference, seed=1)
+    ours = model.build_model("resnet101_v1", SIZE)
+    pretrained.transfer_imagenet(reference, ours)
+    convs = [l for l in ours.layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) == 104 and convs[-1].name == "conv5_block3_3_conv"
+    for conv in convs[1:]:
+        np.testing.assert_array_equal(_np(conv.kernel), _np(reference.get_layer(conv.name).kernel))
+    theirs, mine = reference.get_layer("conv4_block23_3_bn"), ours.get_layer("conv4_block23_3_bn")
+    bias = _np(reference.get_layer("conv4_block23_3_conv").bias)
+    np.testing.assert_allclose(_np(mine.moving_mean), _np(theirs.moving_mean) - bias,
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_imagenet_head_starts_fresh(converted):
     logits = converted.get_layer("logits")
     assert logits.kernel.shape == (2048, 14)
