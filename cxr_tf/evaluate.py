@@ -254,10 +254,11 @@ def main(argv):
         if not FLAGS.data_dir:
             raise app.UsageError("--dataset=chexpert needs --data_dir (the TFDS dir holding "
                                  "the prepared chexpert dataset)")
-        if FLAGS.tune_thresholds or FLAGS.bbox_csv or FLAGS["split"].present:
-            raise app.UsageError("--split, --tune_thresholds and --bbox_csv work on NIH data "
-                                 "(--dataset=chexpert always evaluates CheXpert's validation "
-                                 "split)")
+        if (FLAGS.tune_thresholds or FLAGS.bbox_csv or FLAGS.expert_labels
+                or FLAGS["split"].present):
+            raise app.UsageError("--split, --tune_thresholds, --bbox_csv and --expert_labels "
+                                 "work on NIH data (--dataset=chexpert always evaluates "
+                                 "CheXpert's validation split)")
         report = evaluate_chexpert(FLAGS.model_dir, data_dir=FLAGS.data_dir,
                                    checkpoint=FLAGS.checkpoint, n_boot=FLAGS.bootstrap,
                                    uncertain=FLAGS.uncertain_labels, views=FLAGS.views,

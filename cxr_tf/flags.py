@@ -187,8 +187,9 @@ _SHARED = {
     "checkpoint": ("enum", "best", "Which checkpoint to load.", {"enum_values": ["best", "last"]}),
     "threshold": ("float", 0.5, "Decision threshold for every finding when the run has no "
                   "thresholds.json.", {"check": _probability}),
-    "max_pixels": ("integer", 50_000_000, "Largest image (width x height) decoded; larger "
-                   "images are refused before decoding.", {"lower_bound": 1}),
+    "max_pixels": ("integer", 50_000_000, "Largest image decoded, counted as its padded "
+                   "square max(width, height)^2 and its decoded samples; a larger one is "
+                   "refused from its header, before decoding.", {"lower_bound": 1}),
 }
 
 
@@ -227,6 +228,8 @@ def define_prepare_flags(flag_values=FLAGS):
              "the row.")
     d.define("integer", "num_workers", None, "Decode processes (default: all cores; 0: decode "
              "in this process).", lower_bound=0)
+    d.define("bool", "overwrite", False, "Rebuild the prepared dataset even if it exists (for "
+             "a source whose CSV or lists changed since it was prepared).")
 
 
 def define_stats_flags(flag_values=FLAGS):

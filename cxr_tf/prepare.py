@@ -2,12 +2,14 @@
 
     python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224 \
         [--val_fraction=0.1] [--seed=0] [--drop_rgba] [--image_encoding=raw|png] [--strict] \
-        [--num_workers=N] [--json]
+        [--num_workers=N] [--max_pixels=50000000] [--overwrite] [--json]
 
 Writes TFDS_DIR/nih_chest_xray14/<config>/<version>/ (readable by `tfds.builder_from_directory`
 without cxr_tf) and TFDS_DIR/prepare_report.json, which accounts for every CSV row:
 rows = written + skipped. Images are stored as raw uint8 bytes (no decode when training);
 --image_encoding=png stores PNG instead (less disk, a decode per image per epoch).
+The report records a fingerprint of the CSV and lists: a dataset prepared from other metadata
+is never reused (SourceChangedError); --overwrite rebuilds it.
 """
 
 import json
@@ -47,6 +49,7 @@ def main(argv):
         FLAGS.data_dir, FLAGS.output_dir, FLAGS.image_size, val_fraction=FLAGS.val_fraction,
         seed=FLAGS.seed, drop_rgba=FLAGS.drop_rgba, image_encoding=FLAGS.image_encoding,
         strict=FLAGS.strict, num_workers=FLAGS.num_workers, max_pixels=FLAGS.max_pixels,
+        overwrite=FLAGS.overwrite,
     )
     print(json.dumps(report, sort_keys=True) if FLAGS.json else format_report(report))
     sys.stdout.flush()

@@ -202,7 +202,9 @@ def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):
 
 @pytest.mark.parametrize("flags_given, message", [
     (["--dataset=chexpert", "--data_dir=D", "--split=test"],
-     "--split, --tune_thresholds and --bbox_csv work on NIH data"),
+     "--split, --tune_thresholds, --bbox_csv and --expert_labels work on NIH data"),
+    (["--dataset=chexpert", "--data_dir=D", "--expert_labels=F.csv"],
+     "--split, --tune_thresholds, --bbox_csv and --expert_labels work on NIH data"),
     (["--views=lateral"], "--uncertain_labels and --views apply to --dataset=chexpert"),
 ])
 def test_evaluate_app_refuses_flags_of_the_other_dataset(tmp_path, flags_given, message):

@@ -277,7 +277,7 @@ def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
     assert str(info.value) == (
         f"{first['dataset_dir']}: prepared from other metadata than {small} holds now: "
         "Data_Entry_2017.csv (changed); prepare into a new output_dir, or rebuild it "
-        "(prepare's overwrite, `tfds build --overwrite`)")
+        "(prepare --overwrite, `tfds build --overwrite`)")
     (small / "Data_Entry_2017_v2020.csv").write_bytes(csv.read_bytes())  # now preferred
     with pytest.raises(nih_chest_xray14.SourceChangedError, match=r"holds now: Data_Entry_2017.csv "
                        r"\(gone\), Data_Entry_2017_v2020.csv \(new\); prepare into"):
@@ -300,3 +300,24 @@ def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "root"] == [
         f"{first['dataset_dir']}: no source fingerprint recorded; reusing it without checking "
         f"that {small} still holds the same metadata"]
+
+
+def test_prepare_app_refuses_a_changed_source_until_overwrite(small, tmp_path):
+    out = tmp_path / "out"
+    first = build.prepare(str(small), str(out), 32, num_workers=0)
+    csv = small / "Data_Entry_2017.csv"
+    csv.write_text(csv.read_text().replace("00000003_000.png,Nodule,", "00000003_000.png,Mass,"))
+    command = [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={small}",
+               f"--output_dir={out}", "--image_size=32", "--num_workers=0", "--json"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {first['dataset_dir']}: prepared from other metadata than {small} holds now: "
+        "Data_Entry_2017.csv (changed); prepare into a new output_dir, or rebuild it "
+        "(prepare --overwrite, `tfds build --overwrite`)")
+    rebuilt = subprocess.run(command + ["--overwrite"], capture_output=True, text=True,
+                             timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    report = json.loads(rebuilt.stdout.strip().splitlines()[-1])
+    assert report["source"]["Data_Entry_2017.csv"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert report["source"]["Data_Entry_2017.csv"] != first["source"]["Data_Entry_2017.csv"]

@@ -245,8 +245,10 @@ def _read_kaggle(source, split, input_context):
             with open(path.decode(), "rb") as f:
                 image, _ = images.preprocess(f.read(), image_id.decode(), size)
             return image, True
-        except (images.ImageError, OSError) as e:
-            tf.get_logger().warning("skipping %s", e)
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop a long job
+            reason = e if isinstance(e, images.ImageError) else \
+                f"{path.decode(errors='replace')}: {type(e).__name__}: {e}"
+            tf.get_logger().warning("skipping %s", reason)
             return np.zeros((size, size, 1), np.uint8), False
 
     def decode(example):

@@ -165,8 +165,10 @@ def point(boxes, paths, heatmaps, size, *, batch_size=32):
             try:
                 loaded.append(load_image(paths[name], size))
                 chunk.append((name, label))
-            except (images.ImageError, OSError) as e:
-                yield Pair(name, label, [], [], None, None, None, error=str(e))
+            except Exception as e:  # noqa: BLE001 - one bad image is a counted skip
+                reason = e if isinstance(e, (images.ImageError, OSError)) else \
+                    f"{name}: {type(e).__name__}: {e}"
+                yield Pair(name, label, [], [], None, None, None, error=str(reason))
         if not chunk:
             continue
         maps = heatmaps(np.stack([image for image, _ in loaded])[..., None],

@@ -258,7 +258,7 @@ def check_source(dataset_dir, manual_dir):
     if changed:
         raise SourceChangedError(
             f"prepared from other metadata than {manual_dir} holds now: {', '.join(changed)}; "
-            "prepare into a new output_dir, or rebuild it (prepare's overwrite, "
+            "prepare into a new output_dir, or rebuild it (prepare --overwrite, "
             "`tfds build --overwrite`)", path=dataset_dir)
 
 
