@@ -34,203 +34,14 @@ import tensorflow.experimental.numpy as tnp
 
 from cxr_tf import __version__, labels
 from cxr_tf.data import images
+from cxr_tf.serving.header_checks import check, check_image, is_png, png_chunks, read_bytes
 
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
-# IHDR colour type -> channels once decoded (see images.PNG_COLOUR); 0 for invalid types.
-_PNG_CHANNELS = [images.PNG_COLOUR.get(colour, (0, 0))[1] for colour in range(7)]
-_PNG_VALID = [(c, d) for c, depths in images.PNG_DEPTHS.items() for d in depths]
-_HEX = [f"{i:02x}" for i in range(256)]
-# Chunk headers walked at most. A step costs ~60 us in the graph, and a crafted 1 MB file can
-# hold 87,000 empty chunks: past this many (8 MB of libpng's 8 KB IDATs) truncation is left
-# to libpng, which refuses pixel data that ends early too.
-_MAX_CHUNKS_WALKED = 1024
 # PIL's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, i.e. ITU-R 601 luma in integers.
 _LUMA = (19595, 38470, 7471)
 # 255 / (2**bits - 1) divided in float64 and rounded to float32, exactly as numpy does in
 # `images._scale_16bit` (a float32 division could differ in the last bit).
 _SCALE_BY_BITS = [float(np.float32(255.0 / (2**bits - 1))) if bits else 0.0 for bits in range(33)]
-
-
-def _code(name):
-    """A 4-letter chunk name as the integer `_uint` reads."""
-    return int.from_bytes(name, "big")
-
-
-def _length(data):
-    return tf.cast(tf.strings.length(data), tf.int64)
-
-
-def _read(data, pos, count):
-    """`count` bytes of `data` from `pos` as int64, zero past the end: no read can fail, so a
-    loop may read ahead of its own bounds checks."""
-    pos = tf.clip_by_value(tf.cast(pos, tf.int64), 0, _length(data))
-    piece = tf.strings.join([tf.strings.substr(data, pos, tf.constant(count, tf.int64)),
-                             b"\0" * count])
-    return tf.cast(tf.io.decode_raw(tf.strings.substr(piece, 0, count), tf.uint8), tf.int64)
-
-
-def _uint(raw, start, count):
-    value = raw[start]
-    for i in range(start + 1, start + count):
-        value = value * 256 + raw[i]
-    return value
-
-
-def _hex(data, count=8):
-    """The first bytes as hex: raw bytes in an error message could be anything (the Python
-    client decodes the message as UTF-8), hex is always text."""
-    raw = tf.io.decode_raw(tf.strings.substr(data, 0, count), tf.uint8)
-    return tf.strings.reduce_join(tf.gather(_HEX, tf.cast(raw, tf.int32)), separator=" ")
-
-
-def _check(condition, template, *values):
-    """An assert whose InvalidArgumentError reads as one sentence: `template` with each {}
-    replaced by a value (tf.strings.format would quote strings)."""
-    texts = template.split("{}")
-    parts = [texts[0]]
-    for value, text in zip(values, texts[1:]):
-        value = tf.convert_to_tensor(value)
-        parts += [value if value.dtype == tf.string else tf.strings.as_string(value), text]
-    return tf.debugging.Assert(condition, [tf.strings.join(parts)])
-
-
-def _in_order(*checks):
-    """Runs `checks` (functions returning an assert op) one after the other, so the first
-    failing one is the one reported, and values a check reads are only computed once the
-    checks before it passed. Returns a bool tensor that depends on them all."""
-    done = tf.constant(True)
-    for check in checks:
-        with tf.control_dependencies([done]):
-            op = check()
-        with tf.control_dependencies([op]):
-            done = tf.identity(done)
-    return done
-
-
-def _check_size(index, fmt, width, height, channels, sample_bytes, max_pixels):
-    """`images.check_size` in the graph: the padded square and the decoded samples."""
-    # float64: a 32-bit width times a 32-bit height overflows int64 products.
-    w, h = tf.cast(width, tf.float64), tf.cast(height, tf.float64)
-    side = tf.maximum(width, height)
-    decoded = tf.cast(channels * sample_bytes, tf.float64)
-    return _in_order(
-        lambda: _check(tf.maximum(w, h) ** 2 <= max_pixels,
-                       "image {}: " + fmt + " declares {}x{}, padded to {}x{} pixels, over the "
-                       f"{max_pixels:,} limit", index, width, height, side, side),
-        lambda: _check(w * h * decoded <= max_pixels,
-                       "image {}: " + fmt + " declares {}x{} with {} bytes a pixel, over the "
-                       f"{max_pixels:,} limit", index, width, height, channels * sample_bytes))
-
-
-def _png_chunks(data):
-    """Walks the chunks as `images._png_chunks` does: (status, position, sBIT).
-
-    status 1: no IEND (position: where the next chunk header would start), 2: a chunk runs
-    past the end (position: the bytes it needs), 3: IEND found, 0: not decided within
-    `_MAX_CHUNKS_WALKED` chunks. sBIT is the first sBIT chunk before IDAT, 0 without one.
-    Bytes after IEND are ignored, as by PIL and libpng.
-    """
-    n = _length(data)
-
-    def step(pos, status, sbit, seen_idat):
-        raw = _read(data, pos, 9)
-        size, kind = _uint(raw, 0, 4), _uint(raw, 4, 4)
-        end = pos + 12 + size
-        status = tf.where(pos + 8 > n, 1, tf.where(end > n, 2,
-                                                   tf.where(kind == _code(b"IEND"), 3, 0)))
-        fits = status != 1
-        is_sbit = fits & (kind == _code(b"sBIT")) & (size >= 1) & (sbit == 0) & ~seen_idat
-        sbit = tf.where(is_sbit, raw[8], sbit)
-        seen_idat = seen_idat | (fits & (kind == _code(b"IDAT")))
-        return tf.where(status == 1, pos, end), status, sbit, seen_idat
-
-    start = (tf.constant(8, tf.int64), tf.constant(0), tf.constant(0, tf.int64),
-             tf.constant(False))
-    pos, status, sbit, _ = tf.while_loop(lambda pos, status, *_: status == 0, step, start,
-                                         maximum_iterations=_MAX_CHUNKS_WALKED)
-    return status, pos, sbit
-
-
-def _check_png(data, index, max_pixels):
-    """The PNG header checks of `images.decode_gray`, in its order, with its reasons."""
-    n = _length(data)
-    head = _read(data, 0, 29)
-    width, height = _uint(head, 16, 4), _uint(head, 20, 4)
-    depth, colour = head[24], head[25]
-    valid = (width > 0) & (height > 0) & tf.reduce_any(
-        [(colour == c) & (depth == d) for c, d in _PNG_VALID])
-    channels = tf.gather(_PNG_CHANNELS, tf.clip_by_value(colour, 0, 6))
-    # Walked whatever the header says: every read is bounds-safe, the steps are capped.
-    status, needed, _ = _png_chunks(data)
-    return _in_order(
-        lambda: _check(n >= 33, "image {}: PNG header truncated ({} bytes, fewer than 33)",
-                       index, n),
-        lambda: _check(tf.strings.substr(data, 8, 8) == images.PNG_IHDR,
-                       "image {}: PNG does not start with a 13-byte IHDR chunk (found {})",
-                       index, _hex(tf.strings.substr(data, 8, 8))),
-        lambda: _check(valid, "image {}: PNG IHDR invalid ({}x{}, colour type {}, bit depth "
-                       "{})", index, width, height, colour, depth),
-        lambda: _check_size(index, "PNG", width, height, tf.cast(channels, tf.int64),
-                            tf.where(depth == 16, tf.constant(2, tf.int64), 1), max_pixels),
-        lambda: _check(status != 1, "image {}: PNG truncated (read {} bytes, no IEND chunk)",
-                       index, n),
-        lambda: _check(status != 2, "image {}: PNG truncated (read {} of at least {} bytes)",
-                       index, n, needed),
-    )
-
-
-def _jpeg_frame(data):
-    """(found, width, height, components, precision) of the first SOF marker, walking the
-    marker segments by their lengths as `images._jpeg_sof` (and libjpeg) does."""
-    n = _length(data)
-    sof = tf.constant(sorted(images.JPEG_SOF), tf.int64)
-
-    def step(pos, status, frame):
-        raw = _read(data, pos, 10)
-        marker = raw[1]
-        bad = (pos + 4 > n) | (raw[0] != 0xFF)
-        is_sof = tf.reduce_any(tf.equal(marker, sof))
-        no_length = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8))
-        skip = tf.where(marker == 0xFF, tf.constant(1, tf.int64),
-                        tf.where(no_length, tf.constant(2, tf.int64), 2 + _uint(raw, 2, 2)))
-        status = tf.where(bad | (is_sof & (pos + 10 > n)), 2, tf.where(is_sof, 1, 0))
-        frame = tf.where(status == 1, tf.stack([_uint(raw, 7, 2), _uint(raw, 5, 2), raw[9],
-                                                raw[4]]), frame)
-        return pos + skip, status, frame
-
-    start = (tf.constant(2, tf.int64), tf.constant(0), tf.zeros([4], tf.int64))
-    _, status, frame = tf.while_loop(lambda pos, status, frame: status == 0, step, start)
-    return status == 1, frame[0], frame[1], frame[2], frame[3]
-
-
-def _check_jpeg(data, index, max_pixels):
-    found, width, height, components, precision = _jpeg_frame(data)
-    return _in_order(
-        lambda: _check(found, "image {}: JPEG header truncated or corrupt (no frame header in "
-                       "{} bytes)", index, _length(data)),
-        lambda: _check((width > 0) & (height > 0) & (components > 0), "image {}: JPEG frame "
-                       "header invalid ({}x{}, {} components)", index, width, height,
-                       components),
-        lambda: _check_size(index, "JPEG", width, height, components,
-                            tf.where(precision > 8, tf.constant(2, tf.int64), 1), max_pixels),
-    )
-
-
-def _is_png(data):
-    return tf.strings.substr(data, 0, len(images.PNG_SIGNATURE)) == images.PNG_SIGNATURE
-
-
-def check_image(data, index=0, max_pixels=images.MAX_PIXELS):
-    """Every check `images.decode_gray` makes before decoding, from the headers only: the
-    format, IHDR first, the size against `max_pixels`, the PNG chunks complete. Raises
-    InvalidArgumentError "image INDEX: REASON" (raw bytes as hex); returns True."""
-    is_jpeg = tf.strings.substr(data, 0, len(images.JPEG_SOI)) == images.JPEG_SOI
-    return _in_order(
-        lambda: _check(_is_png(data) | is_jpeg, "image {}: not a PNG or JPEG image ({} bytes, "
-                       "starting with {})", index, tf.strings.length(data), _hex(data)),
-        lambda: tf.cond(_is_png(data), lambda: _check_png(data, index, max_pixels),
-                        lambda: _check_jpeg(data, index, max_pixels)),
-    )
 
 
 def _to_gray(image):
@@ -272,19 +83,19 @@ def _decode_png(data):
         # PIL keeps 16-bit gray as I;16 (scaled below) but opens 16-bit RGB(A) and gray+alpha
         # as 8-bit RGB(A) from the high byte of each sample.
         return tf.cond(
-            _read(data, 25, 1)[0] == _PNG_GRAY,
-            lambda: _scale_gray16(image16[:, :, 0], _png_chunks(data)[2]),
+            read_bytes(data, 25, 1)[0] == _PNG_GRAY,
+            lambda: _scale_gray16(image16[:, :, 0], png_chunks(data)[2]),
             lambda: _to_gray(tf.cast(tf.bitwise.right_shift(image16, 8), tf.uint8)),
         )
 
-    return tf.cond(_read(data, 24, 1)[0] == 16, sixteen_bit, eight_bit)
+    return tf.cond(read_bytes(data, 24, 1)[0] == 16, sixteen_bit, eight_bit)
 
 
 def _decode_pixels(data):
     """Checked PNG or JPEG bytes -> uint8 H×W (TF's decoder errors pass through)."""
     # INTEGER_ACCURATE is libjpeg's ISLOW, what PIL uses; TF's default (IFAST) differs from
     # PIL by up to 5 gray levels, ISLOW matches it bit for bit.
-    return tf.cond(_is_png(data), lambda: _decode_png(data), lambda: _to_gray(
+    return tf.cond(is_png(data), lambda: _decode_png(data), lambda: _to_gray(
         tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")))
 
 
@@ -345,8 +156,8 @@ def preprocess_bytes(image_bytes, size, max_pixels=images.MAX_PIXELS):
             nothing).take(1).get_single_element()
         found = tf.scatter_nd(decoded[:, None], tf.ones_like(decoded), [count])
         first = tf.argmin(found)  # the first image without pixels
-        fmt = tf.where(_is_png(checked_bytes[first]), "PNG", "JPEG")
-        ok = _check(tf.size(decoded, out_type=tf.int64) == count, "image {}: {} pixel data "
+        fmt = tf.where(is_png(checked_bytes[first]), "PNG", "JPEG")
+        ok = check(tf.size(decoded, out_type=tf.int64) == count, "image {}: {} pixel data "
                     "undecodable", first, fmt)
         with tf.control_dependencies([ok]):
             return tf.identity(pixels)
