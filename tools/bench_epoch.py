@@ -1,7 +1,8 @@
-"""Share of a training epoch spent waiting for input, and the cost of per-epoch evaluation.
+"""Share of a training epoch spent waiting for input, and the cost of per-epoch evaluation
+and of the epoch-end save.
 
     python tools/bench_epoch.py [--arch=resnet18] [--image_size=64] [--num_images=1200]
-        [--batch_size=32] [--repeats=3] [--work_dir=DIR]
+        [--batch_size=32] [--repeats=3] [--work_dir=DIR] [--save_only]
 
 On the synthetic set prepared at --image_size, with a small model on this CPU:
 - epoch_s: median time of one training epoch fed by the real pipeline (read, decode, augment);
@@ -12,6 +13,11 @@ On the synthetic set prepared at --image_size, with a small model on this CPU:
   2x --batch_size as the train app does, then exact AUC, F1, precision, recall at 3
   thresholds) relative to epoch_s. The validation split is ~10 % of train_val, as in real
   runs. Target < 5 %.
+- save_s: the epoch-end save as a run does it (AtomicCheckpoint: last.keras without optimizer
+  state, best.keras linked to it, every epoch counted as a new best; EpochBackup: the full
+  training state with Adam's slots) into --work_dir, and save_mb, the bytes it writes;
+  save_share = save_s / epoch_s. --save_only times only the save (e.g. --arch=resnet50
+  --image_size=224, the paper's model, whose epoch this CPU cannot time usefully).
 The last line printed is one JSON object.
 """
 
@@ -34,7 +40,14 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "cxr_tf_bench"))
+    parser.add_argument("--save_only", action="store_true",
+                        help="Time only the epoch-end save (no dataset is made).")
     args = parser.parse_args(argv)
+    if args.save_only:
+        result = {"benchmark": "epoch_save", "arch": args.arch, "image_size": args.image_size,
+                  **_save_time(args.arch, args.image_size, args.repeats, args.work_dir)}
+        print(json.dumps(result), flush=True)
+        return result
 
     import keras
     import numpy as np
@@ -73,6 +86,7 @@ def main(argv=None):
         evaluation.append(time.perf_counter() - start)
     evaluation = evaluation[1:]
     epoch_s, compute_s, eval_s = (statistics.median(v) for v in (epoch, compute, evaluation))
+    save = _save_time(args.arch, args.image_size, args.repeats, args.work_dir, net=net)
     result = {
         "benchmark": "epoch", "arch": args.arch, "image_size": args.image_size,
         "batch_size": args.batch_size, "train_images": n, "validation_images": len(y_val),
@@ -80,9 +94,45 @@ def main(argv=None):
         "compute_s": round(compute_s, 3), "eval_s": round(eval_s, 3),
         "input_wait_share": round(max(epoch_s - compute_s, 0.0) / epoch_s, 4),
         "eval_share": round(eval_s / epoch_s, 4), "target_share": 0.05,
+        **save, "save_share": round(save["save_s"] / epoch_s, 4),
     }
     print(json.dumps(result), flush=True)
     return result
+
+
+def _save_time(arch, image_size, repeats, work_dir, net=None):
+    """{"save_s": median seconds of the epoch-end save, "save_mb": MB it writes} for a
+    compiled model (`net`, or `arch` built here) whose optimizer holds its slots."""
+    import shutil
+
+    import keras
+
+    from cxr_tf import labels, losses, model
+    from cxr_tf.serving import run_dir
+    from cxr_tf.training import callbacks
+
+    if net is None:
+        net = model.build_model(arch, image_size, labels.NUM_CLASSES)
+        net.compile(keras.optimizers.Adam(1e-3), losses.make_loss(None))
+    if not net.optimizer.built:
+        net.optimizer.build(net.trainable_variables)
+    os.makedirs(work_dir, exist_ok=True)
+    model_dir = tempfile.mkdtemp(prefix="save_", dir=work_dir)
+    savers = [callbacks.AtomicCheckpoint(model_dir), callbacks.EpochBackup(model_dir)]
+    for saver in savers:
+        saver.set_model(net)
+    times = []
+    try:
+        for epoch in range(repeats + 1):  # the first save (directories, tracing) is dropped
+            start = time.perf_counter()
+            for saver in savers:
+                saver.on_epoch_end(epoch, {callbacks.MONITOR: float(epoch)})
+            times.append(time.perf_counter() - start)
+        written = os.path.getsize(run_dir.checkpoint_path(model_dir, "last")) + sum(
+            os.path.getsize(p) for p in run_dir.backup_files(model_dir).values())
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return {"save_s": round(statistics.median(times[1:]), 3), "save_mb": round(written / 1e6, 1)}
 
 
 def _epoch_times(net, dataset, steps, epochs):
