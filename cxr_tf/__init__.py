@@ -5,4 +5,4 @@ has only Keras and JAX (the GPU benchmark host), so TensorFlow is imported by th
 need it, never here.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -135,7 +135,7 @@ def test_serves_png_bytes_without_cxr_tf_and_matches_keras(exported, tmp_path):
     assert out["blocked"] and out["cxr_tf_modules"] == []
     assert out["label_names"] == list(labels.LABELS)
     assert out["thresholds"] == pytest.approx(tuned.tolist())
-    assert out["image_size"] == SIZE and out["version"] == "0.1.0"
+    assert out["image_size"] == SIZE and out["version"] == "0.2.0"
     # The same images decoded by the same graph ops here, then the Keras model.
     pixels = graph.preprocess_bytes(list(samples.values()), SIZE).numpy()
     expected = tf.sigmoid(net.predict(pixels, verbose=0)).numpy()
@@ -300,15 +300,18 @@ def test_mixed_precision_checkpoint_is_served_in_float32(tmp_path):
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         keras.utils.set_random_seed(0)
-        mixed = model.build_model("resnet18", SIZE)
+        mixed = model.build_model("resnet50_v1", SIZE)
     finally:
         keras.config.set_dtype_policy("float32")
     (tmp_path / "checkpoints").mkdir()
     mixed.save(tmp_path / "checkpoints" / "best.keras")
-    (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet18", "image_size": SIZE}))
+    # A run from before v1.5 says "resnet50" for this same v1 network: the file decides.
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet50", "image_size": SIZE}))
     assert mixed.get_layer("conv1_conv").compute_dtype == "bfloat16"
     loaded = run_dir.load_model(str(tmp_path))
     assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    for name in ("conv3_block1_1_conv", "conv3_block1_2_conv"):  # v1: the 1x1 strides
+        assert loaded.get_layer(name).strides == mixed.get_layer(name).strides
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
     for a, b in zip(loaded.get_weights(), mixed.get_weights()):
         np.testing.assert_array_equal(a, b)

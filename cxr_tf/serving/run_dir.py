@@ -132,9 +132,11 @@ def load_model(model_dir, checkpoint="best", *, float32=True):
     """The run's Keras model (plain layers, so no custom objects and no compile needed).
 
     A run trained under mixed precision saves bfloat16/float16 layers; with float32=True
-    (export, predict, evaluate) the same architecture is rebuilt in float32 and given the
-    saved weights (kept in float32 by Keras anyway), so CPUs without 16-bit kernels serve
-    it at full speed and the figures do not depend on the training hardware.
+    (export, predict, evaluate) the saved architecture is rebuilt from the file's own config
+    with every layer in float32 and given the saved weights (kept in float32 by Keras
+    anyway), so CPUs without 16-bit kernels serve it at full speed and the figures do not
+    depend on the training hardware. Rebuilding from the file rather than from config.json's
+    `arch` keeps the network the run trained: `resnet50` meant v1 before cxr_tf 0.2.
     """
     import keras
 
@@ -142,18 +144,20 @@ def load_model(model_dir, checkpoint="best", *, float32=True):
     net = keras.models.load_model(path, compile=False)
     if not float32 or all(layer.compute_dtype == "float32" for layer in net.layers):
         return net
-    from cxr_tf import model
-
-    config = read_config(model_dir)
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        full = model.build_model(config["arch"], int(net.input_shape[1]),
-                                 int(net.output_shape[-1]), name=net.name)
-    finally:
-        keras.config.set_dtype_policy(policy)
+    full = net.__class__.from_config(_in_float32(net.get_config()))
     full.set_weights(net.get_weights())
     return full
+
+
+def _in_float32(config):
+    """A serialized model config with every dtype policy (mixed_bfloat16, ...) as float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return "float32"
+        return {key: _in_float32(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_in_float32(value) for value in config]
+    return config
 
 
 def save_model(net, model_dir, checkpoint):
