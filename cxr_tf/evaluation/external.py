@@ -92,15 +92,10 @@ def format_markdown(section):
              "images labelled for it; the overall figures and subgroups use the "
              f"{section['images_labelled_for_all']:,} of {section['images']:,} images labelled "
              "for every finding.", ""]
-    lines += markdown_table(["Finding", "Images", "Uncertain", "Left out"], rows)
+    lines += reporting.markdown_table(["Finding", "Images", "Uncertain", "Left out"], rows)
     views = section.get("views")
     if views:
         left = ", ".join(f"{n:,} {v}" for v, n in section["images_left_out_by_view"].items())
         lines += [f"Views: {', '.join(views)}" + (f" ({left} images left out)." if left else "."),
                   ""]
     return "\n".join(lines)
-
-
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]

@@ -29,6 +29,7 @@ import numpy as np
 
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import images
+from cxr_tf.evaluation import reporting
 
 ALIASES = {"Infiltrate": "Infiltration"}
 EXAMPLES_PER_FINDING = 3
@@ -296,10 +297,6 @@ def plot_overlays(path, examples):
     return path
 
 
-def _f(value):
-    return "–" if value is None else f"{value:.3f}"
-
-
 def format_markdown(section, grid=None):
     """The section's markdown body (reporting.format_markdown adds the title)."""
     lines = [f"- boxes: `{section['source']}`; {section['boxes_scored']:,} of "
@@ -311,17 +308,18 @@ def format_markdown(section, grid=None):
              f"- 95 % CI: patient-level percentile bootstrap, "
              f"{section['bootstrap']['replicates']} replicates; chance: the share of the image "
              "the boxes cover", ""]
-    header = "| Finding | Boxes | Images | Hits | Hit rate [95 % CI] | Chance |"
-    lines += [header, "|---|---|---|---|---|---|"]
     rows = list(section["per_finding"].items())
     if section["overall"]:
         rows.append(("**all**", section["overall"]))
+    f = reporting.format_value
+    table = []
     for name, r in rows:
-        ci = (f" [{_f(r['hit_rate_ci_low'])}, {_f(r['hit_rate_ci_high'])}]"
+        ci = (f" [{f(r['hit_rate_ci_low'])}, {f(r['hit_rate_ci_high'])}]"
               if r["hit_rate_ci_low"] is not None else "")
-        lines.append(f"| {name} | {r['boxes']} | {r['images']} | {r['hits']} | "
-                     f"{_f(r['hit_rate'])}{ci} | {_f(r['chance'])} |")
-    lines.append("")
+        table.append([name, r["boxes"], r["images"], r["hits"], f"{f(r['hit_rate'])}{ci}",
+                      f(r["chance"])])
+    lines += reporting.markdown_table(
+        ["Finding", "Boxes", "Images", "Hits", "Hit rate [95 % CI]", "Chance"], table)
     if grid:
         lines += [f"![Grad-CAM overlays with NIH boxes]({os.path.basename(grid)})", ""]
     return "\n".join(lines)
