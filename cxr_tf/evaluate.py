@@ -77,7 +77,7 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
     radiologist labels (cxr_tf.evaluation.expert_labels); adds the `expert_labels` section.
     Both files are read before predicting, so a bad file fails at once."""
     from cxr_tf.evaluation import expert_labels as expert_lib
-    from cxr_tf.evaluation import report_plots, reporting
+    from cxr_tf.evaluation import report_markdown, report_plots, reporting
     from cxr_tf.serving import run_dir
 
     config = run_dir.read_config(model_dir)
@@ -129,7 +129,7 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
         sections.append(("Localisation: Grad-CAM pointing game on NIH boxes", text))
     reporting.write_json(report["files"][0], report)
     with open(report["files"][1], "w") as f:
-        f.write(reporting.format_markdown(report, f"Evaluation on {split}", sections))
+        f.write(report_markdown.format_markdown(report, f"Evaluation on {split}", sections))
     return report
 
 
@@ -169,7 +169,7 @@ def evaluate_chexpert(model_dir, *, data_dir, checkpoint="best", n_boot=1000, un
     """Evaluates an NIH-trained run on CheXpert's validation split (TFDS `chexpert` prepared
     in data_dir) for the findings both label sets share; writes RUN/eval_chexpert/."""
     from cxr_tf.data import chexpert
-    from cxr_tf.evaluation import external, metrics, report_plots, reporting
+    from cxr_tf.evaluation import external, metrics, report_markdown, report_plots, reporting
     from cxr_tf.serving import run_dir
 
     config = run_dir.read_config(model_dir)
@@ -202,7 +202,7 @@ def evaluate_chexpert(model_dir, *, data_dir, checkpoint="best", n_boot=1000, un
                                                 probs[complete], names)
     reporting.write_json(report["files"][0], report)
     with open(report["files"][1], "w") as f:
-        f.write(reporting.format_markdown(
+        f.write(report_markdown.format_markdown(
             report, "Evaluation on CheXpert validation",
             [("Labels (CheXpert)", external.format_markdown(report["labels"]))]))
     return report

@@ -10,7 +10,7 @@ from sklearn.metrics import (average_precision_score, f1_score, precision_score,
                              roc_auc_score)
 
 from cxr_tf import labels
-from cxr_tf.evaluation import metrics, published, report_plots, reporting
+from cxr_tf.evaluation import metrics, published, report_markdown, report_plots, reporting
 
 LABELS = list(labels.LABELS)
 
@@ -151,7 +151,7 @@ def test_honest_counts_with_1_3_and_30_positives():
     assert r["bootstrap"]["method"] == "patient-level percentile bootstrap, 400 resamples"
     assert r["bootstrap"]["min_count"] == metrics.MIN_CLASS_COUNT == 10
     assert r["bootstrap"]["dropped_max"] == 0.0
-    text = reporting.format_markdown(r)
+    text = report_markdown.format_markdown(r)
     assert "| A | 1 / 99 | 0.010 | not estimable: 1 positive (fewer than 10) |" in text
     assert f"| C | 30 / 70 | 0.300 | {1 / 7:.3f} [" in text
     assert f"| **mean** over 1 findings with an AUC |  |  | {1 / 7:.3f} |" in text
@@ -233,7 +233,7 @@ def test_no_finding_constraint_and_its_effect_on_f1():
 
 def test_markdown_shows_the_headline_figures(report):
     report, _ = report
-    text = reporting.format_markdown(report)
+    text = report_markdown.format_markdown(report)
     e = report["per_class"]["Effusion"]
     assert (f"| Effusion | {e['positives']} / {e['negatives']} | {e['prevalence']:.3f} | "
             f"{e['auc']:.3f} [{e['auc_ci_low']:.3f}, {e['auc_ci_high']:.3f}] |") in text

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.data import metadata
-from cxr_tf.evaluation import metrics, reporting
+from cxr_tf.evaluation import metrics, report_markdown, reporting
 
 SOURCE = ("Majkowska et al., Chest Radiograph Interpretation with Deep Learning Models, "
           "Radiology 2020, doi:10.1148/radiol.2019191293")
@@ -289,8 +289,8 @@ def _agreement(y_expert, y_nih):
 
 
 def format_markdown(section):
-    """The section's markdown body (reporting.format_markdown adds the `##` title)."""
-    f = reporting.format_value
+    """The section's markdown body (report_markdown.format_markdown adds the `##` title)."""
+    f = report_markdown.format_value
     sets = " and ".join(f"{n:,} from its {s} set" for s, n in section["expert_sets"].items())
     lines = [f"{section['images']:,} images of this split ({section['patients']:,} patients) "
              f"have adjudicated labels in `{section.get('file', 'the file')}`, which lists "
@@ -312,11 +312,11 @@ def format_markdown(section):
                     f"{_signed(e['label_noise_gap_ci_high'])}]")
         rows.append([name, ", ".join(e["outputs"]) or "none",
                      f"{e['positives']:,} / {e['negatives']:,}",
-                     reporting.format_auc(e) if e["predicted"] else "not predicted",
+                     report_markdown.format_auc(e) if e["predicted"] else "not predicted",
                      f"{nih['positives']:,} / {nih['negatives']:,}" if nih else "–",
-                     reporting.format_auc(nih) if nih else "–", gap,
+                     report_markdown.format_auc(nih) if nih else "–", gap,
                      f(e.get("average_precision"))] + [f(e.get(f"f1@{k}")) for k in keys])
-    lines += reporting.markdown_table(header, rows)
+    lines += report_markdown.markdown_table(header, rows)
     lines += [f"Mean AUC vs radiologists over {section['auc_mean_over']} findings: "
               f"{f(section['auc_mean'])}; mean gap over {section['label_noise_gap_mean_over']}: "
               f"{_signed(section['label_noise_gap_mean'])}. F1 uses the run's thresholds (tuned "

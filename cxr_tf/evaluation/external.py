@@ -12,7 +12,7 @@ labelled for it; the overall figures and subgroups on the images labelled for ev
 
 import numpy as np
 
-from cxr_tf.evaluation import reporting
+from cxr_tf.evaluation import report_markdown, reporting
 
 POLICIES = ("ignore", "zeros", "ones")
 UNCERTAIN = -1
@@ -85,14 +85,14 @@ def build_report(labels, probs, *, label_names, policy="ignore", thresholds, tun
 
 
 def format_markdown(section):
-    """The `labels` section's markdown body (reporting.format_markdown adds the title)."""
+    """The `labels` section's markdown body (report_markdown.format_markdown adds the title)."""
     rows = [[name, r["images"], r["uncertain"], r["left_out"]]
             for name, r in section["per_finding"].items()]
     lines = [f"Uncertain labels: `{section['uncertain_policy']}`. Per finding, the AUC uses the "
              "images labelled for it; the overall figures and subgroups use the "
              f"{section['images_labelled_for_all']:,} of {section['images']:,} images labelled "
              "for every finding.", ""]
-    lines += reporting.markdown_table(["Finding", "Images", "Uncertain", "Left out"], rows)
+    lines += report_markdown.markdown_table(["Finding", "Images", "Uncertain", "Left out"], rows)
     views = section.get("views")
     if views:
         left = ", ".join(f"{n:,} {v}" for v, n in section["images_left_out_by_view"].items())

@@ -29,7 +29,7 @@ import numpy as np
 
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import images
-from cxr_tf.evaluation import reporting
+from cxr_tf.evaluation import report_markdown
 
 ALIASES = {"Infiltrate": "Infiltration"}
 EXAMPLES_PER_FINDING = 3
@@ -298,7 +298,7 @@ def plot_overlays(path, examples):
 
 
 def format_markdown(section, grid=None):
-    """The section's markdown body (reporting.format_markdown adds the title)."""
+    """The section's markdown body (report_markdown.format_markdown adds the title)."""
     lines = [f"- boxes: `{section['source']}`; {section['boxes_scored']:,} of "
              f"{section['boxes_read']:,} scored ({section['images_missing']:,} images not "
              f"found, {section['images_unreadable']:,} unreadable)",
@@ -311,14 +311,14 @@ def format_markdown(section, grid=None):
     rows = list(section["per_finding"].items())
     if section["overall"]:
         rows.append(("**all**", section["overall"]))
-    f = reporting.format_value
+    f = report_markdown.format_value
     table = []
     for name, r in rows:
         ci = (f" [{f(r['hit_rate_ci_low'])}, {f(r['hit_rate_ci_high'])}]"
               if r["hit_rate_ci_low"] is not None else "")
         table.append([name, r["boxes"], r["images"], r["hits"], f"{f(r['hit_rate'])}{ci}",
                       f(r["chance"])])
-    lines += reporting.markdown_table(
+    lines += report_markdown.markdown_table(
         ["Finding", "Boxes", "Images", "Hits", "Hit rate [95 % CI]", "Chance"], table)
     if grid:
         lines += [f"![Grad-CAM overlays with NIH boxes]({os.path.basename(grid)})", ""]

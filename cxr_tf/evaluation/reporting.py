@@ -25,7 +25,7 @@ AGE_BANDS = ((0, 20, "0-20"), (20, 40, "20-40"), (40, 60, "40-60"), (60, 80, "60
              (80, math.inf, "80+"))
 UNKNOWN = "unknown"
 SUBGROUPS = ("sex", "age_band", "view")
-_THRESHOLD_METRICS = ("f1", "precision", "recall", "specificity")
+THRESHOLD_METRICS = ("f1", "precision", "recall", "specificity")
 
 
 def age_band(age):
@@ -178,12 +178,35 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
     at = {key: (metrics.threshold_metrics(y_true, y_prob, t), metrics.paper_auc(y_true, y_prob, t))
           for key, t in sets}
 
+    per_class = _per_class(y_true, label_names, entries, ap, at, tuned_thresholds)
+    overall = _overall(y_true, y_prob, patient_ids, entries, ap, at)
+    report = {
+        "label_names": label_names,
+        "thresholds": {key: (t.tolist() if isinstance(t, np.ndarray) else t) for key, t in sets},
+        "bootstrap": {"replicates": n_boot, "confidence": 0.95, "seed": seed,
+                      "unit": "patient" if patient_ids is not None else "image",
+                      "method": interval_method(n_boot, patient_ids),
+                      "min_count": metrics.MIN_CLASS_COUNT,
+                      "dropped_max": max((e["auc_ci_dropped"] for e in entries
+                                          if e["auc_ci_dropped"] is not None), default=None)},
+        "per_class": per_class,
+        "overall": overall,
+        "published": _published(per_class),
+        "subgroups": _subgroups(y_true, y_prob, metadata, label_names) if metadata else None,
+        "no_finding": (_no_finding_effect(y_true, y_prob, np.asarray(no_finding_prob), sets, at)
+                       if no_finding_prob is not None else None),
+    }
+    return to_json_ready(report)
+
+
+def _per_class(y_true, label_names, entries, ap, at, tuned_thresholds):
+    """{finding: prevalence, AUC entry, AP, threshold metrics, published AUC}."""
     per_class = {}
     for c, name in enumerate(label_names):
         row = {"prevalence": float(y_true[:, c].mean()), **entries[c],
                "average_precision": ap[c]}
         for key, (tm, pa) in at.items():
-            row.update({f"{m}@{key}": tm[m][c] for m in _THRESHOLD_METRICS})
+            row.update({f"{m}@{key}": tm[m][c] for m in THRESHOLD_METRICS})
             row[f"paper_auc@{key}"] = pa[c]
         if tuned_thresholds is not None:
             row["tuned_threshold"] = float(tuned_thresholds[c])
@@ -191,7 +214,11 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
         row["auc_minus_published"] = (row["auc"] - row["published_auc"]
                                       if None not in (row["auc"], row["published_auc"]) else None)
         per_class[name] = row
+    return per_class
 
+
+def _overall(y_true, y_prob, patient_ids, entries, ap, at):
+    """Macro/micro figures over all findings (the AUC means over the estimable ones)."""
     mean, over = auc_mean(entries)
     overall = {
         "examples": int(len(y_true)),
@@ -213,35 +240,23 @@ def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=No
             overall[f"{m}@{key}/micro"] = tm[f"{m}_micro"]
         overall[f"specificity@{key}/macro"] = float(tm["specificity"].mean())
         overall[f"paper_auc@{key}"] = metrics.nanmean(pa)
+    return overall
 
-    compared = [n for n in label_names
-                if per_class[n]["auc"] is not None and n in published.WANG2017_AUC]
+
+def _published(per_class):
+    """Our AUCs against Wang et al. 2017's, over the findings both have (ours estimable)."""
+    compared = [n for n, row in per_class.items()
+                if row["auc"] is not None and n in published.WANG2017_AUC]
     ours = [per_class[n]["auc"] for n in compared]
     theirs = [published.WANG2017_AUC[n] for n in compared]
-    report = {
-        "label_names": label_names,
-        "thresholds": {key: (t.tolist() if isinstance(t, np.ndarray) else t) for key, t in sets},
-        "bootstrap": {"replicates": n_boot, "confidence": 0.95, "seed": seed,
-                      "unit": "patient" if patient_ids is not None else "image",
-                      "method": interval_method(n_boot, patient_ids),
-                      "min_count": metrics.MIN_CLASS_COUNT,
-                      "dropped_max": max((e["auc_ci_dropped"] for e in entries
-                                          if e["auc_ci_dropped"] is not None), default=None)},
-        "per_class": per_class,
-        "overall": overall,
-        "published": {
-            "source": published.WANG2017_SOURCE,
-            "mean_auc": published.WANG2017_MEAN_AUC,
-            "classes_compared": len(compared),
-            "our_mean_auc": float(np.mean(ours)) if ours else None,
-            "their_mean_auc_same_classes": float(np.mean(theirs)) if theirs else None,
-            "mean_difference": float(np.mean(np.subtract(ours, theirs))) if ours else None,
-        },
-        "subgroups": _subgroups(y_true, y_prob, metadata, label_names) if metadata else None,
-        "no_finding": (_no_finding_effect(y_true, y_prob, np.asarray(no_finding_prob), sets, at)
-                       if no_finding_prob is not None else None),
+    return {
+        "source": published.WANG2017_SOURCE,
+        "mean_auc": published.WANG2017_MEAN_AUC,
+        "classes_compared": len(compared),
+        "our_mean_auc": float(np.mean(ours)) if ours else None,
+        "their_mean_auc_same_classes": float(np.mean(theirs)) if theirs else None,
+        "mean_difference": float(np.mean(np.subtract(ours, theirs))) if ours else None,
     }
-    return to_json_ready(report)
 
 
 def to_json_ready(value):
@@ -262,111 +277,3 @@ def write_json(path, obj):
 
 
 # --- markdown --------------------------------------------------------------------------------
-
-def format_value(value, digits=3):
-    """A figure with `digits` decimals; "–" for a missing (null) one."""
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def markdown_table(header, rows):
-    """A GitHub markdown table as lines, with the blank line after it."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def format_auc(entry):
-    """"0.871 [0.820, 0.915]", "0.871" without an interval, or "not estimable: 1 positive
-    (fewer than 10)"."""
-    if entry["auc"] is None:
-        return f"not estimable: {entry['auc_not_estimable'] or 'no AUC'}"
-    ci = (f" [{format_value(entry['auc_ci_low'])}, {format_value(entry['auc_ci_high'])}]"
-          if entry.get("auc_ci_low") is not None else "")
-    return format_value(entry["auc"]) + ci
-
-
-def format_interval_note(bootstrap):
-    """The line that says how intervals were made and how many resamples were dropped."""
-    if not bootstrap.get("method"):
-        return f"no confidence intervals (--bootstrap=0); AUC needs {bootstrap['min_count']} " \
-               "positives and negatives"
-    dropped = bootstrap.get("dropped_max")
-    return (f"95 % CI: {bootstrap['method']}; resamples without both labels dropped: at most "
-            f"{format_value(100 * dropped if dropped is not None else None, 1)} % per finding; an AUC "
-            f"needs {bootstrap['min_count']} positives and {bootstrap['min_count']} negatives")
-
-
-def format_markdown(report, title="Evaluation report", sections=()):
-    """report.md: what a reader needs first (AUC with CI beside the paper), then the rest.
-
-    sections: extra (title, markdown text) pairs appended as `## title` sections (the expert
-    labels, ...), so a new report section needs no change here.
-    """
-    overall, per_class, pub = report["overall"], report["per_class"], report["published"]
-    keys = list(report["thresholds"])
-    lines = [f"# {title}", ""]
-    for k in ("model_dir", "checkpoint", "split", "data_dir"):
-        if report.get(k) is not None:
-            lines.append(f"- {k}: `{report[k]}`")
-    patients = f" from {overall['patients']:,} patients" if overall.get("patients") else ""
-    lines += [f"- {overall['examples']:,} images{patients}",
-              f"- {format_interval_note(report['bootstrap'])}", ""]
-    lines += ["## AUC per finding", ""]
-    header = ["Finding", "Positives / negatives", "Prevalence", "AUC [95 % CI]", "AP",
-              "Wang 2017", "Δ"]
-    rows = []
-    for name, r in per_class.items():
-        rows.append([name, f"{r['positives']:,} / {r['negatives']:,}", format_value(r["prevalence"]),
-                     format_auc(r), format_value(r["average_precision"]), format_value(r["published_auc"]),
-                     format_value(r["auc_minus_published"], 3)])
-    rows.append([f"**mean** over {overall['auc_mean_over']} findings with an AUC", "", "",
-                 format_value(overall["auc_mean"]), format_value(overall["average_precision_mean"]),
-                 format_value(pub["their_mean_auc_same_classes"]), format_value(pub["mean_difference"])])
-    lines += markdown_table(header, rows)
-    lines += [f"Δ = our AUC − published. Mean difference over {pub['classes_compared']} "
-              "classes: "
-              f"**{format_value(pub['mean_difference'])}**. The published mean over all 14 findings is "
-              f"{format_value(pub['mean_auc'])}. Source: {pub['source']}.", ""]
-    lines += ["## Overall", ""]
-    rows = [[f"AUC (macro mean over {overall['auc_mean_over']} findings / micro)",
-             f"{format_value(overall['auc_mean'])} / {format_value(overall['auc_micro'])}"],
-            ["Average precision (macro / micro)",
-             f"{format_value(overall['average_precision_mean'])} / {format_value(overall['average_precision_micro'])}"],
-            ["Expected calibration error (15 bins)", format_value(overall["ece"], 4)]]
-    for key in keys:
-        for avg in ("macro", "micro"):
-            rows.append([f"F1 / precision / recall @{key} ({avg})", " / ".join(
-                format_value(overall[f"{m}@{key}/{avg}"]) for m in ("f1", "precision", "recall"))])
-        rows.append([f"paper_auc@{key} (AUC of 0/1 predictions)", format_value(overall[f"paper_auc@{key}"])])
-    lines += markdown_table(["Figure", "Value"], rows)
-    for key in keys:
-        lines += [f"## At threshold {key}", ""]
-        header = ["Finding"] + (["Threshold"] if key == "tuned" else []) + \
-            ["F1", "Precision", "Recall", "Specificity", f"paper_auc@{key}"]
-        rows = [[name] + ([format_value(r["tuned_threshold"])] if key == "tuned" else []) +
-                [format_value(r[f"{m}@{key}"]) for m in (*_THRESHOLD_METRICS, "paper_auc")]
-                for name, r in per_class.items()]
-        lines += markdown_table(header, rows)
-    if report.get("no_finding"):
-        nf = report["no_finding"]
-        lines += ["## No Finding constraint", "",
-                  f"When the No Finding output is the most likely one, no finding is returned "
-                  f"({nf['examples_suppressed']:,} images). No Finding AUC: "
-                  f"{format_value(nf['no_finding_auc'])}.", ""]
-        rows = [[name, format_value(v["without"]), format_value(v["with"]), format_value(v["change"])]
-                for name, v in nf.items() if isinstance(v, dict)]
-        lines += markdown_table(["Figure", "Without", "With", "Change"], rows)
-    if report.get("subgroups"):
-        lines += ["## Subgroups (mean AUC)", "",
-                  "Who the data represents matters: a gap here is a gap in who the model "
-                  "serves.", ""]
-        for key, groups in report["subgroups"].items():
-            rows = [[name, f"{g['examples']:,}", format_value(g["any_finding_prevalence"]),
-                     format_value(g["auc_mean"]), g["auc_mean_over"]] for name, g in groups.items()]
-            lines += [f"### {key}", ""] + markdown_table(
-                [key, "Images", "Any finding", "Mean AUC", "Findings averaged"], rows)
-        lines += [f"A finding enters a subgroup's mean only with {report['bootstrap']['min_count']}"
-                  " positives and negatives in that subgroup.", ""]
-    for section_title, text in sections:
-        lines += [f"## {section_title}", "", text, ""]
-    return "\n".join(lines)
