@@ -190,6 +190,7 @@ _SHARED = {
     "max_pixels": ("integer", 50_000_000, "Largest image decoded, counted as its padded "
                    "square max(width, height)^2 and its decoded samples; a larger one is "
                    "refused from its header, before decoding.", {"lower_bound": 1}),
+    "overwrite": ("bool", False, "Start afresh instead of keeping what the output holds.", {}),
 }
 
 
@@ -228,8 +229,8 @@ def define_prepare_flags(flag_values=FLAGS):
              "the row.")
     d.define("integer", "num_workers", None, "Decode processes (default: all cores; 0: decode "
              "in this process).", lower_bound=0)
-    d.define("bool", "overwrite", False, "Rebuild the prepared dataset even if it exists (for "
-             "a source whose CSV or lists changed since it was prepared).")
+    d.shared("overwrite", "Rebuild the prepared dataset even if it exists (for a source "
+             "whose CSV or lists changed since it was prepared).")
 
 
 def define_stats_flags(flag_values=FLAGS):
@@ -272,8 +273,8 @@ def define_train_flags(flag_values=FLAGS):
     d.define("string", "imagenet_weights", None, "Local copy of Keras's resnet50/101 notop "
              "ImageNet weights (.h5), for machines without internet; used with "
              "--weights=imagenet.")
-    d.define("bool", "overwrite", False, "Start afresh, deleting what model_dir holds; "
-             "without it a completed run is not retrained.")
+    d.shared("overwrite", "Start afresh, deleting what model_dir holds; without it a "
+             "completed run is not retrained.")
     _define_optimisation_flags(d)
     _define_execution_flags(d)
 

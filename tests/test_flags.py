@@ -121,9 +121,10 @@ def test_each_shared_flag_has_one_type_default_and_bound():
     shared = {name: apps for name, apps in owners.items() if len(apps) > 1}
     assert set(shared) == {"tf_logs", "json", "seed", "val_fraction", "data_dir", "output_dir",
                            "model_dir", "image_size", "batch_size", "checkpoint", "threshold",
-                           "max_pixels"}
+                           "max_pixels", "overwrite"}
     assert shared["batch_size"] == ["train", "evaluate", "predict"]
     assert shared["max_pixels"] == ["prepare", "export", "predict"]
+    assert shared["overwrite"] == ["prepare", "train"]
     for name, apps in shared.items():
         kinds = {describe(defined[app][name])[:-1] for app in apps}
         assert len(kinds) == 1, f"--{name} differs between {apps}: {kinds}"
