@@ -158,17 +158,22 @@ def test_input_context_shards_are_disjoint_and_cover_the_split(prepared):
     assert len(ids[0]) + len(ids[1]) == prepared.split_sizes["validation"]
 
 
+def _by_image_id(src, split, key):
+    """{image_id: the example's `key` ("labels", "image")} of one split, via make_for_eval."""
+    ds = input_pipeline.make_for_eval(src, split, batch_size=16, features=("image_id",))
+    return {i: x for b in ds for i, x in zip(b["image_id"].numpy(), b[key].numpy())}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
 def test_raw_kaggle_folder_reads_same_labels_as_prepared(kaggle_dir, prepared):
     raw = source.open_source(kaggle_dir, image_size=32)
-
-    def rows(src):
-        ds = input_pipeline.make_for_eval(src, "validation", batch_size=64, features=("image_id",))
-        return {i: y for b in ds for i, y in zip(b["image_id"].numpy(), b["labels"].numpy())}
-
-    raw_rows, prep_rows = rows(raw), rows(prepared)
-    assert raw_rows.keys() == prep_rows.keys() and len(raw_rows) > 0
-    for key in raw_rows:
-        np.testing.assert_array_equal(raw_rows[key], prep_rows[key])
+    _assert_same(_by_image_id(raw, "validation", "labels"),
+                 _by_image_id(prepared, "validation", "labels"))
 
 
 def test_png_and_raw_storage_read_back_the_same_pixels(kaggle_dir, prepared, tmp_path):
@@ -180,15 +185,8 @@ def test_png_and_raw_storage_read_back_the_same_pixels(kaggle_dir, prepared, tmp
     png_source = source.open_source(tmp_path)
     assert type(prepared.builder.info.features["image"]).__name__ == "Tensor"
     assert type(png_source.builder.info.features["image"]).__name__ == "Image"
-
-    def pixels(src):
-        ds = input_pipeline.make_for_eval(src, "train", batch_size=16, features=("image_id",))
-        return {i: x for b in ds for i, x in zip(b["image_id"].numpy(), b["image"].numpy())}
-
-    raw, png = pixels(prepared), pixels(png_source)
-    assert raw.keys() == png.keys() and len(raw) > 0
-    for key in raw:
-        np.testing.assert_array_equal(raw[key], png[key])
+    _assert_same(_by_image_id(prepared, "train", "image"),
+                 _by_image_id(png_source, "train", "image"))
 
 
 # --- make_for_train --------------------------------------------------------------------------
