@@ -22,7 +22,9 @@ import math
 import os
 import sys
 
-from absl import flags
+from absl import app, flags
+
+from cxr_tf import errors, schema
 
 FLAGS = flags.FLAGS
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -82,6 +84,54 @@ def expand_flagfiles(argv):
         else:
             out.append(arg)
     return out
+
+
+_ABSL_KINDS = {bool: "bool", int: "integer", float: "float", str: "string", tuple: "list"}
+
+
+def define_config(flag_values, cls, *, only=None, exclude=(), helps=None):
+    """Defines one flag per option field of the config dataclass `cls` (cxr_tf.schema): its
+    name, type, default, help and choices come from the field, so they are written once.
+
+    No validators are registered: the config checks every value when the app builds it
+    (`build_config`), which is the one place a value is checked. only/exclude pick fields;
+    helps: {name: help} where an app means something narrower by a field.
+    """
+    for field, spec, kind in schema.specs(cls):
+        if not spec.flag or (only is not None and field.name not in only) \
+                or field.name in exclude:
+            continue
+        kind_name = "enum" if spec.choices and kind is str else _ABSL_KINDS[kind]
+        default = field.default
+        if kind is tuple and default is not None:
+            default = [f"{v:g}" if isinstance(v, float) else str(v) for v in default]
+        extra = {"enum_values": list(spec.choices)} if kind_name == "enum" else {}
+        help_text = (helps or {}).get(field.name, spec.help) + _bounds_note(spec)
+        getattr(flags, f"DEFINE_{kind_name}")(
+            name=field.name, default=default, help=help_text, flag_values=flag_values,
+            module_name=sys.argv[0], **extra)
+
+
+def _bounds_note(spec):
+    if spec.lower is not None and spec.upper is not None:
+        return f" [{spec.lower}, {spec.upper}]"
+    if spec.lower is not None:
+        return f" (>= {spec.lower})"
+    if spec.upper is not None:
+        return f" (<= {spec.upper})"
+    return ""
+
+
+def build_config(cls, flag_values=FLAGS, **values):
+    """cls(**the flag values of its fields, **values); a bad value is a usage error naming the
+    flag: `flag --learning_rate=-1.0: must be > 0`."""
+    names = [f.name for f, _, _ in schema.specs(cls) if f.name in flag_values]
+    try:
+        return cls(**{name: flag_values[name].value for name in names}, **values)
+    except errors.ConfigError as e:
+        shown = flag_values[e.field].serialize() if e.field in flag_values else \
+            f"{e.field}={e.value!r}"
+        raise app.UsageError(f"flag {shown}: {e.reason}") from None
 
 
 def flag_values_dict(names, flag_values=FLAGS):

@@ -41,8 +41,7 @@ import keras
 from keras import layers
 
 from cxr_tf import pretrained
-
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_v1", "resnet101_v1")
+from cxr_tf.archs import ARCHS
 
 # Gray pixels are normalized with the mean and standard deviation of the ImageNet RGB
 # statistics averaged over the three channels, the usual convention when a torchvision

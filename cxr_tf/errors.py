@@ -1,0 +1,36 @@
+"""The errors a user can fix, as one family: apps print them as one `error:` line.
+
+    raise errors.UserError(f"{path}: not a run dir (no config.json)")
+
+An app (`cxr_tf.cli`) prints a `UserError` as `error: <message>` and exits 1, a `ConfigError`
+(a bad argument value) as a usage error, exit 2; any other exception is a bug and keeps its
+traceback. So a library raises a `UserError` subclass whenever the cause is the user's input
+(a file, a folder, an argument) and says in the message what to do, and a plain exception
+(ValueError, TypeError, ...) when the cause is a caller's mistake in code.
+
+The subclasses that also derive from ValueError keep `except ValueError` callers working.
+"""
+
+
+class UserError(Exception):
+    """The user's to fix: the message names the thing, the reason and, where there is one,
+    the remedy. Printed as one line, exit 1."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value out of its allowed range or set (a usage error, exit 2).
+
+    Attributes:
+        field: the argument's name (a config field, which the apps expose as `--field`).
+        value: the value received.
+        reason: what is wrong with it, e.g. "must be at least 1".
+    """
+
+    def __init__(self, field, value, reason):
+        super().__init__(f"{field} {reason}; received {field}={value!r}")
+        self.field = field
+        self.value = value
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.field, self.value, self.reason)
