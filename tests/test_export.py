@@ -16,7 +16,7 @@ import tensorflow.experimental.numpy as tnp
 from PIL import Image
 
 from cxr_tf import labels
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 from cxr_tf.serving import graph, run_dir
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -209,8 +209,8 @@ def test_the_first_bad_image_is_named_and_pixel_errors_name_theirs(loaded):
 
 
 def test_metadata_reports_max_pixels_and_serving_applies_it(exported, loaded, tmp_path):
-    assert int(loaded.signatures["metadata"]()["max_pixels"]) == images.MAX_PIXELS
-    assert exported[3]["max_pixels"] == images.MAX_PIXELS
+    assert int(loaded.signatures["metadata"]()["max_pixels"]) == image_header.MAX_PIXELS
+    assert exported[3]["max_pixels"] == image_header.MAX_PIXELS
     net = exported[0]
     archive_dir = tmp_path / "small"
     graph.export(net, archive_dir, [0.5] * 14, max_pixels=3599)  # a 60x60 square is 3,600

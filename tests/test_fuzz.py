@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "fuzz_inputs.py"
 
@@ -51,7 +51,7 @@ def test_unknown_value_representation_is_an_image_error():
     element = b"\x28\x00\x04\x00CS"  # (0028,0004) Photometric Interpretation, VR CS
     data = buf.getvalue()
     assert element in data
-    with pytest.raises(images.ImageError) as info:
+    with pytest.raises(image_header.ImageError) as info:
         images.decode_any(data.replace(element, b"\x28\x00\x04\x00C$"), "x.dcm")
     assert str(info.value) == (
         "x.dcm: DICOM header undecodable (With tag (0028,0004) got exception: Unknown Value "

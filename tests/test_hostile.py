@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 from cxr_tf.serving import graph
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "measure_hostile.py"
@@ -55,7 +55,7 @@ def parity_cases(tool):
         "no_iend.png": good[:-12],
         "ends_early_on_a_row.png": tool.png(40, 24, full=False),
         "more_rows_than_declared.png": (
-            images.PNG_SIGNATURE + tool.chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 12, 8, 0, 0,
+            image_header.PNG_SIGNATURE + tool.chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 12, 8, 0, 0,
                                                                     0, 0))
             + tool.chunk(b"IDAT", zlib.compress(raw)) + tool.chunk(b"IEND", b"")),
         "colour_type_5.png": tool.png(8, 8, full=False)[:25] + b"\x05"
@@ -75,7 +75,7 @@ def test_pil_and_serving_accept_and_refuse_the_same_bytes(tool):
     for name, data in parity_cases(tool).items():
         try:
             pil = images.decode_any(data, name)[0]
-        except images.ImageError:
+        except image_header.ImageError:
             pil = None
         try:
             served = graph.decode_gray(tf.constant(data), 0).numpy()
@@ -92,7 +92,7 @@ def test_pil_and_serving_accept_and_refuse_the_same_bytes(tool):
 
 def test_an_image_that_ends_early_is_never_black_rows_in_the_training_set(tool):
     # Issue 10: PIL filled the missing 96 % of rows with black and prepare kept the image.
-    with pytest.raises(images.ImageError, match=r"PNG pixel data ends early \(inflates to "
+    with pytest.raises(image_header.ImageError, match=r"PNG pixel data ends early \(inflates to "
                        r"164 of 984 bytes\)"):
         images.preprocess(tool.png(40, 24, full=False), "x.png", 16)
 
@@ -144,4 +144,4 @@ def test_prepare_passes_max_pixels_to_its_decode_workers(tmp_path):
         "399 limit")
     assert parallel_decode.decode_file("x", str(path), 16, max_pixels=400).skip_reason is None
     assert builder.make_config(64, max_pixels=400).name == "64_maxpx400"
-    assert builder.make_config(64).max_pixels == images.MAX_PIXELS
+    assert builder.make_config(64).max_pixels == image_header.MAX_PIXELS

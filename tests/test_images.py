@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf.data import images
-from cxr_tf.data.images import ImageError
+from cxr_tf.data import image_header, images
+from cxr_tf.data.image_header import ImageError
 
 
 def png(array_or_image, **kwargs):
@@ -109,7 +109,7 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(monkeypatch):
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"\0" * 40000)) + chunk(b"IEND", b""))
     assert len(bomb) < 200
-    assert images.read_header(bomb, "x.png") == (10000, 10000, 1, 1)
+    assert image_header.read_header(bomb, "x.png") == (10000, 10000, 1, 1)
 
     def never(*args, **kwargs):
         raise AssertionError("PIL must not open a file over MAX_PIXELS")
@@ -121,14 +121,14 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(monkeypatch):
 
 def test_jpeg_size_is_read_from_its_sof_header():
     data = jpeg(ramp(30, 40))
-    assert images.read_header(data, "x.jpg") == (40, 30, 1, 1)
-    assert images.read_header(jpeg(np.zeros((30, 40, 3), np.uint8)), "x.jpg") == (40, 30, 3, 1)
+    assert image_header.read_header(data, "x.jpg") == (40, 30, 1, 1)
+    assert image_header.read_header(jpeg(np.zeros((30, 40, 3), np.uint8)), "x.jpg") == (40, 30, 3, 1)
     sof = data.index(b"\xff\xc0")
     huge = data[:sof + 5] + struct.pack(">HH", 8000, 8000) + data[sof + 9:]
     raises(huge, "too_large",
            "x.png: declares 8000x8000 = 64,000,000 pixels, over the 50,000,000 limit")
     with pytest.raises(ImageError, match=r"^x: not a PNG or JPEG file \(starts with 6e 6f"):
-        images.read_header(b"not an image", "x")
+        image_header.read_header(b"not an image", "x")
     raises(data[:sof], "undecodable",
            f"x.png: JPEG header truncated or corrupt (no frame header in {sof:,} bytes)")
 
@@ -141,7 +141,7 @@ def test_image_error_survives_pickling_for_worker_processes():
 def png_from(width, height, raw, *, depth=8, colour=0, interlace=0, before=b""):
     """A PNG written by hand: `before` (whole chunks) ahead of IHDR, `raw` the filtered rows."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
-    return (images.PNG_SIGNATURE + before + chunk(b"IHDR", ihdr)
+    return (image_header.PNG_SIGNATURE + before + chunk(b"IHDR", ihdr)
             + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 

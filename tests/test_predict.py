@@ -262,15 +262,15 @@ def test_any_exception_while_decoding_is_that_files_failure(folder, models, monk
 
 
 def test_bytes_read_per_file_are_capped(tmp_path):
-    from cxr_tf.data import images
+    from cxr_tf.data import image_header
 
     big = tmp_path / "big.png"
     with open(big, "wb") as f:
-        f.truncate(images.max_file_bytes(1000) + 1)  # sparse: no disk used
-    with pytest.raises(images.ImageError, match=r"big.png: file over 67,109,864 bytes"):
-        predictor.read_file(str(big), str(big), images.max_file_bytes(1000))
-    assert len(predictor.read_file(str(big), "x", images.max_file_bytes(1000) + 1)) == \
-        images.max_file_bytes(1000) + 1
+        f.truncate(image_header.max_file_bytes(1000) + 1)  # sparse: no disk used
+    with pytest.raises(image_header.ImageError, match=r"big.png: file over 67,109,864 bytes"):
+        predictor.read_file(str(big), str(big), image_header.max_file_bytes(1000))
+    assert len(predictor.read_file(str(big), "x", image_header.max_file_bytes(1000) + 1)) == \
+        image_header.max_file_bytes(1000) + 1
 
 
 def test_max_pixels_reaches_the_decoder(folder, models):

@@ -33,7 +33,7 @@ with atheris.instrument_imports(include=["cxr_tf", "PIL", "pydicom"]):
     import PIL.PngImagePlugin  # noqa: F401
     import pydicom
 
-    from cxr_tf.data import dicom, images, metadata  # noqa: F401
+    from cxr_tf.data import dicom, image_header, images, metadata  # noqa: F401
 
 # Small enough that a mutated header declaring a large image is refused, not decoded for
 # seconds: the bound itself is what is fuzzed, not how fast numpy fills memory.
@@ -45,7 +45,7 @@ _CSV_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Pa
 def image_target(data):
     try:
         images.preprocess(data, "fuzz", 16, max_pixels=MAX_PIXELS)
-    except images.ImageError:
+    except image_header.ImageError:
         pass
 
 
@@ -124,7 +124,7 @@ def image_seeds():
         "rgba.png": _encode(rng.integers(0, 256, (9, 12, 4), dtype=np.uint8)),
         "gray_alpha.png": _encode(Image.fromarray(np.dstack([gray, gray]), "LA")),
         "palette.png": _encode(Image.fromarray(rgb).convert("P")),
-        "interlaced.png": (images.PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
+        "interlaced.png": (image_header.PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
                            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")),
         "trailing.png": _encode(gray) + b"\0" * 16,
         "gray.jpg": _encode(gray, "JPEG", quality=90),

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cxr_tf import labels
-from cxr_tf.data import images, metadata
+from cxr_tf.data import image_header, images, metadata
 
 DATASET_NAME = "nih_chest_xray14"
 SPLITS = metadata.SPLITS
@@ -246,7 +246,7 @@ def _read_kaggle(source, split, input_context):
                 image, _ = images.preprocess(f.read(), image_id.decode(), size)
             return image, True
         except Exception as e:  # noqa: BLE001 - one bad file must not stop a long job
-            reason = e if isinstance(e, images.ImageError) else \
+            reason = e if isinstance(e, image_header.ImageError) else \
                 f"{path.decode(errors='replace')}: {type(e).__name__}: {e}"
             tf.get_logger().warning("skipping %s", reason)
             return np.zeros((size, size, 1), np.uint8), False

@@ -33,7 +33,7 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from cxr_tf import __version__, labels
-from cxr_tf.data import images
+from cxr_tf.data import image_header
 from cxr_tf.serving.header_checks import check, check_image, is_png, png_chunks, read_bytes
 
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
@@ -99,7 +99,7 @@ def _decode_pixels(data):
         tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")))
 
 
-def decode_gray(data, index=0, max_pixels=images.MAX_PIXELS):
+def decode_gray(data, index=0, max_pixels=image_header.MAX_PIXELS):
     """One encoded PNG or JPEG (scalar string) -> uint8 H×W, exactly as `images.decode_gray`.
 
     `check_image` runs first ("image 3: not a PNG or JPEG image ...", "image 0: PNG truncated
@@ -124,7 +124,7 @@ def pad_and_resize(gray, size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def preprocess_bytes(image_bytes, size, max_pixels=images.MAX_PIXELS):
+def preprocess_bytes(image_bytes, size, max_pixels=image_header.MAX_PIXELS):
     """string [N] of encoded images -> uint8 [N, size, size, 1] (the serving preprocessing).
 
     Two passes. First `check_image` over every image, in order, from the headers alone: a bad
@@ -166,7 +166,7 @@ def preprocess_bytes(image_bytes, size, max_pixels=images.MAX_PIXELS):
     return tf.cond(count > 0, decode_all, lambda: tf.zeros((0, size, size, 1), tf.uint8))
 
 
-def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=images.MAX_PIXELS):
+def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=image_header.MAX_PIXELS):
     """A `keras.export.ExportArchive` serving `model` (logits out) with the three signatures.
 
     Args:
@@ -174,7 +174,7 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=im
             (or 15 when the last output is "No Finding").
         thresholds: one decision threshold per finding (14 floats).
         label_names: the finding names, in output order.
-        max_pixels: the largest image `serving_default` decodes (see `images.check_size`);
+        max_pixels: the largest image `serving_default` decodes (see `image_header.check_size`);
             the `metadata` signature reports it.
     """
     size = int(model.input_shape[1])
@@ -237,7 +237,7 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=im
 
 
 def export(model, export_dir, thresholds, *, label_names=labels.LABELS,
-           max_pixels=images.MAX_PIXELS):
+           max_pixels=image_header.MAX_PIXELS):
     """Writes the SavedModel to `export_dir` (e.g. `models/cxr/1`, TF Serving's version dir)."""
     build_archive(model, thresholds, label_names=label_names, max_pixels=max_pixels).write_out(
         str(export_dir), verbose=False)

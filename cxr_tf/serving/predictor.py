@@ -4,7 +4,7 @@ training data; a file that cannot be read is a failure with its reason, and the 
 
 A folder from a PACS export or a shared drive may hold anything under an image's name: a FIFO
 (reading it would wait for ever), a link to /dev/zero (a read that never ends), a link loop,
-a name that is not UTF-8. Only regular files are read, at most `images.max_file_bytes` of
+a name that is not UTF-8. Only regular files are read, at most `image_header.max_file_bytes` of
 each, and any error while reading or decoding one file is that file's failure.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import labels
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 from cxr_tf.evaluation import metrics
 from cxr_tf.serving import gradcam, run_dir
 
@@ -95,29 +95,29 @@ def read_file(path, name, max_bytes):
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise images.ImageError(name, "missing", e.strerror or str(e)) from e
+        raise image_header.ImageError(name, "missing", e.strerror or str(e)) from e
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-            raise images.ImageError(name, "undecodable", f"{kind}, not an image file")
+            raise image_header.ImageError(name, "undecodable", f"{kind}, not an image file")
         try:
             data = f.read(max_bytes + 1)
         except OSError as e:
-            raise images.ImageError(name, "undecodable", e.strerror or str(e)) from e
+            raise image_header.ImageError(name, "undecodable", e.strerror or str(e)) from e
     if len(data) > max_bytes:
-        raise images.ImageError(name, "too_large", f"file over {max_bytes:,} bytes")
+        raise image_header.ImageError(name, "too_large", f"file over {max_bytes:,} bytes")
     return data
 
 
 def _read(path, size, max_pixels):
     name = display_name(path)
-    data = read_file(path, name, images.max_file_bytes(max_pixels))
+    data = read_file(path, name, image_header.max_file_bytes(max_pixels))
     return images.preprocess(data, name, size, max_pixels=max_pixels)[0]
 
 
 def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_top_k=1,
-                  max_pixels=images.MAX_PIXELS):
+                  max_pixels=image_header.MAX_PIXELS):
     """Predicts every file; returns (rows, failures, overlay paths).
 
     rows: {"file", "probabilities" (list), "positive_labels"}; failures: {"file", "reason"}.
@@ -137,7 +137,7 @@ def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_
             try:
                 batch.append(_read(path, predictor.image_size, max_pixels))
                 batch_files.append(path)
-            except images.ImageError as e:
+            except image_header.ImageError as e:
                 failures.append({"file": display_name(path), "reason": str(e)})
             except Exception as e:  # a decoder bug must not cost the other files their rows
                 logging.debug("%s", display_name(path), exc_info=True)
