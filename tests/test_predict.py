@@ -166,7 +166,7 @@ def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
     for path in overlays:
         with Image.open(path) as img:
             assert img.format == "PNG" and img.size == (256, 256) and img.mode == "RGB"
-    with pytest.raises(ValueError, match="--gradcam_dir needs the Keras model"):
+    with pytest.raises(ValueError, match="^gradcam_dir needs the Keras model: the predictor "):
         predictor.predict_files(predictor.Predictor(str(export_dir)), files, gradcam_dir=str(tmp_path))
 
 

@@ -54,7 +54,7 @@ def find_prepared(data_dir, image_size=None):
         size = f" at image_size={image_size}" if image_size else ""
         raise FileNotFoundError(
             f"{data_dir}: no prepared {DATASET_NAME} dataset{size} "
-            f"(run: python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir={data_dir})"
+            f"(prepare it first: `python -m cxr_tf.prepare`, output_dir {data_dir})"
         )
     exact = [p for p in found if os.path.basename(os.path.dirname(p)) == str(image_size)]
     if len(exact) == 1:
@@ -218,7 +218,7 @@ def _read_prepared(source, split, input_context):
     if not by_file:
         ds = _shard(ds, input_context)
     size = source.image_size
-    # Datasets prepared before version 1.1.0, or with --image_encoding=png, hold PNG.
+    # Datasets prepared before version 1.1.0, or with image_encoding "png", hold PNG.
     is_png = isinstance(builder.info.features["image"], tfds.features.Image)
 
     def decode(example):

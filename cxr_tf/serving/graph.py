@@ -8,7 +8,7 @@ signatures, so that TF Serving (or any process with TensorFlow, and no cxr_tf) c
     predict_images(images: uint8 [None, S, S, 1]) -> probabilities float32 [None, 14]
     metadata() -> label_names, thresholds, image_size, version, no_finding_output, max_pixels
 
-A model trained with `--no_finding_output` also outputs `no_finding` float32 [None] from both
+A model trained with `no_finding_output` also outputs `no_finding` float32 [None] from both
 prediction signatures, and `positive` applies the constraint (nothing is positive where No
 Finding beats every finding).
 
@@ -166,7 +166,8 @@ def preprocess_bytes(image_bytes, size, max_pixels=image_header.MAX_PIXELS):
     return tf.cond(count > 0, decode_all, lambda: tf.zeros((0, size, size, 1), tf.uint8))
 
 
-def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=image_header.MAX_PIXELS):
+def build_archive(model, thresholds, *, label_names=labels.LABELS,
+                  max_pixels=image_header.MAX_PIXELS):
     """A `keras.export.ExportArchive` serving `model` (logits out) with the three signatures.
 
     Args:
@@ -178,37 +179,9 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=im
             the `metadata` signature reports it.
     """
     size = int(model.input_shape[1])
-    num_labels = len(label_names)
-    num_outputs = int(model.output_shape[-1])
-    if num_outputs not in (num_labels, num_labels + 1):
-        raise ValueError(f"model has {num_outputs} outputs; expected {num_labels} findings, or "
-                         f"{num_labels + 1} with No Finding last")
-    thresholds = [float(t) for t in thresholds]
-    if len(thresholds) != num_labels:
-        raise ValueError(f"need {num_labels} thresholds, one per finding; received {thresholds}")
-    has_no_finding = num_outputs == num_labels + 1
-    max_pixels = int(max_pixels)
-    if not 0 < max_pixels <= 2**40:  # float64 size checks are exact below 2**53
-        raise ValueError(f"max_pixels must be in 1..2**40; received {max_pixels}")
-
-    def probabilities_of(images_uint8):
-        def run():
-            logits = model(tf.cast(images_uint8, tf.float32), training=False)
-            return tf.sigmoid(tf.cast(logits, tf.float32))
-
-        # The CPU batch-norm kernels reject an empty batch: answer an empty request directly.
-        probs = tf.cond(tf.shape(images_uint8)[0] > 0, run,
-                        lambda: tf.zeros((0, num_outputs), tf.float32))
-        return probs[:, :num_labels], (probs[:, num_labels] if has_no_finding else None)
-
-    def outputs(pixels, with_decisions):
-        probs, no_finding = probabilities_of(pixels)
-        out = {"probabilities": probs}
-        if with_decisions:
-            out["positive"] = labels.decide(probs, thresholds, no_finding, xp=tnp)
-        if has_no_finding:
-            out["no_finding"] = no_finding
-        return out
+    thresholds, max_pixels, has_no_finding = _checked(model, thresholds, label_names,
+                                                      max_pixels)
+    outputs = _outputs(model, thresholds, len(label_names), has_no_finding)
 
     def serve_bytes(image_bytes):
         return outputs(preprocess_bytes(image_bytes, size, max_pixels), with_decisions=True)
@@ -234,6 +207,50 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=im
                          [tf.TensorSpec([None, size, size, 1], tf.uint8, name="images")])
     archive.add_endpoint("metadata", metadata, [])
     return archive
+
+
+def _checked(model, thresholds, label_names, max_pixels):
+    """(thresholds as floats, max_pixels as int, whether the model has a No Finding output),
+    once the model's outputs, the thresholds and the limit are checked to fit together."""
+    num_labels = len(label_names)
+    num_outputs = int(model.output_shape[-1])
+    if num_outputs not in (num_labels, num_labels + 1):
+        raise ValueError(f"model has {num_outputs} outputs; expected {num_labels} findings, or "
+                         f"{num_labels + 1} with No Finding last")
+    thresholds = [float(t) for t in thresholds]
+    if len(thresholds) != num_labels:
+        raise ValueError(f"need {num_labels} thresholds, one per finding; received {thresholds}")
+    max_pixels = int(max_pixels)
+    if not 0 < max_pixels <= 2**40:  # float64 size checks are exact below 2**53
+        raise ValueError(f"max_pixels must be in 1..2**40; received {max_pixels}")
+    return thresholds, max_pixels, num_outputs == num_labels + 1
+
+
+def _outputs(model, thresholds, num_labels, has_no_finding):
+    """`outputs(pixels, with_decisions)`: the signatures' output dict for a uint8 batch:
+    probabilities, the decisions at `thresholds` if asked, No Finding when the model has it."""
+    num_outputs = num_labels + int(has_no_finding)
+
+    def probabilities_of(images_uint8):
+        def run():
+            logits = model(tf.cast(images_uint8, tf.float32), training=False)
+            return tf.sigmoid(tf.cast(logits, tf.float32))
+
+        # The CPU batch-norm kernels reject an empty batch: answer an empty request directly.
+        probs = tf.cond(tf.shape(images_uint8)[0] > 0, run,
+                        lambda: tf.zeros((0, num_outputs), tf.float32))
+        return probs[:, :num_labels], (probs[:, num_labels] if has_no_finding else None)
+
+    def outputs(pixels, with_decisions):
+        probs, no_finding = probabilities_of(pixels)
+        out = {"probabilities": probs}
+        if with_decisions:
+            out["positive"] = labels.decide(probs, thresholds, no_finding, xp=tnp)
+        if has_no_finding:
+            out["no_finding"] = no_finding
+        return out
+
+    return outputs
 
 
 def export(model, export_dir, thresholds, *, label_names=labels.LABELS,

@@ -1,10 +1,12 @@
 """TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
 
-    tfds build cxr_tf/datasets/nih_chest_xray14 --config=224 --manual_dir=KAGGLE_DIR --data_dir=TFDS_DIR
-    python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224
+Built by `python -m cxr_tf.prepare` (its docstring has the command), or by TFDS's own command
+line: `tfds build cxr_tf/datasets/nih_chest_xray14` with the config named by the image size
+(224, 256, 320, 512, 1024), manual_dir the Kaggle folder and data_dir the TFDS folder.
 
 The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
-`cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them into TFDS.
+`cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them
+into TFDS.
 """
 
 import collections
