@@ -19,6 +19,7 @@ LAYERS = [
     {"evaluation"},
     {"serving"},
     {"training"},
+    {"testing"},  # builders of test inputs, shared by tests and tools
     APPS,
 ]
 
@@ -66,6 +67,7 @@ def test_layer_of():
     assert layer_of("serving.run_dir") == 5
     assert layer_of("synthetic.__main__") == len(LAYERS) - 1
     assert layer_of("synthetic.generator") == 3
+    assert layer_of("testing.image_bytes") == len(LAYERS) - 2
     with pytest.raises(AssertionError, match="cxr_tf.nowhere is in no layer"):
         layer_of("nowhere")
 
