@@ -105,9 +105,11 @@ def test_read_frontal_images_and_labels(chexpert_dir):
 def test_not_prepared_is_a_clear_error(tmp_path):
     from cxr_tf.data import chexpert
 
-    with pytest.raises(FileNotFoundError, match="no prepared chexpert dataset .*tfds build "
-                                                "chexpert --manual_dir="):
+    with pytest.raises(FileNotFoundError) as info:
         chexpert.read(str(tmp_path), SIZE)
+    assert str(info.value) == (
+        f"{tmp_path}: no prepared chexpert dataset (build it with TFDS: `tfds build chexpert`, "
+        f"manual_dir the folder holding CheXpert-v1.0-small, data_dir {tmp_path})")
 
 
 def test_uncertain_policies_count_what_they_change():

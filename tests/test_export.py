@@ -1,13 +1,10 @@
 """Export: the SavedModel serves PNG/JPEG bytes in a process without cxr_tf, as TF Serving would."""
 
 import base64
-import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -16,26 +13,17 @@ import tensorflow.experimental.numpy as tnp
 from PIL import Image
 
 from cxr_tf import labels
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 from cxr_tf.serving import graph, run_dir
+from cxr_tf.testing.image_bytes import encode, insert_after_ihdr
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
 
 
-def encode(image, fmt="PNG", **params):
-    """An array or PIL image as encoded bytes."""
-    image = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **params)
-    return buf.getvalue()
-
-
 def with_sbit(png, bits):
     """Inserts an sBIT chunk (significant bits of a gray image) right after IHDR."""
-    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits])
-    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
-    return png[:33] + chunk + png[33:]
+    return insert_after_ihdr(png, b"sBIT", bytes([bits]))
 
 
 def sample_images():
@@ -209,8 +197,8 @@ def test_the_first_bad_image_is_named_and_pixel_errors_name_theirs(loaded):
 
 
 def test_metadata_reports_max_pixels_and_serving_applies_it(exported, loaded, tmp_path):
-    assert int(loaded.signatures["metadata"]()["max_pixels"]) == images.MAX_PIXELS
-    assert exported[3]["max_pixels"] == images.MAX_PIXELS
+    assert int(loaded.signatures["metadata"]()["max_pixels"]) == image_header.MAX_PIXELS
+    assert exported[3]["max_pixels"] == image_header.MAX_PIXELS
     net = exported[0]
     archive_dir = tmp_path / "small"
     graph.export(net, archive_dir, [0.5] * 14, max_pixels=3599)  # a 60x60 square is 3,600

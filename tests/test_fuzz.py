@@ -3,7 +3,6 @@
 The long runs are documented in docs/RELIABILITY.md; here a few hundred inputs each, seeded,
 so that the harness itself cannot rot."""
 
-import io
 import os
 import subprocess
 import sys
@@ -12,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
+from cxr_tf.testing import image_bytes
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "fuzz_inputs.py"
 
@@ -33,25 +33,10 @@ def test_short_fuzz_run_finds_nothing(target, runs, tmp_path):
 def test_unknown_value_representation_is_an_image_error():
     """The harness's first finding: pydicom converts an element on first access, and an
     unknown VR raised NotImplementedError out of decode_dicom (a crashed prepare worker)."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 2, 2, 8, 8, 7
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
-    ds.PixelData = np.zeros((2, 2), np.uint8).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     element = b"\x28\x00\x04\x00CS"  # (0028,0004) Photometric Interpretation, VR CS
-    data = buf.getvalue()
+    data = image_bytes.dicom(np.zeros((2, 2), np.uint8))
     assert element in data
-    with pytest.raises(images.ImageError) as info:
+    with pytest.raises(image_header.ImageError) as info:
         images.decode_any(data.replace(element, b"\x28\x00\x04\x00C$"), "x.dcm")
     assert str(info.value) == (
         "x.dcm: DICOM header undecodable (With tag (0028,0004) got exception: Unknown Value "

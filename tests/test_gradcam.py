@@ -1,8 +1,6 @@
 """Grad-CAM: the map on a model whose answer is known, and the NIH bounding-box hit rate tool."""
 
 import json
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,8 +11,7 @@ from cxr_tf import labels, model
 from cxr_tf.data import images
 from cxr_tf.serving import gradcam
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import gradcam_bbox  # noqa: E402
+from tools import gradcam_bbox
 
 
 def linear_model():

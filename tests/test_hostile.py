@@ -1,66 +1,42 @@
 """Issue 10's hostile inputs: the PIL path (prepare, predict) and the serving graph accept and
 refuse the same bytes, and neither spends more than 600 MB on any of them."""
 
-import importlib.util
-import io
-import struct
-import zlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 from cxr_tf.serving import graph
+from cxr_tf.testing.image_bytes import chunk, encode, insert_after_ihdr, png_from
+from tools import measure_hostile
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "measure_hostile.py"
 BOUND_MB = 600  # issue 10: for every input of at most 1 MB, over the loaded model
 
 
-@pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("measure_hostile", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def encode(array, fmt="PNG"):
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, fmt)
-    return buf.getvalue()
-
-
-def parity_cases(tool):
+def parity_cases():
     """{name: bytes}: the issue's inputs (header-decided, token pixel data) and the edge cases
     where the two paths used to disagree."""
     film = np.random.default_rng(0).integers(0, 256, (24, 40), dtype=np.uint8)
     good, jpeg = encode(film), encode(film, "JPEG")
     values = encode(np.array([[0, 1000, 4095]], np.uint16))
-    sbit = tool.chunk(b"sBIT", b"\x10")
+    sbit = chunk(b"sBIT", b"\x10")
     raw = b"".join(b"\0" + row.tobytes() for row in film)
-    rows = {name: files[0] for name, files in tool.hostile_inputs(full=False).items()}
+    rows = {name: files[0] for name, files in measure_hostile.hostile_inputs(full=False).items()}
     # Past 1,024 chunks serving stops walking them and leaves truncation to libpng.
-    many = good[:33] + tool.chunk(b"prVt", b"") * 1500 + good[33:]
+    many = good[:33] + chunk(b"prVt", b"") * 1500 + good[33:]
     return {
         **rows,
         "good.png": good,
         "good.jpg": jpeg,
         "trailing_after_iend.png": good + b"\0" * 5000,  # past the old 4096-byte IEND window
         "sbit_after_idat.png": values[:-12] + sbit + values[-12:],
-        "sbit_before_idat.png": values[:33] + sbit + values[33:],
+        "sbit_before_idat.png": insert_after_ihdr(values, b"sBIT", b"\x10"),
         "cut_inside_a_chunk.png": good[:len(good) // 2],
         "no_iend.png": good[:-12],
-        "ends_early_on_a_row.png": tool.png(40, 24, full=False),
-        "more_rows_than_declared.png": (
-            images.PNG_SIGNATURE + tool.chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 12, 8, 0, 0,
-                                                                    0, 0))
-            + tool.chunk(b"IDAT", zlib.compress(raw)) + tool.chunk(b"IEND", b"")),
-        "colour_type_5.png": tool.png(8, 8, full=False)[:25] + b"\x05"
-                             + tool.png(8, 8, full=False)[26:],
-        "rgba16_4000.png": tool.png(4000, 4000, depth=16, colour=6, full=False),
+        "ends_early_on_a_row.png": png_from(40, 24, rows=4),
+        "more_rows_than_declared.png": png_from(40, 12, raw),
+        "colour_type_5.png": png_from(8, 8, rows=4)[:25] + b"\x05" + png_from(8, 8, rows=4)[26:],
+        "rgba16_4000.png": png_from(4000, 4000, depth=16, colour=6, rows=4),
         "cut.jpg": jpeg[:len(jpeg) // 2],
         "jpeg_header_only.jpg": jpeg[:jpeg.index(b"\xff\xc0") + 4],
         "trailing_after_eoi.jpg": jpeg + b"\0" * 100,
@@ -70,12 +46,12 @@ def parity_cases(tool):
     }
 
 
-def test_pil_and_serving_accept_and_refuse_the_same_bytes(tool):
+def test_pil_and_serving_accept_and_refuse_the_same_bytes():
     accepted = []
-    for name, data in parity_cases(tool).items():
+    for name, data in parity_cases().items():
         try:
             pil = images.decode_any(data, name)[0]
-        except images.ImageError:
+        except image_header.ImageError:
             pil = None
         try:
             served = graph.decode_gray(tf.constant(data), 0).numpy()
@@ -90,36 +66,36 @@ def test_pil_and_serving_accept_and_refuse_the_same_bytes(tool):
                         "trailing_after_eoi.jpg", "many_chunks.png"]
 
 
-def test_an_image_that_ends_early_is_never_black_rows_in_the_training_set(tool):
+def test_an_image_that_ends_early_is_never_black_rows_in_the_training_set():
     # Issue 10: PIL filled the missing 96 % of rows with black and prepare kept the image.
-    with pytest.raises(images.ImageError, match=r"PNG pixel data ends early \(inflates to "
-                       r"164 of 984 bytes\)"):
-        images.preprocess(tool.png(40, 24, full=False), "x.png", 16)
+    with pytest.raises(image_header.ImageError, match=r"PNG pixel data ends early \(inflates "
+                       r"to 164 of 984 bytes\)"):
+        images.preprocess(png_from(40, 24, rows=4), "x.png", 16)
 
 
 @pytest.fixture(scope="module")
-def exported(tool, tmp_path_factory):
+def exported(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("hostile")
-    export_dir = tool.export_model(str(work_dir))
+    export_dir = measure_hostile.export_model(str(work_dir))
     good = work_dir / "good.png"
-    good.write_bytes(tool.good_png())
+    good.write_bytes(measure_hostile.good_png())
     return work_dir, export_dir, str(good)
 
 
-def issue_inputs(tool, work_dir):
+def issue_inputs(work_dir):
     """The issue's inputs, one group (request, predict call) each; token pixel data where the
     header alone decides, the real 540 KB JPEG."""
-    inputs = tool.hostile_inputs(full=False)
-    inputs["long_65500x700.jpg"] = [tool.jpeg(65500, 700)]
-    paths = tool.write_inputs(str(work_dir), inputs)
+    inputs = measure_hostile.hostile_inputs(full=False)
+    inputs["long_65500x700.jpg"] = [measure_hostile.long_jpeg()]
+    paths = measure_hostile.write_inputs(str(work_dir), inputs)
     return list(inputs), [paths[name] for name in inputs]
 
 
 @pytest.mark.parametrize("path", ["serving", "predict"])
-def test_peak_memory_stays_bounded_on_the_issues_inputs(tool, exported, path):
+def test_peak_memory_stays_bounded_on_the_issues_inputs(exported, path):
     work_dir, export_dir, good = exported
-    names, groups = issue_inputs(tool, work_dir)
-    results = tool.measure(path, export_dir, good, groups)
+    names, groups = issue_inputs(work_dir)
+    results = measure_hostile.measure(path, export_dir, good, groups)
     outcomes = {name: r["outcome"] for name, r in zip(names, results)}
     verb = "refused: image 0: " if path == "serving" else "failed: "
     assert outcomes["narrow_1x40000.png"].startswith(
@@ -144,4 +120,4 @@ def test_prepare_passes_max_pixels_to_its_decode_workers(tmp_path):
         "399 limit")
     assert parallel_decode.decode_file("x", str(path), 16, max_pixels=400).skip_reason is None
     assert builder.make_config(64, max_pixels=400).name == "64_maxpx400"
-    assert builder.make_config(64).max_pixels == images.MAX_PIXELS
+    assert builder.make_config(64).max_pixels == image_header.MAX_PIXELS

@@ -10,31 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf.data import images
-from cxr_tf.data.images import ImageError
-
-
-def png(array_or_image, **kwargs):
-    img = array_or_image
-    if isinstance(img, np.ndarray):
-        img = Image.fromarray(img)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", **kwargs)
-    return buf.getvalue()
-
-
-def jpeg(array, **kwargs):
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=95, **kwargs)
-    return buf.getvalue()
-
-
-def chunk(kind, body):
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def insert_after_ihdr(data, kind, body):
-    return data[:33] + chunk(kind, body) + data[33:]  # 8 signature + 25 IHDR
+from cxr_tf.data import image_header, images
+from cxr_tf.data.image_header import ImageError
+from cxr_tf.testing import image_bytes
+from cxr_tf.testing.image_bytes import chunk, insert_after_ihdr, jpeg, png, png_from
 
 
 def ramp(height=6, width=8):
@@ -109,7 +88,7 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(monkeypatch):
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"\0" * 40000)) + chunk(b"IEND", b""))
     assert len(bomb) < 200
-    assert images.read_header(bomb, "x.png") == (10000, 10000, 1, 1)
+    assert image_header.read_header(bomb, "x.png") == (10000, 10000, 1, 1)
 
     def never(*args, **kwargs):
         raise AssertionError("PIL must not open a file over MAX_PIXELS")
@@ -121,14 +100,15 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(monkeypatch):
 
 def test_jpeg_size_is_read_from_its_sof_header():
     data = jpeg(ramp(30, 40))
-    assert images.read_header(data, "x.jpg") == (40, 30, 1, 1)
-    assert images.read_header(jpeg(np.zeros((30, 40, 3), np.uint8)), "x.jpg") == (40, 30, 3, 1)
+    assert image_header.read_header(data, "x.jpg") == (40, 30, 1, 1)
+    colour = jpeg(np.zeros((30, 40, 3), np.uint8))
+    assert image_header.read_header(colour, "x.jpg") == (40, 30, 3, 1)
     sof = data.index(b"\xff\xc0")
     huge = data[:sof + 5] + struct.pack(">HH", 8000, 8000) + data[sof + 9:]
     raises(huge, "too_large",
            "x.png: declares 8000x8000 = 64,000,000 pixels, over the 50,000,000 limit")
     with pytest.raises(ImageError, match=r"^x: not a PNG or JPEG file \(starts with 6e 6f"):
-        images.read_header(b"not an image", "x")
+        image_header.read_header(b"not an image", "x")
     raises(data[:sof], "undecodable",
            f"x.png: JPEG header truncated or corrupt (no frame header in {sof:,} bytes)")
 
@@ -136,13 +116,6 @@ def test_jpeg_size_is_read_from_its_sof_header():
 def test_image_error_survives_pickling_for_worker_processes():
     error = pickle.loads(pickle.dumps(ImageError("a.png", "too_large", "declares 1x1")))
     assert (error.name, error.reason, str(error)) == ("a.png", "too_large", "a.png: declares 1x1")
-
-
-def png_from(width, height, raw, *, depth=8, colour=0, interlace=0, before=b""):
-    """A PNG written by hand: `before` (whole chunks) ahead of IHDR, `raw` the filtered rows."""
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
-    return (images.PNG_SIGNATURE + before + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
 def never_decoded(monkeypatch):
@@ -332,31 +305,14 @@ def test_drop_rgba_skips_colour_but_not_gray_or_palette():
 
 
 def dicom(stored, photometric, *, slope=None, intercept=None, window=None, rows=None):
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    stored = np.asarray(stored, np.uint16)
-    ds.Rows, ds.Columns = rows or stored.shape[0], stored.shape[1]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    """12 bits stored in 16, with this file's shorthand for the rescale, window and Rows."""
+    attributes = {"Rows": rows} if rows else {}
     if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        attributes.update(RescaleSlope=slope, RescaleIntercept=intercept)
     if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = stored.tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+        attributes.update(WindowCenter=window[0], WindowWidth=window[1])
+    return image_bytes.dicom(np.asarray(stored, np.uint16), photometric, bits_stored=12,
+                             **attributes)
 
 
 # Stored s -> value 2 s - 1024; window centre 40.5, width 401 (LINEAR: c - 0.5 = 40, w - 1 = 400)

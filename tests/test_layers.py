@@ -1,6 +1,6 @@
 """The package is layered: a module imports cxr_tf modules of its own layer or lower ones, and
-no library module imports an app (ARCHITECTURE.md). Read from the source, so imports inside
-functions count too."""
+no library module imports an app (ARCHITECTURE.md); no module imports itself through others (no
+import cycle). Read from the source, so imports inside functions count too."""
 
 import ast
 from pathlib import Path
@@ -19,6 +19,7 @@ LAYERS = [
     {"evaluation"},
     {"serving"},
     {"training"},
+    {"testing"},  # builders of test inputs, shared by tests and tools
     APPS,
 ]
 
@@ -66,6 +67,7 @@ def test_layer_of():
     assert layer_of("serving.run_dir") == 5
     assert layer_of("synthetic.__main__") == len(LAYERS) - 1
     assert layer_of("synthetic.generator") == 3
+    assert layer_of("testing.image_bytes") == len(LAYERS) - 2
     with pytest.raises(AssertionError, match="cxr_tf.nowhere is in no layer"):
         layer_of("nowhere")
 
@@ -88,3 +90,72 @@ def test_apps_are_imported_by_no_module():
         if name in APPS:
             continue
         assert not {i for i in cxr_imports(path) if i in APPS}, name
+
+
+def test_the_package_never_imports_the_tools():
+    """tools/ import cxr_tf (cxr_tf.testing's builders among it); never the other way."""
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] == "tools"], module_name(path)
+
+
+def imported_modules(path):
+    """The cxr_tf modules (by `module_name`) the file imports, at module level or inside a
+    function: `from cxr_tf.data import images` is data.images, `from cxr_tf.synthetic import
+    render` (a name, not a module) is the package synthetic."""
+    known = {module_name(p) for p in MODULES}
+
+    def resolve(dotted):
+        name = dotted.removeprefix("cxr_tf").removeprefix(".")
+        return name if dotted.split(".")[0] == "cxr_tf" and name in known else None
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(resolve(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(resolve(f"{node.module}.{a.name}") or resolve(node.module)
+                         for a in node.names)
+    return found - {None}
+
+
+def find_cycle(graph):
+    """One import cycle of `graph` ({module: imported modules}) as a list of modules, its first
+    one repeated at the end; None when there is none (depth-first search)."""
+    state, trail = {}, []  # state: 1 on the trail, 2 done
+
+    def visit(module):
+        state[module] = 1
+        trail.append(module)
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == 1:
+                return trail[trail.index(imported):] + [imported]
+            if imported not in state and (cycle := visit(imported)):
+                return cycle
+        state[module] = 2
+        trail.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_find_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"]
+    assert find_cycle({"x": {"x"}}) == ["x", "x"]
+
+
+def test_imported_modules_resolves_submodules_and_names():
+    assert {"data.image_header", "data.dicom"} <= imported_modules(PACKAGE / "data" / "images.py")
+    assert "synthetic.renderer" in imported_modules(PACKAGE / "synthetic" / "__init__.py")
+
+
+def test_no_import_cycle():
+    graph = {module_name(p): imported_modules(p) for p in MODULES}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(f"cxr_tf.{m}" for m in cycle)

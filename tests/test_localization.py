@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cxr_tf import labels
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 from cxr_tf.evaluation import localization
 
 HEAD = Path(__file__).resolve().parent / "data" / "bbox" / "BBox_List_2017_head.csv"
@@ -134,7 +134,7 @@ def test_pointing_game_on_non_square_films(tmp_path):
         "00000001_000.png,Effusion,0,0,64,40\n"  # the whole film: hit
         "00000003_000.png,Mass,0,0,5,5\n"  # no such file
         "00000004_000.png,Mass,0,0,5,5\n")  # a PNG cut short: counted, the game goes on
-    (tmp_path / "00000004_000.png").write_bytes(images.PNG_SIGNATURE + b"\0\0\0\rIHDR")
+    (tmp_path / "00000004_000.png").write_bytes(image_header.PNG_SIGNATURE + b"\0\0\0\rIHDR")
     boxes = localization.read_boxes(tmp_path / "b.csv")
     paths = localization.find_images([tmp_path], [b.image_id for b in boxes])
     assert sorted(paths) == ["00000001_000.png", "00000002_000.png", "00000004_000.png"]

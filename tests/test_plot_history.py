@@ -1,15 +1,13 @@
 """tools/plot_history.py: the paper's Figures 2 and 3 from history.csv files."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import plot_history  # noqa: E402
+from tools import plot_history
 
 
 def write_history(run_dir, thresholds, epochs=4):

@@ -13,34 +13,10 @@ from PIL import Image
 
 from cxr_tf import labels
 from cxr_tf.serving import graph, predictor
+from cxr_tf.testing.image_bytes import dicom, png, png_from
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
-
-
-def dicom(pixels, photometric="MONOCHROME2", **attributes):
-    """A DICOM Part 10 file (explicit VR little endian) holding one grayscale frame."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated = ds.BitsStored = 8 * pixels.dtype.itemsize
-    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +26,9 @@ def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("files")
     film = np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)
     film[0, 0], film[-1, -1] = 0, 255
-    buf = io.BytesIO()
-    Image.fromarray(film).save(buf, format="PNG")
-    (root / "a.png").write_bytes(buf.getvalue())
-    (root / "broken.png").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+    data = png(film)
+    (root / "a.png").write_bytes(data)
+    (root / "broken.png").write_bytes(data[:len(data) // 2])
     Image.fromarray(film).save(root / "c.jpg", quality=95)
     sub = root / "dicom"
     sub.mkdir()
@@ -166,7 +141,7 @@ def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
     for path in overlays:
         with Image.open(path) as img:
             assert img.format == "PNG" and img.size == (256, 256) and img.mode == "RGB"
-    with pytest.raises(ValueError, match="--gradcam_dir needs the Keras model"):
+    with pytest.raises(ValueError, match="^gradcam_dir needs the Keras model: the predictor "):
         predictor.predict_files(predictor.Predictor(str(export_dir)), files, gradcam_dir=str(tmp_path))
 
 
@@ -183,9 +158,6 @@ def hostile(tmp_path_factory, folder):
     """A folder as a careless export or an attacker leaves it: a FIFO and a link to
     /dev/zero named like images, a link loop, a folder link back up, a name that is not
     UTF-8, a 1x40000 PNG and DICOMs a scanner writes (window width 0, JPEG-LS)."""
-    import struct
-    import zlib
-
     import pydicom
     from pydicom.uid import JPEGLSLossless
 
@@ -200,13 +172,7 @@ def hostile(tmp_path_factory, folder):
     with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as f:
         f.write(good)
 
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(
-            ">I", zlib.crc32(kind + body))
-
-    (root / "narrow.png").write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 40000, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b"\0\0" * 40000, 9)) + chunk(b"IEND", b""))
+    (root / "narrow.png").write_bytes(png_from(1, 40000, b"\0\0" * 40000))
     film = np.asarray(Image.open(folder / "a.png"))
     (root / "width0.dcm").write_bytes(dicom(film, WindowCenter=128, WindowWidth=0))
     ds = pydicom.dcmread(io.BytesIO(dicom(film)))
@@ -262,15 +228,15 @@ def test_any_exception_while_decoding_is_that_files_failure(folder, models, monk
 
 
 def test_bytes_read_per_file_are_capped(tmp_path):
-    from cxr_tf.data import images
+    from cxr_tf.data import image_header
 
     big = tmp_path / "big.png"
     with open(big, "wb") as f:
-        f.truncate(images.max_file_bytes(1000) + 1)  # sparse: no disk used
-    with pytest.raises(images.ImageError, match=r"big.png: file over 67,109,864 bytes"):
-        predictor.read_file(str(big), str(big), images.max_file_bytes(1000))
-    assert len(predictor.read_file(str(big), "x", images.max_file_bytes(1000) + 1)) == \
-        images.max_file_bytes(1000) + 1
+        f.truncate(image_header.max_file_bytes(1000) + 1)  # sparse: no disk used
+    with pytest.raises(image_header.ImageError, match=r"big.png: file over 67,109,864 bytes"):
+        predictor.read_file(str(big), str(big), image_header.max_file_bytes(1000))
+    assert len(predictor.read_file(str(big), "x", image_header.max_file_bytes(1000) + 1)) == \
+        image_header.max_file_bytes(1000) + 1
 
 
 def test_max_pixels_reaches_the_decoder(folder, models):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cxr_tf import labels, synthetic
-from cxr_tf.data import images, parallel_decode
+from cxr_tf.data import image_header, images, parallel_decode
 from cxr_tf.synthetic import renderer
 from cxr_tf.synthetic import rows as synthetic_rows
 
@@ -200,7 +200,7 @@ def test_faults_json_lists_every_kind_and_each_behaves_as_expected(dataset):
             continue
         data = path.read_bytes()
         if expect in ("skipped:undecodable", "skipped:too_large"):
-            with pytest.raises(images.ImageError) as info:
+            with pytest.raises(image_header.ImageError) as info:
                 images.preprocess(data, image_id, 16)
             assert info.value.reason == expect.split(":")[1], kind
             continue
@@ -210,7 +210,7 @@ def test_faults_json_lists_every_kind_and_each_behaves_as_expected(dataset):
             assert conversions == [expect.split(":")[1]], kind
             if kind in ("rgb", "rgba"):
                 assert fault["expect_drop_rgba"] == "skipped:dropped_rgba"
-                with pytest.raises(images.ImageError, match="dropped"):
+                with pytest.raises(image_header.ImageError, match="dropped"):
                     images.decode_any(data, image_id, drop_rgba=True)
         else:
             assert conversions == [], kind

@@ -32,7 +32,6 @@ The last line printed is one JSON object; the lines before it are a human table.
 """
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -67,16 +66,13 @@ def parse_args(argv):
 
 def make_pngs(count, size):
     """`count` distinct synthetic films as PNG bytes (PIL's default compression)."""
-    from PIL import Image
-
     from cxr_tf import labels, synthetic
+    from cxr_tf.testing import image_bytes
 
     out = []
     for i in range(count):
         film = synthetic.render(size, labels.LABELS[i % 3:i % 3 + 1], [0, 1, i], [0, 2, i])
-        buf = io.BytesIO()
-        Image.fromarray(film).save(buf, format="PNG")
-        out.append(buf.getvalue())
+        out.append(image_bytes.png(film))
     return out
 
 

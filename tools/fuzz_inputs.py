@@ -14,14 +14,12 @@ and `MetadataError` for the CSV; any other exception, a run over -timeout second
 otherwise it ends with "Done N runs in S second(s)" and exit 0.
 """
 
+import functools
 import gzip
-import io
 import os
-import struct
 import sys
 import tempfile
 import warnings
-import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,7 +31,11 @@ with atheris.instrument_imports(include=["cxr_tf", "PIL", "pydicom"]):
     import PIL.PngImagePlugin  # noqa: F401
     import pydicom
 
-    from cxr_tf.data import dicom, images, metadata  # noqa: F401
+    from cxr_tf.data import dicom, image_header, images, metadata  # noqa: F401
+
+# The seeds' builders, imported after the instrumented block: imported before it, they would
+# load image_header, PIL and pydicom uninstrumented.
+from cxr_tf.testing import image_bytes  # noqa: E402
 
 # Small enough that a mutated header declaring a large image is refused, not decoded for
 # seconds: the bound itself is what is fuzzed, not how fast numpy fills memory.
@@ -45,7 +47,7 @@ _CSV_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Pa
 def image_target(data):
     try:
         images.preprocess(data, "fuzz", 16, max_pixels=MAX_PIXELS)
-    except images.ImageError:
+    except image_header.ImageError:
         pass
 
 
@@ -65,43 +67,6 @@ def make_metadata_target(work_dir):
     return metadata_target
 
 
-def _encode(image, fmt="PNG", **params):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, fmt, **params)
-    return buf.getvalue()
-
-
-def _chunk(kind, body):
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _dicom(stored, **attributes):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    syntax = attributes.pop("syntax", None)
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    if syntax is not None:
-        ds.compress(syntax, encoding_plugin="pydicom")
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def image_seeds():
     """{name: bytes}: one small valid file of every kind the decoder handles."""
     from PIL import Image
@@ -111,30 +76,32 @@ def image_seeds():
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (12, 9), dtype=np.uint8)
     rgb = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
-    gray16 = _encode(rng.integers(0, 4096, (9, 12), dtype=np.uint16))
+    gray16 = image_bytes.png(rng.integers(0, 4096, (9, 12), dtype=np.uint16))
     lut = Dataset()
     lut.add_new("LUTDescriptor", "US", [4, 0, 16])
     lut.add_new("LUTData", "US", [0, 100, 200, 4000])
     raw = b"".join(b"\0" + row.tobytes() for row in gray)
-    ihdr = struct.pack(">IIBBBBB", 9, 12, 8, 0, 0, 0, 1)  # interlaced: the bytes need not be
-    return {  # a valid Adam7 stream for a seed, only a reachable header
-        "gray.png": _encode(gray),
-        "gray16_sbit.png": gray16[:33] + _chunk(b"sBIT", b"\x0c") + gray16[33:],
-        "rgb.png": _encode(rgb),
-        "rgba.png": _encode(rng.integers(0, 256, (9, 12, 4), dtype=np.uint8)),
-        "gray_alpha.png": _encode(Image.fromarray(np.dstack([gray, gray]), "LA")),
-        "palette.png": _encode(Image.fromarray(rgb).convert("P")),
-        "interlaced.png": (images.PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
-                           + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")),
-        "trailing.png": _encode(gray) + b"\0" * 16,
-        "gray.jpg": _encode(gray, "JPEG", quality=90),
-        "rgb.jpg": _encode(rgb, "JPEG", quality=90, progressive=True),
-        "plain.dcm": _dicom(gray.astype(np.uint16) * 16),
-        "window.dcm": _dicom(gray.astype(np.uint16), RescaleSlope=2, RescaleIntercept=-100,
-                             WindowCenter=100, WindowWidth=300, VOILUTFunction="SIGMOID"),
-        "lut.dcm": _dicom(gray.astype(np.uint16) % 4, VOILUTSequence=[lut]),
-        "monochrome1.dcm": _dicom(gray.astype(np.uint16), PhotometricInterpretation="MONOCHROME1"),
-        "rle.dcm": _dicom(gray.astype(np.uint16), syntax=RLELossless),
+    stored = gray.astype(np.uint16)
+    dcm = functools.partial(image_bytes.dicom, bits_stored=12)
+    return {
+        "gray.png": image_bytes.png(gray),
+        "gray16_sbit.png": image_bytes.insert_after_ihdr(gray16, b"sBIT", b"\x0c"),
+        "rgb.png": image_bytes.png(rgb),
+        "rgba.png": image_bytes.png(rng.integers(0, 256, (9, 12, 4), dtype=np.uint8)),
+        "gray_alpha.png": image_bytes.png(Image.fromarray(np.dstack([gray, gray]), "LA")),
+        "palette.png": image_bytes.png(Image.fromarray(rgb).convert("P")),
+        # Interlaced: the bytes need not be a valid Adam7 stream for a seed, only a reachable
+        # header.
+        "interlaced.png": image_bytes.png_from(9, 12, raw, interlace=1),
+        "trailing.png": image_bytes.png(gray) + b"\0" * 16,
+        "gray.jpg": image_bytes.jpeg(gray, quality=90),
+        "rgb.jpg": image_bytes.jpeg(rgb, quality=90, progressive=True),
+        "plain.dcm": dcm(stored * 16),
+        "window.dcm": dcm(stored, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=100,
+                         WindowWidth=300, VOILUTFunction="SIGMOID"),
+        "lut.dcm": dcm(stored % 4, VOILUTSequence=[lut]),
+        "monochrome1.dcm": dcm(stored, "MONOCHROME1"),
+        "rle.dcm": dcm(stored, syntax=RLELossless),
     }
 
 

@@ -17,79 +17,27 @@ run; tests/test_hostile.py asserts the bound on the issue's inputs.
 """
 
 import argparse
-import io
 import json
 import os
 import struct
 import subprocess
 import sys
 import tempfile
-import zlib
 
 import numpy as np
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+from cxr_tf.testing import image_bytes  # noqa: E402
+
 SIZE = 64
-
-
-def chunk(kind, body):
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png(width, height, *, depth=8, colour=0, before=b"", full=True):
-    """A PNG of zero pixels written by hand. `before`: chunks ahead of IHDR. With full=False
-    the pixel data is a token 4 rows: the header alone decides whether it is refused."""
-    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
-    row = b"\0" * (1 + (width * samples * depth + 7) // 8)
-    rows = height if full else min(height, 4)
-    deflate, parts, written = zlib.compressobj(9), [], 0
-    while written < rows:  # zeros deflate ~1000:1: gigabytes of pixels in under 1 MB
-        step = min(rows - written, max(1, (1 << 24) // len(row)))
-        parts.append(deflate.compress(row * step))
-        written += step
-    parts.append(deflate.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + before + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts))
-            + chunk(b"IEND", b""))
-
-
-def jpeg(width, height):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("L", (width, height), 128).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+_TOKEN_ROWS = 4  # full=False: the pixel data of a header-decided input, enough to start decoding
 
 
 def good_png(size=SIZE):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size), np.uint8)).save(
-        buf, "PNG")
-    return buf.getvalue()
-
-
-def _dicom(**attributes):
-    """A DICOM dataset (pydicom) with the attributes given, saved to bytes."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = attributes.pop("syntax", ExplicitVRLittleEndian)
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelRepresentation = 0
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    """The warm-up input: a random size² gray PNG, which every path accepts."""
+    return image_bytes.png(np.random.default_rng(0).integers(0, 256, (size, size), np.uint8))
 
 
 def rle_dicom(side):
@@ -100,46 +48,52 @@ def rle_dicom(side):
 
     row = (b"\x81\x00" * (side // 128)) + (bytes([257 - side % 128, 0]) if side % 128 else b"")
     header = struct.pack("<16I", 1, 64, *[0] * 14)
-    return _dicom(syntax=RLELossless, Rows=side, Columns=side, BitsAllocated=8, BitsStored=8,
-                  HighBit=7, PixelData=encapsulate([header + row * side]))
+    return image_bytes.dicom(syntax=RLELossless, Rows=side, Columns=side, BitsAllocated=8,
+                             BitsStored=8, HighBit=7, PixelData=encapsulate([header + row * side]))
 
 
 def deflated_dicom(side):
     """A deflated DICOM whose dataset inflates to side² 16-bit zeros."""
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    return _dicom(syntax=DeflatedExplicitVRLittleEndian, Rows=side, Columns=side,
-                  BitsAllocated=16, BitsStored=16, HighBit=15,
-                  PixelData=bytes(2 * side * side))
+    return image_bytes.dicom(syntax=DeflatedExplicitVRLittleEndian, Rows=side, Columns=side,
+                             BitsAllocated=16, BitsStored=16, HighBit=15,
+                             PixelData=bytes(2 * side * side))
 
 
 def hostile_inputs(full=True):
     """{name: [file bytes, ...]} (several files: one request / one predict run).
 
     The first group reproduces issue 10; "at_limit_*" are the largest images accepted at the
-    default --max_pixels (their cost is the bound's cost); the rest are malformed files.
+    default max_pixels (their cost is the bound's cost); the rest are malformed files.
     full=False keeps only inputs cheap to make, with token pixel data where the header decides.
     """
-    text = chunk(b"tEXt", b"Comment\0crafted")
+    png, cut = image_bytes.png_from, None if full else _TOKEN_ROWS
+    text = image_bytes.chunk(b"tEXt", b"Comment\0crafted")
     inputs = {
         "narrow_1x40000.png": [png(1, 40000)],
         "narrow_1x40000.png_x3": [png(1, 40000)] * 3,
         "narrow_1x200000.png": [png(1, 200000)],
-        "wide_40000x1249.png": [png(40000, 1249, full=full)],
-        "long_65500x700.jpg": [jpeg(65500, 700)] if full else [],
-        "before_ihdr_23000_gray.png": [png(23000, 23000, before=text, full=full)],
+        "wide_40000x1249.png": [png(40000, 1249, rows=cut)],
+        "long_65500x700.jpg": [long_jpeg()] if full else [],
+        "before_ihdr_23000_gray.png": [png(23000, 23000, before=text, rows=cut)],
         "before_ihdr_10000_rgba16.png": [png(10000, 10000, depth=16, colour=6, before=text,
-                                             full=full)],
+                                             rows=cut)],
         "at_limit_7071_gray.png": [png(7071, 7071)] if full else [],
         "at_limit_2500_rgba16.png": [png(2500, 2500, depth=16, colour=6)] if full else [],
         "at_limit_4082_rgb.png": [png(4082, 4082, colour=2)] if full else [],
         "gif89a.gif": [b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff" + bytes(20)],
         "random_bytes.png": [np.random.default_rng(1).bytes(4096)],
-        "pixel_data_ends_early.png": [png(1024, 1024, full=False)],
+        "pixel_data_ends_early.png": [png(1024, 1024, rows=_TOKEN_ROWS)],
         "dicom_rle_7000.dcm": [rle_dicom(7000)] if full else [],
         "dicom_deflate_bomb.dcm": [deflated_dicom(10000)] if full else [],
     }
     return {name: files for name, files in inputs.items() if files}
+
+
+def long_jpeg():
+    """A 65500x700 gray JPEG (~540 KB): a 65500² square once padded."""
+    return image_bytes.jpeg(np.full((700, 65500), 128, np.uint8), quality=90)
 
 
 _CHILD = r"""
@@ -214,7 +168,6 @@ def measure(path, model_dir, good, groups, timeout=600):
 
 
 def export_model(work_dir):
-    sys.path.insert(0, _ROOT)
     from cxr_tf import model
     from cxr_tf.serving import graph
 

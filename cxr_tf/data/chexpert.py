@@ -1,9 +1,8 @@
 """CheXpert (Irvin et al. 2019, Stanford) read through TFDS's own `chexpert` builder.
 
-Prepare it once with TFDS (manual download; `CheXpert-v1.0-small/` holds train/, valid/,
-train.csv and valid.csv):
-
-    tfds build chexpert --manual_dir=DIR_HOLDING_CheXpert-v1.0-small --data_dir=TFDS_DIR
+Prepare it once with TFDS's command line: `tfds build chexpert`, its manual_dir the folder that
+holds `CheXpert-v1.0-small/` (train/, valid/, train.csv and valid.csv: a manual download), its
+data_dir TFDS_DIR.
 
 `read(TFDS_DIR, image_size=S)` then yields what the NIH pipeline yields, for the findings both
 label sets share: uint8 S×S×1 images preprocessed exactly as `prepare` does (the stored JPEG
@@ -57,8 +56,9 @@ def open_builder(data_dir):
     builder = tfds.builder(DATASET_NAME, data_dir=data_dir)
     if not builder.is_prepared():
         raise FileNotFoundError(
-            f"{data_dir}: no prepared {DATASET_NAME} dataset (run: tfds build {DATASET_NAME} "
-            f"--manual_dir=DIR_HOLDING_CheXpert-v1.0-small --data_dir={data_dir})")
+            f"{data_dir}: no prepared {DATASET_NAME} dataset (build it with TFDS: "
+            f"`tfds build {DATASET_NAME}`, manual_dir the folder holding CheXpert-v1.0-small, "
+            f"data_dir {data_dir})")
     return builder
 
 

@@ -1,4 +1,4 @@
-"""DICOM bytes -> uint8 gray, as `cxr_tf.data.images` does for PNG and JPEG.
+"""DICOM bytes -> uint8 gray, as `cxr_tf.data.images` does for PNG and JPEG (which calls this).
 
 Applies the modality LUT (rescale slope/intercept), then the VOI LUT or window the file asks
 for, scaling that window onto 0..255; without one, the image's own min..max. A MONOCHROME1
@@ -11,9 +11,9 @@ is either a fallback counted in the conversions ("voi_fallback": the image's own
 `ImageError` naming the file and the reason; none lets another exception out.
 
 Memory stays bounded: the size, frames and bits come from the header and are checked (with
-`images.check_size`) before the pixels are decoded, the embedded JPEG / JPEG 2000 header of a
-compressed frame is checked against Rows and Columns, and the float64 LUT arithmetic runs over
-blocks of rows, so it costs megabytes rather than 8 bytes a pixel.
+`image_header.check_size`) before the pixels are decoded, the embedded JPEG / JPEG 2000 header
+of a compressed frame is checked against Rows and Columns, and the float64 LUT arithmetic runs
+over blocks of rows, so it costs megabytes rather than 8 bytes a pixel.
 """
 
 import io
@@ -23,15 +23,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cxr_tf.data import images
-from cxr_tf.data.images import Header, ImageError
+from cxr_tf.data import image_header
+from cxr_tf.data.image_header import Header, ImageError
 
 _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 _BLOCK_PIXELS = 1 << 20  # pixels converted at a time: float64 temporaries of ~8 MB
 _J2K_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ, which carries the size
 
 
-def decode(data, name, *, max_pixels=images.MAX_PIXELS):
+def decode(data, name, *, max_pixels=image_header.MAX_PIXELS):
     """DICOM bytes -> (uint8 H×W, ["dicom"] plus "monochrome1" when inverted and
     "voi_fallback" when the file's window or VOI LUT is unusable)."""
     ds = _read(bytes(data), name, max_pixels)
@@ -40,7 +40,7 @@ def decode(data, name, *, max_pixels=images.MAX_PIXELS):
     if rows <= 0 or columns <= 0 or bits <= 0:
         raise ImageError(name, "undecodable", f"DICOM declares {columns}x{rows} pixels of "
                          f"{bits} bits")
-    images.check_size(name, Header(columns, rows, 1, (bits + 7) // 8), max_pixels)
+    image_header.check_size(name, Header(columns, rows, 1, (bits + 7) // 8), max_pixels)
     frames = _integer(ds, "NumberOfFrames", name, default=1)
     if frames != 1:
         raise ImageError(name, "undecodable", f"DICOM holds {frames} frames, expected one")
@@ -97,7 +97,7 @@ def _check_deflated(data, name, max_pixels):
     if not UID(_read_file_meta_info(fp).get("TransferSyntaxUID", "")).is_deflated:
         return
     inflater, part, total, limit = zlib.decompressobj(-zlib.MAX_WBITS), data[fp.tell():], 0, \
-        images.max_file_bytes(max_pixels)
+        image_header.max_file_bytes(max_pixels)
     while part and total <= limit:
         total += len(inflater.decompress(part, 1 << 22))
         part = inflater.unconsumed_tail
@@ -169,16 +169,16 @@ def _check_compressed(ds, name, columns, rows, max_pixels):
     except Exception as e:
         raise ImageError(name, "undecodable", f"DICOM pixel data fragments unreadable "
                          f"({_reason(e)})") from e
-    if frame.startswith(images.JPEG_SOI):
-        header = images.read_header(frame, name)
+    if frame.startswith(image_header.JPEG_SOI):
+        header = image_header.read_header(frame, name)
     elif frame.startswith(_J2K_CODESTREAM) and len(frame) >= 44:
         x, y, x0, y0 = struct.unpack(">4I", frame[8:24])
         header = Header(x - x0, y - y0, struct.unpack(">H", frame[40:42])[0],
                         1 + (frame[42] & 0x7F) // 8)
     else:
         raise ImageError(name, "undecodable", f"DICOM {syntax.name} frame without a JPEG or "
-                         f"JPEG 2000 header (starts with {images.starts_with(frame)})")
-    images.check_size(name, header, max_pixels)
+                         f"JPEG 2000 header (starts with {image_header.starts_with(frame)})")
+    image_header.check_size(name, header, max_pixels)
     if header[:2] != (columns, rows):
         raise ImageError(name, "undecodable", f"DICOM frame is {header.width}x"
                          f"{header.height}, the header says {columns}x{rows}")

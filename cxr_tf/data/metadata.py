@@ -242,14 +242,7 @@ def build_index(data_dir, *, val_fraction=0.1, seed=0, strict=False, require_fil
     """
     path = data_entry if data_entry is not None else find_data_entry(data_dir)
     frame = read_data_entry(path)
-    tv_path = _list_path(train_val_list, data_dir, TRAIN_VAL_LIST)
-    test_path = _list_path(test_list, data_dir, TEST_LIST)
-    tv_ids, test_ids = set(read_split_list(tv_path)), set(read_split_list(test_path))
-    both = sorted(tv_ids & test_ids)
-    if both:
-        raise MetadataError(f"{len(both)} image id(s) also in {tv_path}: {both[:5]}",
-                            path=test_path)
-
+    (tv_path, tv_ids), (test_path, test_ids) = _split_lists(data_dir, train_val_list, test_list)
     image_id = frame["image_id"]
     reason = np.full(len(frame), "", dtype=object)
     examples = collections.defaultdict(list)
@@ -284,11 +277,7 @@ def build_index(data_dir, *, val_fraction=0.1, seed=0, strict=False, require_fil
                      np.where(frame["patient_id"].isin(val_patients), "validation", "train"))
 
     keep = reason == ""
-    kept = frame.loc[keep, ["image_id", "patient_id", "follow_up", "age", "sex", "view",
-                            "finding_labels", "width", "height"]].reset_index(drop=True)
-    kept["split"] = split[keep]
-    kept["path"] = paths[keep].to_numpy() if paths is not None else None
-    kept = pd.concat([kept, pd.DataFrame(matrix[keep], columns=list(labels_lib.LABELS))], axis=1)
+    kept = _kept_rows(frame, keep, split, paths, matrix)
     try:
         check_no_patient_overlap(kept)
     except MetadataError as e:
@@ -298,6 +287,29 @@ def build_index(data_dir, *, val_fraction=0.1, seed=0, strict=False, require_fil
     converted = collections.Counter({"age_unknown": int((kept["age"] == -1).sum())})
     return Index(frame=kept, rows=len(frame), skipped=skipped,
                  skipped_examples=dict(examples), converted=converted)
+
+
+def _split_lists(data_dir, train_val_list, test_list):
+    """((path, ids) of train_val_list.txt, (path, ids) of test_list.txt); MetadataError if a
+    list is missing or an image id is in both."""
+    tv_path = _list_path(train_val_list, data_dir, TRAIN_VAL_LIST)
+    test_path = _list_path(test_list, data_dir, TEST_LIST)
+    tv_ids, test_ids = set(read_split_list(tv_path)), set(read_split_list(test_path))
+    both = sorted(tv_ids & test_ids)
+    if both:
+        raise MetadataError(f"{len(both)} image id(s) also in {tv_path}: {both[:5]}",
+                            path=test_path)
+    return (tv_path, tv_ids), (test_path, test_ids)
+
+
+def _kept_rows(frame, keep, split, paths, matrix):
+    """The kept rows' columns, their split, file path (None without files) and labels."""
+    kept = frame.loc[keep, ["image_id", "patient_id", "follow_up", "age", "sex", "view",
+                            "finding_labels", "width", "height"]].reset_index(drop=True)
+    kept["split"] = split[keep]
+    kept["path"] = paths[keep].to_numpy() if paths is not None else None
+    return pd.concat([kept, pd.DataFrame(matrix[keep], columns=list(labels_lib.LABELS))],
+                     axis=1)
 
 
 def check_no_patient_overlap(frame):

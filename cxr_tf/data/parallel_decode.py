@@ -23,7 +23,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ def encode_png(image):
 
 
 def decode_file(image_id, path, image_size, drop_rgba=False, encoding="raw",
-                max_pixels=images.MAX_PIXELS):
+                max_pixels=image_header.MAX_PIXELS):
     """One file -> Decoded. Never raises for a bad file: whatever goes wrong reading or decoding
     it becomes a counted skip, so one file never stops a 112,120-image job.
 
@@ -58,7 +58,7 @@ def decode_file(image_id, path, image_size, drop_rgba=False, encoding="raw",
             image = encode_png(image)
         elif encoding is None:
             image = b""
-    except images.ImageError as e:
+    except image_header.ImageError as e:
         return Decoded(image_id, None, [], e.reason, str(e))
     except OSError as e:  # unreadable file (permissions, I/O error): the file is there but unusable
         return Decoded(image_id, None, [], "undecodable", f"{image_id}: {e.strerror or e}")
@@ -75,7 +75,7 @@ def _decode_task(args):
 
 
 def decode_files(items, image_size, *, drop_rgba=False, num_workers=None, encoding="raw",
-                 max_pixels=images.MAX_PIXELS):
+                 max_pixels=image_header.MAX_PIXELS):
     """Yields a Decoded for each (image_id, path) of `items`, in order (see `decode_file`).
 
     num_workers=None uses every core; 0 decodes in this process (handy in tests and for tiny

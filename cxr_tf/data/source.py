@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cxr_tf import labels
-from cxr_tf.data import images, metadata
+from cxr_tf.data import image_header, images, metadata
 
 DATASET_NAME = "nih_chest_xray14"
 SPLITS = metadata.SPLITS
@@ -54,7 +54,7 @@ def find_prepared(data_dir, image_size=None):
         size = f" at image_size={image_size}" if image_size else ""
         raise FileNotFoundError(
             f"{data_dir}: no prepared {DATASET_NAME} dataset{size} "
-            f"(run: python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir={data_dir})"
+            f"(prepare it first: `python -m cxr_tf.prepare`, output_dir {data_dir})"
         )
     exact = [p for p in found if os.path.basename(os.path.dirname(p)) == str(image_size)]
     if len(exact) == 1:
@@ -218,7 +218,7 @@ def _read_prepared(source, split, input_context):
     if not by_file:
         ds = _shard(ds, input_context)
     size = source.image_size
-    # Datasets prepared before version 1.1.0, or with --image_encoding=png, hold PNG.
+    # Datasets prepared before version 1.1.0, or with image_encoding "png", hold PNG.
     is_png = isinstance(builder.info.features["image"], tfds.features.Image)
 
     def decode(example):
@@ -246,7 +246,7 @@ def _read_kaggle(source, split, input_context):
                 image, _ = images.preprocess(f.read(), image_id.decode(), size)
             return image, True
         except Exception as e:  # noqa: BLE001 - one bad file must not stop a long job
-            reason = e if isinstance(e, images.ImageError) else \
+            reason = e if isinstance(e, image_header.ImageError) else \
                 f"{path.decode(errors='replace')}: {type(e).__name__}: {e}"
             tf.get_logger().warning("skipping %s", reason)
             return np.zeros((size, size, 1), np.uint8), False

@@ -8,7 +8,7 @@ signatures, so that TF Serving (or any process with TensorFlow, and no cxr_tf) c
     predict_images(images: uint8 [None, S, S, 1]) -> probabilities float32 [None, 14]
     metadata() -> label_names, thresholds, image_size, version, no_finding_output, max_pixels
 
-A model trained with `--no_finding_output` also outputs `no_finding` float32 [None] from both
+A model trained with `no_finding_output` also outputs `no_finding` float32 [None] from both
 prediction signatures, and `positive` applies the constraint (nothing is positive where No
 Finding beats every finding).
 
@@ -33,7 +33,7 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from cxr_tf import __version__, labels
-from cxr_tf.data import images
+from cxr_tf.data import image_header
 from cxr_tf.serving.header_checks import check, check_image, is_png, png_chunks, read_bytes
 
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
@@ -99,7 +99,7 @@ def _decode_pixels(data):
         tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")))
 
 
-def decode_gray(data, index=0, max_pixels=images.MAX_PIXELS):
+def decode_gray(data, index=0, max_pixels=image_header.MAX_PIXELS):
     """One encoded PNG or JPEG (scalar string) -> uint8 H×W, exactly as `images.decode_gray`.
 
     `check_image` runs first ("image 3: not a PNG or JPEG image ...", "image 0: PNG truncated
@@ -124,7 +124,7 @@ def pad_and_resize(gray, size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def preprocess_bytes(image_bytes, size, max_pixels=images.MAX_PIXELS):
+def preprocess_bytes(image_bytes, size, max_pixels=image_header.MAX_PIXELS):
     """string [N] of encoded images -> uint8 [N, size, size, 1] (the serving preprocessing).
 
     Two passes. First `check_image` over every image, in order, from the headers alone: a bad
@@ -166,7 +166,8 @@ def preprocess_bytes(image_bytes, size, max_pixels=images.MAX_PIXELS):
     return tf.cond(count > 0, decode_all, lambda: tf.zeros((0, size, size, 1), tf.uint8))
 
 
-def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=images.MAX_PIXELS):
+def build_archive(model, thresholds, *, label_names=labels.LABELS,
+                  max_pixels=image_header.MAX_PIXELS):
     """A `keras.export.ExportArchive` serving `model` (logits out) with the three signatures.
 
     Args:
@@ -174,41 +175,13 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=im
             (or 15 when the last output is "No Finding").
         thresholds: one decision threshold per finding (14 floats).
         label_names: the finding names, in output order.
-        max_pixels: the largest image `serving_default` decodes (see `images.check_size`);
+        max_pixels: the largest image `serving_default` decodes (see `image_header.check_size`);
             the `metadata` signature reports it.
     """
     size = int(model.input_shape[1])
-    num_labels = len(label_names)
-    num_outputs = int(model.output_shape[-1])
-    if num_outputs not in (num_labels, num_labels + 1):
-        raise ValueError(f"model has {num_outputs} outputs; expected {num_labels} findings, or "
-                         f"{num_labels + 1} with No Finding last")
-    thresholds = [float(t) for t in thresholds]
-    if len(thresholds) != num_labels:
-        raise ValueError(f"need {num_labels} thresholds, one per finding; received {thresholds}")
-    has_no_finding = num_outputs == num_labels + 1
-    max_pixels = int(max_pixels)
-    if not 0 < max_pixels <= 2**40:  # float64 size checks are exact below 2**53
-        raise ValueError(f"max_pixels must be in 1..2**40; received {max_pixels}")
-
-    def probabilities_of(images_uint8):
-        def run():
-            logits = model(tf.cast(images_uint8, tf.float32), training=False)
-            return tf.sigmoid(tf.cast(logits, tf.float32))
-
-        # The CPU batch-norm kernels reject an empty batch: answer an empty request directly.
-        probs = tf.cond(tf.shape(images_uint8)[0] > 0, run,
-                        lambda: tf.zeros((0, num_outputs), tf.float32))
-        return probs[:, :num_labels], (probs[:, num_labels] if has_no_finding else None)
-
-    def outputs(pixels, with_decisions):
-        probs, no_finding = probabilities_of(pixels)
-        out = {"probabilities": probs}
-        if with_decisions:
-            out["positive"] = labels.decide(probs, thresholds, no_finding, xp=tnp)
-        if has_no_finding:
-            out["no_finding"] = no_finding
-        return out
+    thresholds, max_pixels, has_no_finding = _checked(model, thresholds, label_names,
+                                                      max_pixels)
+    outputs = _outputs(model, thresholds, len(label_names), has_no_finding)
 
     def serve_bytes(image_bytes):
         return outputs(preprocess_bytes(image_bytes, size, max_pixels), with_decisions=True)
@@ -236,8 +209,52 @@ def build_archive(model, thresholds, *, label_names=labels.LABELS, max_pixels=im
     return archive
 
 
+def _checked(model, thresholds, label_names, max_pixels):
+    """(thresholds as floats, max_pixels as int, whether the model has a No Finding output),
+    once the model's outputs, the thresholds and the limit are checked to fit together."""
+    num_labels = len(label_names)
+    num_outputs = int(model.output_shape[-1])
+    if num_outputs not in (num_labels, num_labels + 1):
+        raise ValueError(f"model has {num_outputs} outputs; expected {num_labels} findings, or "
+                         f"{num_labels + 1} with No Finding last")
+    thresholds = [float(t) for t in thresholds]
+    if len(thresholds) != num_labels:
+        raise ValueError(f"need {num_labels} thresholds, one per finding; received {thresholds}")
+    max_pixels = int(max_pixels)
+    if not 0 < max_pixels <= 2**40:  # float64 size checks are exact below 2**53
+        raise ValueError(f"max_pixels must be in 1..2**40; received {max_pixels}")
+    return thresholds, max_pixels, num_outputs == num_labels + 1
+
+
+def _outputs(model, thresholds, num_labels, has_no_finding):
+    """`outputs(pixels, with_decisions)`: the signatures' output dict for a uint8 batch:
+    probabilities, the decisions at `thresholds` if asked, No Finding when the model has it."""
+    num_outputs = num_labels + int(has_no_finding)
+
+    def probabilities_of(images_uint8):
+        def run():
+            logits = model(tf.cast(images_uint8, tf.float32), training=False)
+            return tf.sigmoid(tf.cast(logits, tf.float32))
+
+        # The CPU batch-norm kernels reject an empty batch: answer an empty request directly.
+        probs = tf.cond(tf.shape(images_uint8)[0] > 0, run,
+                        lambda: tf.zeros((0, num_outputs), tf.float32))
+        return probs[:, :num_labels], (probs[:, num_labels] if has_no_finding else None)
+
+    def outputs(pixels, with_decisions):
+        probs, no_finding = probabilities_of(pixels)
+        out = {"probabilities": probs}
+        if with_decisions:
+            out["positive"] = labels.decide(probs, thresholds, no_finding, xp=tnp)
+        if has_no_finding:
+            out["no_finding"] = no_finding
+        return out
+
+    return outputs
+
+
 def export(model, export_dir, thresholds, *, label_names=labels.LABELS,
-           max_pixels=images.MAX_PIXELS):
+           max_pixels=image_header.MAX_PIXELS):
     """Writes the SavedModel to `export_dir` (e.g. `models/cxr/1`, TF Serving's version dir)."""
     build_archive(model, thresholds, label_names=label_names, max_pixels=max_pixels).write_out(
         str(export_dir), verbose=False)

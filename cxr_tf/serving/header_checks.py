@@ -8,11 +8,11 @@ bounds-safe and every loop capped. Each refusal is an InvalidArgumentError
 
 import tensorflow as tf
 
-from cxr_tf.data import images
+from cxr_tf.data import image_header
 
-# IHDR colour type -> channels once decoded (see images.PNG_COLOUR); 0 for invalid types.
-_PNG_CHANNELS = [images.PNG_COLOUR.get(colour, (0, 0))[1] for colour in range(7)]
-_PNG_VALID = [(c, d) for c, depths in images.PNG_DEPTHS.items() for d in depths]
+# IHDR colour type -> channels once decoded (see image_header.PNG_COLOUR); 0 for invalid types.
+_PNG_CHANNELS = [image_header.PNG_COLOUR.get(colour, (0, 0))[1] for colour in range(7)]
+_PNG_VALID = [(c, d) for c, depths in image_header.PNG_DEPTHS.items() for d in depths]
 _HEX = [f"{i:02x}" for i in range(256)]
 # Chunk headers walked at most. A step costs ~60 us in the graph, and a crafted 1 MB file can
 # hold 87,000 empty chunks: past this many (8 MB of libpng's 8 KB IDATs) truncation is left
@@ -77,7 +77,7 @@ def _in_order(*checks):
 
 
 def _check_size(index, fmt, width, height, channels, sample_bytes, max_pixels):
-    """`images.check_size` in the graph: the padded square and the decoded samples."""
+    """`image_header.check_size` in the graph: the padded square and the decoded samples."""
     # float64: a 32-bit width times a 32-bit height overflows int64 products.
     w, h = tf.cast(width, tf.float64), tf.cast(height, tf.float64)
     side = tf.maximum(width, height)
@@ -134,7 +134,7 @@ def _check_png(data, index, max_pixels):
     return _in_order(
         lambda: check(n >= 33, "image {}: PNG header truncated ({} bytes, fewer than 33)",
                        index, n),
-        lambda: check(tf.strings.substr(data, 8, 8) == images.PNG_IHDR,
+        lambda: check(tf.strings.substr(data, 8, 8) == image_header.PNG_IHDR,
                        "image {}: PNG does not start with a 13-byte IHDR chunk (found {})",
                        index, _hex(tf.strings.substr(data, 8, 8))),
         lambda: check(valid, "image {}: PNG IHDR invalid ({}x{}, colour type {}, bit depth "
@@ -150,9 +150,9 @@ def _check_png(data, index, max_pixels):
 
 def _jpeg_frame(data):
     """(found, width, height, components, precision) of the first SOF marker, walking the
-    marker segments by their lengths as `images._jpeg_sof` (and libjpeg) does."""
+    marker segments by their lengths as `image_header._jpeg_sof` (and libjpeg) does."""
     n = _length(data)
-    sof = tf.constant(sorted(images.JPEG_SOF), tf.int64)
+    sof = tf.constant(sorted(image_header.JPEG_SOF), tf.int64)
 
     def step(pos, status, frame):
         raw = read_bytes(data, pos, 10)
@@ -186,14 +186,15 @@ def _check_jpeg(data, index, max_pixels):
 
 
 def is_png(data):
-    return tf.strings.substr(data, 0, len(images.PNG_SIGNATURE)) == images.PNG_SIGNATURE
+    signature = image_header.PNG_SIGNATURE
+    return tf.strings.substr(data, 0, len(signature)) == signature
 
 
-def check_image(data, index=0, max_pixels=images.MAX_PIXELS):
+def check_image(data, index=0, max_pixels=image_header.MAX_PIXELS):
     """Every check `images.decode_gray` makes before decoding, from the headers only: the
     format, IHDR first, the size against `max_pixels`, the PNG chunks complete. Raises
     InvalidArgumentError "image INDEX: REASON" (raw bytes as hex); returns True."""
-    is_jpeg = tf.strings.substr(data, 0, len(images.JPEG_SOI)) == images.JPEG_SOI
+    is_jpeg = tf.strings.substr(data, 0, len(image_header.JPEG_SOI)) == image_header.JPEG_SOI
     return _in_order(
         lambda: check(is_png(data) | is_jpeg, "image {}: not a PNG or JPEG image ({} bytes, "
                        "starting with {})", index, tf.strings.length(data), _hex(data)),

@@ -4,7 +4,7 @@ training data; a file that cannot be read is a failure with its reason, and the 
 
 A folder from a PACS export or a shared drive may hold anything under an image's name: a FIFO
 (reading it would wait for ever), a link to /dev/zero (a read that never ends), a link loop,
-a name that is not UTF-8. Only regular files are read, at most `images.max_file_bytes` of
+a name that is not UTF-8. Only regular files are read, at most `image_header.max_file_bytes` of
 each, and any error while reading or decoding one file is that file's failure.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import labels
-from cxr_tf.data import images
+from cxr_tf.data import image_header, images
 from cxr_tf.evaluation import metrics
 from cxr_tf.serving import gradcam, run_dir
 
@@ -95,49 +95,50 @@ def read_file(path, name, max_bytes):
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise images.ImageError(name, "missing", e.strerror or str(e)) from e
+        raise image_header.ImageError(name, "missing", e.strerror or str(e)) from e
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-            raise images.ImageError(name, "undecodable", f"{kind}, not an image file")
+            raise image_header.ImageError(name, "undecodable", f"{kind}, not an image file")
         try:
             data = f.read(max_bytes + 1)
         except OSError as e:
-            raise images.ImageError(name, "undecodable", e.strerror or str(e)) from e
+            raise image_header.ImageError(name, "undecodable", e.strerror or str(e)) from e
     if len(data) > max_bytes:
-        raise images.ImageError(name, "too_large", f"file over {max_bytes:,} bytes")
+        raise image_header.ImageError(name, "too_large", f"file over {max_bytes:,} bytes")
     return data
 
 
 def _read(path, size, max_pixels):
     name = display_name(path)
-    data = read_file(path, name, images.max_file_bytes(max_pixels))
+    data = read_file(path, name, image_header.max_file_bytes(max_pixels))
     return images.preprocess(data, name, size, max_pixels=max_pixels)[0]
 
 
 def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_top_k=1,
-                  max_pixels=images.MAX_PIXELS):
+                  max_pixels=image_header.MAX_PIXELS):
     """Predicts every file; returns (rows, failures, overlay paths).
 
     rows: {"file", "probabilities" (list), "positive_labels"}; failures: {"file", "reason"}.
     "file" is `display_name(path)`. Any exception while reading or decoding one file is its
     failure; images over `max_pixels` are refused before decoding.
     """
-    cam = None
+    overlays = None
     if gradcam_dir:
         if predictor.keras_model is None:
-            raise ValueError("--gradcam_dir needs the Keras model: pass a run dir as --model")
-        os.makedirs(gradcam_dir, exist_ok=True)
-        cam = gradcam.GradCam(predictor.keras_model)
-    rows, failures, overlays = [], [], []
+            raise ValueError("gradcam_dir needs the Keras model: the predictor must be loaded "
+                             "from a run dir, not a SavedModel")
+        overlays = _Overlays(predictor.keras_model, gradcam_dir, predictor.label_names,
+                             gradcam_top_k)
+    rows, failures = [], []
     for start in range(0, len(files), batch_size):
         batch_files, batch = [], []
         for path in files[start:start + batch_size]:
             try:
                 batch.append(_read(path, predictor.image_size, max_pixels))
                 batch_files.append(path)
-            except images.ImageError as e:
+            except image_header.ImageError as e:
                 failures.append({"file": display_name(path), "reason": str(e)})
             except Exception as e:  # a decoder bug must not cost the other files their rows
                 logging.debug("%s", display_name(path), exc_info=True)
@@ -151,31 +152,42 @@ def predict_files(predictor, files, *, batch_size=32, gradcam_dir=None, gradcam_
             names = [predictor.label_names[c] for c in np.flatnonzero(positive[i])]
             rows.append({"file": display_name(path), "probabilities": probs[i].tolist(),
                          "positive_labels": "|".join(names) or labels.NO_FINDING})
-        if cam is not None:
-            overlays += _write_overlays(cam, gradcam_dir, batch_files, batch, probs, positive,
-                                        predictor.label_names, gradcam_top_k, overlays)
-    return rows, failures, overlays
+        if overlays is not None:
+            overlays.write(batch_files, batch, probs, positive)
+    return rows, failures, (overlays.paths if overlays is not None else [])
 
 
-def _write_overlays(cam, out_dir, files, batch, probs, positive, label_names, top_k, taken):
-    jobs = []  # (image index, class index): positive findings, else the top-k
-    for i in range(len(files)):
-        classes = np.flatnonzero(positive[i])
-        if not classes.size:
-            classes = np.argsort(-probs[i])[:top_k]
-        jobs += [(i, int(c)) for c in classes]
-    heatmaps = cam(batch[[i for i, _ in jobs]], [c for _, c in jobs])
-    paths, used = [], {os.path.basename(p) for p in taken}
-    for (i, c), heatmap in zip(jobs, heatmaps):
-        stem = os.path.splitext(os.path.basename(files[i]))[0]
-        name, k = f"{stem}_{label_names[c]}.png", 2
-        while name in used:  # two inputs with one name in different folders
-            name, k = f"{stem}_{k}_{label_names[c]}.png", k + 1
-        used.add(name)
-        caption = f"{label_names[c]} {probs[i, c]:.2f}"
-        paths.append(gradcam.save_overlay(os.path.join(out_dir, name), batch[i, :, :, 0],
-                                          heatmap, caption))
-    return paths
+class _Overlays:
+    """Grad-CAM overlays in one folder: one PNG per file and finding (its positive findings,
+    else its `top_k` likeliest), named FILE-STEM_FINDING.png, unique across batches."""
+
+    def __init__(self, keras_model, out_dir, label_names, top_k):
+        os.makedirs(out_dir, exist_ok=True)
+        self._cam = gradcam.GradCam(keras_model)
+        self._out_dir = out_dir
+        self._label_names = label_names
+        self._top_k = top_k
+        self._used = set()
+        self.paths = []
+
+    def write(self, files, batch, probs, positive):
+        jobs = []  # (image index, class index): positive findings, else the top-k
+        for i in range(len(files)):
+            classes = np.flatnonzero(positive[i])
+            if not classes.size:
+                classes = np.argsort(-probs[i])[:self._top_k]
+            jobs += [(i, int(c)) for c in classes]
+        heatmaps = self._cam(batch[[i for i, _ in jobs]], [c for _, c in jobs])
+        for (i, c), heatmap in zip(jobs, heatmaps):
+            finding = self._label_names[c]
+            stem = os.path.splitext(os.path.basename(files[i]))[0]
+            name, k = f"{stem}_{finding}.png", 2
+            while name in self._used:  # two inputs with one name in different folders
+                name, k = f"{stem}_{k}_{finding}.png", k + 1
+            self._used.add(name)
+            self.paths.append(gradcam.save_overlay(
+                os.path.join(self._out_dir, name), batch[i, :, :, 0], heatmap,
+                f"{finding} {probs[i, c]:.2f}"))
 
 
 def write_csv(rows, label_names, f):

@@ -1,12 +1,11 @@
 """Synthetic NIH ChestX-ray14 in the exact Kaggle layout, with findings a CNN can learn.
 
-    python -m cxr_tf.synthetic --output_dir=/tmp/nih_synth --num_images=2000 --image_size=1024 --seed=0 [--faults] [--min_prevalence=0.0]
-
-Writes, like the Kaggle `nih-chest-xrays/data` download:
+The library behind `python -m cxr_tf.synthetic` (its docstring has the command). Writes, like
+the Kaggle `nih-chest-xrays/data` download:
   images_001/images/00000001_000.png ...  folders filled in order, about num_images/12 each
   Data_Entry_2017.csv                     2017 Kaggle format (trailing empty column)
   train_val_list.txt, test_list.txt       patient-disjoint, about 77/23 of the images
-  faults.json                             with --faults: each bad file/row and its expected outcome
+  faults.json                             with `faults`: each bad file/row and its expected outcome
 
 Labels, follow-ups, age, sex and view follow the real NIH figures (`cxr_tf.synthetic.rows`).
 Each finding draws its own signature on an anatomy-like film (`cxr_tf.synthetic.renderer`). The
@@ -36,7 +35,7 @@ CSV_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Pat
 NUM_FOLDERS = 12  # images_001 ... images_012, as NIH
 
 
-# ---- Faults (--faults): one bad file or row of each kind that metadata/images must handle.
+# ---- Faults (faults=True): one bad file or row of each kind that metadata/images must handle.
 
 def _chunk(kind, body):
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -154,7 +153,7 @@ def generate(output_dir, *, num_images=2000, image_size=1024, seed=0, faults=Fal
 
     Args:
         output_dir: created if needed; the layout is in the module docstring.
-        num_images: normal images (the --faults files and rows come on top).
+        num_images: normal images (the `faults` files and rows come on top).
         image_size: side of the square PNGs.
         seed: >= 0; the same seed gives byte-identical files for any num_workers.
         faults: also write one file or row of each bad kind, listed in faults.json as

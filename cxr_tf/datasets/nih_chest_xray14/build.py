@@ -8,7 +8,7 @@ import shutil
 
 import tensorflow_datasets as tfds
 
-from cxr_tf.data import images, metadata
+from cxr_tf.data import metadata
 from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
     REPORT_FILE,
     Builder,
@@ -16,17 +16,19 @@ from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
 )
 
 
-def prepare(data_dir, output_dir, image_size=224, *, val_fraction=0.1, seed=0, drop_rgba=False,
-            image_encoding="raw", strict=False, num_workers=None, overwrite=False,
-            max_pixels=None):
+def prepare(data_dir, output_dir, image_size=224, *, strict=False, num_workers=None,
+            overwrite=False, **options):
     """Builds the dataset and returns its report dict.
 
+    `options` choose what is built, as `make_config` takes them: val_fraction, seed,
+    drop_rgba, image_encoding, max_pixels (None: the default limit). `strict` (fail on an
+    unknown label) and `num_workers` (decode processes) change how it is built, not what.
     A dataset already built from the same metadata is reused; one built from other metadata
     raises SourceChangedError, unless `overwrite` (which rebuilds it in any case).
     """
-    config = make_config(
-        image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
-        image_encoding=image_encoding, max_pixels=max_pixels or images.MAX_PIXELS)
+    if "max_pixels" in options and not options["max_pixels"]:
+        del options["max_pixels"]  # None: the default limit
+    config = make_config(image_size, **options)
     metadata.source_fingerprint(data_dir)  # a folder without the metadata: MetadataError now
     builder = Builder(config=config, data_dir=output_dir, num_workers=num_workers,
                       strict=strict)

@@ -1,10 +1,12 @@
 """TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
 
-    tfds build cxr_tf/datasets/nih_chest_xray14 --config=224 --manual_dir=KAGGLE_DIR --data_dir=TFDS_DIR
-    python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224
+Built by `python -m cxr_tf.prepare` (its docstring has the command), or by TFDS's own command
+line: `tfds build cxr_tf/datasets/nih_chest_xray14` with the config named by the image size
+(224, 256, 320, 512, 1024), manual_dir the Kaggle folder and data_dir the TFDS folder.
 
 The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
-`cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them into TFDS.
+`cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them
+into TFDS.
 """
 
 import collections
@@ -17,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from cxr_tf import atomic, labels
-from cxr_tf.data import images, metadata, parallel_decode
+from cxr_tf.data import image_header, metadata, parallel_decode
 
 _DESCRIPTION = """\
 ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, each labelled with any of 14
@@ -54,11 +56,11 @@ class NihConfig(tfds.core.BuilderConfig):
     seed: int = 0
     drop_rgba: bool = False
     image_encoding: str = "raw"
-    max_pixels: int = images.MAX_PIXELS
+    max_pixels: int = image_header.MAX_PIXELS
 
 
 def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw",
-                max_pixels=images.MAX_PIXELS):
+                max_pixels=image_header.MAX_PIXELS):
     if int(image_size) < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     if image_encoding not in IMAGE_ENCODINGS:
@@ -73,7 +75,7 @@ def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
         name += "_droprgba"
     if image_encoding != "raw":
         name += f"_{image_encoding}"
-    if max_pixels != images.MAX_PIXELS:
+    if max_pixels != image_header.MAX_PIXELS:
         name += f"_maxpx{max_pixels}"
     return NihConfig(
         name=name,
@@ -227,7 +229,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw",
-                max_pixels=images.MAX_PIXELS):
+                max_pixels=image_header.MAX_PIXELS):
     """A config named by image size ("224"), with any non-default choice that changes the data
     appended ("224_val0.2_seed1_droprgba_png"), so two different datasets never share a folder.
 
