@@ -154,7 +154,7 @@ def localization_section(model, source, boxes, paths, out_dir, *, n_boot=1000, b
     """The pointing game with the model's Grad-CAM: (report section, markdown lines); writes
     out_dir/localization.png."""
     from cxr_tf.evaluation import localization
-    from cxr_tf.serving import gradcam
+    from cxr_tf.evaluation import gradcam
 
     cam = gradcam.GradCam(model)
     pairs = localization.point(boxes, paths, cam, cam.size[0], batch_size=batch_size)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cxr_tf import labels, model
 from cxr_tf.data import images
-from cxr_tf.serving import gradcam
+from cxr_tf.evaluation import gradcam
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import gradcam_bbox  # noqa: E402

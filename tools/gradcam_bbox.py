@@ -6,7 +6,7 @@ NIH ships `BBox_List_2017.csv` (984 boxes on 880 images, 8 findings) with the Ka
 columns `Image Index`, `Finding Label`, then `Bbox [x`, `y`, `w`, `h]` in pixels of the image
 file. The work is `cxr_tf.evaluation.localization` (the same code as
 `python -m cxr_tf.evaluate --bbox_csv=...`): every image is preprocessed as in training, its
-box goes through the same pad-and-resize, Grad-CAM (cxr_tf.serving.gradcam, last
+box goes through the same pad-and-resize, Grad-CAM (cxr_tf.evaluation.gradcam, last
 convolutional stage) is computed for the box's finding, and a hit is a maximum inside the box.
 The file spells Infiltration "Infiltrate"; that is mapped.
 
@@ -40,7 +40,7 @@ def hit_rate(model, boxes, paths, *, batch_size=32, overlay_dir=None, n_boot=100
     """The evaluate report's localization section for these boxes (writing one overlay per
     box into overlay_dir when given)."""
     from cxr_tf.evaluation import localization
-    from cxr_tf.serving import gradcam
+    from cxr_tf.evaluation import gradcam
 
     cam = gradcam.GradCam(model)
     size = cam.size[0]

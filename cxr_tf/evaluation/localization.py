@@ -17,7 +17,7 @@ The size of each image is read from the image file itself. Data_Entry's
 
 A random point hits a box with the probability of the share of the image it covers (`chance`),
 which the report gives beside every hit rate. Numpy only: the heatmaps come from the caller
-(`cxr_tf.serving.gradcam.GradCam`), so this module stays free of TensorFlow.
+(`cxr_tf.evaluation.gradcam.GradCam`), so this module stays free of TensorFlow.
 """
 
 import csv
@@ -152,7 +152,7 @@ def point(boxes, paths, heatmaps, size, *, batch_size=32):
     Args:
         boxes: [Box]; paths: {image name: file}, e.g. from `find_images`.
         heatmaps: callable (uint8 (B, S, S, 1) images, class indices (B,)) -> (B, S, S) maps,
-            e.g. `cxr_tf.serving.gradcam.GradCam(model)`.
+            e.g. `cxr_tf.evaluation.gradcam.GradCam(model)`.
         size: S, the model's input side.
     """
     pairs = {}
