@@ -25,6 +25,7 @@ import sys
 from absl import app, flags
 
 from cxr_tf import errors, schema
+from cxr_tf.evaluation.config import EvalConfig
 
 FLAGS = flags.FLAGS
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -175,17 +176,6 @@ def _thresholds(values):
             raise flags.ValidationError(f"{text!r} is not a number") from None
         if not 0.0 < value < 1.0:
             raise flags.ValidationError(f"each threshold must lie in (0, 1), not {text}")
-    return True
-
-
-VIEWS = ("frontal", "lateral")
-
-
-def _views(values):
-    unknown = [v for v in values if v not in VIEWS]
-    if unknown or not values:
-        raise flags.ValidationError(f"each view must be one of {', '.join(VIEWS)}; "
-                                    f"got {','.join(values) or 'nothing'}")
     return True
 
 
@@ -383,28 +373,7 @@ def define_evaluate_flags(flag_values=FLAGS):
     d = _Definer(flag_values)
     _common(d)
     d.shared("json")
-    d.shared("model_dir")
-    d.define("enum", "split", "test", "Split to evaluate.", enum_values=["test", "validation"])
-    d.shared("data_dir", "Prepared TFDS dir or Kaggle folder (default: the run's config.json "
-             "data_dir).")
-    d.shared("checkpoint")
-    d.define("integer", "bootstrap", 1000, "Patient-level bootstrap replicates for the AUC "
-             "95% CI (0: none).", lower_bound=0)
-    d.define("enum", "tune_thresholds", None, "Tune per-class thresholds on the VALIDATION "
-             "split (whatever --split says) and write RUN/thresholds.json.",
-             enum_values=["f1", "youden"])
-    d.shared("batch_size", "Images per prediction batch.")
-    d.define("string", "expert_labels", None, "Google's radiologist labels CSV for the NIH "
-             "test images: also score against them.")
-    d.define("string", "bbox_csv", None, "NIH's BBox_List_2017.csv: also report Grad-CAM "
-             "localisation against its boxes.")
-    d.define("enum", "dataset", "nih", "Which dataset --data_dir holds.",
-             enum_values=["nih", "chexpert"])
-    d.define("enum", "uncertain_labels", "ignore", "CheXpert's uncertain (-1) labels: left "
-             "out of that finding's metrics, or read as 0 or 1.",
-             enum_values=["ignore", "zeros", "ones"])
-    d.define("list", "views", ["frontal"], "Views to evaluate (frontal, lateral).",
-             check=_views)
+    define_config(flag_values, EvalConfig)  # the rest come from its fields
 
 
 def define_export_flags(flag_values=FLAGS):

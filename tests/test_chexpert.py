@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from cxr_tf.evaluation import external
+from cxr_tf.evaluation.config import EvalConfig
+from cxr_tf.evaluation.inputs import Bootstrap, Scored, Thresholds
 
 HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,"
           "Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,"
@@ -124,9 +126,18 @@ def test_uncertain_policies_count_what_they_change():
     with pytest.raises(ValueError, match=r"policy must be one of \('ignore', 'zeros', 'ones'\); "
                                          r"received 'drop'"):
         external.apply_policy(labels, "drop")
-    with pytest.raises(ValueError, match=r"labels must be -1, 0 or 1; found \[2\]"):
+    with pytest.raises(external.ExternalLabelsError,
+                       match=r"labels must be -1, 0 or 1; found \[2\]"):
         external.apply_policy([[2]], "ignore")
 
+
+
+def test_no_image_labelled_for_every_finding_is_a_user_error():
+    scored = Scored(np.array([[-1, 0], [1, -1]]), np.full((2, 2), 0.5), ["A", "B"],
+                    patient_ids=[1, 2], metadata=[{}, {}])
+    with pytest.raises(external.ExternalLabelsError, match=r"^no image is labelled for all of "
+                       r"\['A', 'B'\] under the 'ignore' policy$"):
+        external.build_report(scored, "ignore", Thresholds((0.5,)), Bootstrap(0))
 
 def test_ignore_scores_each_finding_on_its_labelled_images():
     from sklearn.metrics import roc_auc_score
@@ -138,9 +149,8 @@ def test_ignore_scores_each_finding_on_its_labelled_images():
     labels[:12, 1] = -1
     probs = rng.uniform(size=(60, 2))
     meta = [{"sex": "unknown", "age": -1, "view": "frontal"}] * 60
-    common = dict(label_names=["A", "B"], thresholds=[0.5], patient_ids=range(60),
-                  metadata=meta, n_boot=0)
-    report = external.build_report(labels, probs, **common)
+    scored = Scored(labels, probs, ["A", "B"], patient_ids=range(60), metadata=meta)
+    report = external.build_report(scored, "ignore", Thresholds((0.5,)), Bootstrap(0))
     # Overall figures on the 48 images labelled for both; A on its 60, B on its 48.
     assert report["overall"]["examples"] == 48
     kept = slice(12, None)
@@ -154,19 +164,19 @@ def test_ignore_scores_each_finding_on_its_labelled_images():
         "A": {"uncertain": 0, "left_out": 0, "images": 60},
         "B": {"uncertain": 12, "left_out": 12, "images": 48}}
     assert report["labels"]["images_labelled_for_all"] == 48
-    ones = external.build_report(labels, probs, policy="ones", **common)
+    ones = external.build_report(scored, "ones", Thresholds((0.5,)), Bootstrap(0))
     assert ones["overall"]["examples"] == 60
     assert ones["per_class"]["B"]["positives"] == 24 + 12
     assert ones["labels"]["per_finding"]["B"] == {"uncertain": 12, "left_out": 0, "images": 60}
 
 
 def test_evaluate_chexpert_end_to_end(chexpert_dir, tmp_path, make_run_dir):
-    from cxr_tf import evaluate
+    from cxr_tf.evaluation import runner
 
     data_dir, _ = chexpert_dir
     make_run_dir(tmp_path / "run")
-    report = evaluate.evaluate_chexpert(str(tmp_path / "run"), data_dir=str(data_dir),
-                                        n_boot=20, progress=False)
+    report = runner.evaluate(EvalConfig(model_dir=str(tmp_path / "run"), dataset="chexpert",
+                                        data_dir=str(data_dir), bootstrap=20), progress=False)
     assert list(report["per_class"]) == ["Atelectasis", "Cardiomegaly", "Consolidation",
                                          "Edema", "Effusion", "Pneumonia", "Pneumothorax"]
     left = report["labels"]["per_finding"]

@@ -1,17 +1,23 @@
-"""The evaluate app on the prepared synthetic fixture: files, figures, threshold tuning."""
+"""The evaluate app and its library (cxr_tf.evaluation.runner) on the prepared synthetic
+fixture: files, figures, threshold tuning; EvalConfig's checks and the flags made from it."""
 
+import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from absl import app
+from absl import flags as absl_flags
 from PIL import Image
 
-from cxr_tf import evaluate, labels
+from cxr_tf import errors, evaluate, flags, labels
 from cxr_tf.data import input_pipeline, source
-from cxr_tf.evaluation import metrics
+from cxr_tf.evaluation import metrics, runner
+from cxr_tf.evaluation.config import ArgumentsError, EvalConfig
 from cxr_tf.serving import run_dir
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -36,7 +42,7 @@ def run(prepared_dir, tmp_path_factory, make_run_dir):
 
 def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
     path, net = run
-    report = evaluate.evaluate_run(str(path), "test", n_boot=100, progress=False)
+    report = runner.evaluate(EvalConfig(model_dir=str(path), bootstrap=100), progress=False)
     assert not (path / "thresholds.json").exists()  # evaluating test never writes thresholds
     out = path / "eval_test"
     for name in ("report.json", "report.md", "roc.png", "pr.png", "calibration.png"):
@@ -70,7 +76,8 @@ def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
 def test_thresholds_are_tuned_on_validation_only(run, prepared_dir):
     path, net = run
     thresholds_file = path / "thresholds.json"
-    report = evaluate.evaluate_run(str(path), "test", n_boot=0, tune="f1", progress=False)
+    report = runner.evaluate(EvalConfig(model_dir=str(path), bootstrap=0, tune_thresholds="f1"),
+                             progress=False)
     written = json.loads(thresholds_file.read_text())
     assert written["split"] == "validation" and written["method"] == "f1"
     y_val, p_val, _ = split_probs(net, prepared_dir, "validation")
@@ -86,7 +93,7 @@ def test_thresholds_are_tuned_on_validation_only(run, prepared_dir):
     assert report["per_class"]["Atelectasis"]["tuned_threshold"] == pytest.approx(got[0])
 
     before = thresholds_file.read_bytes()
-    evaluate.evaluate_run(str(path), "test", n_boot=0, progress=False)
+    runner.evaluate(EvalConfig(model_dir=str(path), bootstrap=0), progress=False)
     assert thresholds_file.read_bytes() == before
 
 
@@ -104,7 +111,8 @@ def test_evaluate_app_json(run):
 def test_no_finding_output_report(prepared_dir, tmp_path, make_run_dir):
     net = make_run_dir(tmp_path / "run15", prepared_dir, num_outputs=15, seed=1,
                        thresholds=("0.4", "0.5"))
-    report = evaluate.evaluate_run(str(tmp_path / "run15"), "test", n_boot=0, progress=False)
+    report = runner.evaluate(EvalConfig(model_dir=str(tmp_path / "run15"), bootstrap=0),
+                             progress=False)
     y, probs, _ = split_probs(net, prepared_dir, "test")
     wins = probs[:, 14] > probs[:, :14].max(axis=1)
     nf = report["no_finding"]
@@ -119,5 +127,134 @@ def test_no_finding_output_report(prepared_dir, tmp_path, make_run_dir):
 def test_not_a_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match="config.json: not found; --model_dir must be a run"):
-        evaluate.evaluate_run(str(tmp_path), "test")
+        runner.evaluate(EvalConfig(model_dir=str(tmp_path)))
     assert run_dir.read_thresholds(str(tmp_path)) == (None, None)
+
+
+def test_a_run_dir_of_an_older_config_uses_the_defaults_training_then_had(tmp_path):
+    # config.json before val_fraction, seed and thresholds were recorded.
+    (tmp_path / "config.json").write_text(json.dumps({"data_dir": "D", "image_size": 64}))
+    assert runner.read_run(str(tmp_path)) == runner.RunRecord("D", 64, 0.1, 0, (0.5,))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "data_dir": "D", "image_size": 64, "val_fraction": 0.2, "seed": 3,
+        "thresholds": ["0.4", "0.6"], "arch": "resnet18"}))
+    assert runner.read_run(str(tmp_path)) == runner.RunRecord("D", 64, 0.2, 3, (0.4, 0.6))
+    (tmp_path / "config.json").write_text(json.dumps({"data_dir": "D"}))
+    with pytest.raises(run_dir.RunDirError, match=r"config.json: no image_size; not a "
+                                                  r"config.json written by cxr_tf.train$"):
+        runner.read_run(str(tmp_path))
+
+
+# --- EvalConfig: one check of the arguments, whoever builds it --------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "model_dir is required"),
+    ({"model_dir": "R", "dataset": "chexpert"},
+     "dataset=chexpert needs data_dir (the TFDS dir holding the prepared chexpert dataset)"),
+    ({"model_dir": "R", "dataset": "chexpert", "data_dir": "D", "split": "validation"},
+     "split, tune_thresholds, bbox_csv and expert_labels work on NIH data (dataset=chexpert "
+     "always evaluates CheXpert's validation split)"),
+    ({"model_dir": "R", "dataset": "chexpert", "data_dir": "D", "given": ("split",)},
+     "split, tune_thresholds, bbox_csv and expert_labels work on NIH data (dataset=chexpert "
+     "always evaluates CheXpert's validation split)"),
+    ({"model_dir": "R", "dataset": "chexpert", "data_dir": "D", "bbox_csv": "b.csv"},
+     "split, tune_thresholds, bbox_csv and expert_labels work on NIH data (dataset=chexpert "
+     "always evaluates CheXpert's validation split)"),
+    ({"model_dir": "R", "views": ("lateral",)},
+     "uncertain_labels and views apply to dataset=chexpert"),
+    ({"model_dir": "R", "given": ("uncertain_labels",)},
+     "uncertain_labels and views apply to dataset=chexpert"),
+])
+def test_arguments_that_do_not_go_together_are_refused(kwargs, message):
+    with pytest.raises(ArgumentsError) as raised:
+        EvalConfig(**kwargs)
+    assert str(raised.value) == message
+    assert isinstance(raised.value, errors.UserError)
+
+
+def test_an_arguments_error_spells_the_names_as_the_caller_asks():
+    error = ArgumentsError("{uncertain_labels} and {views} apply to {dataset}=chexpert")
+    assert error.spelled(lambda name: f"--{name}") == (
+        "--uncertain_labels and --views apply to --dataset=chexpert")
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"split": "train"}, "split must be one of test, validation; received split='train'"),
+    ({"bootstrap": -1}, "bootstrap must be at least 0; received bootstrap=-1"),
+    ({"batch_size": 0}, "batch_size must be at least 1; received batch_size=0"),
+    ({"views": ("frontal", "oblique")}, "views must be one of frontal, lateral; received "
+                                        "views=('frontal', 'oblique')"),
+    ({"views": ()}, "views must name at least one of frontal, lateral; received views=()"),
+    ({"tune_thresholds": "auc"}, "tune_thresholds must be one of f1, youden; received "
+                                 "tune_thresholds='auc'"),
+])
+def test_a_bad_value_is_a_config_error_naming_the_argument(kwargs, message):
+    with pytest.raises(errors.ConfigError) as raised:
+        EvalConfig(model_dir="R", **kwargs)
+    assert str(raised.value) == message
+
+
+def test_what_goes_together_is_accepted():
+    config = EvalConfig(model_dir="R", dataset="chexpert", data_dir="D",
+                        views=["frontal", "lateral"], uncertain_labels="zeros",
+                        given=("views", "uncertain_labels"))
+    assert config.views == ("frontal", "lateral") and config.split == "test"
+    assert EvalConfig(model_dir="R", split="validation", tune_thresholds="youden",
+                      given=("split", "tune_thresholds")).tune_thresholds == "youden"
+
+
+def test_the_config_names_the_choices_the_library_knows():
+    from cxr_tf.data import chexpert
+    from cxr_tf.evaluation import config, external
+
+    assert config.VIEWS == chexpert.VIEWS and config.UNCERTAIN_POLICIES == external.POLICIES
+    y = np.array([[0], [1], [0], [1]])
+    scores = np.array([[0.1], [0.8], [0.3], [0.6]])
+    for method in config.TUNING_METHODS:  # each accepted: 0.6 splits the classes
+        assert metrics.tune_thresholds(y, scores, method).tolist() == [0.6]
+
+
+# --- the app: flags made from EvalConfig, conflicts spelled as flags ---------------------------
+
+def parse(*args):
+    values = absl_flags.FlagValues()
+    flags.define_evaluate_flags(values)
+    values(["evaluate", *args])
+    return values
+
+
+def test_the_apps_flags_are_evalconfigs_fields():
+    values = parse()
+    fields = [f.name for f in dataclasses.fields(EvalConfig) if f.name != "given"]
+    assert set(values) == set(fields) | {"json", "tf_logs"}
+    assert {name: values[name].default for name in fields} == {
+        "model_dir": None, "split": "test", "data_dir": None, "checkpoint": "best",
+        "bootstrap": 1000, "tune_thresholds": None, "batch_size": 64, "expert_labels": None,
+        "bbox_csv": None, "dataset": "nih", "uncertain_labels": "ignore", "views": ["frontal"]}
+    assert values["split"].parser.enum_values == ["test", "validation"]
+    assert values["batch_size"].help == "Images per prediction batch. (>= 1)"
+    config = evaluate.build_config(parse("--model_dir=R", "--split=validation",
+                                         "--tune_thresholds=f1", "--bootstrap=20"))
+    assert config == EvalConfig(model_dir="R", split="validation", tune_thresholds="f1",
+                                bootstrap=20, given=("model_dir", "split", "bootstrap",
+                                                     "tune_thresholds"))
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--model_dir is required"),
+    (["--model_dir=R", "--dataset=chexpert"], "--dataset=chexpert needs --data_dir (the TFDS "
+                                               "dir holding the prepared chexpert dataset)"),
+    (["--model_dir=R", "--dataset=chexpert", "--data_dir=D", "--split=test"],
+     "--split, --tune_thresholds, --bbox_csv and --expert_labels work on NIH data "
+     "(--dataset=chexpert always evaluates CheXpert's validation split)"),
+    (["--model_dir=R", "--uncertain_labels=ignore"],
+     "--uncertain_labels and --views apply to --dataset=chexpert"),
+    (["--model_dir=R", "--views=frontal,oblique"],
+     "flag --views=frontal,oblique: must be one of frontal, lateral"),
+    (["--model_dir=R", "--views="], "flag --views=: must name at least one of frontal, lateral"),
+])
+def test_the_app_refuses_with_the_flags_spelling(args, message):
+    with pytest.raises(app.UsageError) as raised:
+        evaluate.build_config(parse(*args))
+    assert str(raised.value) == message

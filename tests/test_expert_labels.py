@@ -14,6 +14,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 from cxr_tf import labels
 from cxr_tf.data.metadata import MetadataError
 from cxr_tf.evaluation import expert_labels
+from cxr_tf.evaluation.config import EvalConfig
+from cxr_tf.evaluation.inputs import Bootstrap, Scored, Thresholds
 
 SLICE = Path(__file__).resolve().parent / "data" / "expert_labels"
 TXRV = SLICE / "google2019_nih-chest-xray-labels.csv"
@@ -116,6 +118,18 @@ def test_rows_google_did_not_adjudicate_are_dropped_and_counted(tmp_path):
         expert_labels.read(path)
 
 
+
+def test_a_file_that_is_no_csv_table_is_a_metadata_error(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(MetadataError, match=rf"^{empty}: not a CSV table \(No columns to parse"):
+        expert_labels.read(str(empty))
+    broken = tmp_path / "broken.csv"
+    broken.write_text('Image Index,Patient ID\n"00000001_000.png,1\n')
+    with pytest.raises(MetadataError, match=rf"^{broken}: not a CSV table \(Error tokenizing"):
+        expert_labels.read(str(broken))
+
+
 # --- mapping ---------------------------------------------------------------------------------
 
 def test_mapping_is_documented_and_fracture_is_not_predicted():
@@ -177,8 +191,8 @@ def test_section_figures_by_hand():
     expert, ids, patients, y_nih, probs = hand_set()
     tuned = np.full(14, 0.5)
     tuned[LABELS.index("Pneumothorax")] = 0.9
-    s = expert_labels.evaluate(expert, ids, patients, y_nih, probs, label_names=LABELS,
-                               thresholds=[0.5], tuned_thresholds=tuned, n_boot=300, seed=0)
+    s = expert_labels.evaluate(expert, ids, Scored(y_nih, probs, LABELS, patient_ids=patients),
+                               Thresholds((0.5,), tuned), Bootstrap(300, seed=0))
     assert (s["images"], s["patients"], s["rows_in_file"]) == (24, 12, 26)
     assert s["expert_sets"] == {"test": 24}
     assert s["method"] == "patient-level percentile bootstrap, 300 resamples"
@@ -220,8 +234,9 @@ def test_section_figures_by_hand():
 
 def test_no_matching_image_gives_an_empty_section():
     expert, ids, patients, y_nih, probs = hand_set()
-    s = expert_labels.evaluate(expert, ids[24:], patients[24:], y_nih[24:], probs[24:],
-                               label_names=LABELS, thresholds=[0.5], n_boot=50)
+    s = expert_labels.evaluate(
+        expert, ids[24:], Scored(y_nih[24:], probs[24:], LABELS, patient_ids=patients[24:]),
+        Thresholds((0.5,)), Bootstrap(50))
     assert s["images"] == 0 and s["auc_mean"] is None and s["auc_mean_over"] == 0
     p = s["per_finding"]["Pneumothorax"]
     assert (p["positives"], p["negatives"], p["auc"]) == (0, 0, None)
@@ -259,6 +274,7 @@ def split_probs(net, data_dir, split):
 
 def test_label_noise_gap_through_evaluate(synthetic_run):
     from cxr_tf import evaluate
+    from cxr_tf.evaluation import runner
 
     root, net = synthetic_run
     rows, probs = split_probs(net, root / "tfds", "test")
@@ -290,8 +306,8 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
     expert_file = root / "test_labels.csv"
     expert_file.write_text("\n".join([header, *lines]) + "\n")
 
-    report = evaluate.evaluate_run(str(root / "run"), "test", n_boot=50, progress=False,
-                                   expert_labels=str(expert_file))
+    report = runner.evaluate(EvalConfig(model_dir=str(root / "run"), bootstrap=50,
+                                        expert_labels=str(expert_file)), progress=False)
     checked = 0  # the NIH figures of the same report, on a split where most are estimable
     for c, name in enumerate(LABELS):
         row, positives = report["per_class"][name], int(y_nih[:, c].sum())

@@ -194,8 +194,8 @@ def test_png_and_raw_storage_read_back_the_same_pixels(kaggle_dir, prepared, tmp
 def _train_stream(src, initial_epoch, seed=0, augment=input_pipeline.augment):
     return input_pipeline.make_for_train(
         src, batch_size=4, initial_epoch=initial_epoch, epochs=3,
-        steps_per_epoch=src.split_sizes["train"] // 4, seed=seed, deterministic=True,
-        augment=augment)
+        steps_per_epoch=src.split_sizes["train"] // 4,
+        options=input_pipeline.TrainOptions(seed=seed, deterministic=True, augment=augment))
 
 
 def test_training_stream_is_a_function_of_seed_and_epoch(prepared):
@@ -224,8 +224,9 @@ def test_training_order_does_not_depend_on_the_global_seed(prepared):
 
 def test_each_epoch_is_a_shuffle_of_the_split(prepared):
     steps = prepared.split_sizes["train"] // 4
-    ds = input_pipeline.make_for_train(prepared, batch_size=4, epochs=2, steps_per_epoch=steps,
-                                       features=("image_id",), cache=True)
+    ds = input_pipeline.make_for_train(
+        prepared, batch_size=4, epochs=2, steps_per_epoch=steps,
+        options=input_pipeline.TrainOptions(features=("image_id",), cache=True))
     ids = _ids(ds)
     every = {r["image_id"] for r in prepared.rows("train")}
     epochs = [ids[:4 * steps], ids[4 * steps:]]

@@ -23,6 +23,11 @@ LAYERS = [
     APPS,
 ]
 
+# Upward imports waiting for a move in flight, each with its reason. Empty once it lands.
+PENDING = {
+    ("evaluation.runner", "serving"): "serving.run_dir, until cxr_tf.runs replaces it (issue 16)",
+}
+
 
 def layer_of(name):
     """'data.images' -> 2; apps -> the top layer."""
@@ -79,6 +84,8 @@ def test_imports_go_down_the_layers(path):
     for imported in cxr_imports(path):
         if layer_of(imported) == len(LAYERS) - 1 and name not in APPS:
             pytest.fail(f"cxr_tf.{name} (library) imports the app cxr_tf.{imported}")
+        if (name, imported) in PENDING:
+            continue
         assert layer_of(imported) <= level, (
             f"cxr_tf.{name} (layer {level}) imports cxr_tf.{imported} "
             f"(layer {layer_of(imported)})")

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf import labels
+from cxr_tf import errors, labels
 from cxr_tf.data import image_header, images
 from cxr_tf.evaluation import localization
+from cxr_tf.evaluation.config import EvalConfig
+from cxr_tf.evaluation.inputs import Bootstrap
 
 HEAD = Path(__file__).resolve().parent / "data" / "bbox" / "BBox_List_2017_head.csv"
 
@@ -49,8 +51,32 @@ def test_reads_rows_with_trailing_empty_cells(tmp_path):
 def test_bad_box_lists_name_the_line_and_reason(tmp_path, text, message):
     path = tmp_path / "b.csv"
     path.write_text(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(localization.BoxListError, match=message) as raised:
         localization.read_boxes(path)
+    assert isinstance(raised.value, errors.UserError)
+
+
+def test_a_box_list_that_is_not_text_is_a_box_list_error(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_bytes(b"Image Index,Finding Label,Bbox [x,y,w,h]\n\xff\xfe\x00,Mass,1,2,3,4\n")
+    with pytest.raises(localization.BoxListError, match=r"b.csv: not a CSV text file \("):
+        localization.read_boxes(path)
+
+
+def test_find_boxes_looks_beside_the_list_and_under_data_dir(tmp_path):
+    (tmp_path / "kaggle" / "images_001" / "images").mkdir(parents=True)
+    (tmp_path / "kaggle" / "images_001" / "images" / "00000001_000.png").write_bytes(b"x")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "00000002_000.png").write_bytes(b"x")
+    csv = tmp_path / "lists" / "b.csv"
+    csv.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                   "00000001_000.png,Mass,1,2,3,4\n00000002_000.png,Mass,1,2,3,4\n"
+                   "00000003_000.png,Mass,1,2,3,4\n")
+    found = localization.find_boxes(str(csv), str(tmp_path / "kaggle"))
+    assert found.source == str(csv) and len(found.boxes) == 3
+    assert found.paths == {
+        "00000001_000.png": str(tmp_path / "kaggle" / "images_001" / "images" / "00000001_000.png"),
+        "00000002_000.png": str(tmp_path / "lists" / "00000002_000.png")}
 
 
 def test_box_scaling_worked_out():
@@ -138,7 +164,8 @@ def test_pointing_game_on_non_square_films(tmp_path):
     boxes = localization.read_boxes(tmp_path / "b.csv")
     paths = localization.find_images([tmp_path], [b.image_id for b in boxes])
     assert sorted(paths) == ["00000001_000.png", "00000002_000.png", "00000004_000.png"]
-    pairs = list(localization.point(boxes, paths, brightness_map, 32, batch_size=2))
+    box_list = localization.BoxList("b.csv", boxes, paths)
+    pairs = list(localization.point(box_list, brightness_map, 32, batch_size=2))
     assert [p.image_id for p in pairs if p.error] == ["00000004_000.png"]
     assert [(p.image_id, p.label, p.hits) for p in pairs if not p.error] == [
         ("00000001_000.png", "Mass", [True, False]),
@@ -147,8 +174,9 @@ def test_pointing_game_on_non_square_films(tmp_path):
     # The wide film's first box: (38, 18 + 12) × 32/64 = (19, 15), 10 × 0.5 = 5 a side.
     assert pairs[0].boxes[0] == pytest.approx((19, 15, 5, 5))
     assert pairs[2].error.startswith("00000004_000.png: ")
-    section, examples = localization.summarize(pairs, boxes, paths, size=32, n_boot=50,
-                                               source="b.csv", examples_per_finding=1)
+    section, examples = localization.summarize(pairs, box_list, size=32, bootstrap=Bootstrap(50),
+                                               examples_per_finding=1)
+    assert section["source"] == "b.csv" and section["bootstrap"]["replicates"] == 50
     assert section["per_finding"]["Mass"] | {"hit_rate_ci_low": 0, "hit_rate_ci_high": 0} == {
         "boxes": 2, "images": 1, "patients": 1, "hits": 1, "hit_rate": 0.5,
         "hit_rate_ci_low": 0, "hit_rate_ci_high": 0,
@@ -174,7 +202,7 @@ def test_pointing_game_on_non_square_films(tmp_path):
 
 
 def test_evaluate_report_has_the_localization_section(kaggle_dir, tmp_path, make_run_dir):
-    from cxr_tf import evaluate
+    from cxr_tf.evaluation import runner
 
     make_run_dir(tmp_path / "run", kaggle_dir)
     first, second = sorted(kaggle_dir.glob("images_*/images/*.png"))[:2]
@@ -185,8 +213,8 @@ def test_evaluate_report_has_the_localization_section(kaggle_dir, tmp_path, make
                    f"{first.name},Mass,0,0,8,8\n"  # hit
                    f"{second.name},Mass,30,30,8,8\n"  # miss
                    "99999999_000.png,Mass,0,0,8,8\n")  # not found
-    report = evaluate.evaluate_run(str(tmp_path / "run"), "test", data_dir=str(kaggle_dir),
-                                   n_boot=20, progress=False, bbox_csv=str(csv))
+    report = runner.evaluate(EvalConfig(model_dir=str(tmp_path / "run"), data_dir=str(kaggle_dir),
+                                        bootstrap=20, bbox_csv=str(csv)), progress=False)
     section = report["localization"]
     assert section["per_finding"]["Mass"]["hits"] == 1
     assert section["per_finding"]["Mass"]["boxes"] == 2
@@ -198,11 +226,15 @@ def test_evaluate_report_has_the_localization_section(kaggle_dir, tmp_path, make
 
 
 def test_evaluate_refuses_a_box_list_without_images(tmp_path, make_run_dir):
-    from cxr_tf import evaluate
+    from cxr_tf.evaluation import runner
 
     make_run_dir(tmp_path / "run")
     (tmp_path / "boxes").mkdir()
     (tmp_path / "boxes" / "b.csv").write_text(HEAD.read_text())
-    with pytest.raises(FileNotFoundError, match=r"none of the 6 images of the box list is under"):
-        evaluate.evaluate_run(str(tmp_path / "run"), "test", data_dir=str(tmp_path / "run"),
-                              bbox_csv=str(tmp_path / "boxes" / "b.csv"))
+    config = EvalConfig(model_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "run"),
+                        bbox_csv=str(tmp_path / "boxes" / "b.csv"))
+    with pytest.raises(localization.BoxImagesMissing,
+                       match=r"none of the 6 images of the box list is under") as raised:
+        runner.evaluate(config)
+    assert isinstance(raised.value, errors.UserError)
+    assert isinstance(raised.value, FileNotFoundError)  # an OSError, as before

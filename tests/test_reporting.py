@@ -11,6 +11,7 @@ from sklearn.metrics import (average_precision_score, f1_score, precision_score,
 
 from cxr_tf import labels
 from cxr_tf.evaluation import metrics, published, report_markdown, report_plots, reporting
+from cxr_tf.evaluation.inputs import Bootstrap, Scored, Thresholds
 
 LABELS = list(labels.LABELS)
 
@@ -32,8 +33,8 @@ def report():
     y, prob, meta, patients = fixed_set()
     tuned = metrics.tune_thresholds(y, prob, "f1")
     return reporting.build_report(
-        y, prob, label_names=LABELS, thresholds=[0.4, 0.5], tuned_thresholds=tuned,
-        patient_ids=patients, metadata=meta, n_boot=200, seed=0), tuned
+        Scored(y, prob, LABELS, patient_ids=patients, metadata=meta),
+        Thresholds((0.4, 0.5), tuned), Bootstrap(200, seed=0)), tuned
 
 
 def test_per_class_figures_equal_scikit_learn(report):
@@ -101,7 +102,7 @@ def test_published_comparison():
     assert published.WANG2017_MEAN_AUC == pytest.approx(0.745, abs=5e-4)
     assert set(published.WANG2017_AUC) == set(LABELS)
     y, prob, _, _ = fixed_set()
-    result = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5], n_boot=0)
+    result = reporting.build_report(Scored(y, prob, LABELS), Thresholds((0.5,)), Bootstrap(0))
     pub = result["published"]
     ours = [roc_auc_score(y[:, c], prob[:, c]) for c in range(13)]
     theirs = [published.WANG2017_AUC[n] for n in LABELS[:13]]
@@ -114,8 +115,8 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
     widths = []
     for n in (400, 4000):  # 400 × the rarest prevalence (5 %) leaves every class 10 positives
         y, prob, _, patients = fixed_set(n, seed=1)
-        r = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5],
-                                   patient_ids=patients, n_boot=300)
+        r = reporting.build_report(Scored(y, prob, LABELS, patient_ids=patients),
+                                   Thresholds((0.5,)), Bootstrap(300))
         rows = [r["per_class"][name] for name in LABELS[:13]]
         for row in rows:
             assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
@@ -135,8 +136,8 @@ def test_honest_counts_with_1_3_and_30_positives():
     y[[97, 98, 99], 1] = 1
     y[10:40, 2] = 1
     prob = np.repeat(np.arange(100)[:, None] / 100, 3, axis=1)
-    r = reporting.build_report(y, prob, label_names=["A", "B", "C"], thresholds=[0.5],
-                               patient_ids=np.arange(100), n_boot=400, seed=0)
+    r = reporting.build_report(Scored(y, prob, ["A", "B", "C"], patient_ids=np.arange(100)),
+                               Thresholds((0.5,)), Bootstrap(400, seed=0))
     a, b, c = (r["per_class"][n] for n in "ABC")
     assert (a["positives"], a["negatives"], b["positives"], b["negatives"]) == (1, 99, 3, 97)
     for row, reason in ((a, "1 positive (fewer than 10)"), (b, "3 positives (fewer than 10)")):
@@ -163,9 +164,10 @@ def test_patient_level_bootstrap_is_wider_than_image_level():
     y, prob, _, _ = fixed_set(100, seed=2)
     y, prob = np.repeat(y, 5, axis=0), np.repeat(prob, 5, axis=0)
     patients = np.repeat(np.arange(100), 5)
-    by_patient = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5],
-                                        patient_ids=patients, n_boot=300)
-    by_image = reporting.build_report(y, prob, label_names=LABELS, thresholds=[0.5], n_boot=300)
+    by_patient = reporting.build_report(Scored(y, prob, LABELS, patient_ids=patients),
+                                        Thresholds((0.5,)), Bootstrap(300))
+    by_image = reporting.build_report(Scored(y, prob, LABELS), Thresholds((0.5,)),
+                                      Bootstrap(300))
     assert by_patient["bootstrap"]["unit"] == "patient" and by_image["bootstrap"]["unit"] == "image"
 
     # The minimum counts images, so both reports leave out the same rare findings.
@@ -215,8 +217,8 @@ def test_no_finding_constraint_and_its_effect_on_f1():
     prob = np.array([[0.9, 0.2], [0.6, 0.1], [0.3, 0.8], [0.7, 0.6]])
     no_finding = np.array([0.1, 0.9, 0.2, 0.8])
     assert labels.no_finding_wins(prob, no_finding).tolist() == [False, True, False, True]
-    r = reporting.build_report(y, prob, label_names=["A", "B"], thresholds=[0.5],
-                               no_finding_prob=no_finding, n_boot=0)
+    r = reporting.build_report(Scored(y, prob, ["A", "B"]), Thresholds((0.5,)), Bootstrap(0),
+                               no_finding_prob=no_finding)
     nf = r["no_finding"]
     assert nf["examples_suppressed"] == 2
     # Without: A predicted on 0,1,3 (tp 2, fp 1) -> F1 0.8; B on 2,3 (tp 1, fp 1) -> 2/3.
@@ -246,7 +248,7 @@ def test_markdown_shows_the_headline_figures(report):
 
 def test_plots_are_written_and_non_empty(tmp_path):
     y, prob, _, _ = fixed_set()
-    paths = report_plots.write_plots(str(tmp_path), y, prob, LABELS)
+    paths = report_plots.write_plots(str(tmp_path), Scored(y, prob, LABELS))
     assert [p.rsplit("/", 1)[1] for p in paths] == ["roc.png", "pr.png", "calibration.png"]
     for path in paths:
         with Image.open(path) as img:
@@ -264,8 +266,8 @@ def test_interval_is_a_patient_bootstrap_of_rank_aucs():
     y, prob, _, _ = fixed_set(120, seed=3)
     y, prob = np.repeat(y[:, 6], 4), np.repeat(prob[:, 6], 4)
     patients = np.repeat(np.arange(120), 4)
-    r = reporting.build_report(y[:, None], prob[:, None], label_names=["A"], thresholds=[0.5],
-                               patient_ids=patients, n_boot=1000, seed=0)["per_class"]["A"]
+    r = reporting.build_report(Scored(y[:, None], prob[:, None], ["A"], patient_ids=patients),
+                               Thresholds((0.5,)), Bootstrap(1000, seed=0))["per_class"]["A"]
     rng = np.random.default_rng(7)
     members = [np.flatnonzero(patients == p) for p in range(120)]
     naive = []
@@ -279,3 +281,31 @@ def test_interval_is_a_patient_bootstrap_of_rank_aucs():
     assert r["auc_ci_low"] == pytest.approx(lo, abs=0.4 * spread)
     assert r["auc_ci_high"] == pytest.approx(hi, abs=0.4 * spread)
     assert r["auc_ci_dropped"] == 0.0
+
+
+def test_scored_and_thresholds_select_rows_and_findings():
+    scored = Scored(np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]]),
+                    np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.3], [0.6, 0.5, 0.4]]),
+                    ["A", "B", "C"], patient_ids=[7, 8, 9], metadata=[{"i": 0}, {"i": 1}, {"i": 2}])
+    part = scored.select([True, False, True], [2, 0])
+    assert part.y_true.tolist() == [[1, 1], [0, 1]]
+    assert part.y_prob.tolist() == [[0.8, 0.9], [0.4, 0.6]]
+    assert part.label_names == ["C", "A"] and part.patient_ids == [7, 9]
+    assert part.metadata == [{"i": 0}, {"i": 2}]
+    assert Scored([[1]], [[0.5]], ["A"]).select([True], [0]).patient_ids is None
+    thresholds = Thresholds((0.4, 0.5), [0.1, 0.2, 0.3])
+    assert [key for key, _ in thresholds.sets()] == ["0.4", "0.5", "tuned"]
+    assert thresholds.select([2, 0]).tuned.tolist() == [0.3, 0.1]
+    assert thresholds.select([2, 0]).configured == (0.4, 0.5)
+    assert Thresholds((0.5,)).select([1]).tuned is None
+
+
+def test_a_report_without_bootstrap_says_so():
+    y, prob, _, _ = fixed_set(100)
+    r = reporting.build_report(Scored(y, prob, LABELS), Thresholds((0.5,)), Bootstrap(0))
+    assert r["bootstrap"] | {"dropped_max": None} == {
+        "replicates": 0, "confidence": 0.95, "seed": 0, "unit": "image", "method": None,
+        "min_count": 10, "dropped_max": None}
+    assert all(row["auc_ci_low"] is None for row in r["per_class"].values())
+    assert ("- no confidence intervals (bootstrap=0); AUC needs 10 positives and negatives"
+            in report_markdown.format_markdown(r))

@@ -66,7 +66,7 @@ def main(argv=None):
     net.compile(keras.optimizers.Adam(1e-3), losses.make_loss(None))
     stream = input_pipeline.make_for_train(
         data, batch_size=args.batch_size, epochs=args.repeats + 2, steps_per_epoch=steps,
-        augment=input_pipeline.augment)
+        options=input_pipeline.TrainOptions(augment=input_pipeline.augment))
     in_memory = tf.data.Dataset.from_tensor_slices(
         tuple(np.stack(t) for t in zip(*[(x.numpy(), y.numpy()) for x, y in stream.take(steps)]))
     ).repeat()

@@ -57,7 +57,8 @@ def main(argv=None):
     steps = n // args.batch_size
     ds = input_pipeline.make_for_train(
         data, batch_size=args.batch_size, epochs=args.repeats + 1, steps_per_epoch=steps,
-        cache=args.cache, augment=input_pipeline.augment if args.augment else None)
+        options=input_pipeline.TrainOptions(
+            cache=args.cache, augment=input_pipeline.augment if args.augment else None))
     rates, iterator = [], iter(ds)
     for repeat in range(args.repeats + 1):
         start = time.perf_counter()

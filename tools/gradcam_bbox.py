@@ -4,16 +4,18 @@
 
 NIH ships `BBox_List_2017.csv` (984 boxes on 880 images, 8 findings) with the Kaggle download:
 columns `Image Index`, `Finding Label`, then `Bbox [x`, `y`, `w`, `h]` in pixels of the image
-file. The work is `cxr_tf.evaluation.localization` (the same code as
-`python -m cxr_tf.evaluate --bbox_csv=...`): every image is preprocessed as in training, its
-box goes through the same pad-and-resize, Grad-CAM (cxr_tf.serving.gradcam, last
+file. A thin wrapper over `cxr_tf.evaluation.runner.pointing_game`, the code behind
+`python -m cxr_tf.evaluate --bbox_csv=...`: every image is preprocessed as in training, its
+box goes through the same pad-and-resize, Grad-CAM (cxr_tf.evaluation.gradcam, last
 convolutional stage) is computed for the box's finding, and a hit is a maximum inside the box.
-The file spells Infiltration "Infiltrate"; that is mapped.
+The file spells Infiltration "Infiltrate"; that is mapped. Beyond evaluate's section, the
+tool writes one overlay per box (--overlay_dir) and prints per-finding totals as JSON.
 
 Flags:
     --model_dir     run dir (config.json, checkpoints/).
     --bbox_csv      the NIH box list.
-    --data_dir      the Kaggle folder holding the images (images_*/images/*.png, any depth).
+    --data_dir      the Kaggle folder holding the images (images_*/images/*.png, any depth;
+                    the folder of the box list is searched too, as evaluate does).
     --checkpoint    best | last (default best).
     --overlay_dir   also write each box's overlay: box green (hit) or red (miss), maximum as a
                     white cross.
@@ -25,45 +27,11 @@ Prints a per-finding table, then one JSON line: boxes, hits, hit_rate, per_label
 """
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr_tf.evaluation.localization import find_images, read_boxes  # noqa: E402
-
-
-def hit_rate(model, boxes, paths, *, batch_size=32, overlay_dir=None, n_boot=1000):
-    """The evaluate report's localization section for these boxes (writing one overlay per
-    box into overlay_dir when given)."""
-    from cxr_tf.evaluation import localization
-    from cxr_tf.serving import gradcam
-
-    cam = gradcam.GradCam(model)
-    size = cam.size[0]
-    pairs = localization.point(boxes, paths, cam, size, batch_size=batch_size)
-    if overlay_dir:
-        pairs = _saving(pairs, overlay_dir)
-    section, _ = localization.summarize(pairs, boxes, paths, size=size, n_boot=n_boot)
-    return section
-
-
-def _saving(pairs, out_dir):
-    """Passes the pairs on, writing `<image>_<finding>_<hit|miss>.png` for each box."""
-    from cxr_tf.evaluation import localization
-
-    os.makedirs(out_dir, exist_ok=True)
-    for pair in pairs:
-        for box, hit in zip(pair.boxes, pair.hits):
-            one = dataclasses.replace(pair, boxes=[box], hits=[hit])
-            stem = os.path.splitext(pair.image_id)[0]
-            localization.plot_overlays(
-                os.path.join(out_dir, f"{stem}_{pair.label}_{'hit' if hit else 'miss'}.png"),
-                {pair.label: [one]})
-        yield pair
 
 
 def summarize(section, missing):
@@ -88,15 +56,15 @@ def main(argv=None):
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    from cxr_tf.serving import run_dir
+    from cxr_tf.evaluation import localization, runner
+    from cxr_tf.evaluation.inputs import Bootstrap
 
-    boxes = read_boxes(args.bbox_csv)
-    paths = find_images([args.data_dir], [b.image_id for b in boxes])
-    model = run_dir.load_model(args.model_dir, args.checkpoint)
-    section = hit_rate(model, boxes, paths, batch_size=args.batch_size,
-                       overlay_dir=args.overlay_dir, n_boot=args.bootstrap)
-    section["source"] = os.path.abspath(args.bbox_csv)
-    missing = sorted({b.image_id for b in boxes if b.image_id not in paths})
+    box_list = localization.find_boxes(args.bbox_csv, args.data_dir)
+    model = runner.load_model(args.model_dir, args.checkpoint)
+    section, _ = runner.pointing_game(model, box_list, batch_size=args.batch_size,
+                                      bootstrap=Bootstrap(args.bootstrap),
+                                      overlay_dir=args.overlay_dir)
+    missing = sorted({b.image_id for b in box_list.boxes if b.image_id not in box_list.paths})
     summary = {"model_dir": args.model_dir, "checkpoint": args.checkpoint,
                **summarize(section, missing)}
     print(f"{'finding':<16} {'boxes':>6} {'hits':>6} {'rate':>6}  {'95% CI':<15} {'chance':>6}")

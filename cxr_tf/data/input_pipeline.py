@@ -1,6 +1,6 @@
 """tf.data input pipelines, the big_vision way: read a split from a `source.Source`, then
-`make_for_train(...)` or `make_for_eval(...)`; options come in as functions (`augment`,
-`target_fn`) and names (`features`) rather than booleans.
+`make_for_train(...)` or `make_for_eval(...)`; a run's choices come in as one `TrainOptions`
+holding functions (`augment`, `target_fn`) and names (`features`) rather than booleans.
 
 Images leave here as uint8 S×S×1 and labels as float32 multi-hot: normalisation lives in the
 model, so that training, export and serving share one preprocessing.
@@ -10,7 +10,9 @@ augmented with stateless ops keyed by (seed, epoch, position). A run resumed at 
 BackupAndRestore therefore sees exactly the batches the uninterrupted run saw.
 """
 
+import dataclasses
 import math
+import typing
 
 import tensorflow as tf
 
@@ -107,16 +109,12 @@ def with_no_finding(target):
     return tf.concat([target, 1.0 - tf.reduce_max(target, axis=-1, keepdims=True)], axis=-1)
 
 
-def make_for_train(source, split="train", *, batch_size, epochs, initial_epoch=0,
-                   steps_per_epoch=None, seed=0, augment=None, target_fn=None, features=(),
-                   cache=False, input_context=None, deterministic=False, shuffle_buffer=None):
-    """Training batches: epochs `initial_epoch` .. `epochs`-1 back to back (as Keras's fit
-    counts them), each shuffled with its own seed and cut to `steps_per_epoch` full batches.
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """A run's choices for its training stream (everything but its length and batch size).
 
     Args:
-        source: a `source.Source` (open_source), opened once per run.
-        batch_size: the global batch; under `input_context` (a tf.distribute.InputContext)
-            each replica gets batch_size / num_replicas_in_sync from its own share of files.
+        seed: seeds each epoch's shuffle and each batch's augmentation.
         augment: None, or `fn(images uint8 [B,S,S,1], seed int64 [2]) -> images`, e.g.
             `functools.partial(augment, hflip=True)`; called once per batch with a seed from
             (seed, epoch, batch, input pipeline).
@@ -128,50 +126,86 @@ def make_for_train(source, split="train", *, batch_size, epochs, initial_epoch=0
         deterministic: keep element order exact under parallel maps (bitwise-repeatable runs).
         shuffle_buffer: examples; default 16,384, fewer above 256 px so it holds about 1 GiB.
     """
+
+    seed: int = 0
+    augment: typing.Callable | None = None
+    target_fn: typing.Callable | None = None
+    features: tuple = ()
+    cache: bool = False
+    deterministic: bool = False
+    shuffle_buffer: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Epochs:
+    """The training schedule _pipeline runs: epochs first..end-1 of `steps` batches each
+    (None: the whole split), shuffled within `shuffle_buffer` examples."""
+
+    first: int
+    end: int
+    steps: int | None
+    shuffle_buffer: int
+    pipeline_id: int
+
+
+def make_for_train(source, split="train", *, batch_size, epochs, initial_epoch=0,
+                   steps_per_epoch=None, options=TrainOptions(), input_context=None):
+    """Training batches: epochs `initial_epoch` .. `epochs`-1 back to back (as Keras's fit
+    counts them), each shuffled with its own seed and cut to `steps_per_epoch` full batches.
+
+    Args:
+        source: a `source.Source` (open_source), opened once per run.
+        batch_size: the global batch; under `input_context` (a tf.distribute.InputContext)
+            each replica gets batch_size / num_replicas_in_sync from its own share of files.
+        options: the run's TrainOptions (seed, augmentation, targets, features, cache, ...).
+    """
     if epochs <= initial_epoch:
         raise ValueError(f"epochs ({epochs}) must exceed initial_epoch ({initial_epoch})")
+    shuffle_buffer = options.shuffle_buffer
     if shuffle_buffer is None:
         shuffle_buffer = max(1_024, min(_SHUFFLE_BUFFER, _SHUFFLE_BYTES // source.image_size**2))
+    schedule = _Epochs(initial_epoch, epochs, steps_per_epoch, shuffle_buffer,
+                       input_context.input_pipeline_id if input_context is not None else 0)
     records, decode = source.read(split, input_context)
     return _pipeline(
-        records, _parse_fn(source, decode, target_fn, features),
-        batch_size=_replica_batch(batch_size, input_context), drop_undecodable=not source.prepared,
-        cache=cache, epochs=(initial_epoch, epochs), shuffle_buffer=shuffle_buffer, seed=seed,
-        steps_per_epoch=steps_per_epoch, augment=augment, deterministic=deterministic,
-        pipeline_id=input_context.input_pipeline_id if input_context is not None else 0)
+        records, _parse_fn(source, decode, options.target_fn, options.features),
+        batch_size=_replica_batch(batch_size, input_context),
+        drop_undecodable=not source.prepared, options=options, schedule=schedule)
 
 
 def make_for_eval(source, split, *, batch_size, target_fn=None, features=(),
                   input_context=None):
     """One pass over a split in file order (the order of `source.labels(split)`): no shuffle,
-    no augmentation, the last partial batch kept. Arguments as in `make_for_train`."""
+    no augmentation, the last partial batch kept. Arguments as in `make_for_train` and
+    `TrainOptions`."""
     records, decode = source.read(split, input_context)
     return _pipeline(records, _parse_fn(source, decode, target_fn, features),
                      batch_size=_replica_batch(batch_size, input_context),
                      drop_undecodable=not source.prepared)
 
 
-def _pipeline(records, parse, *, batch_size, drop_undecodable, cache=False, epochs=None,
-              shuffle_buffer=None, seed=0, steps_per_epoch=None, augment=None,
-              deterministic=True, pipeline_id=0):
+def _pipeline(records, parse, *, batch_size, drop_undecodable, options=None, schedule=None):
     """The one place that fixes the order of the steps, as big_vision's input pipeline does:
     filter → cache → shuffle → repeat → map → batch → prefetch.
 
-    epochs=None: one pass in file order. epochs=(first, end): training epochs first..end-1;
-    the repeat is a loop of epochs around shuffle, map and batch, so that no batch straddles
-    two epochs and each epoch depends on (seed, epoch) only. Each step says why it stands
-    where it does (hence the length).
+    schedule=None: one pass in file order (evaluation: options None, so no cache, no
+    augmentation, a deterministic order). schedule: training epochs first..end-1; the repeat
+    is a loop of epochs around shuffle, map and batch, so that no batch straddles two epochs
+    and each epoch depends on (seed, epoch) only. Each step says why it stands where it does
+    (hence the length).
     """
+    options = options or TrainOptions(deterministic=True)
+    seed, augment = options.seed, options.augment
     # filter: a split arrives as its own records (prepare wrote each split apart), so nothing
     # is dropped before decoding; an undecodable raw file is found only by decoding (below).
     # cache: first, so it holds the compact stored bytes, and every epoch reshuffles the same
     # cached records; nothing random is cached.
-    if cache:
+    if options.cache:
         records = records.cache()
 
     def one_epoch(epoch):
         examples = records
-        if epochs is not None:
+        if schedule is not None:
             # shuffle: before decoding, so the buffer holds stored bytes, not decoded images;
             # seeded by (seed, epoch) alone, never by how many epochs this process has run.
             # The graph-level seed is cleared in this function's graph: tf.data pairs it with
@@ -179,7 +213,7 @@ def _pipeline(records, parse, *, batch_size, drop_undecodable, cache=False, epoc
             # (`seeds == (0, 0)` in random_seed.get_seed; tensorflow#17284). The order then
             # does not depend on the global seed either.
             tf.random.set_seed(None)
-            examples = examples.shuffle(shuffle_buffer, seed=_epoch_seed(seed, epoch),
+            examples = examples.shuffle(schedule.shuffle_buffer, seed=_epoch_seed(seed, epoch),
                                         reshuffle_each_iteration=False)
         # map: decode after shuffling, in parallel on all cores.
         examples = examples.map(parse, num_parallel_calls=AUTOTUNE)
@@ -190,24 +224,30 @@ def _pipeline(records, parse, *, batch_size, drop_undecodable, cache=False, epoc
             examples = examples.filter(_is_ok)
         # batch: before augmentation, which is one XLA-compiled call per batch.
         batches = examples.map(_without_flag).batch(
-            batch_size, drop_remainder=epochs is not None, num_parallel_calls=AUTOTUNE)
-        if steps_per_epoch:
-            batches = batches.take(steps_per_epoch)
+            batch_size, drop_remainder=schedule is not None, num_parallel_calls=AUTOTUNE)
+        if schedule is not None and schedule.steps:
+            batches = batches.take(schedule.steps)
         if augment is None:
             return batches
 
         def augment_batch(index, batch):
-            return _augment_batch(batch, augment, _batch_seed(seed, epoch, pipeline_id, index))
+            return _augment_batch(batch, augment,
+                                  _batch_seed(seed, epoch, schedule.pipeline_id, index))
 
         return batches.enumerate().map(augment_batch, num_parallel_calls=AUTOTUNE)
 
-    if epochs is None:
+    if schedule is None:
         ds = one_epoch(0)
     else:
         # repeat: one dataset of epochs rather than ds.repeat(), whose k-th reshuffle depends
         # on the k-1 before it in this process: here epoch e is a function of (seed, e), so a
         # fresh pipeline started at epoch k (a resumed run) yields the same batches.
-        ds = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+        ds = tf.data.Dataset.range(schedule.first, schedule.end).flat_map(one_epoch)
+    return _finish(ds, options.deterministic)
+
+
+def _finish(ds, deterministic):
+    """The last steps of every pipeline: its options, then prefetch."""
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
     # The source sharded by input pipeline; stop tf.distribute from sharding a second time.

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.data import metadata
-from cxr_tf.evaluation import metrics, report_markdown, reporting
+from cxr_tf.evaluation import inputs, metrics, report_markdown, reporting
 
 SOURCE = ("Majkowska et al., Chest Radiograph Interpretation with Deep Learning Models, "
           "Radiology 2020, doi:10.1148/radiol.2019191293")
@@ -67,9 +67,13 @@ def read(path, split=None):
     0/1 ints. The split comes from `Set Id`, else from `split`, else from the file name
     (`validation_labels.csv`, `test_labels.csv`). Google leaves all four findings empty for an
     image it did not adjudicate: such rows are dropped (`frame.attrs["not_adjudicated"]`).
-    Raises metadata.MetadataError naming the file, line and column of a bad value.
+    Raises metadata.MetadataError naming the file, line and column of a bad value (or saying
+    the file is not a CSV table).
     """
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise metadata.MetadataError(f"not a CSV table ({str(e).strip()})", path) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in ("Image Index", "Patient ID", *FINDINGS) if c not in frame.columns]
     if missing:
@@ -177,49 +181,57 @@ def _columns(outputs, label_names):
     return [label_names.index(o) for o in outputs]
 
 
-def evaluate(expert, image_ids, patient_ids, y_nih, probs, *, label_names, thresholds,
-             tuned_thresholds=None, n_boot=1000, seed=0, progress=False):
+def evaluate(expert, image_ids, scored, thresholds, bootstrap=inputs.Bootstrap()):
     """The report section: each expert finding scored against the radiologists and, on the
     same images, against NIH's labels mapped the same way (the label-noise gap).
 
     Args:
         expert: `read`'s DataFrame; only the images in `image_ids` that it lists are used.
-        image_ids, patient_ids: the evaluated split's images, one per row of y_nih and probs.
-        y_nih: (n, C) NIH 0/1 labels; probs: (n, C) probabilities, columns as label_names.
-        thresholds, tuned_thresholds: the run's, as for reporting.build_report.
-        n_boot, seed: patient-level bootstrap; the gap's interval is paired (same resamples).
+        image_ids: the evaluated split's images, one per row of `scored`.
+        scored: an `inputs.Scored` of the split: NIH's 0/1 labels, the probabilities and the
+            patient ids.
+        thresholds: the run's (`inputs.Thresholds`), as for reporting.build_report.
+        bootstrap: patient-level; the gap's interval is paired (the same resamples).
     """
-    image_ids, y_nih, probs = np.asarray(image_ids), np.asarray(y_nih), np.asarray(probs)
+    image_ids = np.asarray(image_ids)
+    y_nih, probs = np.asarray(scored.y_true), np.asarray(scored.y_prob)
+    label_names = scored.label_names
     rows = np.flatnonzero(np.isin(image_ids, expert["image_id"].to_numpy()))
     labels = expert.set_index("image_id").loc[image_ids[rows]]
-    groups = np.asarray(patient_ids)[rows]
-    section = {
-        "source": SOURCE, "rows_in_file": int(len(expert)),
-        "not_adjudicated": int(expert.attrs.get("not_adjudicated", 0)),
-        "images": int(len(rows)), "patients": int(len(set(groups.tolist()))),
-        "expert_sets": {k: int(v) for k, v in labels["split"].value_counts().sort_index().items()},
-        "method": reporting.interval_method(n_boot, groups), "min_count": metrics.MIN_CLASS_COUNT,
-        "thresholds": {},
-        "per_finding": {name: _unscored(name, labels[name].to_numpy()) for name in FINDINGS},
-    }
+    groups = np.asarray(scored.patient_ids)[rows]
+    section = _header(expert, labels, groups, bootstrap)
     predicted = [f for f, name in enumerate(FINDINGS) if MAPPING[name].outputs]
     y_expert = labels[[FINDINGS[f] for f in predicted]].to_numpy()
-    for key, t in reporting.threshold_sets(thresholds, tuned_thresholds):
+    for key, t in thresholds.sets():
         section["thresholds"][key] = t
         _add_threshold_figures(section["per_finding"], key, t, probs[rows], y_expert,
                                predicted, label_names)
     if len(rows):
-        scored = _score(y_expert, map_scores(y_nih[rows], label_names)[:, predicted],
-                        map_scores(probs[rows], label_names)[:, predicted], groups,
-                        n_boot, seed, progress)
+        figures = _score(y_expert, map_scores(y_nih[rows], label_names)[:, predicted],
+                         map_scores(probs[rows], label_names)[:, predicted], groups, bootstrap)
         for i, f in enumerate(predicted):
-            section["per_finding"][FINDINGS[f]].update(scored[i])
+            section["per_finding"][FINDINGS[f]].update(figures[i])
     entries = [section["per_finding"][FINDINGS[f]] for f in predicted]
     section["auc_mean"], section["auc_mean_over"] = reporting.auc_mean(entries)
     gaps = [e["label_noise_gap"] for e in entries if e.get("label_noise_gap") is not None]
     section["label_noise_gap_mean"] = float(np.mean(gaps)) if gaps else None
     section["label_noise_gap_mean_over"] = len(gaps)
     return reporting.to_json_ready(section)
+
+
+def _header(expert, labels, groups, bootstrap):
+    """The section before scoring: what the file holds, which images were used, and every
+    finding's counts with null figures."""
+    return {
+        "source": SOURCE, "rows_in_file": int(len(expert)),
+        "not_adjudicated": int(expert.attrs.get("not_adjudicated", 0)),
+        "images": int(len(labels)), "patients": int(len(set(groups.tolist()))),
+        "expert_sets": {k: int(v) for k, v in labels["split"].value_counts().sort_index().items()},
+        "method": reporting.interval_method(bootstrap.replicates, groups),
+        "min_count": metrics.MIN_CLASS_COUNT,
+        "thresholds": {},
+        "per_finding": {name: _unscored(name, labels[name].to_numpy()) for name in FINDINGS},
+    }
 
 
 def _add_threshold_figures(per_finding, key, threshold, probs, y_expert, predicted,
@@ -253,7 +265,7 @@ def _unscored(name, y):
     }
 
 
-def _score(y_expert, y_nih, scores, groups, n_boot, seed, progress):
+def _score(y_expert, y_nih, scores, groups, bootstrap):
     """AUC entries against both references, AP, the gap with its paired interval, and how
     often the two references agree; one bootstrap over both so the resamples are paired."""
     from sklearn.metrics import average_precision_score
@@ -261,7 +273,7 @@ def _score(y_expert, y_nih, scores, groups, n_boot, seed, progress):
     k = y_expert.shape[1]
     y_nih = y_nih.astype(np.int8)
     truth, both = np.hstack([y_expert, y_nih]), np.hstack([scores, scores])
-    replicates = reporting.bootstrap_replicates(truth, both, groups, n_boot, seed, progress)
+    replicates = reporting.bootstrap_replicates(truth, both, groups, bootstrap)
     auc = reporting.auc_entries(truth, both, replicates)
     entries = []
     for i in range(k):

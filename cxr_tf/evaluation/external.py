@@ -1,21 +1,30 @@
 """Scoring a run on another hospital's labels, where a finding may be uncertain (-1).
 
-CheXpert's labeler marks a finding uncertain when the report hedges ("may represent…").
-`--uncertain_labels` says what such a label becomes, as in Irvin et al. 2019 (§ "Uncertainty
-approaches"): `ignore` (the default) leaves the image out for that finding only, `zeros` reads
-it as negative (U-Zeros), `ones` as positive (U-Ones). The report counts what each policy did.
+CheXpert's labeler marks a finding uncertain when the report hedges ("may represent…"). The
+`uncertain_labels` argument says what such a label becomes, as in Irvin et al. 2019
+(§ "Uncertainty approaches"): `ignore` (the default) leaves the image out for that finding
+only, `zeros` reads it as negative (U-Zeros), `ones` as positive (U-Ones). The report counts
+what each policy did.
 
 The figures are those of the NIH report (`reporting.build_report`): each finding on the images
 labelled for it; the overall figures and subgroups on the images labelled for every finding
 (the same images as per finding unless `ignore` left some out, which the report then says).
 """
 
+import dataclasses
+
 import numpy as np
 
-from cxr_tf.evaluation import report_markdown, reporting
+from cxr_tf import errors
+from cxr_tf.evaluation import inputs, report_markdown, reporting
+from cxr_tf.evaluation.config import UNCERTAIN_POLICIES as POLICIES
 
-POLICIES = ("ignore", "zeros", "ones")
 UNCERTAIN = -1
+
+
+class ExternalLabelsError(errors.UserError, ValueError):
+    """An external set's labels that cannot be scored (a value other than -1, 0 or 1, or no
+    image labelled for every finding)."""
 
 
 def apply_policy(labels, policy):
@@ -29,44 +38,37 @@ def apply_policy(labels, policy):
     labels = np.asarray(labels)
     bad = ~np.isin(labels, (UNCERTAIN, 0, 1))
     if bad.any():
-        raise ValueError(f"labels must be -1, 0 or 1; found {sorted(set(labels[bad].tolist()))}")
+        raise ExternalLabelsError(
+            f"labels must be -1, 0 or 1; found {sorted(set(labels[bad].tolist()))}")
     uncertain = labels == UNCERTAIN
     out = labels.astype(np.float64)
     out[uncertain] = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[policy]
     return out, uncertain.sum(axis=0)
 
 
-def build_report(labels, probs, *, label_names, policy="ignore", thresholds, tuned_thresholds=None,
-                 patient_ids, metadata, n_boot=1000, seed=0, progress=False):
+def build_report(scored, policy, thresholds, bootstrap=inputs.Bootstrap()):
     """The NIH report's sections on -1/0/1 labels, plus a `labels` section that counts them.
 
     Args:
-        labels: (n, C) int -1/0/1; probs: (n, C) probabilities of the same C findings.
-        label_names: the C findings (our output names).
+        scored: an `inputs.Scored` whose y_true holds int -1/0/1 labels, with patient_ids
+            and metadata.
         policy: what an uncertain label becomes (see `apply_policy`).
-        Other arguments as in `reporting.build_report`.
+        thresholds, bootstrap: as in `reporting.build_report`.
     """
-    y, uncertain = apply_policy(labels, policy)
-    probs = np.asarray(probs, np.float64)
-    patient_ids, metadata = np.asarray(patient_ids), list(metadata)
+    y, uncertain = apply_policy(scored.y_true, policy)
+    label_names = list(scored.label_names)
+    scored = dataclasses.replace(scored, y_true=y, metadata=list(scored.metadata))
     labelled = ~np.isnan(y)
     complete = labelled.all(axis=1)
-    common = dict(thresholds=thresholds, n_boot=n_boot, seed=seed, progress=progress)
 
     def report_on(rows, columns):
-        tuned = (None if tuned_thresholds is None
-                 else np.asarray(tuned_thresholds, np.float64)[columns])
-        return reporting.build_report(
-            y[np.ix_(rows, columns)].astype(np.int8), probs[np.ix_(rows, columns)],
-            label_names=[label_names[c] for c in columns], tuned_thresholds=tuned,
-            patient_ids=patient_ids[rows].tolist(),
-            metadata=[m for m, keep in zip(metadata, rows) if keep], **common)
+        return reporting.build_report(scored.select(rows, columns),
+                                      thresholds.select(columns), bootstrap)
 
     if not complete.any():
-        raise ValueError(f"no image is labelled for all of {list(label_names)} under the "
-                         f"{policy!r} policy")
-    columns = list(range(len(label_names)))
-    report = report_on(complete, columns)
+        raise ExternalLabelsError(f"no image is labelled for all of {label_names} under the "
+                                  f"{policy!r} policy")
+    report = report_on(complete, list(range(len(label_names))))
     for c in np.flatnonzero(labelled.sum(axis=0) > complete.sum()):
         # `ignore` left images out of another finding: this one's row uses all of its own.
         report["per_class"][label_names[c]] = report_on(labelled[:, c], [c])["per_class"][

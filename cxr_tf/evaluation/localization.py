@@ -17,7 +17,8 @@ The size of each image is read from the image file itself. Data_Entry's
 
 A random point hits a box with the probability of the share of the image it covers (`chance`),
 which the report gives beside every hit rate. Numpy only: the heatmaps come from the caller
-(`cxr_tf.serving.gradcam.GradCam`), so this module stays free of TensorFlow.
+(`cxr_tf.evaluation.gradcam.GradCam`, through `cxr_tf.evaluation.runner.pointing_game`), so
+this module stays free of TensorFlow.
 """
 
 import csv
@@ -27,14 +28,23 @@ import re
 
 import numpy as np
 
+from cxr_tf import errors
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import images
-from cxr_tf.evaluation import report_markdown
+from cxr_tf.evaluation import inputs, report_markdown
 
 ALIASES = {"Infiltrate": "Infiltration"}
 EXAMPLES_PER_FINDING = 3
 MAX_LISTED = 20
 _NIH_IMAGE_RE = re.compile(r"^(\d{8})_\d{3}\.png$")  # the first 8 digits are the patient
+
+
+class BoxListError(errors.UserError, ValueError):
+    """A box list that cannot be read: the message names the file, the line and the reason."""
+
+
+class BoxImagesMissing(errors.UserError, FileNotFoundError):
+    """None of a box list's images is where it was looked for."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,36 +71,53 @@ class Pair:
     error: str = None  # why the image could not be read (then no boxes, hits or map)
 
 
+@dataclasses.dataclass(frozen=True)
+class BoxList:
+    """A box list with the image files it was matched to (`find_boxes`).
+
+    source: the box list's path; boxes: [Box]; paths: {image name: file} of the images found.
+    """
+    source: str
+    boxes: list
+    paths: dict
+
+
 def read_boxes(path):
     """[Box] from NIH's box list; columns found by header name (the box by its `Bbox` prefix).
 
-    Raises ValueError naming the file, the line and the reason for a missing column, an
+    Raises BoxListError naming the file, the line and the reason for a missing column, an
     unknown finding or a coordinate that is not a number (or a width/height <= 0).
     """
     with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
         try:
-            name_at, label_at = header.index("Image Index"), header.index("Finding Label")
-            box_at = next(i for i, h in enumerate(header) if h.startswith("Bbox"))
-        except (ValueError, StopIteration):
-            raise ValueError(f"{path}: expected columns 'Image Index', 'Finding Label' and "
-                             f"'Bbox [x,y,w,h]'; found {header}") from None
-        boxes = []
-        for line, row in enumerate(reader, start=2):
-            if not row or not row[name_at].strip():
-                continue
-            label = ALIASES.get(row[label_at].strip(), row[label_at].strip())
-            if label not in labels_lib.LABELS:
-                raise ValueError(f"{path}:{line}: unknown finding {row[label_at]!r}")
-            try:
-                x, y, w, h = (float(v) for v in row[box_at:box_at + 4])
-            except ValueError:
-                raise ValueError(f"{path}:{line}: box {row[box_at:box_at + 4]} is not four "
-                                 "numbers x, y, w, h") from None
-            if not (w > 0 and h > 0):
-                raise ValueError(f"{path}:{line}: box width and height must be > 0; got {w}, {h}")
-            boxes.append(Box(row[name_at].strip(), label, x, y, w, h))
+            return _boxes(path, csv.reader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise BoxListError(f"{path}: not a CSV text file ({e})") from None
+
+
+def _boxes(path, reader):
+    header = [h.strip() for h in next(reader, [])]
+    try:
+        name_at, label_at = header.index("Image Index"), header.index("Finding Label")
+        box_at = next(i for i, h in enumerate(header) if h.startswith("Bbox"))
+    except (ValueError, StopIteration):
+        raise BoxListError(f"{path}: expected columns 'Image Index', 'Finding Label' and "
+                           f"'Bbox [x,y,w,h]'; found {header}") from None
+    boxes = []
+    for line, row in enumerate(reader, start=2):
+        if not row or not row[name_at].strip():
+            continue
+        label = ALIASES.get(row[label_at].strip(), row[label_at].strip())
+        if label not in labels_lib.LABELS:
+            raise BoxListError(f"{path}:{line}: unknown finding {row[label_at]!r}")
+        try:
+            x, y, w, h = (float(v) for v in row[box_at:box_at + 4])
+        except ValueError:
+            raise BoxListError(f"{path}:{line}: box {row[box_at:box_at + 4]} is not four "
+                               "numbers x, y, w, h") from None
+        if not (w > 0 and h > 0):
+            raise BoxListError(f"{path}:{line}: box width and height must be > 0; got {w}, {h}")
+        boxes.append(Box(row[name_at].strip(), label, x, y, w, h))
     return boxes
 
 
@@ -102,6 +129,21 @@ def find_images(dirs, names):
             for name in wanted.intersection(files):
                 found.setdefault(name, os.path.join(root, name))
     return found
+
+
+def find_boxes(bbox_csv, data_dir):
+    """The BoxList of NIH's box list; images are looked for beside the CSV (where the Kaggle
+    download has it) and under data_dir. BoxImagesMissing when none of them is found."""
+    boxes = read_boxes(bbox_csv)
+    dirs = list(dict.fromkeys([os.path.dirname(os.path.abspath(bbox_csv)),
+                               os.path.abspath(data_dir)]))  # walked once each
+    paths = find_images(dirs, [b.image_id for b in boxes])
+    if boxes and not paths:
+        raise BoxImagesMissing(
+            f"{bbox_csv}: none of the {len({b.image_id for b in boxes}):,} images of the box "
+            f"list is under {' or '.join(dirs)}; the boxes need the image files (their "
+            "size places each box)")
+    return BoxList(os.path.abspath(bbox_csv), boxes, paths)
 
 
 def to_input(box, original_shape, size):
@@ -143,20 +185,20 @@ def load_image(path, size):
     return images.resize(images.pad_to_square(gray)[0], size), gray.shape
 
 
-def point(boxes, paths, heatmaps, size, *, batch_size=32):
+def point(box_list, heatmaps, size, *, batch_size=32):
     """Plays the pointing game; yields one Pair per (image, finding) whose image was found.
 
     An image that cannot be decoded yields a Pair with its `error` (counted by `summarize`)
     rather than stopping the game.
 
     Args:
-        boxes: [Box]; paths: {image name: file}, e.g. from `find_images`.
+        box_list: a BoxList (`find_boxes`): the boxes and the files of their images.
         heatmaps: callable (uint8 (B, S, S, 1) images, class indices (B,)) -> (B, S, S) maps,
-            e.g. `cxr_tf.serving.gradcam.GradCam(model)`.
+            e.g. `cxr_tf.evaluation.gradcam.GradCam(model)`.
         size: S, the model's input side.
     """
-    pairs = {}
-    for box in boxes:
+    paths, pairs = box_list.paths, {}
+    for box in box_list.boxes:
         if box.image_id in paths:
             pairs.setdefault((box.image_id, box.label), []).append(box)
     todo = list(pairs)
@@ -209,7 +251,7 @@ def hit_rate_ci(hits, groups, *, n_boot=1000, alpha=0.05, seed=0):
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def summarize(pairs, boxes, paths, *, size, n_boot=1000, seed=0, source=None,
+def summarize(pairs, box_list, *, size, bootstrap=inputs.Bootstrap(),
               examples_per_finding=EXAMPLES_PER_FINDING):
     """(the report's `localization` section, {finding: [Pair]} the first few pairs to draw).
 
@@ -217,6 +259,7 @@ def summarize(pairs, boxes, paths, *, size, n_boot=1000, seed=0, source=None,
     and the chance rate (mean share of the input the boxes cover). Boxes whose image was not
     found are counted (and the first few named), never silently dropped.
     """
+    n_boot, seed = bootstrap.replicates, bootstrap.seed
     per, examples, unreadable = {}, {}, {}
     for pair in pairs:
         if pair.error:
@@ -242,9 +285,10 @@ def summarize(pairs, boxes, paths, *, size, n_boot=1000, seed=0, source=None,
     per_finding = {label: figures(per[label]["hits"], per[label]["groups"],
                                   per[label]["chance"], per[label]["images"]) for label in order}
     everything = [per[label] for label in order]
-    missing = sorted({b.image_id for b in boxes if b.image_id not in paths})
+    boxes = box_list.boxes
+    missing = sorted({b.image_id for b in boxes if b.image_id not in box_list.paths})
     section = {
-        "source": source,
+        "source": box_list.source,
         "method": "pointing game: a hit when the Grad-CAM maximum lies in the box",
         "image_size_from": "image file",
         "bootstrap": {"replicates": n_boot, "confidence": 0.95, "seed": seed, "unit": "patient",
@@ -295,6 +339,19 @@ def plot_overlays(path, examples):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_box_overlays(pairs, out_dir):
+    """Passes the pairs on, writing `<image>_<finding>_<hit|miss>.png` into out_dir for each
+    of their boxes (one box per picture, drawn as in `plot_overlays`)."""
+    os.makedirs(out_dir, exist_ok=True)
+    for pair in pairs:
+        for box, hit in zip(pair.boxes, pair.hits):
+            one = dataclasses.replace(pair, boxes=[box], hits=[hit])
+            stem = os.path.splitext(pair.image_id)[0]
+            name = f"{stem}_{pair.label}_{'hit' if hit else 'miss'}.png"
+            plot_overlays(os.path.join(out_dir, name), {pair.label: [one]})
+        yield pair
 
 
 def format_markdown(section, grid=None):

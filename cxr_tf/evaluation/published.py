@@ -8,7 +8,7 @@ ImageNet, evaluated on the official test list (25,596 images). Their mean is 0.7
 
 Note: CheXNet (Rajpurkar et al. 2017, arXiv:1711.05225, Table 2) quotes a different "Wang et al.
 (2017)" column (Atelectasis 0.716 ... Hernia 0.767, mean 0.738); those are not the figures
-here. Compare like with like: these are on the official split, as `--split=test` is.
+here. Compare like with like: these are on the official split, as the test split is.
 """
 
 WANG2017_SOURCE = (

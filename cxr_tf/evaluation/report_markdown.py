@@ -30,7 +30,7 @@ def format_auc(entry):
 def format_interval_note(bootstrap):
     """The line that says how intervals were made and how many resamples were dropped."""
     if not bootstrap.get("method"):
-        return f"no confidence intervals (--bootstrap=0); AUC needs {bootstrap['min_count']} " \
+        return f"no confidence intervals (bootstrap=0); AUC needs {bootstrap['min_count']} " \
                "positives and negatives"
     dropped = bootstrap.get("dropped_max")
     return (f"95 % CI: {bootstrap['method']}; resamples without both labels dropped: at most "

@@ -108,9 +108,11 @@ def plot_calibration(path, y_true, y_prob, n_bins=15):
     return path
 
 
-def write_plots(out_dir, y_true, y_prob, label_names):
-    """roc.png, pr.png and calibration.png in out_dir; returns their paths."""
-    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
-    return [plot_roc(os.path.join(out_dir, "roc.png"), y_true, y_prob, label_names),
-            plot_pr(os.path.join(out_dir, "pr.png"), y_true, y_prob, label_names),
+def write_plots(out_dir, scored):
+    """roc.png, pr.png and calibration.png in out_dir for an `inputs.Scored` (0/1 labels);
+    returns their paths."""
+    y_true, y_prob = np.asarray(scored.y_true), np.asarray(scored.y_prob, dtype=np.float64)
+    names = scored.label_names
+    return [plot_roc(os.path.join(out_dir, "roc.png"), y_true, y_prob, names),
+            plot_pr(os.path.join(out_dir, "pr.png"), y_true, y_prob, names),
             plot_calibration(os.path.join(out_dir, "calibration.png"), y_true, y_prob)]

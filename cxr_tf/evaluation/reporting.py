@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxr_tf import atomic, labels
-from cxr_tf.evaluation import metrics, published
+from cxr_tf.evaluation import inputs, metrics, published
 
 AGE_BANDS = ((0, 20, "0-20"), (20, 40, "20-40"), (40, 60, "40-60"), (60, 80, "60-80"),
              (80, math.inf, "80+"))
@@ -35,14 +35,6 @@ def age_band(age):
     return next(name for lo, hi, name in AGE_BANDS if lo <= age < hi)
 
 
-def threshold_sets(thresholds, tuned):
-    """[(key, threshold or per-class array)]: each configured threshold, then "tuned"."""
-    sets = [(metrics.format_threshold(t), float(t)) for t in thresholds]
-    if tuned is not None:
-        sets.append(("tuned", np.asarray(tuned, dtype=np.float64)))
-    return sets
-
-
 def _average_precision(y_true, y_prob):
     ap = np.full(y_true.shape[1], np.nan)
     for c in range(y_true.shape[1]):
@@ -51,15 +43,19 @@ def _average_precision(y_true, y_prob):
     return ap
 
 
-def bootstrap_replicates(y_true, y_prob, groups, n_boot, seed, progress=False):
-    """metrics.bootstrap_auc_replicates with a tqdm bar; (0, classes) when n_boot is 0."""
+def bootstrap_replicates(y_true, y_prob, groups, bootstrap):
+    """metrics.bootstrap_auc_replicates with a tqdm bar; (0, classes) without replicates.
+
+    bootstrap: an `inputs.Bootstrap`; groups: one id per row (resampled whole) or None."""
     from tqdm import tqdm
 
-    if not n_boot:
+    if not bootstrap.replicates:
         return np.empty((0, np.shape(y_true)[1]))
-    with tqdm(total=n_boot, desc="bootstrap", unit="replicate", disable=not progress) as bar:
-        return metrics.bootstrap_auc_replicates(y_true, y_prob, groups, n_boot=n_boot,
-                                                seed=seed, progress=bar.update)
+    with tqdm(total=bootstrap.replicates, desc="bootstrap", unit="replicate",
+              disable=not bootstrap.progress) as bar:
+        return metrics.bootstrap_auc_replicates(y_true, y_prob, groups,
+                                                n_boot=bootstrap.replicates,
+                                                seed=bootstrap.seed, progress=bar.update)
 
 
 def interval_method(n_boot, groups):
@@ -152,51 +148,52 @@ def _no_finding_effect(y_true, y_prob, no_finding_prob, sets, at):
     return out
 
 
-def build_report(y_true, y_prob, *, label_names, thresholds, tuned_thresholds=None,
-                 patient_ids=None, metadata=None, no_finding_prob=None, n_boot=1000, seed=0,
-                 progress=False):
+def build_report(scored, thresholds, bootstrap=inputs.Bootstrap(), *, no_finding_prob=None):
     """The whole report as a JSON-ready dict.
 
     Args:
-        y_true: (n, C) 0/1 findings; y_prob: (n, C) probabilities (sigmoid of the logits).
-        label_names: the C finding names.
-        thresholds: configured decision thresholds (e.g. [0.4, 0.5, 0.6]).
-        tuned_thresholds: optional per-class thresholds (from thresholds.json), reported as
-            `…@tuned`.
-        patient_ids: one id per row; the AUC CI then resamples patients, not images.
-        metadata: optional per-row dicts with "sex", "age", "view" for the subgroup tables.
+        scored: an `inputs.Scored` with 0/1 labels; with patient_ids the AUC CI resamples
+            patients, not images; with metadata ("sex", "age", "view") the subgroup tables.
+        thresholds: an `inputs.Thresholds`: the configured ones (e.g. 0.4, 0.5, 0.6) and
+            optional per-class tuned ones (thresholds.json), reported as `…@tuned`.
+        bootstrap: an `inputs.Bootstrap` for the 95 % CI (0 replicates: no CI).
         no_finding_prob: optional (n,) probabilities of a 15th "No Finding" output.
-        n_boot: bootstrap replicates for the 95 % CI (0: no CI).
     """
-    y_true = np.asarray(y_true).astype(np.int8)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    label_names = list(label_names)
-    sets = threshold_sets(thresholds, tuned_thresholds)
+    y_true = np.asarray(scored.y_true).astype(np.int8)
+    y_prob = np.asarray(scored.y_prob, dtype=np.float64)
+    label_names, patient_ids = list(scored.label_names), scored.patient_ids
+    sets = thresholds.sets()
     ap = _average_precision(y_true, y_prob)
-    entries = auc_entries(y_true, y_prob, bootstrap_replicates(y_true, y_prob, patient_ids,
-                                                               n_boot, seed, progress))
+    entries = auc_entries(y_true, y_prob,
+                          bootstrap_replicates(y_true, y_prob, patient_ids, bootstrap))
     at = {key: (metrics.threshold_metrics(y_true, y_prob, t), metrics.paper_auc(y_true, y_prob, t))
           for key, t in sets}
 
-    per_class = _per_class(y_true, label_names, entries, ap, at, tuned_thresholds)
+    per_class = _per_class(y_true, label_names, entries, ap, at, thresholds.tuned)
     overall = _overall(y_true, y_prob, patient_ids, entries, ap, at)
     report = {
         "label_names": label_names,
         "thresholds": {key: (t.tolist() if isinstance(t, np.ndarray) else t) for key, t in sets},
-        "bootstrap": {"replicates": n_boot, "confidence": 0.95, "seed": seed,
-                      "unit": "patient" if patient_ids is not None else "image",
-                      "method": interval_method(n_boot, patient_ids),
-                      "min_count": metrics.MIN_CLASS_COUNT,
-                      "dropped_max": max((e["auc_ci_dropped"] for e in entries
-                                          if e["auc_ci_dropped"] is not None), default=None)},
+        "bootstrap": _bootstrap_section(bootstrap, patient_ids, entries),
         "per_class": per_class,
         "overall": overall,
         "published": _published(per_class),
-        "subgroups": _subgroups(y_true, y_prob, metadata, label_names) if metadata else None,
+        "subgroups": (_subgroups(y_true, y_prob, scored.metadata, label_names)
+                      if scored.metadata else None),
         "no_finding": (_no_finding_effect(y_true, y_prob, np.asarray(no_finding_prob), sets, at)
                        if no_finding_prob is not None else None),
     }
     return to_json_ready(report)
+
+
+def _bootstrap_section(bootstrap, patient_ids, entries):
+    """How the intervals were made, and the largest share of resamples a finding dropped."""
+    return {"replicates": bootstrap.replicates, "confidence": 0.95, "seed": bootstrap.seed,
+            "unit": "patient" if patient_ids is not None else "image",
+            "method": interval_method(bootstrap.replicates, patient_ids),
+            "min_count": metrics.MIN_CLASS_COUNT,
+            "dropped_max": max((e["auc_ci_dropped"] for e in entries
+                                if e["auc_ci_dropped"] is not None), default=None)}
 
 
 def _per_class(y_true, label_names, entries, ap, at, tuned_thresholds):
@@ -274,6 +271,3 @@ def to_json_ready(value):
 
 def write_json(path, obj):
     return atomic.write_json(path, obj, indent=1, allow_nan=False)
-
-
-# --- markdown --------------------------------------------------------------------------------

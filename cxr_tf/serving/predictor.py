@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from cxr_tf import labels
 from cxr_tf.data import image_header, images
-from cxr_tf.evaluation import metrics
-from cxr_tf.serving import gradcam, run_dir
+from cxr_tf.evaluation import gradcam, metrics
+from cxr_tf.serving import run_dir
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 

@@ -223,8 +223,12 @@ def eval_split(config, data, split):
 def train_stream(config, data, strategy, *, steps_per_epoch, initial_epoch):
     """The training batches as `strategy` distributes them: each replica gets
     batch_size / num_replicas_in_sync examples per step."""
-    augment = (functools.partial(input_pipeline.augment, hflip=config.hflip)
-               if config.augment else None)
+    options = input_pipeline.TrainOptions(
+        seed=config.seed,
+        augment=(functools.partial(input_pipeline.augment, hflip=config.hflip)
+                 if config.augment else None),
+        target_fn=input_pipeline.with_no_finding if config.no_finding_output else None,
+        cache=config.cache, deterministic=config.deterministic)
 
     def train_fn(input_context):
         # A step takes one per-replica batch from this pipeline for each replica it feeds
@@ -234,10 +238,8 @@ def train_stream(config, data, strategy, *, steps_per_epoch, initial_epoch):
             data, batch_size=config.batch_size, initial_epoch=initial_epoch,
             # max(): a crash after the last epoch's backup resumes with nothing left to train.
             epochs=max(config.epochs, initial_epoch + 1),
-            steps_per_epoch=steps_per_epoch * per_step,
-            seed=config.seed, augment=augment,
-            target_fn=input_pipeline.with_no_finding if config.no_finding_output else None,
-            cache=config.cache, input_context=input_context, deterministic=config.deterministic)
+            steps_per_epoch=steps_per_epoch * per_step, options=options,
+            input_context=input_context)
 
     return strategy.distribute_datasets_from_function(train_fn)
 

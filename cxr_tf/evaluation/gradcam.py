@@ -7,6 +7,9 @@ bilinearly to the input size. With our GAP -> Dense head this equals the class a
 of Zhou et al. 2016 up to scale. The map is as coarse as that stage: S/32 cells a side (7×7 at
 224 px), so read it as a region, not a pixel.
 
+Evaluate's pointing game (`runner.pointing_game`) and predict's overlays
+(`cxr_tf.serving.predictor`) both use it, so it lives in evaluation/, below serving.
+
 Example:
     cam = GradCam(model)
     heatmaps = cam(images_uint8, class_indices=[2, 2])  # (2, S, S) in [0, 1]

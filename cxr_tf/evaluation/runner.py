@@ -1,0 +1,230 @@
+"""Evaluating a run: what `python -m cxr_tf.evaluate` runs, as one call on an EvalConfig.
+
+    report = runner.evaluate(EvalConfig(model_dir="runs/demo", split="test", bootstrap=200))
+
+NIH data: predicts the split, optionally tunes thresholds on the VALIDATION split first
+(whatever `split` says; nothing is ever fitted on test) and writes RUN/thresholds.json, then
+writes RUN/eval_<split>/: report.json, report.md, roc.png, pr.png, calibration.png, plus the
+radiologist section (`expert_labels`) and the Grad-CAM pointing game (`bbox_csv`,
+localization.png). CheXpert (`dataset="chexpert"`): RUN/eval_chexpert/ on the 7 findings both
+label sets share. The report's figures come from the pure modules beside this one.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from cxr_tf import errors, labels
+from cxr_tf.data import chexpert, input_pipeline, source
+from cxr_tf.evaluation import (expert_labels, external, gradcam, localization, metrics,
+                               report_markdown, report_plots, reporting)
+from cxr_tf.evaluation.inputs import Bootstrap, Scored, Thresholds
+# The one import of the run dir: cxr_tf.runs replaces serving.run_dir (issue 16).
+from cxr_tf.serving import run_dir
+
+
+class SplitReadError(errors.UserError, ValueError):
+    """Fewer images were read than the split lists (undecodable files in a raw folder)."""
+
+
+# --- the run dir: every read and write evaluation makes ---------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What evaluation reads of a run's config.json. A key missing from an older run dir
+    takes the value training then used, written here once."""
+
+    data_dir: str
+    image_size: int
+    val_fraction: float = 0.1
+    seed: int = 0
+    thresholds: tuple = (0.5,)  # the configured decision thresholds, as numbers
+
+
+def read_run(model_dir):
+    """The RunRecord of RUN/config.json."""
+    config = run_dir.read_config(model_dir)
+    missing = [k for k in ("data_dir", "image_size") if k not in config]
+    if missing:
+        raise run_dir.RunDirError(f"{run_dir.config_path(model_dir)}: no {', '.join(missing)}; "
+                                  "not a config.json written by cxr_tf.train")
+    known = {f.name for f in dataclasses.fields(RunRecord)}
+    record = RunRecord(**{k: v for k, v in config.items() if k in known})
+    return dataclasses.replace(record, thresholds=tuple(float(t) for t in record.thresholds))
+
+
+def load_model(model_dir, checkpoint="best"):
+    """The run's Keras model from checkpoints/<checkpoint>.keras, in float32."""
+    return run_dir.load_model(model_dir, checkpoint)
+
+
+def run_thresholds(model_dir, run):
+    """(Thresholds: the run's configured ones and its tuned ones (thresholds.json) if any,
+    thresholds.json's content or None)."""
+    tuned, content = run_dir.read_thresholds(model_dir)
+    return Thresholds(run.thresholds, tuned), content
+
+
+def tune_run(model_dir, validation, method, *, checkpoint="best"):
+    """Tunes per-finding thresholds on (probabilities, rows) predicted on the validation split
+    and writes RUN/thresholds.json."""
+    probs, rows = validation
+    y_true = np.stack([r["labels"] for r in rows])
+    thresholds = metrics.tune_thresholds(y_true, probs[:, :labels.NUM_CLASSES], method)
+    return run_dir.write_thresholds(model_dir, thresholds, method, examples=len(rows),
+                                    checkpoint=checkpoint)
+
+
+# --- NIH -----------------------------------------------------------------------------------
+
+def evaluate(config, *, progress=True):
+    """Evaluates as `config` (an EvalConfig) says; returns the report it wrote."""
+    if config.dataset == "chexpert":
+        return evaluate_chexpert(config, progress=progress)
+    return evaluate_run(config, progress=progress)
+
+
+def evaluate_run(config, *, progress=True):
+    """Evaluates a run dir on one NIH split and writes RUN/eval_<split>/. Returns the report.
+
+    The box list (bbox_csv) and the radiologist labels (expert_labels) are read before
+    predicting, so a bad file fails at once."""
+    run = read_run(config.model_dir)
+    data_dir = config.data_dir or run.data_dir
+    boxes = localization.find_boxes(config.bbox_csv, data_dir) if config.bbox_csv else None
+    expert = expert_labels.read(config.expert_labels) if config.expert_labels else None
+    model = load_model(config.model_dir, config.checkpoint)
+    data = source.open_source(data_dir, image_size=run.image_size,
+                              val_fraction=run.val_fraction, seed=run.seed)
+    bootstrap = Bootstrap(config.bootstrap, progress=progress)
+
+    def predict(split):
+        return predict_split(model, data, split, batch_size=config.batch_size,
+                             verbose="auto" if progress else 0)
+
+    probs, rows = predict(config.split)
+    if config.tune_thresholds:
+        validation = (probs, rows) if config.split == "validation" else predict("validation")
+        tune_run(config.model_dir, validation, config.tune_thresholds,
+                 checkpoint=config.checkpoint)
+    thresholds, tuned_from = run_thresholds(config.model_dir, run)
+    scored, no_finding = _scored(probs, rows)
+    report = reporting.build_report(scored, thresholds, bootstrap, no_finding_prob=no_finding)
+    sections = []  # (title, markdown) pairs that follow the NIH report in report.md
+    if expert is not None:
+        report["expert_labels"] = {"file": os.path.abspath(config.expert_labels),
+                                   **expert_labels.evaluate(expert, [r["image_id"] for r in rows],
+                                                            scored, thresholds, bootstrap)}
+        sections.append(("Radiologist-adjudicated labels",
+                         expert_labels.format_markdown(report["expert_labels"])))
+    out_dir = _out_dir(config.model_dir, f"eval_{config.split}")
+    report = {"model_dir": os.path.abspath(config.model_dir), "checkpoint": config.checkpoint,
+              "split": config.split, "data_dir": os.path.abspath(data_dir),
+              "tuned_thresholds_from": tuned_from, **report}
+    report["files"] = _report_files(out_dir) + report_plots.write_plots(out_dir, scored)
+    if boxes:
+        report["localization"], text = localization_section(
+            model, boxes, out_dir, bootstrap=bootstrap, batch_size=config.batch_size)
+        report["files"].append(os.path.join(out_dir, "localization.png"))
+        sections.append(("Localisation: Grad-CAM pointing game on NIH boxes", text))
+    return _write(report, f"Evaluation on {config.split}", sections)
+
+
+def predict_split(model, data, split, *, batch_size=64, verbose="auto"):
+    """(probabilities (n, outputs), per-image metadata rows) of one split of `data` (a
+    `source.Source`), in one order."""
+    rows = data.rows(split)
+    ds = input_pipeline.make_for_eval(data, split, batch_size=batch_size).map(
+        lambda image, target: image)
+    logits = np.asarray(model.predict(ds, verbose=verbose), np.float64)
+    if len(logits) != len(rows):
+        # Only the raw-Kaggle path drops images (undecodable files, warned above).
+        raise SplitReadError(
+            f"{data.data_dir}: the {split} split lists {len(rows)} images but {len(logits)} "
+            "were read; prepare the data with `python -m cxr_tf.prepare`, which skips and "
+            "counts undecodable files")
+    return metrics.sigmoid(logits), rows
+
+
+def _scored(probs, rows):
+    """(Scored of the 14 findings, the No Finding output's probabilities or None)."""
+    n = labels.NUM_CLASSES
+    scored = Scored(np.stack([r["labels"] for r in rows]), probs[:, :n], labels.LABELS,
+                    patient_ids=[r["patient_id"] for r in rows], metadata=rows)
+    return scored, (probs[:, n] if probs.shape[1] > n else None)
+
+
+# --- Grad-CAM on NIH's boxes ---------------------------------------------------------------
+
+def pointing_game(model, box_list, *, batch_size=32, bootstrap=Bootstrap(), overlay_dir=None):
+    """(the report's `localization` section, {finding: [Pair]} the first pairs to draw): the
+    pointing game of the model's Grad-CAM on a `localization.BoxList`. overlay_dir: also
+    write one overlay PNG per box there."""
+    cam = gradcam.GradCam(model)
+    size = cam.size[0]
+    pairs = localization.point(box_list, cam, size, batch_size=batch_size)
+    if overlay_dir:
+        pairs = localization.save_box_overlays(pairs, overlay_dir)
+    return localization.summarize(pairs, box_list, size=size, bootstrap=bootstrap)
+
+
+def localization_section(model, box_list, out_dir, *, bootstrap=Bootstrap(), batch_size=32):
+    """The pointing game as a report section: (section, markdown); writes
+    out_dir/localization.png."""
+    section, examples = pointing_game(model, box_list, batch_size=batch_size,
+                                      bootstrap=bootstrap)
+    grid = localization.plot_overlays(os.path.join(out_dir, "localization.png"), examples)
+    return section, localization.format_markdown(section, grid)
+
+
+# --- CheXpert ------------------------------------------------------------------------------
+
+def evaluate_chexpert(config, *, progress=True):
+    """Evaluates an NIH-trained run on CheXpert's validation split (TFDS `chexpert` prepared
+    in config.data_dir) for the findings both label sets share; writes RUN/eval_chexpert/."""
+    run = read_run(config.model_dir)
+    images, rows, excluded = chexpert.read(config.data_dir, run.image_size, views=config.views)
+    model = load_model(config.model_dir, config.checkpoint)
+    logits = model.predict(images.batch(config.batch_size), verbose="auto" if progress else 0)
+    names = list(chexpert.SHARED)
+    columns = [labels.LABELS.index(name) for name in names]
+    probs = metrics.sigmoid(np.asarray(logits, np.float64))[:, columns]
+    scored = Scored(np.stack([r["labels"] for r in rows]), probs, names,
+                    patient_ids=[r["patient_id"] for r in rows], metadata=rows)
+    thresholds, tuned_from = run_thresholds(config.model_dir, run)
+    report = external.build_report(scored, config.uncertain_labels, thresholds.select(columns),
+                                   Bootstrap(config.bootstrap, progress=progress))
+    report["labels"].update(views=list(config.views), images_left_out_by_view=excluded,
+                            chexpert_observation=chexpert.SHARED)
+    out_dir = _out_dir(config.model_dir, "eval_chexpert")
+    report = {"model_dir": os.path.abspath(config.model_dir), "checkpoint": config.checkpoint,
+              "dataset": "chexpert", "split": chexpert.SPLIT,
+              "data_dir": os.path.abspath(config.data_dir), "tuned_thresholds_from": tuned_from,
+              **report}
+    y_used, _ = external.apply_policy(scored.y_true, config.uncertain_labels)
+    complete = ~np.isnan(y_used).any(axis=1)  # the curves need every finding's label
+    plotted = Scored(y_used[complete].astype(np.int8), probs[complete], names)
+    report["files"] = _report_files(out_dir) + report_plots.write_plots(out_dir, plotted)
+    return _write(report, "Evaluation on CheXpert validation",
+                  [("Labels (CheXpert)", external.format_markdown(report["labels"]))])
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def _out_dir(model_dir, name):
+    out_dir = os.path.join(model_dir, name)
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir
+
+
+def _report_files(out_dir):
+    return [os.path.join(out_dir, name) for name in ("report.json", "report.md")]
+
+
+def _write(report, title, sections):
+    """Writes report.json and report.md (the first two of report["files"]); returns report."""
+    reporting.write_json(report["files"][0], report)
+    with open(report["files"][1], "w") as f:
+        f.write(report_markdown.format_markdown(report, title, sections))
+    return report
