@@ -30,7 +30,7 @@ import os
 import numpy as np
 from absl import app
 
-from cxr_tf import cli, flags, labels
+from cxr_tf import cli, errors, flags, labels
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +49,7 @@ def predict_split(model, data_dir, split, *, image_size, val_fraction=0.1, seed=
     logits = np.asarray(model.predict(ds, verbose=verbose), np.float64)
     if len(logits) != len(rows):
         # Only the raw-Kaggle path drops images (undecodable files, warned above).
-        raise ValueError(
+        raise source.SourceError(
             f"{data_dir}: the {split} split lists {len(rows)} images but {len(logits)} were "
             "read; prepare the data with `python -m cxr_tf.prepare`, which skips and counts "
             "undecodable files")
@@ -60,13 +60,13 @@ def tune_run(model_dir, validation, method, *, checkpoint="best"):
     """Tunes per-finding thresholds on (probabilities, rows) predicted on the validation split
     and writes RUN/thresholds.json."""
     from cxr_tf.evaluation import metrics
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import thresholds as run_thresholds
 
     probs, rows = validation
     y_true = np.stack([r["labels"] for r in rows])
     thresholds = metrics.tune_thresholds(y_true, probs[:, :labels.NUM_CLASSES], method)
-    return run_dir.write_thresholds(model_dir, thresholds, method, examples=len(rows),
-                                    checkpoint=checkpoint)
+    return run_thresholds.write_thresholds(model_dir, thresholds, method, examples=len(rows),
+                                           checkpoint=checkpoint)
 
 
 def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n_boot=1000,
@@ -78,28 +78,29 @@ def evaluate_run(model_dir, split="test", *, data_dir=None, checkpoint="best", n
     Both files are read before predicting, so a bad file fails at once."""
     from cxr_tf.evaluation import expert_labels as expert_lib
     from cxr_tf.evaluation import report_markdown, report_plots, reporting
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import checkpoints, record
+    from cxr_tf.runs import thresholds as run_thresholds
 
-    config = run_dir.read_config(model_dir)
-    data_dir = data_dir or config["data_dir"]
+    run = record.read(model_dir)
+    data_dir = data_dir or run.resolved.data_dir
     boxes = find_boxes(bbox_csv, data_dir) if bbox_csv else None
     expert = expert_lib.read(expert_labels) if expert_labels else None
-    model = run_dir.load_model(model_dir, checkpoint)
+    model = checkpoints.load_model(model_dir, checkpoint)
     verbose = "auto" if progress else 0
 
     def predict(name):
-        return predict_split(model, data_dir, name, image_size=config["image_size"],
-                             val_fraction=config.get("val_fraction", 0.1),
-                             seed=config.get("seed", 0), batch_size=batch_size, verbose=verbose)
+        return predict_split(model, data_dir, name, image_size=run.config.image_size,
+                             val_fraction=run.config.val_fraction, seed=run.config.seed,
+                             batch_size=batch_size, verbose=verbose)
 
     probs, rows = predict(split)
     if tune:
         tune_run(model_dir, (probs, rows) if split == "validation" else predict("validation"),
                  tune, checkpoint=checkpoint)
-    tuned, tuned_info = run_dir.read_thresholds(model_dir)
+    tuned, tuned_info = run_thresholds.read_thresholds(model_dir)
     n = labels.NUM_CLASSES
     y_true = np.stack([r["labels"] for r in rows])
-    thresholds = [float(t) for t in config.get("thresholds", ["0.5"])]
+    thresholds = list(run.config.thresholds)
     patient_ids = [r["patient_id"] for r in rows]
     report = reporting.build_report(
         y_true, probs[:, :n], label_names=labels.LABELS, thresholds=thresholds,
@@ -143,7 +144,7 @@ def find_boxes(bbox_csv, data_dir):
                                os.path.abspath(data_dir)]))  # walked once each
     paths = localization.find_images(dirs, [b.image_id for b in boxes])
     if boxes and not paths:
-        raise FileNotFoundError(
+        raise errors.NotFoundError(
             f"{bbox_csv}: none of the {len({b.image_id for b in boxes}):,} images of the box "
             f"list is under {' or '.join(dirs)}; the boxes need the image files (their "
             "size places each box)")
@@ -170,20 +171,20 @@ def evaluate_chexpert(model_dir, *, data_dir, checkpoint="best", n_boot=1000, un
     in data_dir) for the findings both label sets share; writes RUN/eval_chexpert/."""
     from cxr_tf.data import chexpert
     from cxr_tf.evaluation import external, metrics, report_markdown, report_plots, reporting
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import checkpoints, record
+    from cxr_tf.runs import thresholds as run_thresholds
 
-    config = run_dir.read_config(model_dir)
-    images, rows, excluded = chexpert.read(data_dir, config["image_size"], views=views)
-    model = run_dir.load_model(model_dir, checkpoint)
+    run = record.read(model_dir)
+    images, rows, excluded = chexpert.read(data_dir, run.config.image_size, views=views)
+    model = checkpoints.load_model(model_dir, checkpoint)
     logits = model.predict(images.batch(batch_size), verbose="auto" if progress else 0)
     names = list(chexpert.SHARED)
     columns = [labels.LABELS.index(name) for name in names]
     probs = metrics.sigmoid(np.asarray(logits, np.float64))[:, columns]
     y = np.stack([r["labels"] for r in rows])
-    tuned, tuned_info = run_dir.read_thresholds(model_dir)
+    tuned, tuned_info = run_thresholds.read_thresholds(model_dir)
     report = external.build_report(
-        y, probs, label_names=names, policy=uncertain,
-        thresholds=[float(t) for t in config.get("thresholds", ["0.5"])],
+        y, probs, label_names=names, policy=uncertain, thresholds=list(run.config.thresholds),
         tuned_thresholds=None if tuned is None else np.asarray(tuned)[columns],
         patient_ids=[r["patient_id"] for r in rows], metadata=rows, n_boot=n_boot,
         progress=progress)
@@ -248,6 +249,7 @@ def format_summary(report):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    flags.build_config(flags.EvaluateOptions)  # checks every value once
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
     if FLAGS.dataset == "chexpert":

@@ -12,7 +12,7 @@ from PIL import Image
 from cxr_tf import evaluate, labels
 from cxr_tf.data import input_pipeline, source
 from cxr_tf.evaluation import metrics
-from cxr_tf.serving import run_dir
+from cxr_tf.runs import RunDirError, thresholds
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
@@ -117,7 +117,7 @@ def test_no_finding_output_report(prepared_dir, tmp_path, make_run_dir):
 
 
 def test_not_a_run_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError,
-                       match="config.json: not found; --model_dir must be a run"):
+    with pytest.raises(RunDirError, match=f"^{tmp_path}: not a run dir \\(no config.json\\); "
+                                          "a run dir is what training writes"):
         evaluate.evaluate_run(str(tmp_path), "test")
-    assert run_dir.read_thresholds(str(tmp_path)) == (None, None)
+    assert thresholds.read_thresholds(str(tmp_path)) == (None, None)

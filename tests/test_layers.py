@@ -12,13 +12,15 @@ APPS = {"train", "evaluate", "export", "predict", "prepare", "stats", "flags", "
         "synthetic.__main__"}
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    {"labels", "atomic", "configs", "errors", "schema", "archs"},
+    {"labels", "atomic", "configs", "errors", "schema", "archs", "options"},
     {"model", "pretrained", "losses"},
     {"data"},
     {"datasets", "synthetic"},
+    {"runs"},
     {"evaluation"},
     {"serving"},
     {"training"},
+    {"testing"},
     APPS,
 ]
 
@@ -63,7 +65,8 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "dummy_data" not in p.parts
 
 def test_layer_of():
     assert layer_of("data.images") == 2
-    assert layer_of("serving.run_dir") == 5
+    assert layer_of("runs.record") == 4
+    assert layer_of("serving.predictor") == 6
     assert layer_of("synthetic.__main__") == len(LAYERS) - 1
     assert layer_of("synthetic.generator") == 3
     with pytest.raises(AssertionError, match="cxr_tf.nowhere is in no layer"):

@@ -88,11 +88,11 @@ def main(argv=None):
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import checkpoints
 
     boxes = read_boxes(args.bbox_csv)
     paths = find_images([args.data_dir], [b.image_id for b in boxes])
-    model = run_dir.load_model(args.model_dir, args.checkpoint)
+    model = checkpoints.load_model(args.model_dir, args.checkpoint)
     section = hit_rate(model, boxes, paths, batch_size=args.batch_size,
                        overlay_dir=args.overlay_dir, n_boot=args.bootstrap)
     section["source"] = os.path.abspath(args.bbox_csv)
