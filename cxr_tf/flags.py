@@ -152,6 +152,8 @@ def _define_app_flags(flag_values, json=True):
                 flag_values)
 
 
+# Each define_*_flags imports its config class when it is called, so an app loads only its own
+# (the synthetic package brings numpy and PIL; no config module imports TensorFlow).
 def define_synthetic_flags(flag_values=FLAGS):
     from cxr_tf.synthetic.config import SyntheticConfig
 
