@@ -10,6 +10,13 @@ import contextlib
 import json
 import os
 
+from cxr_tf import errors
+
+
+class NotWrittenError(errors.UserError, OSError):
+    """A file could not be written (a full disk, a read-only folder): one line naming it and
+    the cause; nothing half-written is left behind."""
+
 
 def temporary_path(path):
     """Where `path` is written before its rename: `.NAME.tmp-PID.EXT` in the same directory
@@ -54,7 +61,7 @@ def replacing(path):
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):
             # h5py's message spans several lines of internals; the errno says it all.
             cause = os.strerror(e.errno) if e.errno else str(e)
-            raise OSError(e.errno, f"{path}: not written ({cause})") from e
+            raise NotWrittenError(e.errno, f"{path}: not written ({cause})") from e
         raise
 
 

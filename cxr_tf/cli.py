@@ -6,8 +6,9 @@ TensorFlow's start-up lines out of the output, and turn user errors into one lin
 
 Exit codes: 0 done; 1 a user error at run time (a missing file, bad data, an unusable
 model_dir); 2 a usage error (a bad flag value, a missing required flag, a missing or
-self-including flagfile). Both print one `error: <what and why>` line on stderr and no
-traceback. Any other exception is a bug and keeps its traceback.
+self-including flagfile, an `errors.ConfigError`). Both print one `error: <what and why>` line
+on stderr and no traceback. A user error is recognised by its type (`is_user_error`); any
+other exception is a bug and keeps its traceback.
 
 TensorFlow 2.21 prints a dozen C++ lines while it loads (oneDNN, CUDA stubs, factory
 registrations), before Abseil logging is initialized, so TF_CPP_MIN_LOG_LEVEL cannot hide them
@@ -22,7 +23,6 @@ import fcntl
 import functools
 import importlib.abc
 import importlib.util
-import linecache
 import os
 import re
 import sys
@@ -31,9 +31,7 @@ import threading
 from absl import app, logging
 from absl import flags as absl_flags
 
-from cxr_tf import flags
-
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+from cxr_tf import errors, flags
 
 # glog's prefix (`I0000 00:00:1795855481.275492   14990 port.cc:153] `) or TF's older one
 # (`2024-01-01 12:00:00.000000: W tensorflow/.../py_utils.cc:38] `). Never F (fatal) lines.
@@ -83,7 +81,7 @@ def parse_flags(argv):
 def _call_main(main, argv):
     try:
         return main(argv)
-    except app.UsageError as e:
+    except (app.UsageError, errors.ConfigError) as e:
         fail(e, 2)
     except Exception as e:  # only user errors are caught: a bug re-raises
         if not is_user_error(e):
@@ -108,37 +106,20 @@ def error_message(error):
 
 
 def is_user_error(error):
-    """Whether `error` is the user's to fix (its message says what), not a bug.
-
-    User errors: OSError (missing files, permissions, a read-only or full disk: the message
-    names the path); cxr_tf's MetadataError and ImageError; TensorFlow's NotFound and
-    PermissionDenied; and any ValueError or RuntimeError that cxr_tf code raises on purpose
-    (a `raise` statement in the package: an argument check, weights that cannot be fetched,
-    an untested Keras version). One from inside numpy, Keras or a failing builtin call is a
-    bug and keeps its traceback.
+    """Whether `error` is the user's to fix (its message says what), not a bug, by its type:
+    an `errors.UserError` (cxr_tf raises one whenever the cause is the user's input: a file,
+    a folder, an argument, the environment); an OSError that names its file (missing,
+    unreadable, a full or read-only disk); TensorFlow's NotFound and PermissionDenied. Any
+    other exception, a ValueError from inside cxr_tf included, is a bug.
     """
-    user_types = [OSError]
-    # Looked up, not imported: an error of a module that was never imported cannot occur.
-    for module, name in [("cxr_tf.data.metadata", "MetadataError"),
-                         ("cxr_tf.data.images", "ImageError")]:
-        user_types += [getattr(sys.modules[module], name)] if module in sys.modules else []
-    if "tensorflow" in sys.modules:
-        tf_errors = sys.modules["tensorflow"].errors
-        user_types += [tf_errors.NotFoundError, tf_errors.PermissionDeniedError]
-    if isinstance(error, tuple(user_types)):
+    if isinstance(error, errors.UserError):
         return True
-    return isinstance(error, (ValueError, RuntimeError)) and _raised_in_package(error)
-
-
-def _raised_in_package(error):
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    return (filename.startswith(PACKAGE_DIR)
-            and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise"))
+    if isinstance(error, OSError) and error.filename is not None:
+        return True
+    # Looked up, not imported: an error of TensorFlow's cannot occur before it is imported.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(
+        error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError))
 
 
 # --- TensorFlow's start-up lines --------------------------------------------------------

@@ -34,3 +34,8 @@ class ConfigError(UserError, ValueError):
 
     def __reduce__(self):  # picklable across worker processes
         return type(self), (self.field, self.value, self.reason)
+
+
+class NotFoundError(UserError, FileNotFoundError):
+    """A file or folder the user named is missing, or does not hold what it must (a prepared
+    dataset, a SavedModel). Still a FileNotFoundError for callers that catch one."""

@@ -16,31 +16,32 @@ import os
 from absl import app
 
 from cxr_tf import cli, flags
+from cxr_tf.serving.config import ExportConfig
 
 FLAGS = flags.FLAGS
 
 
-def export_run(model_dir, export_dir, *, checkpoint="best", threshold=0.5, max_pixels=None):
-    """Writes the SavedModel of a run dir's checkpoint; returns a summary dict."""
+def export_run(config):
+    """Writes the SavedModel of a run dir's checkpoint as `config` (an ExportConfig) says;
+    returns a summary dict."""
     from cxr_tf import labels
-    from cxr_tf.data import images
-    from cxr_tf.serving import graph, run_dir
+    from cxr_tf.runs import checkpoints, record, thresholds
+    from cxr_tf.serving import graph
 
-    max_pixels = images.MAX_PIXELS if max_pixels is None else max_pixels
-    config = run_dir.read_config(model_dir)
-    thresholds, source = run_dir.decision_thresholds(model_dir, threshold)
-    model = run_dir.load_model(model_dir, checkpoint)
-    graph.export(model, export_dir, thresholds, max_pixels=max_pixels)
+    run = record.read(config.model_dir)
+    values, source = thresholds.decision_thresholds(config.model_dir, config.threshold)
+    model = checkpoints.load_model(config.model_dir, config.checkpoint)
+    graph.export(model, config.export_dir, values, max_pixels=config.max_pixels)
     return {
-        "export_dir": os.path.abspath(export_dir),
-        "model_dir": os.path.abspath(model_dir),
-        "checkpoint": checkpoint,
+        "export_dir": os.path.abspath(config.export_dir),
+        "model_dir": os.path.abspath(config.model_dir),
+        "checkpoint": config.checkpoint,
         "image_size": int(model.input_shape[1]),
-        "arch": config.get("arch"),
-        "thresholds": dict(zip(labels.LABELS, thresholds)),
-        "thresholds_from": source,
+        "arch": run.config.arch,
+        "thresholds": dict(zip(labels.LABELS, values)),
+        "thresholds_from": source or f"--threshold={config.threshold:g}",
         "signatures": ["serving_default", "predict_images", "metadata"],
-        "max_pixels": max_pixels,
+        "max_pixels": config.max_pixels,
     }
 
 
@@ -60,10 +61,10 @@ def format_summary(summary):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.model_dir or not FLAGS.export_dir:
+    config = flags.build_config(ExportConfig)
+    if not config.model_dir or not config.export_dir:
         raise app.UsageError("--model_dir and --export_dir are required")
-    summary = export_run(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
-                         threshold=FLAGS.threshold, max_pixels=FLAGS.max_pixels)
+    summary = export_run(config)
     print(json.dumps(summary) if FLAGS.json else format_summary(summary))
     return 0
 

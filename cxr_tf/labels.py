@@ -7,6 +7,8 @@ paper's parser turned "No Finding" into all ones; that bug is why `to_multi_hot`
 
 import numpy as np
 
+from cxr_tf import errors
+
 LABELS = (
     "Atelectasis",
     "Cardiomegaly",
@@ -28,7 +30,7 @@ NO_FINDING = "No Finding"
 _INDEX = {name: i for i, name in enumerate(LABELS)}
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(errors.UserError, ValueError):
     """A "Finding Labels" entry names something that is not one of the 14 findings."""
 
     def __init__(self, label, text):

@@ -1,6 +1,6 @@
 """Binary cross-entropy on logits, optionally with a per-class weight on the positive term.
 
-`--pos_weight=balanced` up-weights the rare positives of each finding by neg/pos, the way
+`pos_weight` "balanced" up-weights the rare positives of each finding by neg/pos, the way
 `torch.nn.BCEWithLogitsLoss(pos_weight=...)` does. It lives in the loss rather than in
 Keras's `class_weight`, which weights whole examples and cannot express one weight per
 output of a multi-label model. Pure `keras.ops`, so it runs under any backend.

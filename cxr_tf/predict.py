@@ -20,6 +20,7 @@ import sys
 from absl import app
 
 from cxr_tf import atomic, cli, flags
+from cxr_tf.serving.config import PredictConfig
 
 FLAGS = flags.FLAGS
 
@@ -39,28 +40,30 @@ def format_summary(summary):
 
 def main(argv):
     paths = argv[1:]
-    if not FLAGS.model or not paths:
+    config = flags.build_config(PredictConfig)
+    if not config.model or not paths:
         raise app.UsageError("--model and at least one file or folder are required "
                              "(python -m cxr_tf.predict --model=DIR FILES_OR_DIRS...)")
     from cxr_tf.serving import predictor as predictor_lib  # TensorFlow starts here
 
-    predictor = predictor_lib.Predictor(FLAGS.model, FLAGS.threshold)
-    if FLAGS.gradcam_dir and predictor.keras_model is None:
+    predictor = predictor_lib.Predictor(config.model, config.threshold)
+    if config.gradcam_dir and predictor.keras_model is None:
         raise app.UsageError("--gradcam_dir needs the Keras model: pass a run dir as --model")
     files = predictor_lib.list_inputs(paths)
     rows, failures, overlays = predictor_lib.predict_files(
-        predictor, files, batch_size=FLAGS.batch_size, gradcam_dir=FLAGS.gradcam_dir,
-        gradcam_top_k=FLAGS.gradcam_top_k, max_pixels=FLAGS.max_pixels)
-    summary = {"model": FLAGS.model, "thresholds_from": predictor.thresholds_from,
+        predictor, files, batch_size=config.batch_size, gradcam_dir=config.gradcam_dir,
+        gradcam_top_k=config.gradcam_top_k, max_pixels=config.max_pixels)
+    thresholds_from = predictor.thresholds_from or f"--threshold={config.threshold:g}"
+    summary = {"model": config.model, "thresholds_from": thresholds_from,
                "files": len(files), "predicted": len(rows), "failed": failures,
-               "output": FLAGS.output, "gradcam_dir": FLAGS.gradcam_dir, "gradcam": overlays}
-    if FLAGS.output:  # whole or not at all: an interrupted run leaves no half-written CSV
-        with atomic.replacing(FLAGS.output) as tmp, open(tmp, "w", newline="",
-                                                         encoding="utf-8") as f:
+               "output": config.output, "gradcam_dir": config.gradcam_dir, "gradcam": overlays}
+    if config.output:  # whole or not at all: an interrupted run leaves no half-written CSV
+        with atomic.replacing(config.output) as tmp, open(tmp, "w", newline="",
+                                                          encoding="utf-8") as f:
             predictor_lib.write_csv(rows, predictor.label_names, f)
     if FLAGS.json:
         print(json.dumps({**summary, "label_names": predictor.label_names, "predictions": rows}))
-    elif FLAGS.output:
+    elif config.output:
         print(format_summary(summary))
     else:  # CSV on stdout, so the summary goes to stderr
         predictor_lib.write_csv(rows, predictor.label_names, sys.stdout)

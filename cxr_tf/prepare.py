@@ -18,6 +18,7 @@ import sys
 from absl import app
 
 from cxr_tf import cli, flags
+from cxr_tf.datasets.config import PrepareConfig
 
 FLAGS = flags.FLAGS
 
@@ -41,16 +42,12 @@ def format_report(report):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.data_dir or not FLAGS.output_dir:
+    config = flags.build_config(PrepareConfig)
+    if not config.data_dir or not config.output_dir:
         raise app.UsageError("--data_dir and --output_dir are required")
-    from cxr_tf.datasets.nih_chest_xray14 import build
+    from cxr_tf.datasets.nih_chest_xray14 import build  # TensorFlow starts here
 
-    report = build.prepare(
-        FLAGS.data_dir, FLAGS.output_dir, FLAGS.image_size, val_fraction=FLAGS.val_fraction,
-        seed=FLAGS.seed, drop_rgba=FLAGS.drop_rgba, image_encoding=FLAGS.image_encoding,
-        strict=FLAGS.strict, num_workers=FLAGS.num_workers, max_pixels=FLAGS.max_pixels,
-        overwrite=FLAGS.overwrite,
-    )
+    report = build.prepare(config)
     print(json.dumps(report, sort_keys=True) if FLAGS.json else format_report(report))
     sys.stdout.flush()
 

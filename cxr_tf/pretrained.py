@@ -27,6 +27,8 @@ import h5py
 import keras
 import numpy as np
 
+from cxr_tf import errors
+
 # keras/src/applications/resnet.py: BASE_WEIGHTS_PATH and WEIGHTS_HASHES[name][1] (notop).
 # tests/test_pretrained.py checks these against the installed Keras.
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
@@ -40,39 +42,48 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _WEIGHTS_SUFFIXES = (".weights.h5", ".keras")
 
 
+class WeightsError(errors.UserError, ValueError):
+    """Starting weights that cannot be used: a missing or foreign file, a weights/arch pair
+    that does not go together."""
+
+
+class WeightsUnavailableError(WeightsError, RuntimeError):
+    """The ImageNet weights file could not be fetched (no network) and no copy was given."""
+
+
 def imagenet_file_name(arch):
     """`resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5` for resnet50_v1."""
     return f"{_IMAGENET[arch][0]}_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 def check_weights(arch, weights, imagenet_weights):
-    """Raises ValueError for a `weights`/`imagenet_weights` pair build_model cannot honour."""
+    """Raises WeightsError for a `weights`/`imagenet_weights` pair build_model cannot honour."""
     if imagenet_weights is not None and weights != "imagenet":
-        raise ValueError(
+        raise WeightsError(
             "imagenet_weights is read only with weights='imagenet'; "
             f"received weights={weights!r}, imagenet_weights={imagenet_weights!r}"
         )
     if weights == "imagenet":
         if arch not in _IMAGENET:
-            raise ValueError(
+            raise WeightsError(
                 f"weights='imagenet' is offered for arch {' and '.join(IMAGENET_ARCHS)} "
                 f"(keras.applications' ImageNet weights are ResNet v1); received arch={arch!r}"
             )
         if imagenet_weights is not None and not os.path.isfile(imagenet_weights):
-            raise ValueError(
+            raise WeightsError(
                 f"imagenet_weights={imagenet_weights!r}: no such file (expected a copy of "
                 f"{KERAS_WEIGHTS_URL}{imagenet_file_name(arch)})"
             )
     elif weights is not None:
         path = os.fspath(weights)
         if not path.endswith(_WEIGHTS_SUFFIXES):
-            raise ValueError(
+            raise WeightsError(
                 f"weights={path!r}: expected None, 'imagenet' or a cxr_tf .weights.h5 or "
                 ".keras file (keras.applications' ImageNet .h5 goes in imagenet_weights, "
                 "with weights='imagenet')"
             )
         if not os.path.isfile(path):
-            raise ValueError(f"weights={path!r}: no such file")
+            raise WeightsError(f"weights={path!r}: no such file")
 
 
 def imagenet_file(arch, imagenet_weights=None):
@@ -88,7 +99,7 @@ def imagenet_file(arch, imagenet_weights=None):
     except Exception as error:  # get_file raises bare Exception for URL errors
         cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
                              "models")
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"ImageNet weights for {arch} (keras.applications {name}): could not fetch "
             f"{KERAS_WEIGHTS_URL}{file_name} ({error}). Without network, fetch that file "
             f"elsewhere and put it in Keras's cache, {cache}, or pass its path as "
@@ -147,7 +158,7 @@ def _transfer_batch_norm(source_bn, source_conv, bn, scale, offset):
 
 def _assign(variable, value):
     if tuple(variable.shape) != value.shape:
-        raise ValueError(f"{variable.path}: ImageNet weight of shape {value.shape}, "
+        raise WeightsError(f"{variable.path}: ImageNet weight of shape {value.shape}, "
                          f"expected {tuple(variable.shape)}")
     variable.assign(value.astype(np.float32))
 
@@ -180,7 +191,7 @@ def _load_weights(net, path):
         net.load_weights(path)
     except ValueError as error:  # Keras's message goes on to print whole kernels
         summary = str(error).splitlines()[0]
-        raise ValueError(f"{path}: its weights do not fit {net.name} ({summary})") from error
+        raise WeightsError(f"{path}: its weights do not fit {net.name} ({summary})") from error
 
 
 def _head_units(path):
@@ -201,6 +212,6 @@ def _head_units_h5(file, path):
                 lambda _, item: shapes.append(item.shape)
                 if isinstance(item, h5py.Dataset) and item.ndim == 2 else None)
     if len(shapes) != 1:
-        raise ValueError(f"{path}: not a cxr_tf weights file (expected one 2-D head kernel "
+        raise WeightsError(f"{path}: not a cxr_tf weights file (expected one 2-D head kernel "
                          f"among its layers, found shapes {shapes})")
     return shapes[0][1]

@@ -149,6 +149,11 @@ def in_open_unit_interval(value):
             raise ValueError("must lie in (0, 1)")
 
 
+def fraction_below_one(value):
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must lie in [0, 1)")
+
+
 def floats(values):
     """convert= for a tuple of numbers given as numbers or text ("0.4,0.5" on the command
     line arrives as ["0.4", "0.5"])."""

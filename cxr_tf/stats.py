@@ -15,8 +15,9 @@ import os
 import numpy as np
 from absl import app, logging
 
-from cxr_tf import cli, flags, labels
+from cxr_tf import cli, errors, flags, labels
 from cxr_tf.data import metadata
+from cxr_tf.datasets.config import StatsConfig
 
 
 def split_stats(label_matrix, patient_ids):
@@ -68,7 +69,7 @@ def compute_stats(data_dir, image_size=None):
         try:
             return prepared_stats(data_dir, image_size)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}; nor a Kaggle folder: {not_kaggle.reason}") from None
+            raise errors.NotFoundError(f"{e}; nor a Kaggle folder: {not_kaggle.reason}") from None
     return kaggle_stats(data_dir)
 
 
@@ -121,19 +122,20 @@ def plot_label_pie(stats, path):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.data_dir:
+    config = flags.build_config(StatsConfig)
+    if not config.data_dir:
         raise app.UsageError("--data_dir is required")
-    if not os.path.isdir(FLAGS.data_dir):
-        raise app.UsageError(f"--data_dir={FLAGS.data_dir}: not a directory")
-    stats = compute_stats(FLAGS.data_dir, FLAGS.image_size)  # user errors: cxr_tf.cli
-    if FLAGS.plot:
-        plot_label_pie(stats, FLAGS.plot)
+    if not os.path.isdir(config.data_dir):
+        raise app.UsageError(f"--data_dir={config.data_dir}: not a directory")
+    stats = compute_stats(config.data_dir, config.image_size)  # user errors: cxr_tf.cli
+    if config.plot:
+        plot_label_pie(stats, config.plot)
     if FLAGS.json:
         print(json.dumps(stats))
     else:
         print(format_stats(stats))
-        if FLAGS.plot:
-            print(f"\nwrote {FLAGS.plot}")
+        if config.plot:
+            print(f"\nwrote {config.plot}")
 
 
 FLAGS = flags.FLAGS

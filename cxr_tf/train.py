@@ -4,17 +4,19 @@
     python -m cxr_tf.train --flagfile=thr05.cfg --data_dir=TFDS_DIR --model_dir=runs/thr05
 
 Flagfiles are found by bare name in the working directory or among the packaged configs
-(cxr_tf/configs/). Rerunning the same command after a crash resumes from model_dir/backup.
+(cxr_tf/configs/). Rerunning the same command after a crash resumes from model_dir/backup; a
+complete run is not trained again (--overwrite starts it afresh).
 """
 
 import json
+import os
 import shlex
 import sys
 
 from absl import app
 
-from cxr_tf import cli, flags
-from cxr_tf.training.config import RunConfig
+from cxr_tf import cli, errors, flags
+from cxr_tf.runs.config import RunConfig
 
 FLAGS = flags.FLAGS
 
@@ -22,10 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        config = RunConfig(**flags.flag_values_dict(flags.TRAIN_FLAG_NAMES))
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    config = flags.build_config(RunConfig)
     if FLAGS.dry_run:
         return dry_run(config)
     if not config.model_dir:
@@ -33,21 +32,32 @@ def main(argv):
     if not (config.data_dir or config.synthetic):
         raise app.UsageError("give --data_dir (a prepared TFDS dir or a Kaggle folder) or "
                              "--synthetic")
-    from cxr_tf.training import distribute, runner  # TensorFlow starts here, after flag checks
+    from cxr_tf.runs import claim
+    from cxr_tf.training import runner  # TensorFlow starts here, after the flag checks
 
-    # Created first: MultiWorkerMirroredStrategy must exist before any other TF op.
-    strategy = distribute.make_strategy(config.strategy)
-    # The run dir is locked until training ends; a finished run is not trained again.
-    with distribute.claimed_run_dir(config, strategy) as complete:
-        if complete:
-            print(json.dumps({"model_dir": config.model_dir, "complete": True}) if FLAGS.json
-                  else f"{config.model_dir}: run is complete, nothing to do (--overwrite "
-                       "trains it again)")
-            return 0
-        summary = runner.run(config, strategy=strategy, command_line=shlex.join(sys.argv),
+    try:
+        summary = runner.run(config, command_line=shlex.join(sys.argv),
                              verbose="auto" if sys.stdout.isatty() else 2)
-    print(json.dumps(summary, sort_keys=True) if FLAGS.json else runner.format_summary(summary))
+    except claim.DifferingRunError as e:
+        raise errors.UserError(other_run_message(e)) from None
+    if summary.get("complete"):
+        print(json.dumps(summary) if FLAGS.json
+              else f"{config.model_dir}: run is complete, nothing to do (--overwrite trains it "
+                   "again)")
+        return 0
+    print(json.dumps(summary, sort_keys=True) if FLAGS.json else format_summary(summary))
     return 1 if summary["terminated_on_nan"] else 0
+
+
+def other_run_message(error):
+    """A DifferingRunError in flags: `RUN holds a run with other flags: --epochs: 1 (run) !=
+    2 (now); ...`."""
+    from cxr_tf.runs import claim
+
+    shown = "; ".join(f"--{name}: {claim.show(was)} (run) != {claim.show(now)} (now)"
+                      for name, was, now in error.differences)
+    return (f"{error.model_dir} holds a run with other flags: {shown}. Rerun with the run's "
+            "flags to resume it, --overwrite to start afresh, or use another --model_dir")
 
 
 def dry_run(config):
@@ -61,6 +71,22 @@ def dry_run(config):
     net.summary(line_length=110)
     print(f"parameters: {net.count_params():,}")
     return 0
+
+
+def format_summary(summary):
+    """The human summary of a trained run: per-finding validation AUCs and what to run next."""
+    lines = ["", f"{'finding':<20} {'val AUC':>8}", "-" * 29]
+    for name, auc in summary["val_auc"].items():
+        lines.append(f"{name:<20} {'n/a' if auc is None or auc != auc else f'{auc:8.3f}':>8}")
+    mean = summary["val_auc_mean"]
+    lines += ["-" * 29, f"{'mean':<20} {mean if mean is None else f'{mean:8.3f}':>8}", ""]
+    if summary["terminated_on_nan"]:
+        lines.append("Training stopped: the loss became NaN (TerminateOnNaN).")
+    lines.append(f"Run dir:      {summary['model_dir']}")
+    lines.append(f"TensorBoard:  tensorboard --logdir {os.path.join(summary['model_dir'], 'logs')}")
+    lines.append(f"Evaluate:     python -m cxr_tf.evaluate --model_dir={summary['model_dir']} "
+                 "--split=validation")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -44,35 +44,40 @@ def faults_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_dir(kaggle_dir, tmp_path_factory):
     """`kaggle_dir` prepared at 32 px: the TFDS dir most pipeline and training tests read."""
+    from cxr_tf.datasets.config import PrepareConfig
     from cxr_tf.datasets.nih_chest_xray14 import build
 
     out = tmp_path_factory.mktemp("tfds")
-    build.prepare(str(kaggle_dir), str(out), 32, num_workers=0)
+    build.prepare(PrepareConfig(data_dir=kaggle_dir, output_dir=out, image_size=32,
+                                num_workers=0))
     return out
 
 
 @pytest.fixture(scope="session")
 def make_run_dir():
-    """Makes a run dir as cxr_tf.train leaves it (config.json, checkpoints/best|last.keras)
-    holding an untrained resnet18 (32 px unless image_size says); returns the Keras model."""
+    """Makes a run dir as cxr_tf.train leaves it (config.json written by cxr_tf.runs.record,
+    checkpoints/best|last.keras) holding an untrained resnet18 (32 px unless image_size says);
+    returns the Keras model."""
 
     def make(path, data_dir=None, num_outputs=14, seed=0, thresholds=("0.5",), image_size=32):
-        import json
-
         import keras
 
         from cxr_tf import labels, model
+        from cxr_tf.runs import record
+        from cxr_tf.runs.config import RunConfig
 
         keras.utils.set_random_seed(seed)
         net = model.build_model("resnet18", image_size, num_outputs)
         os.makedirs(path / "checkpoints")
         for name in ("best", "last"):
             net.save(path / "checkpoints" / f"{name}.keras")
-        (path / "config.json").write_text(json.dumps({
-            "data_dir": str(data_dir or path), "image_size": image_size, "arch": "resnet18",
-            "thresholds": list(thresholds), "val_fraction": 0.1, "seed": 0,
-            "no_finding_output": num_outputs == 15, "num_outputs": num_outputs,
-            "label_names": list(labels.LABELS)}))
+        data_dir = str(data_dir or path)
+        config = RunConfig(model_dir=str(path), data_dir=data_dir, image_size=image_size,
+                           arch="resnet18", thresholds=thresholds,
+                           no_finding_output=num_outputs == 15)
+        record.write(path, record.RunRecord(config=config, resolved=record.Resolved(
+            data_dir=data_dir, model_dir=str(path), num_outputs=num_outputs,
+            label_names=tuple(labels.LABELS))))
         return net
 
     return make

@@ -73,8 +73,7 @@ def test_a_full_disk_during_a_keras_save_is_one_line_and_leaves_no_temporary(tmp
     script = (
         "import os, resource, signal, sys\n"
         "import keras\n"
-        "from cxr_tf.serving import run_dir\n"
-        "from cxr_tf.training import callbacks\n"
+                "from cxr_tf.training import callbacks\n"
         "inputs = keras.Input((64,))\n"
         "net = keras.Model(inputs, keras.layers.Dense(4096)(inputs))\n"
         "net.compile('adam', 'mse')\n"

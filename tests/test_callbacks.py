@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from cxr_tf import labels
-from cxr_tf.serving import run_dir
+from cxr_tf.runs import RunDirError, checkpoints, history, layout
 from cxr_tf.training import callbacks
 
 X = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
@@ -29,13 +29,13 @@ def tiny_model(outputs=3):
 
 def write_history(model_dir, rows):
     os.makedirs(model_dir, exist_ok=True)
-    with open(run_dir.history_path(model_dir), "w") as f:
+    with open(layout.history_path(model_dir), "w") as f:
         f.write("\n".join(rows) + "\n")
 
 
 def test_csv_logger_drops_rows_of_epochs_to_redo(tmp_path):
     write_history(tmp_path, ["epoch,loss,val_loss", "0,0.5,0.55", "1,0.4,0.45", "2,0.3,0.4"])
-    logger = callbacks.ResumableCSVLogger(run_dir.history_path(tmp_path), initial_epoch=2)
+    logger = callbacks.ResumableCSVLogger(layout.history_path(tmp_path), initial_epoch=2)
     logger.on_train_begin()
     logger.on_epoch_end(2, {"loss": 0.25, "val_loss": 0.35})
     logger.on_train_end()
@@ -45,7 +45,7 @@ def test_csv_logger_drops_rows_of_epochs_to_redo(tmp_path):
 
 def test_csv_logger_on_a_fresh_start_keeps_one_header(tmp_path):
     write_history(tmp_path, ["epoch,loss", "0,0.5"])
-    logger = callbacks.ResumableCSVLogger(run_dir.history_path(tmp_path), initial_epoch=0)
+    logger = callbacks.ResumableCSVLogger(layout.history_path(tmp_path), initial_epoch=0)
     logger.on_train_begin()
     logger.on_epoch_end(0, {"loss": 0.7, "val_loss": 0.8})
     logger.on_train_end()
@@ -55,7 +55,7 @@ def test_csv_logger_on_a_fresh_start_keeps_one_header(tmp_path):
 
 def test_best_is_restored_from_history_and_only_a_better_epoch_replaces_it(tmp_path):
     net = tiny_model()
-    run_dir.save_model(net, tmp_path, "best")
+    checkpoints.save_model(net, tmp_path, "best")
     write_history(tmp_path, ["epoch,val/auc_mean", "0,0.6", "1,nan", "2,0.7", "3,"])
     checkpoint = callbacks.AtomicCheckpoint(str(tmp_path))
     checkpoint.set_model(net)
@@ -85,12 +85,12 @@ def test_without_best_keras_the_first_epoch_becomes_best(tmp_path):
 
 def test_a_torn_best_keras_stops_the_resume_naming_it(tmp_path):
     net = tiny_model()
-    path = run_dir.save_model(net, tmp_path, "best")
+    path = checkpoints.save_model(net, tmp_path, "best")
     with open(path, "r+b") as f:
         f.truncate(300)
     checkpoint = callbacks.AtomicCheckpoint(str(tmp_path))
     checkpoint.set_model(net)
-    with pytest.raises(run_dir.RunDirError, match=f"^{path}: not a readable .keras file "
+    with pytest.raises(RunDirError, match=f"^{path}: not a readable .keras file "
                        r"\(File is not a zip file\); delete it: a resumed run writes it again"):
         checkpoint.on_train_begin()
 
@@ -132,9 +132,9 @@ def fit(model_dir, epochs, snapshot=None, on_step=None):
     `snapshot` is placed before, between and after the savers."""
     net = tiny_model()
     os.makedirs(model_dir, exist_ok=True)
-    initial = run_dir.resume_epoch(model_dir)
+    initial = layout.resume_epoch(model_dir)
     snap = [snapshot] if snapshot else []
-    cbs = [*snap, callbacks.ResumableCSVLogger(run_dir.history_path(model_dir), initial), *snap,
+    cbs = [*snap, callbacks.ResumableCSVLogger(layout.history_path(model_dir), initial), *snap,
            callbacks.AtomicCheckpoint(str(model_dir), monitor="loss", mode="min"), *snap,
            callbacks.EpochBackup(str(model_dir), initial, on_step=on_step or snapshot)]
     net.fit(X, Y, batch_size=4, epochs=epochs, initial_epoch=initial, shuffle=False,
@@ -174,11 +174,11 @@ def test_a_kill_at_any_step_of_the_epoch_end_save_resumes_exactly(tmp_path):
     assert sorted(os.listdir(snapshots)) == sorted(expected)
     for label, resume_epoch in expected.items():
         resumed_dir = snapshots / label
-        assert run_dir.resume_epoch(resumed_dir) == resume_epoch, label
+        assert layout.resume_epoch(resumed_dir) == resume_epoch, label
         resumed = fit(resumed_dir, epochs=3)
         for a, b in zip(resumed.get_weights(), reference):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=label)
-        assert [r["epoch"] for r in run_dir.read_history(resumed_dir)] == ["0", "1", "2"]
+        assert [r["epoch"] for r in history.read_history(resumed_dir)] == ["0", "1", "2"]
         assert not (resumed_dir / "backup").exists()
         assert not [n for n in os.listdir(resumed_dir / "checkpoints") if n.startswith(".")]
 
@@ -190,9 +190,9 @@ def test_a_corrupt_backup_names_the_file_and_what_to_do(tmp_path):
     shutil.copytree(tmp_path / "kept", model_dir / "backup")  # as if killed after epoch 0
     path = model_dir / "backup" / "epoch-0001.weights.h5"
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(run_dir.RunDirError) as info:
+    with pytest.raises(RunDirError) as info:
         fit(model_dir, epochs=2)
     message = str(info.value)
     assert message.startswith(f"{path}: cannot restore the training state (")
     assert message.endswith("); delete backup/ to restart the unfinished run from epoch 0, or "
-                            "train with --overwrite to start afresh")
+                            "train with overwrite to start afresh")

@@ -1,6 +1,7 @@
 """cxr_tf.training.distribute (strategy choice, the chief, where a worker writes) and the
 version check of keras_compat, in milliseconds. MirroredStrategy with two replicas trains in
-tests/test_mirrored.py; two workers in tests/test_train.py."""
+tests/test_mirrored.py; two workers in tests/test_train.py; claiming the run dir (the chief's
+lock, the other workers' read-only claim) in tests/test_run_claim.py."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import types
 import pytest
 import tensorflow as tf
 
+from cxr_tf import errors
 from cxr_tf.training import distribute, keras_compat
 
 
@@ -23,7 +25,7 @@ def test_strategy_choice_on_a_machine_without_gpus(monkeypatch):
     with pytest.raises(ValueError, match="strategy must be one of .*, got 'tpu'"):
         distribute.make_strategy("tpu")
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(ValueError,
+    with pytest.raises(errors.UserError,
                        match="strategy 'multi_worker' needs the TF_CONFIG environment variable"):
         distribute.make_strategy("multi_worker")
 
@@ -75,7 +77,7 @@ def test_mixed_precision_policy_on_cpu():
 
 def test_keras_compat_refuses_an_untested_keras():
     keras_compat.check_keras_version("3.15.9")
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(keras_compat.KerasVersionError) as info:
         keras_compat.check_keras_version("3.16.0")
     assert str(info.value).startswith(
         "cxr_tf.training.keras_compat was tested with Keras 3.15.x, found Keras 3.16.0: its "
@@ -95,50 +97,3 @@ def test_keras_compat_is_the_only_module_with_private_keras_names():
                         "def _save_model", "._weights_path")):
                     offenders.append(name)
     assert offenders == []
-
-
-def test_claimed_run_dir_resumes_refuses_or_starts_afresh(tmp_path):
-    from cxr_tf.serving import run_dir
-    from cxr_tf.training.config import RunConfig
-
-    model_dir = tmp_path / "run"
-    config = RunConfig(model_dir=str(model_dir), learning_rate=0.01, epochs=2)
-    chief = tf.distribute.get_strategy()
-    with distribute.claimed_run_dir(config, chief) as complete:
-        assert complete is False  # a new run dir
-        run_dir.write_config(model_dir, {"flags": config.to_dict()})
-        (model_dir / "history.csv").write_text("epoch,loss\n0,0.5\n1,0.4\n")
-    with distribute.claimed_run_dir(config, chief) as complete:
-        assert complete is True
-    with pytest.raises(run_dir.RunDirError, match=r"holds a run with other flags: "
-                       r"--learning_rate: 0.01 \(run\) != 0.02 \(now\)\. Rerun"):
-        with distribute.claimed_run_dir(config.replace(learning_rate=0.02), chief):
-            pass
-    with distribute.claimed_run_dir(config.replace(learning_rate=0.02, overwrite=True),
-                                    chief) as complete:
-        assert complete is False
-        assert os.listdir(model_dir) == [".lock"]
-
-
-def test_only_the_chief_claims_the_run_dir(monkeypatch, tmp_path):
-    from cxr_tf.training.config import RunConfig
-
-    monkeypatch.setenv("TF_CONFIG", json.dumps(
-        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
-    from cxr_tf.serving import run_dir
-
-    model_dir = tmp_path / "run"
-    config = RunConfig(model_dir=str(model_dir))
-    with distribute.claimed_run_dir(config, fake_strategy("worker", 1)) as complete:
-        assert complete is False
-    assert not model_dir.exists()  # no lock, nothing written
-    model_dir.mkdir()
-    run_dir.write_config(model_dir, {"flags": config.to_dict()})
-    (model_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
-    # The chief finds the run complete and stops: this worker stops too, not waiting for it.
-    with distribute.claimed_run_dir(config, fake_strategy("worker", 1)) as complete:
-        assert complete is True
-    with pytest.raises(run_dir.RunDirError, match="holds a run with other flags: --seed"):
-        with distribute.claimed_run_dir(config.replace(seed=5), fake_strategy("worker", 1)):
-            pass
-    assert sorted(os.listdir(model_dir)) == ["config.json", "history.csv"]

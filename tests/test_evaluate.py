@@ -18,7 +18,7 @@ from cxr_tf import errors, evaluate, flags, labels
 from cxr_tf.data import input_pipeline, source
 from cxr_tf.evaluation import metrics, runner
 from cxr_tf.evaluation.config import ArgumentsError, EvalConfig
-from cxr_tf.serving import run_dir
+from cxr_tf.runs import RunDirError, thresholds
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
@@ -125,24 +125,10 @@ def test_no_finding_output_report(prepared_dir, tmp_path, make_run_dir):
 
 
 def test_not_a_run_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError,
-                       match="config.json: not found; --model_dir must be a run"):
+    with pytest.raises(RunDirError, match=f"^{tmp_path}: not a run dir \\(no config.json\\); "
+                                          "a run dir is what training writes"):
         runner.evaluate(EvalConfig(model_dir=str(tmp_path)))
-    assert run_dir.read_thresholds(str(tmp_path)) == (None, None)
-
-
-def test_a_run_dir_of_an_older_config_uses_the_defaults_training_then_had(tmp_path):
-    # config.json before val_fraction, seed and thresholds were recorded.
-    (tmp_path / "config.json").write_text(json.dumps({"data_dir": "D", "image_size": 64}))
-    assert runner.read_run(str(tmp_path)) == runner.RunRecord("D", 64, 0.1, 0, (0.5,))
-    (tmp_path / "config.json").write_text(json.dumps({
-        "data_dir": "D", "image_size": 64, "val_fraction": 0.2, "seed": 3,
-        "thresholds": ["0.4", "0.6"], "arch": "resnet18"}))
-    assert runner.read_run(str(tmp_path)) == runner.RunRecord("D", 64, 0.2, 3, (0.4, 0.6))
-    (tmp_path / "config.json").write_text(json.dumps({"data_dir": "D"}))
-    with pytest.raises(run_dir.RunDirError, match=r"config.json: no image_size; not a "
-                                                  r"config.json written by cxr_tf.train$"):
-        runner.read_run(str(tmp_path))
+    assert thresholds.read_thresholds(str(tmp_path)) == (None, None)
 
 
 # --- EvalConfig: one check of the arguments, whoever builds it --------------------------------

@@ -251,12 +251,14 @@ def synthetic_run(tmp_path_factory, make_run_dir):
     """200 synthetic images (46 in the test split) with every finding at >= 40 %, prepared at
     32 px, and an untrained run on them."""
     from cxr_tf import synthetic
+    from cxr_tf.datasets.config import PrepareConfig
     from cxr_tf.datasets.nih_chest_xray14 import build
 
     root = tmp_path_factory.mktemp("expert")
     synthetic.generate(root / "kaggle", num_images=200, image_size=32, seed=5, progress=False,
                        num_workers=1, min_prevalence=0.4)
-    build.prepare(str(root / "kaggle"), str(root / "tfds"), 32, num_workers=0)
+    build.prepare(PrepareConfig(data_dir=root / "kaggle", output_dir=root / "tfds", image_size=32,
+                                num_workers=0))
     net = make_run_dir(root / "run", root / "tfds", thresholds=("0.5",))
     return root, net
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from cxr_tf import labels
 from cxr_tf.data import image_header, images
-from cxr_tf.serving import graph, run_dir
+from cxr_tf.runs import checkpoints, thresholds
+from cxr_tf.serving import graph
 from cxr_tf.testing.image_bytes import encode, insert_after_ihdr
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -51,7 +52,7 @@ def exported(tmp_path_factory, make_run_dir):
     root = tmp_path_factory.mktemp("export")
     net = make_run_dir(root / "run")
     tuned = np.linspace(0.3, 0.7, 14)
-    run_dir.write_thresholds(str(root / "run"), tuned, "f1")
+    thresholds.write_thresholds(str(root / "run"), tuned, "f1")
     export_dir = root / "models" / "cxr" / "1"
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.export", f"--model_dir={root / 'run'}",
@@ -222,7 +223,7 @@ def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
     keras.Model(inputs, outputs).save(tmp_path / "checkpoints" / "best.keras")
     (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet18", "image_size": SIZE}))
     with pytest.raises(ValueError, match=r"Requested the deserialization of a `Lambda` layer"):
-        run_dir.load_model(str(tmp_path))
+        checkpoints.load_model(str(tmp_path))
 
 
 def test_predict_images_signature_equals_keras(exported, loaded):
@@ -296,7 +297,7 @@ def test_mixed_precision_checkpoint_is_served_in_float32(tmp_path):
     # A run from before v1.5 says "resnet50" for this same v1 network: the file decides.
     (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet50", "image_size": SIZE}))
     assert mixed.get_layer("conv1_conv").compute_dtype == "bfloat16"
-    loaded = run_dir.load_model(str(tmp_path))
+    loaded = checkpoints.load_model(str(tmp_path))
     assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
     for name in ("conv3_block1_1_conv", "conv3_block1_2_conv"):  # v1: the 1x1 strides
         assert loaded.get_layer(name).strides == mixed.get_layer(name).strides

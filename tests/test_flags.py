@@ -1,20 +1,26 @@
-"""Tests for cxr_tf.flags: flagfile lookup and nesting, one definition per shared flag, and
-the checks run when flags are parsed. Every app's flags go into a fresh FlagValues, so
-nothing here touches the process's FLAGS."""
+"""Tests for cxr_tf.flags: flagfile lookup and nesting, each app's flags generated from its
+config class with one definition per shared option, and the one check of every value when the
+config is built. Every app's flags go into a fresh FlagValues, so nothing here touches the
+process's FLAGS."""
 
 import os
 import sys
 
 import pytest
+from absl import app as absl_app
 from absl import flags as absl_flags
 
-from cxr_tf import flags, schema
+from cxr_tf import flags, options, schema
+from cxr_tf.datasets.config import PrepareConfig, StatsConfig
 from cxr_tf.evaluation.config import EvalConfig
+from cxr_tf.runs.config import RunConfig
+from cxr_tf.serving.config import ExportConfig, PredictConfig
+from cxr_tf.synthetic.config import SyntheticConfig
 
 APPS = ("synthetic", "prepare", "stats", "train", "evaluate", "export", "predict")
-# Apps whose flags are generated from a config's fields (flags.define_config): the config
-# holds the bounds and checks them when it is built, so absl's parser has none.
-FROM_CONFIG = {"evaluate": EvalConfig}
+CONFIGS = {"synthetic": SyntheticConfig, "prepare": PrepareConfig, "stats": StatsConfig,
+           "train": RunConfig, "evaluate": EvalConfig, "export": ExportConfig,
+           "predict": PredictConfig}
 
 
 def app_flags(app):
@@ -108,16 +114,22 @@ def test_a_flagfile_included_twice_without_a_cycle_is_fine(tmp_path):
 
 # --- one definition per flag --------------------------------------------------------------
 
-def describe(flag, app=None):
-    """What must agree between two apps' copies of a flag (help may differ)."""
-    parser = flag.parser
-    lower, upper = getattr(parser, "lower_bound", None), getattr(parser, "upper_bound", None)
-    spec = {f.name: spec for f, spec, _ in schema.specs(FROM_CONFIG[app])}.get(flag.name) \
-        if app in FROM_CONFIG else None
-    if spec is not None:
-        lower, upper = spec.lower, spec.upper
-    return (type(flag).__name__, type(parser).__name__, lower, upper,
-            tuple(getattr(parser, "enum_values", ())), flag.default)
+def describe(config_class, name):
+    """What must agree between two apps' copies of an option (help may differ): its type,
+    default, bounds, choices and checks."""
+    for field, spec, kind in schema.specs(config_class):
+        if field.name == name:
+            return (kind, field.default, spec.lower, spec.upper, spec.choices, spec.convert,
+                    spec.check)
+    raise AssertionError(f"{config_class.__name__} has no field {name}")
+
+
+def test_each_app_defines_exactly_its_configs_fields():
+    for app, config_class in CONFIGS.items():
+        fields = {field.name for field, spec, _ in schema.specs(config_class) if spec.flag}
+        own = {"tf_logs"} | ({"json"} if app != "synthetic" else set()) | \
+            ({"dry_run"} if app == "train" else set())
+        assert set(app_flags(app)) == fields | own, app
 
 
 def test_each_shared_flag_has_one_type_default_and_bound():
@@ -134,15 +146,18 @@ def test_each_shared_flag_has_one_type_default_and_bound():
     assert shared["max_pixels"] == ["prepare", "export", "predict"]
     assert shared["overwrite"] == ["prepare", "train"]
     for name, apps in shared.items():
-        kinds = {describe(defined[app][name], app)[:-1] for app in apps}
+        if name in ("tf_logs", "json"):
+            continue  # defined once, in flags.py
+        kinds = {describe(CONFIGS[app], name)[2:] for app in apps}
         assert len(kinds) == 1, f"--{name} differs between {apps}: {kinds}"
         defaults = {app: defined[app][name].default for app in apps}
-        if name == "image_size":  # the documented exceptions (see flags.py)
+        if name == "image_size":  # the documented exceptions (see options.py)
             assert defaults == {"synthetic": 1024, "prepare": 224, "stats": None,
                                 "train": 224}
         else:
-            assert len(set(defaults.values())) == 1, f"--{name} defaults differ: {defaults}"
-    assert describe(defined["train"]["image_size"])[2] == 32
+            assert len(set(map(str, defaults.values()))) == 1, \
+                f"--{name} defaults differ: {defaults}"
+    assert describe(RunConfig, "image_size")[2] == options.MIN_IMAGE_SIZE == 32
     assert defined["predict"]["batch_size"].default == 64
 
 
@@ -166,11 +181,6 @@ def test_importing_the_apps_defines_no_flag():
             assert name not in flags.FLAGS, f"importing the apps defined --{name}"
 
 
-def test_train_flag_names_are_train_flags():
-    assert set(flags.TRAIN_FLAG_NAMES) <= set(app_flags("train"))
-    assert {"overwrite", "imagenet_weights"} <= set(flags.TRAIN_FLAG_NAMES)
-
-
 def test_help_lists_the_running_apps_flags():
     fv = app_flags("export")
     text = fv.module_help(sys.argv[0])
@@ -188,42 +198,52 @@ def test_new_flags_and_their_defaults():
         assert parse(app).max_pixels == 50_000_000
 
 
-# --- values checked when parsed -----------------------------------------------------------
+# --- values checked once, when the app builds its config -----------------------------------
+
+def build(app, *args):
+    return flags.build_config(CONFIGS[app], parse(app, *args))
+
 
 @pytest.mark.parametrize("app, arg, message", [
-    ("train", "--learning_rate=nan", "flag --learning_rate=nan: must be a finite number, not nan"),
-    ("train", "--learning_rate=inf", "flag --learning_rate=inf: must be a finite number, not inf"),
-    ("train", "--learning_rate=0", "flag --learning_rate=0.0: must be a finite number > 0, "
-                                   "not 0.0"),
-    ("train", "--learning_rate=-0.1", "flag --learning_rate=-0.1: must be a finite number > 0, "
-                                      "not -0.1"),
-    ("train", "--weight_decay=nan", "flag --weight_decay=nan: must be a finite number, not nan"),
-    ("train", "--warmup_epochs=-1", "flag --warmup_epochs=-1: -1.0 is not a non-negative "
-                                    "number"),
-    ("train", "--thresholds=abc", "flag --thresholds=['abc']: 'abc' is not a number"),
-    ("train", "--thresholds=", "flag --thresholds=[]: give at least one threshold, e.g. 0.5 or "
-                               "0.4,0.5,0.6"),
-    ("train", "--thresholds=0.5,1", "flag --thresholds=['0.5', '1']: each threshold must lie in "
-                                    "(0, 1), not 1"),
-    ("train", "--image_size=16", "flag --image_size=16: 16 is not integer >= 32"),
+    ("train", "--learning_rate=nan", "flag --learning_rate=nan: must be a finite number"),
+    ("train", "--learning_rate=inf", "flag --learning_rate=inf: must be a finite number"),
+    ("train", "--learning_rate=0", "flag --learning_rate=0.0: must be > 0"),
+    ("train", "--learning_rate=-0.1", "flag --learning_rate=-0.1: must be > 0"),
+    ("train", "--weight_decay=nan", "flag --weight_decay=nan: must be a finite number"),
+    ("train", "--warmup_epochs=-1", "flag --warmup_epochs=-1.0: must be at least 0.0"),
+    ("train", "--thresholds=abc", "flag --thresholds=abc: must be numbers ('abc' is not)"),
+    ("train", "--thresholds=", "flag --thresholds=: must hold at least one value"),
+    ("train", "--thresholds=0.5,1", "flag --thresholds=0.5,1: must lie in (0, 1)"),
+    ("train", "--image_size=16", "flag --image_size=16: must be at least 32"),
+    ("train", "--steps_per_epoch=0", "flag --steps_per_epoch=0: must be at least 1"),
     ("train", "--synthetic_min_prevalence=1", "flag --synthetic_min_prevalence=1.0: must lie "
-                                              "in [0, 1), not 1.0"),
-    ("prepare", "--val_fraction=nan", "flag --val_fraction=nan: must be a finite number, "
-                                      "not nan"),
-    ("prepare", "--num_workers=-1", "flag --num_workers=-1: -1 is not a non-negative integer"),
-    ("predict", "--threshold=0", "flag --threshold=0.0: must lie in (0, 1), not 0.0"),
-    ("export", "--threshold=1", "flag --threshold=1.0: must lie in (0, 1), not 1.0"),
-    ("export", "--max_pixels=0", "flag --max_pixels=0: 0 is not a positive integer"),
-    ("synthetic", "--seed=-1", "flag --seed=-1: -1 is not a non-negative integer"),
+                                              "in [0, 1)"),
+    ("prepare", "--val_fraction=nan", "flag --val_fraction=nan: must be a finite number"),
+    ("prepare", "--num_workers=-1", "flag --num_workers=-1: must be at least 0"),
+    ("predict", "--threshold=0", "flag --threshold=0.0: must lie in (0, 1)"),
+    ("export", "--threshold=1", "flag --threshold=1.0: must lie in (0, 1)"),
+    ("export", "--max_pixels=0", "flag --max_pixels=0: must lie in [1, 1099511627776]"),
+    ("evaluate", "--views=frontal,oblique", "flag --views=frontal,oblique: must be one of "
+                                            "frontal, lateral"),
+    ("evaluate", "--views=", "flag --views=: must name at least one of frontal, lateral"),
+    ("synthetic", "--seed=-1", "flag --seed=-1: must be at least 0"),
 ])
-def test_bad_values_are_refused_when_parsed(app, arg, message):
-    with pytest.raises(absl_flags.IllegalFlagValueError) as e:
-        parse(app, arg)
+def test_bad_values_are_usage_errors_naming_the_flag(app, arg, message):
+    with pytest.raises(absl_app.UsageError) as e:
+        build(app, arg)
     assert str(e.value) == message
 
 
+def test_a_value_outside_an_enum_is_refused_when_parsed():
+    with pytest.raises(absl_flags.IllegalFlagValueError, match=r"value should be one of "
+                                                               r"<resnet18\|resnet34"):
+        parse("train", "--arch=vgg16")
+
+
 def test_good_values_pass():
-    fv = parse("train", "--learning_rate=1e-4", "--thresholds=0.4,0.5,0.6",
-               "--synthetic_min_prevalence=0.05")
-    assert (fv.learning_rate, fv.thresholds) == (1e-4, ["0.4", "0.5", "0.6"])
-    assert parse("predict", "--threshold=0.999").threshold == 0.999
+    config = build("train", "--learning_rate=1e-4", "--thresholds=0.4,0.5,0.6",
+                   "--synthetic_min_prevalence=0.05")
+    assert (config.learning_rate, config.thresholds) == (1e-4, (0.4, 0.5, 0.6))
+    assert build("predict", "--threshold=0.999").threshold == 0.999
+    assert build("evaluate", "--model_dir=R", "--views=frontal,lateral", "--dataset=chexpert",
+                 "--data_dir=D").views == ("frontal", "lateral")

@@ -75,7 +75,7 @@ def test_overlay_png(tmp_path):
 
 
 def test_bbox_hit_rate_tool(kaggle_dir, tmp_path, capsys, make_run_dir):
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import checkpoints
 
     run = tmp_path / "run"
     make_run_dir(run, image_size=64)  # conv5 is 2×2 at 64 px: a map with a peak
@@ -84,7 +84,7 @@ def test_bbox_hit_rate_tool(kaggle_dir, tmp_path, capsys, make_run_dir):
     with open(files[0], "rb") as f:
         gray, _ = images.decode_any(f.read(), first)
     pixels = images.resize(images.pad_to_square(gray)[0], 64)[None, :, :, None]
-    loaded = run_dir.load_model(str(run))
+    loaded = checkpoints.load_model(str(run))
     effusion = gradcam.GradCam(loaded)(pixels, labels.LABELS.index("Effusion"))[0]
     x, y = gradcam.to_original(*gradcam.peak(effusion), 64, gray.shape)
     far_x, far_y = (50 if x < 32 else 2), (50 if y < 32 else 2)

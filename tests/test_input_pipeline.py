@@ -177,10 +177,11 @@ def test_raw_kaggle_folder_reads_same_labels_as_prepared(kaggle_dir, prepared):
 
 
 def test_png_and_raw_storage_read_back_the_same_pixels(kaggle_dir, prepared, tmp_path):
+    from cxr_tf.datasets.config import PrepareConfig
     from cxr_tf.datasets.nih_chest_xray14 import build
 
-    report = build.prepare(str(kaggle_dir), str(tmp_path), 32, image_encoding="png",
-                           num_workers=0)
+    report = build.prepare(PrepareConfig(data_dir=kaggle_dir, output_dir=tmp_path, image_size=32,
+                                         image_encoding="png", num_workers=0))
     assert report["dataset_dir"].split(os.sep)[-2] == "32_png"
     png_source = source.open_source(tmp_path)
     assert type(prepared.builder.info.features["image"]).__name__ == "Tensor"

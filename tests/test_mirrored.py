@@ -43,7 +43,7 @@ def run(*args, two_cpus=False):
 STREAM_CHECK = """
 import json, numpy as np, tensorflow as tf
 from cxr_tf.training import distribute, runner
-from cxr_tf.training.config import RunConfig
+from cxr_tf.runs.config import RunConfig
 config = RunConfig(data_dir=DATA_DIR, model_dir="unused", arch="resnet18", image_size=32,
                    batch_size=4, augment=False, deterministic=True, epochs=1)
 data = runner.open_data(config)

@@ -17,16 +17,23 @@ import tensorflow_datasets as tfds
 from cxr_tf import prepare
 from cxr_tf.data import images, metadata
 from cxr_tf.datasets import nih_chest_xray14
+from cxr_tf.datasets.config import PrepareConfig
 from cxr_tf.datasets.nih_chest_xray14 import build
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 VERSION = str(nih_chest_xray14.Builder.VERSION)  # the version folder prepare writes
 
 
+def prepare_32(data_dir, output_dir, **changes):
+    """build.prepare at 32 px, decoding in this process unless num_workers says otherwise."""
+    return build.prepare(PrepareConfig(**{"data_dir": data_dir, "output_dir": output_dir,
+                                          "image_size": 32, "num_workers": 0, **changes}))
+
+
 @pytest.fixture(scope="module")
 def faults_report(faults_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("faults_tfds")
-    return build.prepare(str(faults_dir), str(out), 32, num_workers=0), out
+    return prepare_32(faults_dir, out), out
 
 
 def _expected(faults_dir, key="expect"):
@@ -71,7 +78,7 @@ def test_report_file_and_table(faults_report):
 
 
 def test_drop_rgba_skips_instead_of_converting(faults_dir, tmp_path):
-    report = build.prepare(str(faults_dir), str(tmp_path), 32, drop_rgba=True, num_workers=0)
+    report = prepare_32(faults_dir, tmp_path, drop_rgba=True)
     expected, _ = _expected(faults_dir, "expect_drop_rgba")
     assert report["skipped"]["dropped_rgba"] == expected["skipped:dropped_rgba"] == 2
     assert report["converted"].get("rgba", 0) == 0 and report["converted"].get("rgb", 0) == 0
@@ -80,11 +87,11 @@ def test_drop_rgba_skips_instead_of_converting(faults_dir, tmp_path):
 
 def test_strict_fails_on_the_unknown_label(faults_dir, tmp_path):
     with pytest.raises(metadata.MetadataError, match="Pleural_Thickning"):
-        build.prepare(str(faults_dir), str(tmp_path), 32, strict=True, num_workers=0)
+        prepare_32(faults_dir, tmp_path, strict=True)
 
 
 def test_output_does_not_depend_on_worker_count(kaggle_dir, prepared_dir, tmp_path):
-    build.prepare(str(kaggle_dir), str(tmp_path), 32, num_workers=2)
+    prepare_32(kaggle_dir, tmp_path, num_workers=2)
 
     def records(root):
         pattern = os.path.join(root, "nih_chest_xray14", "32", VERSION, "*.tfrecord*")
@@ -135,7 +142,9 @@ def test_prepare_from_stdin_falls_back_to_one_process(kaggle_dir, tmp_path):
     # Spawned workers cannot re-import a __main__ read from stdin: without the fallback the
     # pool restarts dying workers for ever and prepare hangs.
     script = f"from cxr_tf.datasets.nih_chest_xray14 import build\n" \
-             f"r = build.prepare({str(kaggle_dir)!r}, {str(tmp_path)!r}, 32, num_workers=2)\n" \
+             f"from cxr_tf.datasets.config import PrepareConfig\n" \
+             f"r = build.prepare(PrepareConfig(data_dir={str(kaggle_dir)!r}, " \
+             f"output_dir={str(tmp_path)!r}, image_size=32, num_workers=2))\n" \
              f"print('written', sum(r['written'].values()))\n"
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
                           env=ENV, cwd=tmp_path, timeout=300)
@@ -193,7 +202,7 @@ def _image(source, image_id):
 
 
 def test_val_fraction_0_leaves_validation_empty_not_fatal(small, tmp_path):
-    report = build.prepare(str(small), str(tmp_path / "out"), 32, val_fraction=0, num_workers=0)
+    report = prepare_32(small, tmp_path / "out", val_fraction=0)
     assert report["written"] == {"train": 9, "validation": 0, "test": 3}
     assert report["empty_splits"] == {
         "validation": "val_fraction is 0: no patient is held out for validation"}
@@ -208,7 +217,7 @@ def test_val_fraction_0_leaves_validation_empty_not_fatal(small, tmp_path):
 
 def test_one_train_val_patient_leaves_validation_empty(small, tmp_path):
     (small / "train_val_list.txt").write_text("00000003_000.png\n")
-    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    report = prepare_32(small, tmp_path / "out")
     assert report["written"] == {"train": 1, "validation": 0, "test": 3}
     assert report["skipped"]["not_in_split"] == 8
     assert report["empty_splits"] == {
@@ -218,7 +227,7 @@ def test_one_train_val_patient_leaves_validation_empty(small, tmp_path):
 def test_split_whose_files_all_fail_is_reported_and_the_others_written(small, tmp_path):
     for image_id in TEST_IDS:
         _image(small, image_id).write_bytes(HTML)
-    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    report = prepare_32(small, tmp_path / "out")
     assert report["written"] == {"train": 8, "validation": 1, "test": 0}
     assert report["skipped"]["undecodable"] == 3
     assert report["empty_splits"] == {
@@ -230,14 +239,14 @@ def test_split_whose_files_all_fail_is_reported_and_the_others_written(small, tm
 
 def test_empty_test_list_and_no_image_at_all(small, tmp_path):
     (small / "test_list.txt").write_text("")
-    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    report = prepare_32(small, tmp_path / "out")
     assert report["written"] == {"train": 8, "validation": 1, "test": 0}
     assert report["empty_splits"] == {"test": "no row of test_list.txt was kept for test "
                                                "(see 'skipped')"}
     for path in small.glob("images_*/images/*.png"):
         path.write_bytes(b"")
     with pytest.raises(metadata.MetadataError) as info:
-        build.prepare(str(small), str(tmp_path / "out2"), 32, num_workers=0)
+        prepare_32(small, tmp_path / "out2")
     assert str(info.value) == (
         f"{small}: no image to prepare: train: all 8 image(s) skipped when decoding "
         "(8 undecodable); validation: all 1 image(s) skipped when decoding (1 undecodable); "
@@ -253,7 +262,7 @@ def test_an_unexpected_decoder_error_skips_only_that_file(small, tmp_path, monke
         return real(data, image_id, *args, **kwargs)
 
     monkeypatch.setattr(images, "preprocess", preprocess)  # num_workers=0: in this process
-    report = build.prepare(str(small), str(tmp_path / "out"), 32, num_workers=0)
+    report = prepare_32(small, tmp_path / "out")
     assert sum(report["written"].values()) == 11 and report["skipped"]["undecodable"] == 1
     assert report["skipped_files"]["undecodable"] == [
         "00000005_000.png: NotImplementedError: no decoder for JPEG 2000"]
@@ -261,19 +270,19 @@ def test_an_unexpected_decoder_error_skips_only_that_file(small, tmp_path, monke
 
 def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
     out = tmp_path / "out"
-    first = build.prepare(str(small), str(out), 32, num_workers=0)
+    first = prepare_32(small, out)
     assert set(first["source"]) == {"Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"}
     assert first["source"]["test_list.txt"] == hashlib.sha256(
         (small / "test_list.txt").read_bytes()).hexdigest()
     shards = sorted(glob.glob(os.path.join(first["dataset_dir"], "*.tfrecord*")))
     stamps = [os.stat(p).st_mtime_ns for p in shards]
-    assert build.prepare(str(small), str(out), 32, num_workers=0) == first  # same source: reused
+    assert prepare_32(small, out) == first  # same source: reused
     assert [os.stat(p).st_mtime_ns for p in shards] == stamps
 
     csv = small / "Data_Entry_2017.csv"
     csv.write_text(csv.read_text().replace("00000003_000.png,Nodule,", "00000003_000.png,Mass,"))
     with pytest.raises(nih_chest_xray14.SourceChangedError) as info:
-        build.prepare(str(small), str(out), 32, num_workers=0)
+        prepare_32(small, out)
     assert str(info.value) == (
         f"{first['dataset_dir']}: prepared from other metadata than {small} holds now: "
         "Data_Entry_2017.csv (changed); prepare into a new output_dir, or rebuild it "
@@ -281,11 +290,11 @@ def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
     (small / "Data_Entry_2017_v2020.csv").write_bytes(csv.read_bytes())  # now preferred
     with pytest.raises(nih_chest_xray14.SourceChangedError, match=r"holds now: Data_Entry_2017.csv "
                        r"\(gone\), Data_Entry_2017_v2020.csv \(new\); prepare into"):
-        build.prepare(str(small), str(out), 32, num_workers=0)
+        prepare_32(small, out)
     assert [os.stat(p).st_mtime_ns for p in shards] == stamps  # the old dataset is untouched
-    fresh = build.prepare(str(small), str(tmp_path / "new"), 32, num_workers=0)
+    fresh = prepare_32(small, tmp_path / "new")
     assert fresh["source"]["Data_Entry_2017_v2020.csv"] != first["source"]["Data_Entry_2017.csv"]
-    rebuilt = build.prepare(str(small), str(out), 32, num_workers=0, overwrite=True)
+    rebuilt = prepare_32(small, out, overwrite=True)
     assert rebuilt["source"] == fresh["source"]
 
     # A dataset prepared before fingerprints existed is reused with a warning.
@@ -296,7 +305,7 @@ def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
     with open(report_path, "w") as f:
         json.dump(old, f)
     with caplog.at_level(logging.WARNING):
-        assert "source" not in build.prepare(str(small), str(out), 32, num_workers=0)
+        assert "source" not in prepare_32(small, out)
     assert [r.getMessage() for r in caplog.records if r.name == "root"] == [
         f"{first['dataset_dir']}: no source fingerprint recorded; reusing it without checking "
         f"that {small} still holds the same metadata"]
@@ -304,7 +313,7 @@ def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
 
 def test_prepare_app_refuses_a_changed_source_until_overwrite(small, tmp_path):
     out = tmp_path / "out"
-    first = build.prepare(str(small), str(out), 32, num_workers=0)
+    first = prepare_32(small, out)
     csv = small / "Data_Entry_2017.csv"
     csv.write_text(csv.read_text().replace("00000003_000.png,Nodule,", "00000003_000.png,Mass,"))
     command = [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={small}",

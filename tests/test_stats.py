@@ -85,6 +85,7 @@ def test_stats_on_prepared_dir(tmp_path):
     import tensorflow_datasets as tfds
     from PIL import Image
 
+    from cxr_tf.datasets.config import PrepareConfig
     from cxr_tf.datasets.nih_chest_xray14 import build
 
     kaggle = tmp_path / "kaggle"
@@ -102,7 +103,7 @@ def test_stats_on_prepared_dir(tmp_path):
         Image.fromarray(gray).save(kaggle / "images_001" / "images" / image_id)
 
     out = tmp_path / "tfds"
-    build.prepare(str(kaggle), str(out), image_size=32, num_workers=0)
+    build.prepare(PrepareConfig(data_dir=kaggle, output_dir=out, image_size=32, num_workers=0))
     got = stats.compute_stats(str(out))
 
     # Expected: the CSV rows of each split's image ids (read with plain TFDS), counted with

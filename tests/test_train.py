@@ -158,16 +158,58 @@ def test_a_complete_run_is_not_retrained_and_overwrite_starts_afresh(prepared_di
 
 
 def test_a_second_train_on_a_locked_run_dir_exits_at_once(prepared_dir, tmp_path):
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import claim
 
     model_dir = tmp_path / "busy"
-    with run_dir.locked(model_dir):  # as the train process using it holds it
+    with claim.locked(model_dir):  # as the train process using it holds it
         proc = train(f"--data_dir={prepared_dir}", f"--model_dir={model_dir}", *TINY,
                      check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert (f"error: {model_dir}: in use by another training process (pid {os.getpid()}); "
-            "wait for it to end or use another --model_dir") in proc.stderr
+            "wait for it to end or use another run dir") in proc.stderr
     assert os.listdir(model_dir) == [".lock"]
+
+
+def complete_run(model_dir, config):
+    """A run dir holding `config`'s run complete (record and history, no backup)."""
+    from cxr_tf.runs import record
+
+    os.makedirs(model_dir)
+    record.write(model_dir, record.RunRecord(config=config, resolved=record.Resolved()))
+    (model_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    return run_files(model_dir)
+
+
+def test_runner_run_claims_the_run_dir_itself(prepared_dir, tmp_path):
+    from cxr_tf.data import metadata
+    from cxr_tf.runs import claim
+    from cxr_tf.runs.config import RunConfig
+    from cxr_tf.training import runner
+
+    model_dir = tmp_path / "run"
+    config = RunConfig(data_dir=str(prepared_dir), model_dir=str(model_dir), arch="resnet18",
+                       image_size=32, epochs=1)
+    before = complete_run(model_dir, config)
+    assert runner.run(config) == {"model_dir": str(model_dir), "complete": True}
+    with pytest.raises(claim.DifferingRunError) as info:
+        runner.run(config.replace(epochs=2))
+    assert info.value.differences == [("epochs", 1, 2)]
+    # A mistyped data_dir fails before overwrite deletes anything.
+    with pytest.raises(metadata.MetadataError, match=f"^{tmp_path / 'typo'}: no Data_Entry CSV"):
+        runner.run(config.replace(data_dir=str(tmp_path / "typo"), overwrite=True))
+    assert run_files(model_dir) == before
+
+
+def test_other_flags_are_named_as_flags():
+    from cxr_tf import train
+    from cxr_tf.runs import claim
+
+    error = claim.DifferingRunError("runs/a", [("epochs", 1, 2), ("thresholds", ["0.4"],
+                                                                  ["0.4", "0.5"])])
+    assert train.other_run_message(error) == (
+        "runs/a holds a run with other flags: --epochs: 1 (run) != 2 (now); --thresholds: 0.4 "
+        "(run) != 0.4,0.5 (now). Rerun with the run's flags to resume it, --overwrite to start "
+        "afresh, or use another --model_dir")
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
@@ -187,8 +229,8 @@ def test_an_empty_validation_split_stops_training_with_a_clear_error(kaggle_dir,
 
 
 def test_runner_steps():
+    from cxr_tf.runs.config import RunConfig
     from cxr_tf.training import runner
-    from cxr_tf.training.config import RunConfig
 
     # 41 training images: 10 full batches of 4; at least one step; capped by steps_per_epoch.
     assert runner.steps_in_epoch(RunConfig(batch_size=4), 41) == 10

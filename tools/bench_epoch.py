@@ -55,10 +55,11 @@ def main(argv=None):
 
     from cxr_tf import labels, losses, model
     from cxr_tf.data import input_pipeline, source
+    from cxr_tf.synthetic.dataset import synthetic_data_dir
     from cxr_tf.training import callbacks, runner
 
     data = source.open_source(
-        runner.synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir),
+        synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir),
         image_size=args.image_size)
     n = data.split_sizes["train"]
     steps = n // args.batch_size
@@ -108,7 +109,7 @@ def _save_time(arch, image_size, repeats, work_dir, net=None):
     import keras
 
     from cxr_tf import labels, losses, model
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import checkpoints, layout
     from cxr_tf.training import callbacks
 
     if net is None:
@@ -128,8 +129,8 @@ def _save_time(arch, image_size, repeats, work_dir, net=None):
             for saver in savers:
                 saver.on_epoch_end(epoch, {callbacks.MONITOR: float(epoch)})
             times.append(time.perf_counter() - start)
-        written = os.path.getsize(run_dir.checkpoint_path(model_dir, "last")) + sum(
-            os.path.getsize(p) for p in run_dir.backup_files(model_dir).values())
+        written = os.path.getsize(checkpoints.checkpoint_path(model_dir, "last")) + sum(
+            os.path.getsize(p) for p in layout.backup_files(model_dir).values())
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
     return {"save_s": round(statistics.median(times[1:]), 3), "save_mb": round(written / 1e6, 1)}

@@ -48,10 +48,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from cxr_tf.data import input_pipeline, source
-    from cxr_tf.training import runner
+    from cxr_tf.synthetic.dataset import synthetic_data_dir
 
-    tfds_dir = runner.synthetic_data_dir(args.image_size, args.num_images,
-                                           cache_dir=args.work_dir)
+    tfds_dir = synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir)
     data = source.open_source(tfds_dir, image_size=args.image_size)
     n = data.split_sizes["train"]
     steps = n // args.batch_size

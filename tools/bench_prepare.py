@@ -38,6 +38,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from bench_input import synthetic_kaggle
+    from cxr_tf.datasets.config import PrepareConfig
     from cxr_tf.datasets.nih_chest_xray14 import build
     from cxr_tf.data import metadata, parallel_decode
 
@@ -52,8 +53,9 @@ def main(argv=None):
         bare.append(len(items) / (time.perf_counter() - start))
         out = tempfile.mkdtemp(dir=args.work_dir)
         start = time.perf_counter()
-        report = build.prepare(kaggle, out, args.image_size,
-                                 image_encoding=args.image_encoding)
+        report = build.prepare(PrepareConfig(data_dir=kaggle, output_dir=out,
+                                             image_size=args.image_size,
+                                             image_encoding=args.image_encoding))
         full.append(sum(report["written"].values()) / (time.perf_counter() - start))
         shutil.rmtree(out)
     bare, full = bare[args.warmup:], full[args.warmup:]

@@ -58,9 +58,10 @@ def main(argv=None):
 
     from cxr_tf.evaluation import localization, runner
     from cxr_tf.evaluation.inputs import Bootstrap
+    from cxr_tf.runs import checkpoints
 
     box_list = localization.find_boxes(args.bbox_csv, args.data_dir)
-    model = runner.load_model(args.model_dir, args.checkpoint)
+    model = checkpoints.load_model(args.model_dir, args.checkpoint)
     section, _ = runner.pointing_game(model, box_list, batch_size=args.batch_size,
                                       bootstrap=Bootstrap(args.bootstrap),
                                       overlay_dir=args.overlay_dir)

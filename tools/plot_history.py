@@ -23,15 +23,17 @@ import re
 import sys
 
 _F1_COLUMN = re.compile(r"^val/f1@(?P<t>[^/]+)/macro$")
+# The figures' default folder, inside the (first) run dir.
+PLOTS_DIR = "plots"
 
 
 def read_history(path):
     """(run name, DataFrame) from a run dir or a history.csv path."""
     import pandas as pd
 
-    from cxr_tf.serving import run_dir
+    from cxr_tf.runs import layout
 
-    csv_path = run_dir.history_path(path) if os.path.isdir(path) else path
+    csv_path = layout.history_path(path) if os.path.isdir(path) else path
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"{csv_path}: not found (is {path} a run dir?)")
     frame = pd.read_csv(csv_path)
@@ -104,7 +106,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     runs = [read_history(path) for path in args.runs]
     first = args.runs[0] if os.path.isdir(args.runs[0]) else os.path.dirname(args.runs[0])
-    out_dir = args.output_dir or os.path.join(first, "plots")
+    out_dir = args.output_dir or os.path.join(first, PLOTS_DIR)
     os.makedirs(out_dir, exist_ok=True)
     fig2 = os.path.join(out_dir, "figure2_auc_f1.png")
     fig3 = os.path.join(out_dir, "figure3_loss.png")

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cxr_tf import errors
 from cxr_tf.data import images
 
 DATASET_NAME = "chexpert"
@@ -51,11 +52,15 @@ _VALUE_OF_CLASS = {"uncertain": UNCERTAIN, "positive": 1, "negative": 0, "unment
 _PATIENT_RE = re.compile(r"patient(\d+)")
 
 
+class ChexpertError(errors.UserError, ValueError):
+    """The prepared chexpert dataset is not laid out as Stanford's CSV and folders are."""
+
+
 def open_builder(data_dir):
     """TFDS's chexpert builder over a prepared TFDS_DIR; a clear error when it is not there."""
     builder = tfds.builder(DATASET_NAME, data_dir=data_dir)
     if not builder.is_prepared():
-        raise FileNotFoundError(
+        raise errors.NotFoundError(
             f"{data_dir}: no prepared {DATASET_NAME} dataset (build it with TFDS: "
             f"`tfds build {DATASET_NAME}`, manual_dir the folder holding CheXpert-v1.0-small, "
             f"data_dir {data_dir})")
@@ -66,7 +71,7 @@ def patient_id(name):
     """'CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg' -> 64541."""
     match = _PATIENT_RE.search(name)
     if match is None:
-        raise ValueError(f"{name}: no 'patient<digits>' folder in the CheXpert path")
+        raise ChexpertError(f"{name}: no 'patient<digits>' folder in the CheXpert path")
     return int(match.group(1))
 
 
@@ -75,7 +80,7 @@ def label_values(class_indices, label_names):
     SHARED's order. `label_names`: the builder's ClassLabel names."""
     class_indices = np.asarray(class_indices)
     if class_indices.shape != (len(OBSERVATIONS),):
-        raise ValueError(f"expected {len(OBSERVATIONS)} CheXpert labels ({', '.join(OBSERVATIONS)})"
+        raise ChexpertError(f"expected {len(OBSERVATIONS)} CheXpert labels ({', '.join(OBSERVATIONS)})"
                          f", got {class_indices.shape[0]}: not Stanford's CSV layout")
     values = np.array([_VALUE_OF_CLASS[name] for name in label_names], np.int8)
     return values[class_indices[[OBSERVATIONS.index(c) for c in SHARED.values()]]]

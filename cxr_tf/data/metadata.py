@@ -22,6 +22,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from cxr_tf import errors
 from cxr_tf import labels as labels_lib
 
 IMAGE_INDEX_RE = re.compile(r"^\d{8}_\d{3}\.png$")
@@ -53,7 +54,7 @@ _INT_COLUMNS = ("follow_up", "patient_id", "width", "height")
 _AGE_RE = r"^\s*(\d{1,3})Y?\s*$"
 
 
-class MetadataError(ValueError):
+class MetadataError(errors.UserError, ValueError):
     """Bad metadata. The message names the file, the 1-based line (when known) and the reason."""
 
     def __init__(self, reason, path=None, line=None):

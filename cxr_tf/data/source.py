@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cxr_tf import labels
+from cxr_tf import errors, labels
 from cxr_tf.data import image_header, images, metadata
 
 DATASET_NAME = "nih_chest_xray14"
@@ -26,6 +26,11 @@ SPLITS = metadata.SPLITS
 # Per-image metadata that a split's columns, and the pipelines' `features=`, offer.
 FEATURES = ("image_id", "patient_id", "follow_up", "age", "sex", "view")
 _TEXT_FEATURES = ("image_id", "sex", "view")
+
+
+class SourceError(errors.UserError, ValueError):
+    """A data_dir that cannot be read as asked (several prepared datasets match, a missing
+    split)."""
 
 
 # --- locating prepared data ------------------------------------------------------------------
@@ -52,14 +57,14 @@ def find_prepared(data_dir, image_size=None):
         return found[0]
     if not found:
         size = f" at image_size={image_size}" if image_size else ""
-        raise FileNotFoundError(
+        raise errors.NotFoundError(
             f"{data_dir}: no prepared {DATASET_NAME} dataset{size} "
             f"(prepare it first: `python -m cxr_tf.prepare`, output_dir {data_dir})"
         )
     exact = [p for p in found if os.path.basename(os.path.dirname(p)) == str(image_size)]
     if len(exact) == 1:
         return exact[0]
-    raise ValueError(f"{data_dir}: several prepared datasets match, pick one: {found}")
+    raise SourceError(f"{data_dir}: several prepared datasets match, pick one: {found}")
 
 
 def _latest_versions(version_dirs):
@@ -116,7 +121,7 @@ class Source:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if split not in self.split_sizes:
-            raise ValueError(f"{self.data_dir}: has no {split!r} split "
+            raise SourceError(f"{self.data_dir}: has no {split!r} split "
                              f"(it holds {', '.join(self.split_sizes) or 'none'})")
 
     def columns(self, split):

@@ -14,7 +14,7 @@ Pure Python: the apps import this before TensorFlow starts.
 import dataclasses
 import string
 
-from cxr_tf import errors, schema
+from cxr_tf import errors, options, schema
 from cxr_tf.schema import option
 
 SPLITS = ("test", "validation")
@@ -44,25 +44,6 @@ class ArgumentsError(errors.UserError, ValueError):
         return type(self), (self.template,)
 
 
-# --- options several configs share ------------------------------------------------------------
-# shared: moves to options.py (the shared option factories), with the same defaults and bounds.
-
-def model_dir_option(help="Run dir written by cxr_tf.train."):
-    return option(None, help)
-
-
-def data_dir_option(help="A prepared TFDS dir or a raw Kaggle folder."):
-    return option(None, help)
-
-
-def checkpoint_option(help="Which checkpoint to load."):
-    return option("best", help, choices=("best", "last"))
-
-
-def batch_size_option(help="Images per batch."):
-    return option(64, help, lower=1)
-
-
 def _not_empty(values):
     if not values:
         raise ValueError(f"must name at least one of {', '.join(VIEWS)}")
@@ -77,21 +58,21 @@ class EvalConfig:
     given at its default value; an argument away from its default counts as given anyway.
     """
 
-    model_dir: str | None = model_dir_option()
+    model_dir: str | None = options.model_dir()
     split: str = option("test", "Split to evaluate.", choices=SPLITS)
-    data_dir: str | None = data_dir_option(
+    data_dir: str | None = options.data_dir(
         "Prepared TFDS dir or Kaggle folder (default: the run's config.json data_dir).")
-    checkpoint: str = checkpoint_option()
+    checkpoint: str = options.checkpoint()
     bootstrap: int = option(1000, "Patient-level bootstrap replicates for the AUC 95% CI "
                             "(0: none).", lower=0)
     tune_thresholds: str | None = option(
         None, "Tune per-class thresholds on the VALIDATION split (whatever --split says) and "
         "write RUN/thresholds.json.", choices=TUNING_METHODS)
-    batch_size: int = batch_size_option("Images per prediction batch.")
-    expert_labels: str | None = option(None, "Google's radiologist labels CSV for the NIH test "
-                                       "images: also score against them.")
-    bbox_csv: str | None = option(None, "NIH's BBox_List_2017.csv: also report Grad-CAM "
-                                  "localisation against its boxes.")
+    batch_size: int = options.batch_size("Images per prediction batch.")
+    expert_labels: str | None = options.path(
+        "Google's radiologist labels CSV for the NIH test images: also score against them.")
+    bbox_csv: str | None = options.path(
+        "NIH's BBox_List_2017.csv: also report Grad-CAM localisation against its boxes.")
     dataset: str = option("nih", "Which dataset --data_dir holds.", choices=DATASETS)
     uncertain_labels: str = option(
         "ignore", "CheXpert's uncertain (-1) labels: left out of that finding's metrics, or "

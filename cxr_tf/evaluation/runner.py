@@ -10,7 +10,6 @@ localization.png). CheXpert (`dataset="chexpert"`): RUN/eval_chexpert/ on the 7 
 label sets share. The report's figures come from the pure modules beside this one.
 """
 
-import dataclasses
 import os
 
 import numpy as np
@@ -20,8 +19,8 @@ from cxr_tf.data import chexpert, input_pipeline, source
 from cxr_tf.evaluation import (expert_labels, external, gradcam, localization, metrics,
                                report_markdown, report_plots, reporting)
 from cxr_tf.evaluation.inputs import Bootstrap, Scored, Thresholds
-# The one import of the run dir: cxr_tf.runs replaces serving.run_dir (issue 16).
-from cxr_tf.serving import run_dir
+from cxr_tf.runs import checkpoints, record
+from cxr_tf.runs import thresholds as run_thresholds_file
 
 
 class SplitReadError(errors.UserError, ValueError):
@@ -30,40 +29,11 @@ class SplitReadError(errors.UserError, ValueError):
 
 # --- the run dir: every read and write evaluation makes ---------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    """What evaluation reads of a run's config.json. A key missing from an older run dir
-    takes the value training then used, written here once."""
-
-    data_dir: str
-    image_size: int
-    val_fraction: float = 0.1
-    seed: int = 0
-    thresholds: tuple = (0.5,)  # the configured decision thresholds, as numbers
-
-
-def read_run(model_dir):
-    """The RunRecord of RUN/config.json."""
-    config = run_dir.read_config(model_dir)
-    missing = [k for k in ("data_dir", "image_size") if k not in config]
-    if missing:
-        raise run_dir.RunDirError(f"{run_dir.config_path(model_dir)}: no {', '.join(missing)}; "
-                                  "not a config.json written by cxr_tf.train")
-    known = {f.name for f in dataclasses.fields(RunRecord)}
-    record = RunRecord(**{k: v for k, v in config.items() if k in known})
-    return dataclasses.replace(record, thresholds=tuple(float(t) for t in record.thresholds))
-
-
-def load_model(model_dir, checkpoint="best"):
-    """The run's Keras model from checkpoints/<checkpoint>.keras, in float32."""
-    return run_dir.load_model(model_dir, checkpoint)
-
-
 def run_thresholds(model_dir, run):
     """(Thresholds: the run's configured ones and its tuned ones (thresholds.json) if any,
     thresholds.json's content or None)."""
-    tuned, content = run_dir.read_thresholds(model_dir)
-    return Thresholds(run.thresholds, tuned), content
+    tuned, content = run_thresholds_file.read_thresholds(model_dir)
+    return Thresholds(run.config.thresholds, tuned), content
 
 
 def tune_run(model_dir, validation, method, *, checkpoint="best"):
@@ -72,8 +42,8 @@ def tune_run(model_dir, validation, method, *, checkpoint="best"):
     probs, rows = validation
     y_true = np.stack([r["labels"] for r in rows])
     thresholds = metrics.tune_thresholds(y_true, probs[:, :labels.NUM_CLASSES], method)
-    return run_dir.write_thresholds(model_dir, thresholds, method, examples=len(rows),
-                                    checkpoint=checkpoint)
+    return run_thresholds_file.write_thresholds(model_dir, thresholds, method,
+                                                examples=len(rows), checkpoint=checkpoint)
 
 
 # --- NIH -----------------------------------------------------------------------------------
@@ -90,13 +60,13 @@ def evaluate_run(config, *, progress=True):
 
     The box list (bbox_csv) and the radiologist labels (expert_labels) are read before
     predicting, so a bad file fails at once."""
-    run = read_run(config.model_dir)
-    data_dir = config.data_dir or run.data_dir
+    run = record.read(config.model_dir)
+    data_dir = config.data_dir or run.resolved.data_dir
     boxes = localization.find_boxes(config.bbox_csv, data_dir) if config.bbox_csv else None
     expert = expert_labels.read(config.expert_labels) if config.expert_labels else None
-    model = load_model(config.model_dir, config.checkpoint)
-    data = source.open_source(data_dir, image_size=run.image_size,
-                              val_fraction=run.val_fraction, seed=run.seed)
+    model = checkpoints.load_model(config.model_dir, config.checkpoint)
+    data = source.open_source(data_dir, image_size=run.config.image_size,
+                              val_fraction=run.config.val_fraction, seed=run.config.seed)
     bootstrap = Bootstrap(config.bootstrap, progress=progress)
 
     def predict(split):
@@ -183,9 +153,10 @@ def localization_section(model, box_list, out_dir, *, bootstrap=Bootstrap(), bat
 def evaluate_chexpert(config, *, progress=True):
     """Evaluates an NIH-trained run on CheXpert's validation split (TFDS `chexpert` prepared
     in config.data_dir) for the findings both label sets share; writes RUN/eval_chexpert/."""
-    run = read_run(config.model_dir)
-    images, rows, excluded = chexpert.read(config.data_dir, run.image_size, views=config.views)
-    model = load_model(config.model_dir, config.checkpoint)
+    run = record.read(config.model_dir)
+    images, rows, excluded = chexpert.read(config.data_dir, run.config.image_size,
+                                           views=config.views)
+    model = checkpoints.load_model(config.model_dir, config.checkpoint)
     logits = model.predict(images.batch(config.batch_size), verbose="auto" if progress else 0)
     names = list(chexpert.SHARED)
     columns = [labels.LABELS.index(name) for name in names]

@@ -16,10 +16,10 @@ import stat
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import labels
+from cxr_tf import errors, labels
 from cxr_tf.data import image_header, images
 from cxr_tf.evaluation import gradcam, metrics
-from cxr_tf.serving import run_dir
+from cxr_tf.runs import checkpoints, layout, thresholds
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -40,7 +40,11 @@ def list_inputs(paths):
 
 
 class Predictor:
-    """A loaded model of either kind, with its label names, input size and thresholds."""
+    """A loaded model of either kind, with its label names, input size and thresholds.
+
+    thresholds_from: where the thresholds came from; None when they are `threshold` for
+    every finding (a run dir without thresholds.json), which the caller names.
+    """
 
     def __init__(self, model_path, threshold=0.5):
         self.keras_model = None
@@ -53,14 +57,14 @@ class Predictor:
             self.image_size = int(meta["image_size"])
             self.thresholds = meta["thresholds"].astype(np.float64)
             self.thresholds_from = f"as exported (cxr_tf {meta['version'].decode()})"
-        elif os.path.isfile(run_dir.config_path(model_path)):
-            self.keras_model = run_dir.load_model(model_path, "best")
+        elif os.path.isfile(layout.config_path(model_path)):
+            self.keras_model = checkpoints.load_model(model_path, "best")
             self.label_names = list(labels.LABELS)
             self.image_size = int(self.keras_model.input_shape[1])
-            thresholds, self.thresholds_from = run_dir.decision_thresholds(model_path, threshold)
-            self.thresholds = np.array(thresholds)
+            values, self.thresholds_from = thresholds.decision_thresholds(model_path, threshold)
+            self.thresholds = np.array(values)
         else:
-            raise FileNotFoundError(
+            raise errors.NotFoundError(
                 f"{model_path}: neither a SavedModel (no saved_model.pb) nor a run dir "
                 "(no config.json)")
 

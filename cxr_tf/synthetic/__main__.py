@@ -8,6 +8,7 @@ See `cxr_tf.synthetic.generator` for what it writes.
 from absl import app
 
 from cxr_tf import cli, flags
+from cxr_tf.synthetic.config import SyntheticConfig
 from cxr_tf.synthetic.generator import generate
 
 FLAGS = flags.FLAGS
@@ -16,11 +17,10 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    f = FLAGS
-    if not f.output_dir:
+    config = flags.build_config(SyntheticConfig)
+    if not config.output_dir:
         raise app.UsageError("--output_dir is required")
-    s = generate(f.output_dir, num_images=f.num_images, image_size=f.image_size, seed=f.seed,
-                 faults=f.faults, min_prevalence=f.min_prevalence)
+    s = generate(**config.generate_kwargs())
     print(f"Wrote {s['images']:,} images of {s['patients']:,} patients ({s['image_size']} px, "
           f"{s['folders']} folders) to {s['output_dir']} in {s['seconds']:.1f} s")
     for split, part in s["splits"].items():

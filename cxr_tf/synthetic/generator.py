@@ -1,11 +1,12 @@
 """Synthetic NIH ChestX-ray14 in the exact Kaggle layout, with findings a CNN can learn.
 
-The library behind `python -m cxr_tf.synthetic` (its docstring has the command). Writes, like
-the Kaggle `nih-chest-xrays/data` download:
+    generate("/tmp/nih_synth", num_images=2000, image_size=1024, seed=0)   # python -m cxr_tf.synthetic
+
+Writes, like the Kaggle `nih-chest-xrays/data` download:
   images_001/images/00000001_000.png ...  folders filled in order, about num_images/12 each
   Data_Entry_2017.csv                     2017 Kaggle format (trailing empty column)
   train_val_list.txt, test_list.txt       patient-disjoint, about 77/23 of the images
-  faults.json                             with `faults`: each bad file/row and its expected outcome
+  faults.json                             with faults=True: each bad file/row and its expected outcome
 
 Labels, follow-ups, age, sex and view follow the real NIH figures (`cxr_tf.synthetic.rows`).
 Each finding draws its own signature on an anatomy-like film (`cxr_tf.synthetic.renderer`). The

@@ -6,7 +6,7 @@ and early stopping all see `val_loss` and `val/auc_mean`, and EpochBackup last s
 epoch counts as done only once everything else about it is on disk.
 
 Every file is written through `cxr_tf.atomic` (beside, then renamed) at the paths
-`serving.run_dir` owns. Only public Keras API is used here.
+`cxr_tf.runs.layout` owns. Only public Keras API is used here.
 """
 
 import csv
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from cxr_tf import atomic
 from cxr_tf.evaluation import metrics
-from cxr_tf.serving import run_dir
+from cxr_tf.runs import RunDirError, checkpoints, history, layout
 
 MONITOR = "val/auc_mean"
 
@@ -186,7 +186,7 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
 
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves `last.keras` every epoch and `best.keras` on a new best `monitor` value, both
-    without optimizer state (`run_dir.save_model`); the training state is EpochBackup's.
+    without optimizer state (`runs.checkpoints.save_model`); the training state is EpochBackup's.
 
     Each file is written beside its target and renamed into place, so a kill never leaves a
     half-written `best.keras`; when an epoch is the best, best.keras is a hard link to the
@@ -202,26 +202,26 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.best = -np.inf
 
     def on_train_begin(self, logs=None):
-        directory = run_dir.checkpoints_dir(self.model_dir)
+        directory = layout.checkpoints_dir(self.model_dir)
         os.makedirs(directory, exist_ok=True)
         _remove_temporary_files(directory)
         self.best = -np.inf
-        best_file = run_dir.checkpoint_path(self.model_dir, "best", must_exist=False)
+        best_file = checkpoints.checkpoint_path(self.model_dir, "best", must_exist=False)
         if not os.path.exists(best_file):
             return  # nothing to beat: the first epoch of this fit() becomes best.keras
-        run_dir.verify_checkpoint(best_file)
-        values = [float(r[self.monitor]) for r in run_dir.read_history(self.model_dir)
+        checkpoints.verify_checkpoint(best_file)
+        values = [float(r[self.monitor]) for r in history.read_history(self.model_dir)
                   if r.get(self.monitor) not in (None, "", "nan")]
         if values:
             self.best = max(self.sign * v for v in values)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        last = run_dir.save_model(self.model, self.model_dir, "last")
+        last = checkpoints.save_model(self.model, self.model_dir, "last")
         current = logs.get(self.monitor)
         if current is not None and np.isfinite(current) and self.sign * current > self.best:
             self.best = self.sign * current
-            best = run_dir.checkpoint_path(self.model_dir, "best", must_exist=False)
+            best = checkpoints.checkpoint_path(self.model_dir, "best", must_exist=False)
             with atomic.replacing(best) as tmp:
                 _link_or_copy(last, tmp)
 
@@ -245,13 +245,13 @@ class EpochBackup(keras.callbacks.Callback):
 
     Keras's BackupAndRestore writes the weights and the epoch marker as two files, so a kill
     between them resumes new weights with the old epoch number. Here the epoch is in the
-    file name (`run_dir.backup_path`): a new backup is written whole under a temporary name,
+    file name (`runs.layout.backup_path`): a new backup is written whole under a temporary name,
     renamed into place, and only then is the previous one removed, so at every instant the
     newest complete backup is one consistent (weights, epoch) pair.
 
     Args:
         model_dir: the run dir.
-        initial_epoch: the epoch fit() starts at (`run_dir.resume_epoch`); its backup is
+        initial_epoch: the epoch fit() starts at (`runs.layout.resume_epoch`); its backup is
             restored at the start of training.
         on_step: test hook, called with "written", "renamed", "pruned" during each save.
     """
@@ -263,11 +263,11 @@ class EpochBackup(keras.callbacks.Callback):
         self.on_step = on_step or (lambda step: None)
 
     def on_train_begin(self, logs=None):
-        directory = run_dir.backup_dir(self.model_dir)
+        directory = layout.backup_dir(self.model_dir)
         if os.path.isdir(directory):
             _remove_temporary_files(directory)
         if self.initial_epoch:
-            self._restore(run_dir.backup_path(self.model_dir, self.initial_epoch))
+            self._restore(layout.backup_path(self.model_dir, self.initial_epoch))
 
     def _restore(self, path):
         optimizer = self.model.optimizer
@@ -276,25 +276,25 @@ class EpochBackup(keras.callbacks.Callback):
         try:
             self.model.load_weights(path)
         except Exception as e:  # h5py and Keras raise several types for a damaged file
-            raise run_dir.RunDirError(
+            raise RunDirError(
                 f"{path}: cannot restore the training state ({type(e).__name__}: {e}); "
-                f"{run_dir.what_to_do(path)}") from e
+                f"{checkpoints.what_to_do(path)}") from e
 
     def on_epoch_end(self, epoch, logs=None):
-        path = run_dir.backup_path(self.model_dir, epoch + 1)
+        path = layout.backup_path(self.model_dir, epoch + 1)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic.replacing(path) as tmp:
             self.model.save_weights(tmp)
             self.on_step("written")
         self.on_step("renamed")
-        for older, older_path in run_dir.backup_files(self.model_dir).items():
+        for older, older_path in layout.backup_files(self.model_dir).items():
             if older < epoch + 1:
                 os.remove(older_path)
         self.on_step("pruned")
 
     def on_train_end(self, logs=None):
         # fit() returned (all epochs, early stop or NaN stop): the run is complete.
-        shutil.rmtree(run_dir.backup_dir(self.model_dir), ignore_errors=True)
+        shutil.rmtree(layout.backup_dir(self.model_dir), ignore_errors=True)
 
 
 def standard_callbacks(model_dir, *, epoch_metrics, initial_epoch=0, early_stop_patience=0,
@@ -305,9 +305,9 @@ def standard_callbacks(model_dir, *, epoch_metrics, initial_epoch=0, early_stop_
     """
     callbacks = list(epoch_metrics)
     if tensorboard:
-        callbacks.append(TensorBoard(run_dir.logs_dir(model_dir)))
+        callbacks.append(TensorBoard(layout.logs_dir(model_dir)))
     callbacks.append(CompactProgbarLogger())
-    callbacks.append(ResumableCSVLogger(run_dir.history_path(model_dir),
+    callbacks.append(ResumableCSVLogger(layout.history_path(model_dir),
                                         initial_epoch=initial_epoch))
     callbacks.append(AtomicCheckpoint(model_dir))
     if early_stop_patience:

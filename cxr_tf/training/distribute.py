@@ -1,13 +1,12 @@
 """Choosing a tf.distribute strategy, and who writes the run dir.
 
-MultiWorkerMirroredStrategy must be created before any other TensorFlow op runs, so the
-train app calls `make_strategy` first. With several workers only the chief writes to
-model_dir, and holds it (`claimed_run_dir`) for the life of the run; the others write to a
+MultiWorkerMirroredStrategy must be created before any other TensorFlow op runs, so
+`runner.run` calls `make_strategy` first. With several workers only the chief writes to
+model_dir, and holds it (`cxr_tf.runs.claim`) for the life of the run; the others write to a
 temporary dir that is removed at the end, as the TF multi-worker guide does, because every
 worker runs every callback.
 """
 
-import contextlib
 import json
 import os
 import shutil
@@ -15,9 +14,8 @@ import tempfile
 
 import tensorflow as tf
 
-from cxr_tf.serving import run_dir
-
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+from cxr_tf import errors
+from cxr_tf.runs.config import STRATEGIES
 
 
 def make_strategy(name="auto"):
@@ -31,7 +29,8 @@ def make_strategy(name="auto"):
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy 'multi_worker' needs the TF_CONFIG environment variable")
+            raise errors.UserError("strategy 'multi_worker' needs the TF_CONFIG environment "
+                                   "variable")
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
@@ -75,42 +74,3 @@ def mixed_precision_policy(choice="auto"):
         if capability and capability[0] >= 8:
             return "mixed_bfloat16"
     return "float32"
-
-
-@contextlib.contextmanager
-def claimed_run_dir(config, strategy):
-    """Holds `config.model_dir` for one run; yields True when that run is already complete.
-
-    The chief takes the run dir's lock (another process holding it: RunDirError naming its
-    pid), then with `config.overwrite` deletes the previous run. Otherwise a run dir whose
-    config.json recorded other flags is RunDirError listing them, and a complete run
-    (`run_dir.is_complete`) yields True: there is nothing to train, and nothing is written.
-    Other workers only read: they stop with the chief instead of waiting for it forever.
-
-    Example:
-        with distribute.claimed_run_dir(config, strategy) as complete:
-            if not complete:
-                runner.run(config, strategy=strategy)
-    """
-    if not is_chief(strategy):
-        yield not config.overwrite and _finished(config)
-        return
-    with run_dir.locked(config.model_dir):
-        if config.overwrite:
-            run_dir.clear(config.model_dir)
-            yield False
-        else:
-            yield _finished(config)
-
-
-def _finished(config):
-    """True if model_dir holds this run complete; RunDirError if it holds another run."""
-    model_dir = config.model_dir
-    if not os.path.isfile(run_dir.config_path(model_dir)):
-        return False
-    changed = run_dir.differing_flags(model_dir, config.to_dict())
-    if changed:
-        raise run_dir.RunDirError(
-            f"{model_dir} holds a run with other flags: {'; '.join(changed)}. Rerun with the "
-            "run's flags to resume it, --overwrite to start afresh, or use another --model_dir")
-    return run_dir.is_complete(model_dir)

@@ -15,14 +15,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf import errors
+
 TESTED_KERAS = "3.15"  # major.minor: any 3.15.x patch release
 
 
+class KerasVersionError(errors.UserError, RuntimeError):
+    """The installed Keras is not the one keras_compat's private names were checked against."""
+
+
 def check_keras_version(version=None):
-    """Raises RuntimeError unless `version` (default: the installed Keras) is TESTED_KERAS.x."""
+    """Raises KerasVersionError unless `version` (default: the installed Keras) is
+    TESTED_KERAS.x."""
     version = version or keras.__version__
     if version.split(".")[:2] != TESTED_KERAS.split("."):
-        raise RuntimeError(
+        raise KerasVersionError(
             f"cxr_tf.training.keras_compat was tested with Keras {TESTED_KERAS}.x, found Keras "
             f"{version}: its workarounds use private Keras names (Model._symbolic_build, "
             "Model._maybe_symbolic_build, keras.src.backend.tensorflow.trainer."

@@ -1,12 +1,15 @@
 """One training run, from a RunConfig to a run dir, as a short sequence of named steps. The
 train app is a thin wrapper.
 
-The run dir (`model_dir`) it writes is laid out by `cxr_tf.serving.run_dir`, which evaluate,
-export, predict and tools/plot_history.py read it through; rerunning the same command resumes
-from its backup.
+    summary = runner.run(RunConfig(model_dir="runs/demo", synthetic=True, image_size=64))
+
+`run` claims the run dir itself (`cxr_tf.runs.claim`: the lock; resume, refuse another run's
+dir, or find the run complete), writes the run record (`cxr_tf.runs.record`) and trains;
+rerunning the same config resumes from the run dir's backup.
 """
 
 import functools
+import json
 import math
 import os
 import platform
@@ -16,37 +19,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import __version__, labels, losses, model
-from cxr_tf.data import input_pipeline, source
-from cxr_tf.serving import run_dir as layout
+from cxr_tf import __version__, errors, labels, losses, model
+from cxr_tf.data import input_pipeline, metadata, source
+from cxr_tf.runs import claim, layout, record
+from cxr_tf.synthetic.dataset import synthetic_data_dir
 from cxr_tf.training import callbacks, distribute, keras_compat
 
-DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf")
 # Per-epoch evaluation predicts in batches this many times the training batch: inference keeps
 # no activations for a backward pass, and fewer, larger steps cut the evaluation's share of an
 # epoch (tools/bench_epoch.py).
 EVAL_BATCH_FACTOR = 2
 
 
-def synthetic_data_dir(image_size, num_images=2000, min_prevalence=0.0, seed=0, cache_dir=None):
-    """Generates and prepares the synthetic Kaggle-layout dataset once; returns the TFDS dir.
-
-    The generator writes images at twice the training size so that prepare's resize path is
-    exercised as on real data.
-    """
-    from cxr_tf import synthetic  # the demo path only
-    from cxr_tf.datasets.nih_chest_xray14 import build
-
-    cache_dir = cache_dir or os.environ.get("CXR_TF_CACHE", DEFAULT_CACHE)
-    source_size = min(2 * image_size, 1024)
-    name = f"synthetic_n{num_images}_s{source_size}_p{min_prevalence:g}_seed{seed}"
-    kaggle_dir = os.path.join(cache_dir, name, "kaggle")
-    tfds_dir = os.path.join(cache_dir, name, "tfds")
-    if not os.path.exists(os.path.join(kaggle_dir, "test_list.txt")):
-        synthetic.generate(kaggle_dir, num_images=num_images, image_size=source_size, seed=seed,
-                           min_prevalence=min_prevalence)
-    build.prepare(kaggle_dir, tfds_dir, image_size)
-    return tfds_dir
+class NoDataError(errors.UserError, ValueError):
+    """Nothing to train on: no data_dir, or an empty train or validation split."""
 
 
 def make_optimizer(name, learning_rate, *, total_steps, warmup_steps=0, lr_schedule="cosine",
@@ -82,28 +68,42 @@ def package_versions():
 
 
 def run(config, *, strategy=None, command_line=None, verbose="auto"):
-    """Trains as `config` (a RunConfig) says and returns the summary dict.
+    """Trains as `config` (a RunConfig) says and returns the summary dict; when model_dir
+    already holds this run complete, returns {"model_dir": ..., "complete": True} and writes
+    nothing.
 
     strategy: a tf.distribute strategy (default: `distribute.make_strategy(config.strategy)`;
-    a MultiWorkerMirroredStrategy must be made before any other TF op, so the app makes it).
-    command_line: recorded in config.json. verbose: Keras's fit verbosity.
+    a MultiWorkerMirroredStrategy must be made before any other TF op, so a caller that makes
+    one passes it). command_line: recorded in config.json. verbose: Keras's fit verbosity.
+    Raises runs.RunDirError (in use, another run's dir: claim.DifferingRunError).
     """
+    if not config.model_dir:
+        raise errors.ConfigError("model_dir", config.model_dir, "is required")
     strategy = strategy or distribute.make_strategy(config.strategy)
     policy = seed_and_precision(config)
+    # Opened before the claim: a mistyped data_dir must fail before overwrite deletes a run.
     data = open_data(config)
+    with claim.claim(config.model_dir, config, chief=distribute.is_chief(strategy)) as claimed:
+        if claimed.state == claim.COMPLETE:
+            return {"model_dir": config.model_dir, "complete": True}
+        return train(config, data, strategy, policy, claimed.initial_epoch,
+                     command_line=command_line, verbose=verbose)
+
+
+def train(config, data, strategy, policy, initial_epoch, *, command_line=None, verbose="auto"):
+    """Trains a claimed run dir from `initial_epoch` on; returns the summary dict."""
     run_dir = distribute.writable_run_dir(config.model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
-    initial_epoch = layout.resume_epoch(run_dir)
     steps_per_epoch = steps_in_epoch(config, data.split_sizes["train"])
     net, pos_weight = build_compiled_model(config, data, strategy, steps_per_epoch)
-    resolved = resolved_config(config, data, strategy, policy, steps_per_epoch, pos_weight,
-                               command_line)
-    if initial_epoch == 0 or not os.path.exists(layout.config_path(run_dir)):
-        layout.write_config(run_dir, resolved)
+    run_record = make_record(config, data, strategy, policy, steps_per_epoch, pos_weight,
+                             command_line)
+    if initial_epoch == 0 or not record.exists(run_dir):
+        record.write(run_dir, run_record)
     cbs = make_callbacks(config, data, run_dir, initial_epoch)
     history = fit(net, config, data, strategy, cbs, steps_per_epoch=steps_per_epoch,
                   initial_epoch=initial_epoch, verbose=verbose)
-    summary = _summary(net, history, resolved, initial_epoch)
+    summary = _summary(net, history, run_record, initial_epoch)
     distribute.cleanup_run_dir(run_dir, config.model_dir)
     return summary
 
@@ -125,16 +125,16 @@ def open_data(config):
     data_dir = config.data_dir
     if not data_dir:
         if not config.synthetic:
-            raise ValueError("no data: give data_dir (a prepared TFDS dir or a Kaggle folder) "
-                             "or synthetic=True")
+            raise NoDataError("no data: give data_dir (a prepared TFDS dir or a Kaggle "
+                              "folder) or synthetic=True")
         data_dir = synthetic_data_dir(config.image_size, config.synthetic_num_images,
                                       config.synthetic_min_prevalence, config.seed)
     opened = source.open_source(data_dir, image_size=config.image_size,
                                 val_fraction=config.val_fraction, seed=config.seed)
     for split in ("train", "validation"):
         if not opened.split_sizes.get(split):
-            raise ValueError(f"{data_dir}: the {split} split is empty; training needs "
-                             "examples in train and validation (val_fraction > 0)")
+            raise NoDataError(f"{data_dir}: the {split} split is empty; training needs "
+                              "examples in train and validation (val_fraction > 0)")
     return opened
 
 
@@ -150,7 +150,7 @@ def build_compiled_model(config, data, strategy, steps_per_epoch):
         # With several replicas, BatchNorm uses the statistics of the global batch, as on one
         # device: per-replica statistics of a few images would make the run depend on how
         # many devices share the batch.
-        # `--weights=` (empty, as to drop a flagfile's imagenet) means none.
+        # An empty weights (given as to drop a flagfile's imagenet) means none.
         net = model.build_model(config.arch, config.image_size, config.num_outputs,
                                 weights=config.weights or None,
                                 imagenet_weights=config.imagenet_weights or None,
@@ -175,21 +175,39 @@ def build_compiled_model(config, data, strategy, steps_per_epoch):
     return net, pos_weight
 
 
-def resolved_config(config, data, strategy, policy, steps_per_epoch, pos_weight, command_line):
-    """What config.json records: the config's fields and what the run resolved them to."""
-    return {
-        **config.to_dict(), "data_dir": os.path.abspath(data.data_dir),
-        "model_dir": os.path.abspath(config.model_dir),
-        "label_names": list(labels.LABELS), "num_outputs": config.num_outputs,
-        "num_replicas_in_sync": strategy.num_replicas_in_sync,
-        "num_workers": _num_workers(strategy), "dtype_policy": policy,
-        "steps_per_epoch": steps_per_epoch, "train_examples": data.split_sizes["train"],
-        "validation_examples": data.split_sizes["validation"],
-        "package_versions": package_versions(), "command_line": command_line,
-        "argv": sys.argv,
-        "pos_weight_values": None if pos_weight is None else [float(w) for w in pos_weight],
-        "flags": config.to_dict(),  # as given, for the rerun check (run_dir.differing_flags)
-    }
+def make_record(config, data, strategy, policy, steps_per_epoch, pos_weight, command_line):
+    """The run record (config.json): the config as given, what the run resolved it to, and
+    the environment it runs in."""
+    resolved = record.Resolved(
+        data_dir=os.path.abspath(data.data_dir), model_dir=os.path.abspath(config.model_dir),
+        steps_per_epoch=steps_per_epoch, label_names=tuple(labels.LABELS),
+        num_outputs=config.num_outputs, num_replicas_in_sync=strategy.num_replicas_in_sync,
+        num_workers=_num_workers(strategy), dtype_policy=policy,
+        train_examples=data.split_sizes["train"],
+        validation_examples=data.split_sizes["validation"],
+        pos_weight_values=None if pos_weight is None else tuple(float(w) for w in pos_weight),
+        dataset=dataset_identity(data))
+    environment = record.Environment(package_versions=package_versions(),
+                                     command_line=command_line, argv=tuple(sys.argv))
+    return record.RunRecord(config=config, resolved=resolved, environment=environment)
+
+
+def dataset_identity(data):
+    """Which data `data` is: a prepared dataset's version dir and the fingerprint of the
+    metadata it was prepared from (prepare_report.json's `source`), or a raw Kaggle folder
+    and the fingerprint of its metadata now."""
+    if not data.prepared:
+        return record.Dataset(dir=os.path.abspath(data.data_dir), prepared=False,
+                              source=metadata.source_fingerprint(data.data_dir))
+    from cxr_tf.datasets.nih_chest_xray14 import REPORT_FILE
+
+    version_dir = os.path.abspath(os.fspath(data.builder.data_dir))
+    report_path = os.path.join(version_dir, REPORT_FILE)
+    fingerprint = None
+    if os.path.isfile(report_path):
+        with open(report_path) as f:
+            fingerprint = json.load(f).get("source")
+    return record.Dataset(dir=version_dir, prepared=True, source=fingerprint)
 
 
 def make_callbacks(config, data, run_dir, initial_epoch):
@@ -273,35 +291,20 @@ def weights_digest(net):
     return digest.hexdigest()
 
 
-def _summary(net, history, resolved, initial_epoch):
+def _summary(net, history, run_record, initial_epoch):
     logs = {k: v[-1] for k, v in history.history.items() if v}
     nan_stop = not all(math.isfinite(v) for v in history.history.get("loss", [0.0]))
     per_class = {name: logs.get(f"val/auc/{name}") for name in labels.LABELS}
     return {
-        "model_dir": resolved["model_dir"],
-        "data_dir": resolved["data_dir"],
+        "model_dir": run_record.resolved.model_dir,
+        "data_dir": run_record.resolved.data_dir,
         "epochs_run": len(history.history.get("loss", [])),
         "resumed_from_epoch": initial_epoch,
         "val_auc_mean": logs.get(callbacks.MONITOR),
         "val_auc": per_class,
         "val_loss": logs.get("val_loss"),
         "final": {k: v for k, v in logs.items() if "/" in k and k.count("/") == 1},
-        "num_replicas_in_sync": resolved["num_replicas_in_sync"],
+        "num_replicas_in_sync": run_record.resolved.num_replicas_in_sync,
         "terminated_on_nan": nan_stop,
         "weights_sha256": weights_digest(net),
     }
-
-
-def format_summary(summary):
-    lines = ["", f"{'finding':<20} {'val AUC':>8}", "-" * 29]
-    for name, auc in summary["val_auc"].items():
-        lines.append(f"{name:<20} {'n/a' if auc is None or auc != auc else f'{auc:8.3f}':>8}")
-    mean = summary["val_auc_mean"]
-    lines += ["-" * 29, f"{'mean':<20} {mean if mean is None else f'{mean:8.3f}':>8}", ""]
-    if summary["terminated_on_nan"]:
-        lines.append("Training stopped: the loss became NaN (TerminateOnNaN).")
-    lines.append(f"Run dir:      {summary['model_dir']}")
-    lines.append(f"TensorBoard:  tensorboard --logdir {os.path.join(summary['model_dir'], 'logs')}")
-    lines.append(f"Evaluate:     python -m cxr_tf.evaluate --model_dir={summary['model_dir']} "
-                 "--split=validation")
-    return "\n".join(lines)

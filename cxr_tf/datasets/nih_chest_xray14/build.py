@@ -1,6 +1,9 @@
 """Building the prepared dataset from a Kaggle-layout folder: what `python -m cxr_tf.prepare`
 and the demo call. The TFDS builder does the work; this adds the accounting check and a copy
-of prepare_report.json beside the TFDS data_dir."""
+of prepare_report.json beside the TFDS data_dir.
+
+    report = prepare(PrepareConfig(data_dir=KAGGLE_DIR, output_dir=TFDS_DIR, image_size=224))
+"""
 
 import json
 import os
@@ -16,28 +19,32 @@ from cxr_tf.datasets.nih_chest_xray14.nih_chest_xray14_dataset_builder import (
 )
 
 
-def prepare(data_dir, output_dir, image_size=224, *, strict=False, num_workers=None,
-            overwrite=False, **options):
-    """Builds the dataset and returns its report dict.
+def prepare(config):
+    """Builds the dataset `config` (a datasets.config.PrepareConfig) describes and returns its
+    report dict.
 
-    `options` choose what is built, as `make_config` takes them: val_fraction, seed,
-    drop_rgba, image_encoding, max_pixels (None: the default limit). `strict` (fail on an
-    unknown label) and `num_workers` (decode processes) change how it is built, not what.
+    image_size, val_fraction, seed, drop_rgba, image_encoding and max_pixels choose what is
+    built; `strict` (fail on an unknown label) and `num_workers` (decode processes) change how
+    it is built, not what.
     A dataset already built from the same metadata is reused; one built from other metadata
-    raises SourceChangedError, unless `overwrite` (which rebuilds it in any case).
+    raises SourceChangedError, unless `config.overwrite` (which rebuilds it in any case).
     """
-    if "max_pixels" in options and not options["max_pixels"]:
-        del options["max_pixels"]  # None: the default limit
-    config = make_config(image_size, **options)
+    if not (config.data_dir and config.output_dir):
+        raise ValueError("prepare needs data_dir and output_dir")
+    data_dir, output_dir = config.data_dir, config.output_dir
+    nih_config = make_config(
+        config.image_size, val_fraction=config.val_fraction, seed=config.seed,
+        drop_rgba=config.drop_rgba, image_encoding=config.image_encoding,
+        max_pixels=config.max_pixels)
     metadata.source_fingerprint(data_dir)  # a folder without the metadata: MetadataError now
-    builder = Builder(config=config, data_dir=output_dir, num_workers=num_workers,
-                      strict=strict)
+    builder = Builder(config=nih_config, data_dir=output_dir, num_workers=config.num_workers,
+                      strict=config.strict)
     mode = tfds.download.GenerateMode
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=data_dir,
             # REUSE_CACHE_IF_EXISTS regenerates the dataset (there is nothing to download).
-            download_mode=(mode.REUSE_CACHE_IF_EXISTS if overwrite
+            download_mode=(mode.REUSE_CACHE_IF_EXISTS if config.overwrite
                            else mode.REUSE_DATASET_IF_EXISTS),
             # Statistics would decode every image once more; the report counts what matters.
             compute_stats=tfds.download.ComputeStatsMode.SKIP)

@@ -1,8 +1,9 @@
 """TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
 
-Built by `python -m cxr_tf.prepare` (its docstring has the command), or by TFDS's own command
-line: `tfds build cxr_tf/datasets/nih_chest_xray14` with the config named by the image size
-(224, 256, 320, 512, 1024), manual_dir the Kaggle folder and data_dir the TFDS folder.
+    build.prepare(PrepareConfig(data_dir=KAGGLE_DIR, output_dir=TFDS_DIR, image_size=224))
+
+which `python -m cxr_tf.prepare` runs; `tfds build cxr_tf/datasets/nih_chest_xray14` with the
+config 224, the Kaggle folder as manual dir and TFDS_DIR as data dir builds the same.
 
 The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
 `cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them
@@ -20,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from cxr_tf import atomic, labels
 from cxr_tf.data import image_header, metadata, parallel_decode
+from cxr_tf.datasets.config import IMAGE_ENCODINGS
 
 _DESCRIPTION = """\
 ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, each labelled with any of 14
@@ -44,9 +46,6 @@ _HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
 STANDARD_SIZES = (224, 256, 320, 512, 1024)
 REPORT_FILE = "prepare_report.json"
-# "raw": the S×S×1 uint8 pixels as bytes (S² bytes; nothing to decode when training);
-# "png": PNG level 1 (about half the disk on the synthetic set; a decode per image per epoch).
-IMAGE_ENCODINGS = ("raw", "png")
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,0 +1,85 @@
+"""The options several configs share, each written once: one type, default, bound and help.
+
+    @dataclasses.dataclass(frozen=True)
+    class ExportConfig:
+        model_dir: str | None = options.model_dir()
+        threshold: float = options.threshold()
+
+        def __post_init__(self):
+            schema.check(self)
+
+Each function returns a `cxr_tf.schema.option` field. A config may pass its own `help` where
+the option means something narrower there; the default and the bounds are the ones below, so
+`--seed` or `--max_pixels` cannot drift apart between apps. `image_size` is the one option
+whose default differs by app (the synthetic generator writes 1024 px films, stats reads
+whichever size was prepared), so it takes `default=`.
+"""
+
+import os
+
+from cxr_tf import schema
+
+# The ResNets' five stride-2 reductions leave a 1×1 map at 32 px: smaller can never be trained.
+MIN_IMAGE_SIZE = 32
+# Largest image decoded, as its padded square (equal to cxr_tf.data.images.MAX_PIXELS, which
+# tests/test_options.py checks: the data layer sits above this module).
+MAX_PIXELS = 50_000_000
+CHECKPOINTS = ("best", "last")
+
+
+def fspath(value):
+    """convert= for a path: a pathlib.Path (as tests and tools pass) becomes its str."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def path(help):
+    """A file or folder; None unless given."""
+    return schema.option(None, help, convert=fspath)
+
+
+def data_dir(help="A prepared TFDS dir or a raw Kaggle folder."):
+    return path(help)
+
+
+def model_dir(help="Run dir written by cxr_tf.train."):
+    return path(help)
+
+
+def output_dir(help="Folder to write to."):
+    return path(help)
+
+
+def image_size(help="Square image side in pixels.", default=224):
+    return schema.option(default, help, lower=MIN_IMAGE_SIZE)
+
+
+def batch_size(help="Images per batch."):
+    return schema.option(64, help, lower=1)
+
+
+def seed(help="Seed for the patient-wise validation split and training."):
+    return schema.option(0, help, lower=0)
+
+
+def val_fraction(help="Fraction of train_val patients carved out as validation."):
+    return schema.option(0.1, help, lower=0.0, upper=0.9)
+
+
+def checkpoint(help="Which checkpoint to load."):
+    return schema.option("best", help, choices=CHECKPOINTS)
+
+
+def threshold(help="Decision threshold for every finding when the run has no "
+                   "thresholds.json."):
+    return schema.option(0.5, help, check=schema.in_open_unit_interval)
+
+
+def max_pixels(help="Largest image decoded, counted as its padded square max(width, height)^2 "
+                    "and its decoded samples; a larger one is refused from its header, before "
+                    "decoding."):
+    # The upper bound keeps the export graph's float64 size checks exact (serving/graph.py).
+    return schema.option(MAX_PIXELS, help, lower=1, upper=2**40)
+
+
+def overwrite(help="Start afresh instead of keeping what the output holds."):
+    return schema.option(False, help)

@@ -1,0 +1,124 @@
+"""What one training run does: `RunConfig`, a frozen dataclass checked once when it is built.
+
+    config = RunConfig(model_dir="runs/demo", synthetic=True, image_size=64, epochs=4)
+    runner.run(config)
+
+Each field carries its default, help, bounds and choices (`cxr_tf.schema.option`); the train
+app's flags are generated from these fields (`cxr_tf.flags.define_config`), so config.json
+records them under the flag names, and the one check of a value is the one here, whether the
+config comes from the command line, a test or a tool. Errors (`errors.ConfigError`) name the
+argument and the value received, never a command-line flag.
+"""
+
+import dataclasses
+
+from cxr_tf import archs, labels, options, schema
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+POS_WEIGHTS = ("none", "balanced")
+MIXED_PRECISION = ("auto", "bfloat16", "float16", "off")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+MIN_SYNTHETIC_IMAGES = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What one training run does. Defaults are the paper's experiment (thr05.cfg).
+
+    Data: `data_dir` (a prepared TFDS dir or a raw Kaggle folder), or `synthetic=True` to
+    generate and prepare the demo dataset (`synthetic_num_images`, `synthetic_min_prevalence`)
+    into the cache. `val_fraction` and `seed` split a raw folder's patients.
+    `model_dir` is the run dir; `overwrite` starts it afresh instead of resuming.
+    `steps_per_epoch` (None: the whole train split) limits smoke runs.
+    """
+
+    # data and output
+    data_dir: str | None = options.data_dir()
+    model_dir: str | None = options.model_dir(
+        "Run directory (config.json, history.csv, logs/, checkpoints/, backup/). Rerunning "
+        "the same command resumes.")
+    image_size: int = options.image_size("Square input side in pixels.")
+    arch: str = schema.option("resnet50", "Backbone.", choices=archs.ARCHS)
+    weights: str | None = options.path(
+        "Weights to start from: a file (.weights.h5 or .keras), or imagenet (with arch "
+        "resnet50_v1 or resnet101_v1).")
+    imagenet_weights: str | None = options.path(
+        "Local copy of Keras's resnet50/101 notop ImageNet weights (.h5), for machines "
+        "without internet; used with weights imagenet.")
+    overwrite: bool = options.overwrite(
+        "Start afresh, deleting what model_dir holds; without it a completed run is not "
+        "retrained.")
+    # optimisation, loss and metrics (the paper's values)
+    batch_size: int = options.batch_size("Global batch size.")
+    epochs: int = schema.option(50, "Epochs.", lower=1)
+    learning_rate: float = schema.option(0.01, "Peak learning rate.", check=schema.positive)
+    optimizer: str = schema.option("adam", "Optimizer.", choices=OPTIMIZERS)
+    weight_decay: float = schema.option(0.0, "Decoupled weight decay (adamw, sgd).", lower=0.0)
+    lr_schedule: str = schema.option(
+        "cosine", "cosine decays to 0 over all training steps (after warmup).",
+        choices=LR_SCHEDULES)
+    warmup_epochs: float = schema.option(0.0, "Linear warmup length in epochs.", lower=0.0)
+    thresholds: tuple = schema.option(
+        (0.5,), "Decision thresholds for F1/precision/recall, each in (0, 1).",
+        convert=schema.floats, check=schema.in_open_unit_interval)
+    pos_weight: str = schema.option(
+        "none", "balanced: per-class neg/pos from the train split, inside the BCE loss.",
+        choices=POS_WEIGHTS)
+    no_finding_output: bool = schema.option(
+        False, "Add a 15th 'No Finding' output; when it is the most likely output, no finding "
+        "is returned (the paper's future-work constraint).")
+    # device, reproducibility, data handling and run length
+    mixed_precision: str = schema.option(
+        "auto", "auto: bfloat16 on GPUs that support it, off on CPU.", choices=MIXED_PRECISION)
+    jit_compile: bool = schema.option(False, "XLA-compile the train step.")
+    strategy: str = schema.option(
+        "auto", "auto: Mirrored with >1 GPU, else the default strategy. multi_worker reads "
+        "TF_CONFIG.", choices=STRATEGIES)
+    seed: int = options.seed()
+    deterministic: bool = schema.option(
+        False, "keras.utils.set_random_seed + TF op determinism (bitwise-repeatable runs).")
+    augment: bool = schema.option(True, "Mild crop/scale, rotation, brightness/contrast.")
+    hflip: bool = schema.option(False, "Also flip horizontally (off: the heart's side matters).")
+    cache: bool = schema.option(False, "Cache the stored training images (raw or PNG) in "
+                                       "memory.")
+    val_fraction: float = options.val_fraction()
+    eval_test_each_epoch: bool = schema.option(
+        False, "Also score the test split each epoch (logged under test/, never used for "
+        "selection), as the paper did.")
+    steps_per_epoch: int | None = schema.option(None, "Limit steps per epoch (smoke runs).",
+                                                lower=1)
+    early_stop_patience: int = schema.option(
+        0, "Stop after this many epochs without val/auc_mean gain (0: off).", lower=0)
+    synthetic: bool = schema.option(
+        False, "With no data_dir: generate and prepare the synthetic Kaggle-layout dataset "
+        "into a cache dir and train on it.")
+    synthetic_num_images: int = schema.option(2000, "Images in the synthetic dataset.",
+                                              lower=MIN_SYNTHETIC_IMAGES)
+    synthetic_min_prevalence: float = schema.option(
+        0.0, "Minimum per-finding prevalence of the synthetic dataset.",
+        check=schema.fraction_below_one)
+
+    def __post_init__(self):
+        schema.check(self)
+
+    @property
+    def num_outputs(self):
+        """14 findings, plus the No Finding output when asked for."""
+        return labels.NUM_CLASSES + int(self.no_finding_output)
+
+    def replace(self, **changes):
+        """A copy with some fields changed (and checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        """The fields as config.json records them: thresholds as the names metrics use
+        ("0.4"), everything else as given."""
+        values = dataclasses.asdict(self)
+        # As evaluation.metrics.format_threshold names them (its sklearn import would slow the
+        # train app's flag checks by seconds; tests/test_run_config.py checks the two agree).
+        values["thresholds"] = [f"{t:.6g}" for t in self.thresholds]
+        return values
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(RunConfig))
