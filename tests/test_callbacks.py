@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from cxr_tf import labels
 from cxr_tf.runs import RunDirError, checkpoints, history, layout
-from cxr_tf.training import callbacks
+from cxr_tf.training import callbacks, epoch_metrics
 
 X = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
 Y = (X[:, :1] > 0).astype(np.float32).repeat(3, axis=1)
@@ -100,7 +100,7 @@ def _epoch_metrics(net, prefix="val"):
     y_true[::2, :] = 1.0
     x = np.linspace(-1, 1, 6 * 4, dtype=np.float32).reshape(6, 4)
     dataset = tf.data.Dataset.from_tensor_slices((x, y_true)).batch(4)
-    metric = callbacks.EpochMetrics(dataset, y_true, [0.5], labels.LABELS, prefix=prefix)
+    metric = epoch_metrics.EpochMetrics(dataset, y_true, [0.5], labels.LABELS, prefix=prefix)
     metric.set_model(net)
     metric.on_train_begin()
     logs = {"loss": 0.3}

@@ -56,7 +56,7 @@ def main(argv=None):
     from cxr_tf import labels, losses, model
     from cxr_tf.data import input_pipeline, source
     from cxr_tf.synthetic.dataset import synthetic_data_dir
-    from cxr_tf.training import callbacks, runner
+    from cxr_tf.training import epoch_metrics, runner
 
     data = source.open_source(
         synthetic_data_dir(args.image_size, args.num_images, cache_dir=args.work_dir),
@@ -74,7 +74,7 @@ def main(argv=None):
     y_val = data.labels("validation")
     val = input_pipeline.make_for_eval(data, "validation",
                                        batch_size=runner.EVAL_BATCH_FACTOR * args.batch_size)
-    metrics_cb = callbacks.EpochMetrics(val, y_val, [0.4, 0.5, 0.6], labels.LABELS)
+    metrics_cb = epoch_metrics.EpochMetrics(val, y_val, [0.4, 0.5, 0.6], labels.LABELS)
     metrics_cb.set_model(net)
 
     # Each fit runs repeats + 1 epochs; the first (compilation, pipeline start-up) is dropped.
@@ -110,7 +110,7 @@ def _save_time(arch, image_size, repeats, work_dir, net=None):
 
     from cxr_tf import labels, losses, model
     from cxr_tf.runs import checkpoints, layout
-    from cxr_tf.training import callbacks
+    from cxr_tf.training import callbacks, epoch_metrics
 
     if net is None:
         net = model.build_model(arch, image_size, labels.NUM_CLASSES)
@@ -127,7 +127,7 @@ def _save_time(arch, image_size, repeats, work_dir, net=None):
         for epoch in range(repeats + 1):  # the first save (directories, tracing) is dropped
             start = time.perf_counter()
             for saver in savers:
-                saver.on_epoch_end(epoch, {callbacks.MONITOR: float(epoch)})
+                saver.on_epoch_end(epoch, {epoch_metrics.MONITOR: float(epoch)})
             times.append(time.perf_counter() - start)
         written = os.path.getsize(checkpoints.checkpoint_path(model_dir, "last")) + sum(
             os.path.getsize(p) for p in layout.backup_files(model_dir).values())

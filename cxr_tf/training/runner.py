@@ -23,7 +23,7 @@ from cxr_tf import __version__, errors, labels, losses, model
 from cxr_tf.data import input_pipeline, metadata, source
 from cxr_tf.runs import claim, layout, record
 from cxr_tf.synthetic.dataset import synthetic_data_dir
-from cxr_tf.training import callbacks, distribute, keras_compat
+from cxr_tf.training import callbacks, distribute, epoch_metrics, keras_compat
 
 # Per-epoch evaluation predicts in batches this many times the training batch: inference keeps
 # no activations for a backward pass, and fewer, larger steps cut the evaluation's share of an
@@ -218,13 +218,12 @@ def make_callbacks(config, data, run_dir, initial_epoch):
                "image_size": config.image_size, "optimizer": config.optimizer,
                "arch": config.arch, "pos_weight": config.pos_weight}
     metric_logdir = layout.logs_dir(run_dir, "metrics")
-    epoch_metrics = [callbacks.EpochMetrics(*eval_split(config, data, "validation"), thresholds,
-                                            labels.LABELS, metric_logdir, "val", hparams)]
+    measured = [epoch_metrics.EpochMetrics(*eval_split(config, data, "validation"), thresholds,
+                                           labels.LABELS, metric_logdir, "val", hparams)]
     if config.eval_test_each_epoch:
-        epoch_metrics.append(callbacks.EpochMetrics(*eval_split(config, data, "test"),
-                                                    thresholds, labels.LABELS, metric_logdir,
-                                                    "test"))
-    return callbacks.standard_callbacks(run_dir, epoch_metrics=epoch_metrics,
+        measured.append(epoch_metrics.EpochMetrics(*eval_split(config, data, "test"), thresholds,
+                                                   labels.LABELS, metric_logdir, "test"))
+    return callbacks.standard_callbacks(run_dir, epoch_metrics=measured,
                                         initial_epoch=initial_epoch,
                                         early_stop_patience=config.early_stop_patience)
 
@@ -300,7 +299,7 @@ def _summary(net, history, run_record, initial_epoch):
         "data_dir": run_record.resolved.data_dir,
         "epochs_run": len(history.history.get("loss", [])),
         "resumed_from_epoch": initial_epoch,
-        "val_auc_mean": logs.get(callbacks.MONITOR),
+        "val_auc_mean": logs.get(epoch_metrics.MONITOR),
         "val_auc": per_class,
         "val_loss": logs.get("val_loss"),
         "final": {k: v for k, v in logs.items() if "/" in k and k.count("/") == 1},
