@@ -1,6 +1,6 @@
 """The package is layered: a module imports cxr_tf modules of its own layer or lower ones, and
-no library module imports an app (ARCHITECTURE.md); no module imports itself through others (no
-import cycle). Read from the source, so imports inside functions count too."""
+no library module imports an app (docs/ARCHITECTURE.md); no module imports itself through
+others (no import cycle). Read from the source, so imports inside functions count too."""
 
 import ast
 from pathlib import Path

@@ -1,9 +1,10 @@
 """TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
 
-    build.prepare(PrepareConfig(data_dir=KAGGLE_DIR, output_dir=TFDS_DIR, image_size=224))
+    tfds build cxr_tf/datasets/nih_chest_xray14 --config=224 --manual_dir=KAGGLE_DIR --data_dir=TFDS_DIR
 
-which `python -m cxr_tf.prepare` runs; `tfds build cxr_tf/datasets/nih_chest_xray14` with the
-config 224, the Kaggle folder as manual dir and TFDS_DIR as data dir builds the same.
+builds what `python -m cxr_tf.prepare` builds, which runs
+
+    build.prepare(PrepareConfig(data_dir=KAGGLE_DIR, output_dir=TFDS_DIR, image_size=224))
 
 The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
 `cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them
