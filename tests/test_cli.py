@@ -183,6 +183,9 @@ def test_error_message_is_one_line_naming_the_file():
     (["--lerning_rate=0.1"], "Unknown command line flag 'lerning_rate'. Did you mean: "
                              "learning_rate ?"),
     (["--dry_run", "extra"], "unexpected arguments: ['extra']"),
+    (["--synthetic", "--image_size=40000", "--model_dir=run"],
+     "flag --image_size=40000: makes 1,600,000,000-pixel images, over the synthetic data's "
+     "max_pixels (50,000,000): image_size² must fit"),
     (["--flagfile=nope.cfg"], "flagfile 'nope.cfg' not found (looked in nope.cfg, "
                               f"{os.path.join(flags.CONFIG_DIR, 'nope.cfg')})"),
 ])

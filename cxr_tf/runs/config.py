@@ -101,6 +101,9 @@ class RunConfig:
 
     def __post_init__(self):
         schema.check(self)
+        if self.synthetic and not self.data_dir:  # prepared here, with the default limit
+            options.check_image_fits(self.image_size, options.MAX_PIXELS,
+                                     "the synthetic data's max_pixels")
 
     @property
     def num_outputs(self):
