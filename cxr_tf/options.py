@@ -85,6 +85,12 @@ def overwrite(help="Start afresh instead of keeping what the output holds."):
     return schema.option(False, help)
 
 
+def verify_data(help="Also read every byte of the prepared dataset and compare each shard's "
+                     "checksum with the one prepare recorded (sizes and record counts are "
+                     "always checked)."):
+    return schema.option(False, help)
+
+
 def check_image_fits(image_size, max_pixels, limit="max_pixels"):
     """A ConfigError unless an image_size × image_size image fits `max_pixels` (`limit` names
     the bound in the message): checked before any work, since prepare allocates S² bytes per

@@ -24,7 +24,7 @@ from cxr_tf.runs import RunDirError, history, layout, record
 
 FRESH, RESUME, COMPLETE = "fresh", "resume", "complete"
 # Fields that may change between a run and its rerun without making it another run.
-NOT_THE_RUN = ("model_dir", "overwrite")
+NOT_THE_RUN = ("model_dir", "overwrite", "verify_data")
 
 
 class DifferingRunError(RunDirError):

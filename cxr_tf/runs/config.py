@@ -88,6 +88,7 @@ class RunConfig:
         "selection), as the paper did.")
     steps_per_epoch: int | None = schema.option(None, "Limit steps per epoch (smoke runs).",
                                                 lower=1)
+    verify_data: bool = options.verify_data()
     early_stop_patience: int = schema.option(
         0, "Stop after this many epochs without val/auc_mean gain (0: off).", lower=0)
     synthetic: bool = schema.option(
