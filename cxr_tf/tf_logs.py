@@ -49,6 +49,9 @@ KNOWN_LINES = re.compile("|".join([
     # its own kernel instead (the line itself says so), so nothing is wrong.
     _PREFIX + r"oneDNN supports DT_BOOL only on platforms with AVX-512\. Falling back to the "
     r"default Eigen-based implementation if present\.$",
+    # TensorFlow's echo of a status an op is about to raise (end of a dataset, a corrupt
+    # record): the exception that follows carries it, and cxr_tf reports it in its words.
+    _PREFIX + r"Local rendezvous is aborting with status: ",
     # Apache Beam, imported by the `tfds build` CLI (and its spawned workers) at start-up.
     r"WARNING:root:apitools not found, and bigquery client libraries are not available "
     r"despite the import not raising an ImportError\.$",

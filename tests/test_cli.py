@@ -44,6 +44,8 @@ START_UP = [
     # At a model's first step (train, evaluate, predict), and from Beam under `tfds build`.
     "E0000 00:00:1796308152.482745   20172 util.cc:131] oneDNN supports DT_BOOL only on "
     "platforms with AVX-512. Falling back to the default Eigen-based implementation if present.",
+    "W0000 00:00:1796309802.294625   17573 local_rendezvous.cc:412] Local rendezvous is "
+    "aborting with status: DATA_LOSS: corrupted record at 0 (Is this even a TFRecord file?)",
     "WARNING:root:apitools not found, and bigquery client libraries are not available despite "
     "the import not raising an ImportError.",
 ]

@@ -24,9 +24,10 @@ An emptied, cut or deleted shard fails rule 2 or 3 (4 without a report), a datas
 claiming more records fails 3 and 4. A shard whose size is right but whose bytes changed
 passes 1-4; reading it fails TFRecord's per-record CRC, which `locate` then names (and rule 5
 finds it before a step runs). CRC-32 rather than sha256: the checksum guards against damage
-(a failed copy, a bad disk), not an attacker, who could rewrite the report beside the shards;
-zlib's CRC-32 is in the standard library and reads about three times as fast here
-(1.1 GB/s against 0.33 GB/s for sha256 on the 2-core development VM).
+(a failed copy, a bad disk), not an attacker, who could rewrite the report beside the shards
+just as well, so a cryptographic hash buys nothing; zlib's CRC-32 is in the standard library
+and at least as fast (0.4-1.1 GB/s against 0.4-0.5 GB/s for sha256 on the busy 2-core
+development VM, docs/RELIABILITY.md), and any burst of up to 32 flipped bits changes it.
 
 Every failure is one DamagedDataError naming the file, what is wrong and the remedy.
 """
