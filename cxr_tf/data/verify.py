@@ -34,6 +34,7 @@ Every failure is one DamagedDataError naming the file, what is wrong and the rem
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import zlib
@@ -313,6 +314,9 @@ def locate(version_dir):
         found = check(version_dir)
     except DamagedDataError as e:
         return e
+    # Reading every record takes a while on a large dataset: say why nothing happens.
+    logging.warning("%s: reading failed; reading every shard to find the damaged one",
+                    version_dir)
     for shard in found.shards:
         problem = scan(shard)
         if problem is not None:
