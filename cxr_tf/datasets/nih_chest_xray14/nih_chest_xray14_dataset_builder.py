@@ -1,14 +1,14 @@
-"""TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
-
-    build.prepare(PrepareConfig(data_dir=KAGGLE_DIR, output_dir=TFDS_DIR, image_size=224))
-
-which `python -m cxr_tf.prepare` runs; from any folder,
+r"""TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
 
     tfds build nih_chest_xray14 --imports=cxr_tf.datasets.nih_chest_xray14 --config=224 \
         --manual_dir=KAGGLE_DIR --data_dir=TFDS_DIR
 
-builds the same (any size: a config is made from its name on demand, `configs.parse_name`),
-and prints the same accounting.
+works from any folder and builds what `python -m cxr_tf.prepare` builds, which runs
+
+    build.prepare(PrepareConfig(data_dir=KAGGLE_DIR, output_dir=TFDS_DIR, image_size=224))
+
+Any size works (a config is made from its name on demand, `configs.parse_name`), and the same
+accounting is printed.
 
 The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
 `cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`; the report in `report`. This
