@@ -10,49 +10,26 @@ self-including flagfile, an `errors.ConfigError`). Both print one `error: <what 
 on stderr and no traceback. A user error is recognised by its type (`is_user_error`); any
 other exception is a bug and keeps its traceback.
 
-TensorFlow 2.21 prints a dozen C++ lines while it loads (oneDNN, CUDA stubs, factory
-registrations), before Abseil logging is initialized, so TF_CPP_MIN_LOG_LEVEL cannot hide them
-(abseil-cpp#1957, tensorflow#102212). Unless --tf_logs is given, the process's stderr file
-descriptor is filtered while `tensorflow` is first imported: the known lines below are dropped
-and every other line is passed through; TF_CPP_MIN_LOG_LEVEL=1 then hides TF's later INFO
-lines (its warnings and errors still show).
+TensorFlow prints lines that tell a user nothing: a dozen C++ lines while it loads (before
+Abseil logging is initialized, so TF_CPP_MIN_LOG_LEVEL cannot hide them), oneDNN's DT_BOOL
+`E0000` line at a model's first step, a copy of the start-up lines from every spawned worker.
+Unless --tf_logs is given, `cxr_tf.tf_logs` filters the process's stderr file descriptor from
+flag parsing to exit: the known lines are dropped and every other line is passed through, in
+order; TF_CPP_MIN_LOG_LEVEL=1 hides TF's INFO lines (its warnings and errors still show).
 """
 
-import contextlib
-import fcntl
 import functools
-import importlib.abc
-import importlib.util
 import os
-import re
 import sys
-import threading
 
 from absl import app, logging
 from absl import flags as absl_flags
 
-from cxr_tf import errors, flags
+from cxr_tf import errors, flags, tf_logs
 
-# glog's prefix (`I0000 00:00:1795855481.275492   14990 port.cc:153] `) or TF's older one
-# (`2024-01-01 12:00:00.000000: W tensorflow/.../py_utils.cc:38] `). Never F (fatal) lines.
-_PREFIX = (r"(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ |\d{4}-\d\d-\d\d [\d:.]+: [IWE] )"
-           r"\S+:\d+\] ")
-TF_START_UP_LINES = re.compile("|".join([
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-    r"STDERR$",
-    _PREFIX + r"oneDNN custom operations are on\.",
-    _PREFIX + r"Could not find cuda drivers on your machine, GPU will not be used\.$",
-    # 303 (CUDA_ERROR_SHARED_OBJECT_INIT_FAILED) is the stub libcuda of a machine without a
-    # driver, which the line above already says; other cuInit failures still show.
-    _PREFIX + r"failed call to cuInit: .*\(303\)$",
-    _PREFIX + r"This TensorFlow binary is optimized to use available CPU instructions",
-    r"To enable the following instructions: [\w ,.]+ in other operations, rebuild "
-    r"TensorFlow with the appropriate compiler flags\.$",
-    _PREFIX + r"Unable to register (?:cuDNN|cuFFT|cuBLAS) factory: Attempting to register "
-    r"factory for plugin \w+ when one has already been registered$",
-    _PREFIX + r"computation placer already registered\.",
-    _PREFIX + r"TF-TRT Warning: Could not find TensorRT$",
-]))
+# The lines hidden unless --tf_logs (the name the apps' tests know them by).
+TF_START_UP_LINES = tf_logs.KNOWN_LINES
+filtered_stderr = tf_logs.filtered_stderr
 
 
 def run(main, define_flags):
@@ -125,91 +102,6 @@ def is_user_error(error):
 # --- TensorFlow's start-up lines --------------------------------------------------------
 
 def quiet_tensorflow_start_up():
-    """Hides TF's known start-up lines in this process (see the module docstring)."""
+    """Hides TF's known lines in this process from now on (see the module docstring)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    if "tensorflow" not in sys.modules and not any(
-            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
-
-
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Wraps the first import of `tensorflow` (direct, or through keras or TFDS) in
-    `filtered_stderr`, then removes itself.
-
-    It stays in place until TensorFlow is actually loaded: TFDS and Keras probe with
-    `importlib.util.find_spec("tensorflow")` long before they import it.
-    """
-
-    def __init__(self):
-        self._finding = False
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "tensorflow" or self._finding:
-            return None
-        self._finding = True  # the finders after this one find the real spec
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._finding = False
-        if spec is not None and spec.loader is not None:
-            spec.loader = _FilteredLoader(spec.loader, self)
-        return spec
-
-
-class _FilteredLoader(importlib.abc.Loader):
-    def __init__(self, loader, finder):
-        self.loader = loader
-        self.finder = finder
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self.finder)
-        # The module keeps the real loader: nothing of this wrapper stays behind.
-        module.__loader__ = module.__spec__.loader = self.loader
-        with filtered_stderr(TF_START_UP_LINES):
-            self.loader.exec_module(module)
-            # The CUDA probe logs its cuInit failure on first device use: do that here.
-            module.config.list_physical_devices()
-
-
-@contextlib.contextmanager
-def filtered_stderr(drop):
-    """Filters file descriptor 2 while the block runs: lines matching `drop` are dropped,
-    every other line (Python's, C++'s) is passed through unchanged and in order.
-
-    fd level, because TensorFlow's C++ writes to fd 2 directly, not through sys.stderr.
-    """
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to filter
-        yield
-        return
-    read_fd, write_fd = os.pipe()
-    with contextlib.suppress(AttributeError, OSError):
-        # Headroom: a C++ static initializer writes while the import holds the GIL, so the
-        # forwarding thread cannot drain the pipe until it returns (64 KiB by default).
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
-    forward = threading.Thread(target=_forward_lines, args=(read_fd, saved, drop),
-                               name="filtered_stderr", daemon=True)
-    forward.start()
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end: the thread reads EOF
-        forward.join()
-        os.close(saved)
-
-
-def _forward_lines(read_fd, out_fd, drop):
-    with open(read_fd, "rb") as pipe, open(os.dup(out_fd), "wb") as out:
-        for line in pipe:
-            if not drop.match(line.decode("utf-8", "replace").rstrip("\r\n")):
-                out.write(line)
-                out.flush()
+    tf_logs.start(TF_START_UP_LINES)

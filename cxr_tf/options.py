@@ -17,7 +17,7 @@ whichever size was prepared), so it takes `default=`.
 
 import os
 
-from cxr_tf import schema
+from cxr_tf import errors, schema
 
 # The ResNets' five stride-2 reductions leave a 1×1 map at 32 px: smaller can never be trained.
 MIN_IMAGE_SIZE = 32
@@ -83,3 +83,20 @@ def max_pixels(help="Largest image decoded, counted as its padded square max(wid
 
 def overwrite(help="Start afresh instead of keeping what the output holds."):
     return schema.option(False, help)
+
+
+def verify_data(help="Also read every byte of the prepared dataset and compare each shard's "
+                     "checksum with the one prepare recorded (sizes and record counts are "
+                     "always checked)."):
+    return schema.option(False, help)
+
+
+def check_image_fits(image_size, max_pixels, limit="max_pixels"):
+    """A ConfigError unless an image_size × image_size image fits `max_pixels` (`limit` names
+    the bound in the message): checked before any work, since prepare allocates S² bytes per
+    image and a typo such as 40000 would otherwise cost gigabytes first."""
+    if image_size is not None and image_size * image_size > max_pixels:
+        raise errors.ConfigError(
+            "image_size", image_size,
+            f"makes {image_size * image_size:,}-pixel images, over {limit} "
+            f"({max_pixels:,}): image_size² must fit")

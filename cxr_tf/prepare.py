@@ -1,4 +1,4 @@
-"""Turn a Kaggle-layout NIH folder into a sharded, resized TFDS dataset.
+r"""Turn a Kaggle-layout NIH folder into a sharded, resized TFDS dataset.
 
     python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224 \
         [--val_fraction=0.1] [--seed=0] [--drop_rgba] [--image_encoding=raw|png] [--strict] \
@@ -9,7 +9,9 @@ without cxr_tf) and TFDS_DIR/prepare_report.json, which accounts for every CSV r
 rows = written + skipped. Images are stored as raw uint8 bytes (no decode when training);
 --image_encoding=png stores PNG instead (less disk, a decode per image per epoch).
 The report records a fingerprint of the CSV and lists: a dataset prepared from other metadata
-is never reused (SourceChangedError); --overwrite rebuilds it.
+is never reused (SourceChangedError); --overwrite rebuilds it. It also records each shard's
+records, bytes and CRC-32, which train and evaluate check when they open the dataset (a damaged
+one is refused, naming the file). One prepare at a time writes into a TFDS_DIR.
 """
 
 import json
@@ -24,19 +26,10 @@ FLAGS = flags.FLAGS
 
 
 def format_report(report):
-    lines = [f"rows read            {report['rows']:>9,}"]
-    for split in ("train", "validation", "test"):
-        lines.append(f"written {split:<12} {report['written'][split]:>9,}")
-    for split, why in report.get("empty_splits", {}).items():
-        lines.append(f"empty   {split:<12} {why}")
-    for reason, n in sorted(report["skipped"].items()):
-        if n:
-            lines.append(f"skipped {reason:<12} {n:>9,}")
-            lines.extend(f"    {name}" for name in report["skipped_files"].get(reason, [])[:5])
-    for kind, n in sorted(report["converted"].items()):
-        lines.append(f"converted {kind:<10} {n:>9,}")
-    lines.append(f"dataset              {report['dataset_dir']}")
-    return "\n".join(lines)
+    """The human summary (also what `tfds build` prints)."""
+    from cxr_tf.datasets.nih_chest_xray14 import report as report_lib
+
+    return report_lib.format_report(report)
 
 
 def main(argv):

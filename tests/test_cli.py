@@ -5,6 +5,7 @@ The apps run as subprocesses, as a user runs them. Usage errors are found before
 imported, so those runs take about a second each."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,13 @@ START_UP = [
     "already registered. Please check linkage and avoid linking the same target more than once.",
     "2024-01-01 12:00:00.000000: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] "
     "TF-TRT Warning: Could not find TensorRT",
+    # At a model's first step (train, evaluate, predict), and from Beam under `tfds build`.
+    "E0000 00:00:1796308152.482745   20172 util.cc:131] oneDNN supports DT_BOOL only on "
+    "platforms with AVX-512. Falling back to the default Eigen-based implementation if present.",
+    "W0000 00:00:1796309802.294625   17573 local_rendezvous.cc:412] Local rendezvous is "
+    "aborting with status: DATA_LOSS: corrupted record at 0 (Is this even a TFRecord file?)",
+    "WARNING:root:apitools not found, and bigquery client libraries are not available despite "
+    "the import not raising an ImportError.",
 ]
 # Real problems that look alike: these always show.
 KEPT = [
@@ -90,6 +98,24 @@ def test_filtered_stderr_drops_known_lines_and_passes_every_other_in_order(capfd
     os.write(2, b"; after the block\n")
     assert capfd.readouterr().err == (f"{KEPT[0]}\na Python warning\n\ufffd not UTF-8\n"
                                       "a last line without a newline; after the block\n")
+
+
+def test_the_process_long_filter_passes_lines_as_they_come_and_survives_a_crash():
+    """The forwarder is a process of its own: what a process wrote just before it aborted
+    (a C++ fatal line, say) still reaches the user; a progress bar's \\r redraws pass as
+    they are, and a known line is dropped."""
+    proc = subprocess.run([sys.executable, "-c", (  # bytes: text mode would turn \\r into \\n
+        "import os\n"
+        "from cxr_tf import cli, tf_logs\n"
+        "cli.quiet_tensorflow_start_up()\n"
+        f"os.write(2, {START_UP[1]!r}.encode() + b'\\n')\n"
+        "os.write(2, b'bar 10%\\rbar 20%\\r')\n"
+        "print('terminal:', tf_logs.stderr_is_terminal(), flush=True)\n"
+        "os.write(2, b'F0000 last words before abort\\n')\n"
+        "os.abort()\n")], capture_output=True, timeout=60)
+    assert proc.returncode == -6  # SIGABRT
+    assert proc.stdout == b"terminal: False\n"
+    assert proc.stderr == b"bar 10%\rbar 20%\rF0000 last words before abort\n"
 
 
 # --- which errors are the user's ----------------------------------------------------------
@@ -159,6 +185,9 @@ def test_error_message_is_one_line_naming_the_file():
     (["--lerning_rate=0.1"], "Unknown command line flag 'lerning_rate'. Did you mean: "
                              "learning_rate ?"),
     (["--dry_run", "extra"], "unexpected arguments: ['extra']"),
+    (["--synthetic", "--image_size=40000", "--model_dir=run"],
+     "flag --image_size=40000: makes 1,600,000,000-pixel images, over the synthetic data's "
+     "max_pixels (50,000,000): image_size² must fit"),
     (["--flagfile=nope.cfg"], "flagfile 'nope.cfg' not found (looked in nope.cfg, "
                               f"{os.path.join(flags.CONFIG_DIR, 'nope.cfg')})"),
 ])
@@ -249,6 +278,18 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback():
 
 
 # --- TensorFlow's start-up lines ----------------------------------------------------------
+
+@pytest.mark.slow
+def test_training_prints_no_tensorflow_line_at_its_first_step(tmp_path, prepared_dir):
+    """oneDNN's `E0000 ... DT_BOOL` line came at the first training step, after start-up."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = run_app("train", f"--data_dir={prepared_dir}", "--image_size=32", "--arch=resnet18",
+                   "--epochs=1", "--steps_per_epoch=1", "--batch_size=8",
+                   f"--model_dir={tmp_path / 'run'}", cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tf_lines = [line for line in proc.stderr.splitlines()
+                if re.match(r"[IWEF]\d{4} |WARNING: All log messages", line)]
+    assert tf_lines == []
 
 def test_dry_run_hides_tensorflow_start_up_lines_unless_tf_logs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

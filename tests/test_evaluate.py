@@ -217,7 +217,8 @@ def test_the_apps_flags_are_evalconfigs_fields():
     assert {name: values[name].default for name in fields} == {
         "model_dir": None, "split": "test", "data_dir": None, "checkpoint": "best",
         "bootstrap": 1000, "tune_thresholds": None, "batch_size": 64, "expert_labels": None,
-        "bbox_csv": None, "dataset": "nih", "uncertain_labels": "ignore", "views": ["frontal"]}
+        "bbox_csv": None, "dataset": "nih", "uncertain_labels": "ignore", "views": ["frontal"],
+        "verify_data": False}
     assert values["split"].parser.enum_values == ["test", "validation"]
     assert values["batch_size"].help == "Images per prediction batch. (>= 1)"
     config = evaluate.build_config(parse("--model_dir=R", "--split=validation",

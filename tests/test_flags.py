@@ -141,8 +141,9 @@ def test_each_shared_flag_has_one_type_default_and_bound():
     shared = {name: apps for name, apps in owners.items() if len(apps) > 1}
     assert set(shared) == {"tf_logs", "json", "seed", "val_fraction", "data_dir", "output_dir",
                            "model_dir", "image_size", "batch_size", "checkpoint", "threshold",
-                           "max_pixels", "overwrite"}
+                           "max_pixels", "overwrite", "verify_data"}
     assert shared["batch_size"] == ["train", "evaluate", "predict"]
+    assert shared["verify_data"] == ["train", "evaluate"]
     assert shared["max_pixels"] == ["prepare", "export", "predict"]
     assert shared["overwrite"] == ["prepare", "train"]
     for name, apps in shared.items():

@@ -119,5 +119,5 @@ def test_prepare_passes_max_pixels_to_its_decode_workers(tmp_path):
         "too_large", "00000001_000.png: declares 20x10, padded to 20x20 = 400 pixels, over the "
         "399 limit")
     assert parallel_decode.decode_file("x", str(path), 16, max_pixels=400).skip_reason is None
-    assert builder.make_config(64, max_pixels=400).name == "64_maxpx400"
+    assert builder.make_config(16, max_pixels=400).name == "16_maxpx400"  # 16² fits 400
     assert builder.make_config(64).max_pixels == image_header.MAX_PIXELS

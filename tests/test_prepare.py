@@ -6,19 +6,22 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
 
-from cxr_tf import prepare
-from cxr_tf.data import images, metadata
+from cxr_tf import errors, locks, prepare
+from cxr_tf.data import images, metadata, verify
 from cxr_tf.datasets import nih_chest_xray14
 from cxr_tf.datasets.config import PrepareConfig
-from cxr_tf.datasets.nih_chest_xray14 import build
+from cxr_tf.datasets.nih_chest_xray14 import build, nih_chest_xray14_dataset_builder
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 VERSION = str(nih_chest_xray14.Builder.VERSION)  # the version folder prepare writes
@@ -101,6 +104,7 @@ def test_output_does_not_depend_on_worker_count(kaggle_dir, prepared_dir, tmp_pa
     assert records(tmp_path) == records(prepared_dir)
 
 
+@pytest.mark.slow
 def test_prepared_dir_reads_without_cxr_tf(prepared_dir, tmp_path):
     # A process that cannot import cxr_tf still reads the dataset with plain TFDS.
     script = textwrap.dedent(f"""
@@ -124,20 +128,46 @@ def test_prepared_dir_reads_without_cxr_tf(prepared_dir, tmp_path):
     assert proc.stdout.startswith("(32, 32, 1) uint8 (14,)")
 
 
-def test_tfds_build_cli(kaggle_dir, tmp_path):
-    builder_dir = os.path.dirname(build.__file__)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build", builder_dir,
-         "--config=224", f"--manual_dir={kaggle_dir}", f"--data_dir={tmp_path}"],
-        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+def readme_tfds_build():
+    """The `tfds build` command the README shows (inline or in a code block; one command
+    wherever it appears), as written."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (command,) = {match.strip() for match in
+                  re.findall(r"(tfds build nih_chest_xray14[^`#\n]*)", text)}
+    return command
+
+
+@pytest.mark.slow
+def test_tfds_build_as_the_readme_writes_it(kaggle_dir, tmp_path):
+    """From a folder that is not the repository, as written (the placeholders filled in):
+    the same dataset, accounting and report as prepare, and no TensorFlow line of its own."""
+    tfds_dir = tmp_path / "tfds"
+    command = shlex.split(readme_tfds_build().replace("KAGGLE_DIR", str(kaggle_dir))
+                         .replace("TFDS_DIR", str(tfds_dir)))
+    assert command[:2] == ["tfds", "build"]
+    anywhere = tmp_path / "anywhere"
+    anywhere.mkdir()
+    tfds_cli = os.path.join(os.path.dirname(sys.executable), "tfds")
+    proc = subprocess.run([tfds_cli, *command[1:]], capture_output=True, text=True,
+                          cwd=anywhere, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    version_dir = tmp_path / "nih_chest_xray14" / "224" / VERSION
-    with open(version_dir / "prepare_report.json") as f:
+    with open(tfds_dir / "prepare_report.json") as f:  # where the README says
         report = json.load(f)
-    assert sum(report["written"].values()) + sum(report["skipped"].values()) == report["rows"]
-    assert json.loads((version_dir / "features.json").read_text())
+    version_dir = tfds_dir / "nih_chest_xray14" / "224" / VERSION
+    assert json.loads((version_dir / "prepare_report.json").read_text()) == report
+    assert report["written"] == {"train": 41, "validation": 5, "test": 14}
+    assert sum(report["skipped"].values()) == 0 and report["rows"] == 60
+    assert {s: len(e) for s, e in report["shards"].items()} == {"train": 1, "validation": 1,
+                                                                "test": 1}
+    # The accounting is printed, as prepare prints it.
+    assert prepare.format_report({**report, "dataset_dir": str(version_dir)}) in proc.stdout
+    # TensorFlow's start-up lines come from the tfds command line before it imports the
+    # builder; from the builder on, nothing but our line.
+    ours = proc.stderr.split("preparing nih_chest_xray14/224/")[1].splitlines()[1:]
+    assert ours == [], ours
 
 
+@pytest.mark.slow
 def test_prepare_from_stdin_falls_back_to_one_process(kaggle_dir, tmp_path):
     # Spawned workers cannot re-import a __main__ read from stdin: without the fallback the
     # pool restarts dying workers for ever and prepare hangs.
@@ -311,6 +341,7 @@ def test_a_changed_source_is_never_reused_silently(small, tmp_path, caplog):
         f"that {small} still holds the same metadata"]
 
 
+@pytest.mark.slow
 def test_prepare_app_refuses_a_changed_source_until_overwrite(small, tmp_path):
     out = tmp_path / "out"
     first = prepare_32(small, out)
@@ -330,3 +361,113 @@ def test_prepare_app_refuses_a_changed_source_until_overwrite(small, tmp_path):
     report = json.loads(rebuilt.stdout.strip().splitlines()[-1])
     assert report["source"]["Data_Entry_2017.csv"] == hashlib.sha256(csv.read_bytes()).hexdigest()
     assert report["source"]["Data_Entry_2017.csv"] != first["source"]["Data_Entry_2017.csv"]
+
+
+# --- a second prepare, sizes a user types, a damaged dataset, --help, noise --------------------
+
+def test_a_second_prepare_into_one_output_dir_is_refused_at_once(small, tmp_path):
+    out = tmp_path / "out"
+    lock = str(out / nih_chest_xray14_dataset_builder.LOCK_FILE)
+    with locks.held(lock, lambda pid: AssertionError("the test holds it")):  # "the first"
+        with pytest.raises(nih_chest_xray14_dataset_builder.PrepareInUseError) as info:
+            prepare_32(small, out)
+        assert str(info.value) == (f"{out}: in use by another prepare (pid {os.getpid()}); "
+                                   "wait for it to end or prepare into another output_dir")
+        assert not (out / "nih_chest_xray14").exists()  # nothing started
+    assert sum(prepare_32(small, out)["written"].values()) == 12  # once it is released
+
+
+@pytest.mark.slow
+def test_the_prepare_app_refuses_a_held_output_dir_in_one_line(small, tmp_path):
+    out = tmp_path / "out"
+    with locks.held(str(out / nih_chest_xray14_dataset_builder.LOCK_FILE), RuntimeError):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={small}",
+             f"--output_dir={out}", "--image_size=32"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: {out}: in use by another prepare (pid {os.getpid()}); wait for it to end or "
+        "prepare into another output_dir"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image_size=40000"],
+     "flag --image_size=40000: makes 1,600,000,000-pixel images, over max_pixels "
+     "(50,000,000): image_size² must fit"),
+    (["--image_size=1000", "--max_pixels=999999"],
+     "flag --image_size=1000: makes 1,000,000-pixel images, over max_pixels (999,999): "
+     "image_size² must fit"),
+])
+def test_an_image_size_over_max_pixels_is_refused_before_any_work(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={tmp_path}",
+         f"--output_dir={tmp_path / 'out'}", *args],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, f"error: {message}\n")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(errors.ConfigError, match="image_size makes 49,000,000-pixel images"):
+        PrepareConfig(image_size=7000, max_pixels=48_999_999)
+    assert PrepareConfig(image_size=7000, max_pixels=49_000_000).image_size == 7000
+
+
+def test_a_damaged_dataset_is_never_reused_and_overwrite_rebuilds_it(small, tmp_path):
+    out = tmp_path / "out"
+    first = prepare_32(small, out)
+    (train,) = glob.glob(os.path.join(first["dataset_dir"], "*-train.tfrecord*"))
+    os.truncate(train, 100)
+    with pytest.raises(verify.DamagedDataError) as info:
+        prepare_32(small, out)
+    assert str(info.value).startswith(f"{train}: 100 bytes, prepare wrote ")
+    rebuilt = prepare_32(small, out, overwrite=True)
+    assert os.path.getsize(train) == rebuilt["shards"]["train"][0]["bytes"] > 100
+    assert rebuilt["written"] == first["written"]
+    verify.check(rebuilt["dataset_dir"], checksums=True)
+
+
+def test_tfds_configs_are_made_on_demand_from_their_names(tmp_path, caplog):
+    builder = nih_chest_xray14.Builder
+    with caplog.at_level(logging.INFO):
+        config = builder(config="64", data_dir=tmp_path).builder_config
+        png = builder(config="48_val0.2_seed1_png", data_dir=tmp_path).builder_config
+    assert (config.name, config.image_size, config.image_encoding) == ("64", 64, "raw")
+    assert (png.image_size, png.val_fraction, png.seed, png.image_encoding) == (48, 0.2, 1, "png")
+    assert not [r for r in caplog.records if "custom data configuration" in r.getMessage()]
+    assert builder(config="224", data_dir=tmp_path).builder_config is \
+        builder.builder_configs["224"]
+    for name, message in [
+            ("64px", "'64px' is not a nih_chest_xray14 config name: SIZE[_valFRACTION][_seedN]"
+                     "[_droprgba][_png][_maxpxN], e.g. 224, 64_png"),
+            ("224_val0.1", "config '224_val0.1' is spelled '224' (SIZE[_valFRACTION][_seedN]"
+                           "[_droprgba][_png][_maxpxN], e.g. 224, 64_png)"),
+            ("40000", "config '40000': image_size 40000 makes 1,600,000,000-pixel images, over "
+                      "max_pixels (50,000,000): image_size² must fit")]:
+        with pytest.raises(ValueError) as info:
+            builder(config=name, data_dir=tmp_path)
+        assert str(info.value) == message
+
+
+def test_help_shows_the_usage_line_as_written(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cxr_tf.prepare", "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    usage = prepare.__doc__.split("\n\n")[1]
+    assert usage.endswith("[--overwrite] [--json]") and usage.count(" \\\n") == 2
+    assert usage in proc.stdout
+
+
+@pytest.mark.slow
+def test_prepare_prints_no_tensorflow_or_tfds_line(kaggle_dir, tmp_path):
+    """Spawned decode workers included (--num_workers=2), with --json: stdout is the one JSON
+    object, stderr our one line."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.prepare", f"--data_dir={kaggle_dir}",
+         f"--output_dir={out}", "--image_size=48", "--num_workers=2", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sum(json.loads(proc.stdout)["written"].values()) == 60
+    assert proc.stderr.splitlines() == [
+        f"preparing nih_chest_xray14/48/{VERSION} from the Kaggle folder into "
+        f"{out / 'nih_chest_xray14' / '48' / VERSION}"]

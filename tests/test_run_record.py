@@ -55,12 +55,15 @@ def test_the_file_is_flat_with_the_given_values_apart(tmp_path):
                                   "prepared": True, "source": {"Data_Entry_2017.csv": "ab12"}}
     # Every key 0.2.0 wrote is still there (users' scripts read them), less its "flags" copy.
     assert set(old_config()) - {"flags"} <= set(content)
-    assert set(content) - set(old_config()) == {"record_version", "given", "dataset"}
+    # ... and the fields added since (verify_data).
+    assert set(content) - set(old_config()) == {"record_version", "given", "dataset",
+                                                "verify_data"}
 
 
 def test_0_2_0_record_with_its_flags_copy():
     run = record.from_json(old_config())
-    assert run.version == 1 and run.recorded == frozenset(FIELDS)
+    # verify_data came later: unknown, so never a difference.
+    assert run.version == 1 and run.recorded == frozenset(FIELDS) - {"verify_data"}
     config = run.config
     assert (config.arch, config.image_size, config.batch_size, config.epochs) == \
         ("resnet18", 32, 8, 1)
@@ -81,7 +84,7 @@ def test_oldest_record_without_flags_leaves_the_resolved_fields_unknown():
     run = record.from_json(content)
     # The given data_dir and steps_per_epoch are unknown: RunConfig's defaults, not compared.
     assert run.recorded == frozenset(FIELDS) - {"data_dir", "steps_per_epoch",
-                                                "imagenet_weights"}
+                                                "imagenet_weights", "verify_data"}
     assert (run.config.data_dir, run.config.steps_per_epoch) == (None, None)
     assert run.config.imagenet_weights is None and run.config.seed == 0
     assert (run.resolved.data_dir, run.resolved.steps_per_epoch) == ("/cache/synthetic/tfds", 11)

@@ -1,21 +1,30 @@
-"""Fuzz the image decoder and the metadata reader with atheris (coverage-guided libFuzzer).
+"""Fuzz the image decoder, the metadata reader and the prepared dataset's descriptions with
+atheris (coverage-guided libFuzzer).
 
     python tools/fuzz_inputs.py image -max_total_time=600      # bytes -> images.preprocess
     python tools/fuzz_inputs.py metadata -max_total_time=600   # bytes -> metadata.read_data_entry
+    python tools/fuzz_inputs.py prepared -max_total_time=600   # bytes -> dataset_info.json or
+                                                               # prepare_report.json, opened
     python tools/fuzz_inputs.py image -runs=300                # the test suite's short run
 
 Every other argument goes to libFuzzer (-runs, -max_total_time, -seed, -jobs, corpus dirs,
 -artifact_prefix=DIR/). A seed corpus of real files is generated first (PNGs of every colour
 type, 16-bit with sBIT, interlaced, trailing bytes; JPEGs; DICOMs with a window, a VOI LUT,
-MONOCHROME1, RLE; both Data_Entry CSV variants, plain and gzipped), so mutations start from
-inputs that reach deep into the parsers. The documented errors are `ImageError` for images
-and `MetadataError` for the CSV; any other exception, a run over -timeout seconds or over
+MONOCHROME1, RLE; both Data_Entry CSV variants, plain and gzipped; a prepared dataset's
+dataset_info.json and prepare_report.json, beside shard files of the sizes they declare), so
+mutations start from inputs that reach deep into the parsers. The `prepared` target writes an
+input's bytes after the first into dataset_info.json (first byte even) or prepare_report.json
+(odd), then opens the dataset as train does (`source.open_prepared`; bit 1 of the first byte
+asks for the full checksum). The documented errors are `ImageError` for images,
+`MetadataError` for the CSV and `DamagedDataError` for a prepared dataset; any other
+exception, a run over -timeout seconds or over
 -rss_limit_mb is a finding: libFuzzer prints it, saves the input as crash-<sha1> and exits 1;
 otherwise it ends with "Done N runs in S second(s)" and exit 0.
 """
 
 import functools
 import gzip
+import json
 import os
 import sys
 import tempfile
@@ -114,19 +123,79 @@ def metadata_seeds():
             "v2020.csv.gz": gzip.compress(v2020.encode(), mtime=0)}
 
 
+# A prepared dataset as the `prepared` target finds it: per split, records and bytes of its
+# examples (the shard files hold random bytes: only their sizes are read without a checksum).
+_SPLITS = {"train": (41, 48_995), "validation": (5, 5_975), "test": (14, 16_730)}
+_SHARD = "nih_chest_xray14-{}.tfrecord-00000-of-00001"
+
+
+def make_prepared_target(work_dir):
+    """Writes a small prepared dataset (features.json from the builder itself, shards of the
+    declared sizes); returns the target and the seeds ({name: first byte + file})."""
+    with atheris.instrument_imports(include=["cxr_tf.data.verify", "cxr_tf.data.source"]):
+        from cxr_tf.data import source, verify
+    from cxr_tf.datasets import nih_chest_xray14
+
+    version_dir = os.path.join(work_dir, "data", "nih_chest_xray14", "32", "1.1.0")
+    os.makedirs(version_dir)
+    nih_chest_xray14.Builder(config="32", data_dir=os.path.join(work_dir, "data")) \
+        .info.write_to_directory(version_dir)
+    rng = np.random.default_rng(0)
+    info = {"name": "nih_chest_xray14", "fileFormat": "tfrecord", "version": "1.1.0",
+            "splits": []}
+    shards = {}
+    for split, (records, example_bytes) in _SPLITS.items():
+        name = _SHARD.format(split)
+        size = example_bytes + verify.FRAMING * records
+        with open(os.path.join(version_dir, name), "wb") as f:
+            f.write(rng.bytes(size))
+        info["splits"].append({"name": split, "numBytes": str(example_bytes),
+                               "shardLengths": [str(records)],
+                               "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-"
+                                                   "{SHARD_X_OF_Y}"})
+        shards[split] = [{"file": name, "records": records, "bytes": size,
+                          "crc32": verify.crc32(os.path.join(version_dir, name))}]
+    files = {verify.INFO_FILE: json.dumps(info).encode(),
+             verify.REPORT_FILE: json.dumps({"rows": 60, "shards": shards}).encode()}
+
+    def open_with(name, data, checksums):
+        for file_name, seed in files.items():
+            with open(os.path.join(version_dir, file_name), "wb") as f:
+                f.write(data if file_name == name else seed)
+        source.open_prepared(os.path.join(work_dir, "data"), verify_data=checksums)
+
+    open_with(verify.INFO_FILE, files[verify.INFO_FILE], True)  # the seeds open cleanly
+
+    def prepared_target(data):
+        first = data[0] if data else 0
+        name = verify.REPORT_FILE if first % 2 else verify.INFO_FILE
+        try:
+            open_with(name, data[1:], checksums=bool(first & 2))
+        except verify.DamagedDataError:
+            pass
+
+    seeds = {f"{kind}_{name}": bytes([first]) + files[name]
+             for kind, first in (("sizes", 0), ("checksums", 2))
+             for name, first in ((verify.INFO_FILE, first), (verify.REPORT_FILE, first + 1))}
+    return prepared_target, seeds
+
+
 def main(argv):
     warnings.simplefilter("ignore")  # pydicom warns about every invalid value it meets
-    if len(argv) < 2 or argv[1] not in ("image", "metadata"):
+    if len(argv) < 2 or argv[1] not in ("image", "metadata", "prepared"):
         sys.exit(__doc__)
     target_name, libfuzzer_args = argv[1], argv[2:]
     work_dir = tempfile.mkdtemp(prefix=f"cxr_tf_fuzz_{target_name}_")
     corpus = os.path.join(work_dir, "corpus")
     os.makedirs(corpus)
-    seeds = image_seeds() if target_name == "image" else metadata_seeds()
+    if target_name == "prepared":
+        target, seeds = make_prepared_target(work_dir)
+    else:
+        seeds = image_seeds() if target_name == "image" else metadata_seeds()
+        target = image_target if target_name == "image" else make_metadata_target(work_dir)
     for name, data in seeds.items():
         with open(os.path.join(corpus, name), "wb") as f:
             f.write(data)
-    target = image_target if target_name == "image" else make_metadata_target(work_dir)
     for data in seeds.values():  # a seed that fails outright is a bug in the seeds
         target(data)
     print(f"seed corpus: {len(seeds)} files in {corpus}", flush=True)

@@ -5,11 +5,16 @@ raw Kaggle folder (slow), with its split sizes and each split's metadata.
     source.split_sizes        # {"train": 78_468, "validation": 8_056, "test": 25_596}
     source.labels("validation")   # (n, 14) uint8, in pipeline order
     records, decode = source.read("train", input_context)   # for input_pipeline
+    with source.reading():                  # a damaged shard met mid-run: one error naming it
+        model.fit(...)
 
 Opening reads dataset_info.json (prepared) or parses the Data_Entry CSV once (raw); a split's
-metadata (labels, patient, age, sex, view) is read at most once and kept.
+metadata (labels, patient, age, sex, view) is read at most once and kept. A prepared dataset
+is verified when it is opened (`cxr_tf.data.verify`: sizes and record counts, and with
+verify_data every byte), so a damaged one is refused before a model is built.
 """
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -19,7 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cxr_tf import errors, labels
-from cxr_tf.data import image_header, images, metadata
+from cxr_tf.data import image_header, images, metadata, verify
 
 DATASET_NAME = "nih_chest_xray14"
 SPLITS = metadata.SPLITS
@@ -85,9 +90,19 @@ def _config_size(version_dir):
     return int(os.path.basename(os.path.dirname(version_dir)).split("_")[0])
 
 
-def open_prepared(data_dir, image_size=None):
-    """A read-only TFDS builder for the prepared dataset; needs no cxr_tf builder code."""
-    return tfds.builder_from_directory(find_prepared(data_dir, image_size))
+def open_prepared(data_dir, image_size=None, *, verify_data=False):
+    """A read-only TFDS builder for the prepared dataset (needs no cxr_tf builder code),
+    verified first (`verify.check`; verify_data: every byte too). Raises
+    verify.DamagedDataError."""
+    version_dir = find_prepared(data_dir, image_size)
+    verify.check(version_dir, checksums=verify_data)
+    try:
+        return tfds.builder_from_directory(version_dir)
+    except Exception as e:  # noqa: BLE001 - its files passed the checks: TFDS refuses the rest
+        # (features.json, metadata.json), and any reason it gives is about those files.
+        raise verify.DamagedDataError(
+            version_dir, f"TFDS cannot open it ({type(e).__name__}: {verify.first_line(e)})"
+        ) from e
 
 
 # --- the source ------------------------------------------------------------------------------
@@ -130,7 +145,8 @@ class Source:
         self.check_split(split)
         if split not in self._columns:
             read = _prepared_columns if self.prepared else _kaggle_columns
-            self._columns[split] = read(self, split)
+            with self.reading():
+                self._columns[split] = read(self, split)
         return self._columns[split]
 
     def labels(self, split):
@@ -145,6 +161,23 @@ class Source:
         return [{"labels": y, **dict(zip(FEATURES, row))}
                 for y, row in zip(columns["labels"], zip(*values))]
 
+    @contextlib.contextmanager
+    def reading(self):
+        """Runs a block that reads this source (fit, predict): a prepared shard found damaged
+        while reading (a corrupt or truncated record, a split that ends before its declared
+        count) becomes one verify.DamagedDataError naming the shard, not TensorFlow's
+        traceback, which names none."""
+        try:
+            yield
+        except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as e:
+            if not self.prepared or (isinstance(e, tf.errors.FailedPreconditionError)
+                                     and "elements but contained only" not in str(e)):
+                raise
+            damage = verify.locate(os.fspath(self.builder.data_dir))
+            if damage is None:
+                raise
+            raise damage from e
+
     def read(self, split, input_context=None):
         """(records, decode): a tf.data.Dataset of stored examples of `split` in file order (this
         input pipeline's share of them under `input_context`), and the function that maps a
@@ -156,7 +189,7 @@ class Source:
         return _read_kaggle(self, split, input_context)
 
 
-def open_source(data_dir, *, image_size=None, val_fraction=0.1, seed=0):
+def open_source(data_dir, *, image_size=None, val_fraction=0.1, seed=0, verify_data=False):
     """Opens a prepared TFDS dir or a raw Kaggle folder.
 
     Args:
@@ -166,10 +199,14 @@ def open_source(data_dir, *, image_size=None, val_fraction=0.1, seed=0):
             would otherwise be silently resized away.
         val_fraction, seed: the patient-wise validation split of a raw folder (a prepared
             dataset fixed its split when it was prepared).
+        verify_data: also compare every prepared shard's checksum with prepare's record
+            (sizes and record counts are always checked: verify.check).
+
+    Raises verify.DamagedDataError for a prepared dataset that is not what prepare wrote.
     """
     data_dir = os.fspath(data_dir)
     if is_prepared(data_dir):
-        builder = open_prepared(data_dir, image_size)
+        builder = open_prepared(data_dir, image_size, verify_data=verify_data)
         splits = builder.info.splits
         return Source(data_dir, int(builder.info.features["image"].shape[0]),
                       {s: splits[s].num_examples for s in SPLITS if s in splits},
@@ -220,7 +257,15 @@ def _read_prepared(source, split, input_context):
         decoders={"image": tfds.decode.SkipDecoding()},  # decode after shuffling, in parallel
         read_config=tfds.ReadConfig(input_context=input_context if by_file else None),
     )
-    if not by_file:
+    if by_file:
+        # TFDS asserts a split's count only when it reads all of it; this pipeline reads every
+        # num_input_pipelines-th file from its own (TFDS's file sharding), so it asserts its
+        # share: a shard that ends early stops the run (see Source.reading), never a short
+        # epoch that Keras would only warn about.
+        lengths = builder.info.splits[split].shard_lengths
+        ds = ds.apply(tf.data.experimental.assert_cardinality(sum(
+            lengths[input_context.input_pipeline_id::input_context.num_input_pipelines])))
+    else:
         ds = _shard(ds, input_context)
     size = source.image_size
     # Datasets prepared before version 1.1.0, or with image_encoding "png", hold PNG.

@@ -41,6 +41,7 @@ class PrepareConfig:
 
     def __post_init__(self):
         schema.check(self)
+        options.check_image_fits(self.image_size, self.max_pixels)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,6 +69,7 @@ class EvalConfig:
         None, "Tune per-class thresholds on the VALIDATION split (whatever --split says) and "
         "write RUN/thresholds.json.", choices=TUNING_METHODS)
     batch_size: int = options.batch_size("Images per prediction batch.")
+    verify_data: bool = options.verify_data()
     expert_labels: str | None = options.path(
         "Google's radiologist labels CSV for the NIH test images: also score against them.")
     bbox_csv: str | None = options.path(

@@ -64,9 +64,11 @@ def evaluate_run(config, *, progress=True):
     data_dir = config.data_dir or run.resolved.data_dir
     boxes = localization.find_boxes(config.bbox_csv, data_dir) if config.bbox_csv else None
     expert = expert_labels.read(config.expert_labels) if config.expert_labels else None
-    model = checkpoints.load_model(config.model_dir, config.checkpoint)
+    # Data before the model: a damaged dataset is refused before the slower model load.
     data = source.open_source(data_dir, image_size=run.config.image_size,
-                              val_fraction=run.config.val_fraction, seed=run.config.seed)
+                              val_fraction=run.config.val_fraction, seed=run.config.seed,
+                              verify_data=config.verify_data)
+    model = checkpoints.load_model(config.model_dir, config.checkpoint)
     bootstrap = Bootstrap(config.bootstrap, progress=progress)
 
     def predict(split):
@@ -107,7 +109,8 @@ def predict_split(model, data, split, *, batch_size=64, verbose="auto"):
     rows = data.rows(split)
     ds = input_pipeline.make_for_eval(data, split, batch_size=batch_size).map(
         lambda image, target: image)
-    logits = np.asarray(model.predict(ds, verbose=verbose), np.float64)
+    with data.reading():  # a shard damaged since it was opened: one error naming it
+        logits = np.asarray(model.predict(ds, verbose=verbose), np.float64)
     if len(logits) != len(rows):
         # Only the raw-Kaggle path drops images (undecodable files, warned above).
         raise SplitReadError(

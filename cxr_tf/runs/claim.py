@@ -16,17 +16,15 @@ and never take the lock or delete anything.
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import os
 import shutil
 
-from cxr_tf import atomic
+from cxr_tf import atomic, locks
 from cxr_tf.runs import RunDirError, history, layout, record
 
 FRESH, RESUME, COMPLETE = "fresh", "resume", "complete"
 # Fields that may change between a run and its rerun without making it another run.
-NOT_THE_RUN = ("model_dir", "overwrite")
+NOT_THE_RUN = ("model_dir", "overwrite", "verify_data")
 
 
 class DifferingRunError(RunDirError):
@@ -116,22 +114,12 @@ def is_complete(model_dir):
 def locked(model_dir):
     """Holds model_dir/.lock for the life of the block; RunDirError naming the holder's pid
     when another process holds it."""
-    os.makedirs(model_dir, exist_ok=True)
-    fd = os.open(layout.lock_path(model_dir), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirError(f"{model_dir}: in use by another training process (pid "
-                              f"{holder}); wait for it to end or use another run dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    def in_use(holder):
+        return RunDirError(f"{model_dir}: in use by another training process (pid {holder}); "
+                           "wait for it to end or use another run dir")
+
+    with locks.held(layout.lock_path(model_dir), in_use):
         yield
-    finally:
-        os.close(fd)
 
 
 def clear(model_dir):

@@ -88,6 +88,7 @@ class RunConfig:
         "selection), as the paper did.")
     steps_per_epoch: int | None = schema.option(None, "Limit steps per epoch (smoke runs).",
                                                 lower=1)
+    verify_data: bool = options.verify_data()
     early_stop_patience: int = schema.option(
         0, "Stop after this many epochs without val/auc_mean gain (0: off).", lower=0)
     synthetic: bool = schema.option(
@@ -101,6 +102,9 @@ class RunConfig:
 
     def __post_init__(self):
         schema.check(self)
+        if self.synthetic and not self.data_dir:  # prepared here, with the default limit
+            options.check_image_fits(self.image_size, options.MAX_PIXELS,
+                                     "the synthetic data's max_pixels")
 
     @property
     def num_outputs(self):

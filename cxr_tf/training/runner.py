@@ -130,7 +130,8 @@ def open_data(config):
         data_dir = synthetic_data_dir(config.image_size, config.synthetic_num_images,
                                       config.synthetic_min_prevalence, config.seed)
     opened = source.open_source(data_dir, image_size=config.image_size,
-                                val_fraction=config.val_fraction, seed=config.seed)
+                                val_fraction=config.val_fraction, seed=config.seed,
+                                verify_data=config.verify_data)
     for split in ("train", "validation"):
         if not opened.split_sizes.get(split):
             raise NoDataError(f"{data_dir}: the {split} split is empty; training needs "
@@ -268,9 +269,10 @@ def fit(net, config, data, strategy, cbs, *, steps_per_epoch, initial_epoch, ver
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         keras_compat.prepare_for_multi_worker(net, strategy, config.image_size,
                                               config.num_outputs)
-    return net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                   initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose,
-                   shuffle=False)  # the stream is already shuffled, per epoch and seeded
+    with data.reading():  # a shard damaged since it was opened: one error naming it
+        return net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                       initial_epoch=initial_epoch, callbacks=cbs, verbose=verbose,
+                       shuffle=False)  # the stream is already shuffled, per epoch and seeded
 
 
 def _num_workers(strategy):

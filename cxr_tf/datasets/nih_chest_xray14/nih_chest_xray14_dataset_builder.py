@@ -1,28 +1,42 @@
-"""TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
+r"""TFDS builder for NIH ChestX-ray14 from the Kaggle layout (manual download).
 
-    tfds build cxr_tf/datasets/nih_chest_xray14 --config=224 --manual_dir=KAGGLE_DIR --data_dir=TFDS_DIR
+    tfds build nih_chest_xray14 --imports=cxr_tf.datasets.nih_chest_xray14 --config=224 \
+        --manual_dir=KAGGLE_DIR --data_dir=TFDS_DIR
 
-builds what `python -m cxr_tf.prepare` builds, which runs
+works from any folder and builds what `python -m cxr_tf.prepare` builds, which runs
 
     build.prepare(PrepareConfig(data_dir=KAGGLE_DIR, output_dir=TFDS_DIR, image_size=224))
 
+Any size works (a config is made from its name on demand, `configs.parse_name`), and the same
+accounting is printed.
+
 The metadata rules (label parsing, skip reasons, the patient-wise validation split) live in
-`cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`. This file only wires them
-into TFDS.
+`cxr_tf.data.metadata`; decoding lives in `cxr_tf.data.images`; the report in `report`. This
+file wires them into TFDS, and keeps TFDS's own chatter (an "Unknown size" download, a
+shuffle ETA, a warning for every size outside BUILDER_CONFIGS) out of the user's way.
 """
 
 import collections
-import dataclasses
+import contextlib
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
+from absl import logging as absl_logging
 
-from cxr_tf import atomic, labels
-from cxr_tf.data import image_header, metadata, parallel_decode
-from cxr_tf.datasets.config import IMAGE_ENCODINGS
+from cxr_tf import errors, labels, locks, tf_logs
+from cxr_tf.data import image_header, metadata, parallel_decode, verify
+from cxr_tf.datasets.nih_chest_xray14 import report as report_lib
+from cxr_tf.datasets.nih_chest_xray14.configs import (  # noqa: F401 (re-exported)
+    STANDARD_SIZES,
+    NihConfig,
+    new_config,
+    parse_name,
+)
 
 _DESCRIPTION = """\
 ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, each labelled with any of 14
@@ -45,45 +59,9 @@ _CITATION = """\
 
 _HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
-STANDARD_SIZES = (224, 256, 320, 512, 1024)
-REPORT_FILE = "prepare_report.json"
-
-
-@dataclasses.dataclass(eq=False)
-class NihConfig(tfds.core.BuilderConfig):
-    image_size: int = 224
-    val_fraction: float = 0.1
-    seed: int = 0
-    drop_rgba: bool = False
-    image_encoding: str = "raw"
-    max_pixels: int = image_header.MAX_PIXELS
-
-
-def _new_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_encoding="raw",
-                max_pixels=image_header.MAX_PIXELS):
-    if int(image_size) < 8:
-        raise ValueError(f"image_size must be at least 8, got {image_size}")
-    if image_encoding not in IMAGE_ENCODINGS:
-        raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, "
-                         f"got {image_encoding!r}")
-    name = str(int(image_size))
-    if val_fraction != 0.1:
-        name += f"_val{val_fraction:g}"
-    if seed != 0:
-        name += f"_seed{seed}"
-    if drop_rgba:
-        name += "_droprgba"
-    if image_encoding != "raw":
-        name += f"_{image_encoding}"
-    if max_pixels != image_header.MAX_PIXELS:
-        name += f"_maxpx{max_pixels}"
-    return NihConfig(
-        name=name,
-        description=f"{image_size}x{image_size} gray ({image_encoding}), "
-        f"val_fraction={val_fraction:g}, seed={seed}, drop_rgba={drop_rgba}",
-        image_size=int(image_size), val_fraction=val_fraction, seed=seed,
-        drop_rgba=drop_rgba, image_encoding=image_encoding, max_pixels=int(max_pixels),
-    )
+REPORT_FILE = report_lib.REPORT_FILE
+# In the TFDS data dir: one prepare (or tfds build) of this dataset into it at a time.
+LOCK_FILE = ".nih_chest_xray14.lock"
 
 
 class SourceChangedError(metadata.MetadataError):
@@ -99,7 +77,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "1.1.0": "Images stored as raw uint8 bytes by default (no PNG decode when training; "
                   "configs ending in _png keep PNG).",
     }
-    BUILDER_CONFIGS = [_new_config(size) for size in STANDARD_SIZES]
+    BUILDER_CONFIGS = [new_config(size) for size in STANDARD_SIZES]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Download the dataset from Kaggle (https://www.kaggle.com/datasets/nih-chest-xrays/data) or
     from the NIH box (https://nihcc.app.box.com/v/ChestXray-NIHCC) and extract it so that
@@ -116,13 +94,50 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def download_and_prepare(self, *, download_config=None, **kwargs):
-        """TFDS's, except that a dataset prepared from other metadata than the manual_dir's is
-        never reused: SourceChangedError, unless the download mode overwrites it."""
+        """TFDS's, with what a prepared dataset needs around it, the same under prepare and
+        `tfds build`: one process at a time in the data dir (a second is refused at once);
+        a dataset already there is reused only when whole (verify.check) and prepared from
+        the metadata the manual_dir holds now (SourceChangedError), unless overwritten; a
+        dataset just written has its shards recorded in prepare_report.json, which is then
+        copied to the data dir. Sets `self.report` (the report, with `dataset_dir`).
+        """
         config = download_config or tfds.download.DownloadConfig()
-        if (config.manual_dir and not config.download_mode.overwrite_dataset
-                and self.data_path.exists()):  # what TFDS checks before reusing it
-            check_source(os.fspath(self.data_dir), os.fspath(config.manual_dir))
-        return super().download_and_prepare(download_config=download_config, **kwargs)
+        root = os.fspath(self.data_dir_root)
+        tfds_cli = _run_by_tfds_cli()
+        if tfds_cli:
+            tf_logs.start()  # the apps do this in cxr_tf.cli; the tfds command line does not
+        with locks.held(os.path.join(root, LOCK_FILE), lambda pid: PrepareInUseError(
+                f"{root}: in use by another prepare (pid {pid}); wait for it to end or "
+                "prepare into another output_dir")), _quiet_tfds(tfds_cli):
+            reuse = self.data_path.exists() and not config.download_mode.overwrite_dataset
+            if reuse:  # what TFDS checks before reusing it
+                verify.check(self.data_dir)
+                if config.manual_dir:
+                    check_source(os.fspath(self.data_dir), os.fspath(config.manual_dir))
+            super().download_and_prepare(download_config=download_config, **kwargs)
+            self.report = report_lib.finish(self.data_dir, root, written=not reuse)
+        if tfds_cli:  # the apps print their own summary
+            print(report_lib.format_report(self.report), flush=True)
+
+    def _create_builder_config(self, builder_config, version):
+        """TFDS's, with configs made on demand: any name `parse_name` reads (TFDS itself
+        knows BUILDER_CONFIGS only), and no "Using custom data configuration" warning for a
+        size outside them."""
+        if isinstance(builder_config, str) and ":" not in builder_config:
+            builder_config = make_config(**parse_name(builder_config))
+        if isinstance(builder_config, NihConfig) and \
+                builder_config.name not in type(self).builder_configs:
+            return builder_config
+        return super()._create_builder_config(builder_config, version)
+
+    def _log_download_bytes(self):
+        # TFDS prints "Downloading and preparing dataset Unknown size ..." on stdout (where
+        # `prepare --json` prints its JSON): there is nothing to download, say what happens.
+        print(f"preparing {self.info.full_name} from the Kaggle folder into {self.data_dir}",
+              file=sys.stderr, flush=True)
+
+    def _log_download_done(self):
+        pass  # the report's summary says it
 
     def _info(self):
         size = self.builder_config.image_size
@@ -154,7 +169,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         manual_dir = os.fspath(dl_manager.manual_dir)
         index = metadata.build_index(manual_dir, val_fraction=config.val_fraction,
                                      seed=config.seed, strict=self._strict)
-        self._report = _new_report(index, config, metadata.source_fingerprint(manual_dir))
+        self._report = report_lib.new_report(index, config,
+                                             metadata.source_fingerprint(manual_dir))
         frame = index.frame
         generators = {}
         # TFDS cannot write a split without examples ("No examples were yielded", after all the
@@ -200,6 +216,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         label_matrix = frame[list(labels.LABELS)].to_numpy(np.uint8)
         decoded = self._decode(frame, self._num_workers, self.builder_config.image_encoding)
         split = records[0]["split"]
+        # Ours, not TFDS's bars (off while preparing): decoding is the long step, and its rate
+        # is the one a user can plan by. Drawn only on a terminal.
+        decoded = tqdm.tqdm(decoded, total=len(records), desc=f"decoding {split}",
+                            unit=" images", disable=not tf_logs.stderr_is_terminal())
         for record, label_vector, result in zip(records, label_matrix, decoded):
             if result.image is None:
                 self._count_skip(result)
@@ -218,8 +238,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }
         # Written after each split into the (temporary) version dir, so the finished dataset
         # carries its own account of every row, also when built with `tfds build`.
-        atomic.write_json(os.path.join(self.data_dir, REPORT_FILE), self._report, indent=2,
-                          sort_keys=True)
+        report_lib.write(self.data_dir, self._report)
 
     def _count_skip(self, result):
         self._report["skipped"][result.skip_reason] += 1
@@ -236,8 +255,8 @@ def make_config(image_size, *, val_fraction=0.1, seed=0, drop_rgba=False, image_
     For a standard size this is the builder's own config object: TFDS refuses a custom config
     that shares a standard config's name.
     """
-    config = _new_config(image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
-                         image_encoding=image_encoding, max_pixels=max_pixels)
+    config = new_config(image_size, val_fraction=val_fraction, seed=seed, drop_rgba=drop_rgba,
+                        image_encoding=image_encoding, max_pixels=max_pixels)
     return Builder.builder_configs.get(config.name, config)
 
 
@@ -270,23 +289,6 @@ def _change(name, recorded, current):
     return "changed" if name in current else "gone"
 
 
-def _new_report(index, config, source):
-    return {
-        "rows": index.rows,
-        "written": collections.Counter({"train": 0, "validation": 0, "test": 0}),
-        "skipped": _all_reasons(index.skipped),
-        "converted": collections.Counter(index.converted),
-        "skipped_files": {k: list(v) for k, v in index.skipped_examples.items()},
-        "empty_splits": {},  # split -> why it has no example (and was not written)
-        "source": source,  # metadata.source_fingerprint of the Kaggle folder
-        "config": {
-            "image_size": config.image_size, "val_fraction": config.val_fraction,
-            "seed": config.seed, "drop_rgba": config.drop_rgba,
-            "image_encoding": config.image_encoding,
-        },
-    }
-
-
 def _why_empty(split, rows, frame, config):
     """Why metadata left `split` without rows, or None when it has some."""
     if len(rows):
@@ -299,8 +301,33 @@ def _why_empty(split, rows, frame, config):
     return f"no row of {source} was kept for {split} (see 'skipped')"
 
 
-def _all_reasons(counter):
-    """Every skip reason appears in the report, with 0 where nothing was skipped."""
-    out = collections.Counter({reason: 0 for reason in metadata.SKIP_REASONS})
-    out.update(counter)
-    return out
+class PrepareInUseError(errors.UserError, RuntimeError):
+    """Another prepare (or tfds build) of this dataset holds the data dir."""
+
+
+def _run_by_tfds_cli():
+    """Whether this process is the `tfds` command line (`tfds build`), which prints no
+    summary of its own and leaves TensorFlow's log lines as they come."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (os.path.basename(sys.argv[0]) == "tfds" if sys.argv else False) or \
+        (spec is not None and spec.name.startswith("tensorflow_datasets.scripts.cli"))
+
+
+@contextlib.contextmanager
+def _quiet_tfds(tfds_cli):
+    """TFDS's progress bars off (a shuffle ETA of hours for a step of seconds; ours show the
+    decoding), and under the tfds command line its INFO lines (a line per file written)."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    # TFDS has no getter for whether its bars are on; its module flag says.
+    bars = getattr(tqdm_utils, "_active", True)
+    verbosity = absl_logging.get_verbosity()
+    tfds.display_progress_bar(False)
+    if tfds_cli:
+        absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(bars)
+        absl_logging.set_verbosity(verbosity)
