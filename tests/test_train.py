@@ -216,6 +216,32 @@ def test_other_flags_are_named_as_flags():
         "afresh, or use another --model_dir")
 
 
+def test_the_end_of_training_table_says_what_each_auc_rests_on():
+    from cxr_tf import labels, train
+
+    aucs = {name: 0.8 for name in labels.LABELS}
+    aucs.update(Pneumonia=0.25, Mass=0.9, Hernia=float("nan"))
+    positives = {name: 20 for name in labels.LABELS}
+    positives.update(Pneumonia=1, Fibrosis=3, Hernia=0)
+    negatives = {name: 180 for name in labels.LABELS}
+    negatives["Effusion"] = 9
+    lines = train.auc_table({"val_auc": aucs, "val_positives": positives,
+                             "val_negatives": negatives, "val_auc_mean": 0.76})
+    assert lines[1] == "finding                         val AUC  positives  negatives"
+    rows = {line.split()[0]: line for line in lines[3:17]}
+    assert rows["Mass"] == "Mass                              0.900         20        180"
+    assert rows["Pneumonia"] == "Pneumonia              n/a (1 positive)          1        180"
+    assert rows["Fibrosis"] == "Fibrosis              n/a (3 positives)          3        180"
+    assert rows["Effusion"] == "Effusion              n/a (9 negatives)         20          9"
+    assert rows["Hernia"] == "Hernia                n/a (0 positives)          0        180"
+    # The mean of the 10 findings shown: nine at 0.8 and Mass at 0.9.
+    assert lines[18:] == [
+        "mean of 10 findings               0.810",
+        "n/a: fewer than 10 positives or negatives in validation, too few for an AUC.",
+        "val/auc_mean (history.csv; picks best.keras) = 0.760, over the 13 findings with both "
+        "labels.", ""]
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
     proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
