@@ -74,12 +74,9 @@ def dry_run(config):
 
 
 def format_summary(summary):
-    """The human summary of a trained run: per-finding validation AUCs and what to run next."""
-    lines = ["", f"{'finding':<20} {'val AUC':>8}", "-" * 29]
-    for name, auc in summary["val_auc"].items():
-        lines.append(f"{name:<20} {'n/a' if auc is None or auc != auc else f'{auc:8.3f}':>8}")
-    mean = summary["val_auc_mean"]
-    lines += ["-" * 29, f"{'mean':<20} {mean if mean is None else f'{mean:8.3f}':>8}", ""]
+    """The human summary of a trained run: per-finding validation AUCs with the counts they
+    rest on, and what to run next."""
+    lines = auc_table(summary)
     if summary["terminated_on_nan"]:
         lines.append("Training stopped: the loss became NaN (TerminateOnNaN).")
     lines.append(f"Run dir:      {summary['model_dir']}")
@@ -87,6 +84,45 @@ def format_summary(summary):
     lines.append(f"Evaluate:     python -m cxr_tf.evaluate --model_dir={summary['model_dir']} "
                  "--split=validation")
     return "\n".join(lines)
+
+
+def auc_table(summary):
+    """Lines: each finding's validation AUC with its positives and negatives; "n/a (k
+    positives)" below the evaluate report's small-count rule; a mean over the findings shown."""
+    from cxr_tf.evaluation.metrics import MIN_CLASS_COUNT
+
+    rule = "-" * 60
+    lines = ["", f"{'finding':<20} {'val AUC':>18} {'positives':>10} {'negatives':>10}", rule]
+    shown = []
+    for name, auc in summary["val_auc"].items():
+        pos, neg = summary["val_positives"][name], summary["val_negatives"][name]
+        text = _auc_cell(auc, pos, neg, MIN_CLASS_COUNT)
+        if not text.startswith("n/a"):
+            shown.append(auc)
+        lines.append(f"{name:<20} {text:>18} {pos:>10} {neg:>10}")
+    lines.append(rule)
+    if shown:
+        mean_label = f"mean of {len(shown)} finding{'' if len(shown) == 1 else 's'}"
+        lines.append(f"{mean_label:<20} {sum(shown) / len(shown):>18.3f}")
+    if len(shown) < len(summary["val_auc"]):
+        lines.append(f"n/a: fewer than {MIN_CLASS_COUNT} positives or negatives in validation, "
+                     "too few for an AUC.")
+    defined = [a for a in summary["val_auc"].values() if a is not None and a == a]
+    monitored = summary["val_auc_mean"]
+    if len(defined) != len(shown) and monitored is not None and monitored == monitored:
+        lines.append(f"val/auc_mean (history.csv; picks best.keras) = {monitored:.3f}, over the "
+                     f"{len(defined)} findings with both labels.")
+    return lines + [""]
+
+
+def _auc_cell(auc, positives, negatives, min_count):
+    if positives < min_count:
+        return f"n/a ({positives} positive{'' if positives == 1 else 's'})"
+    if negatives < min_count:
+        return f"n/a ({negatives} negative{'' if negatives == 1 else 's'})"
+    if auc is None or auc != auc:
+        return "n/a (no scores)"  # a diverged model's NaN outputs
+    return f"{auc:.3f}"
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def test_unknown_flagfile_is_a_clear_error(tmp_path):
     assert "flagfile 'nope.cfg' not found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
     model_dir = tmp_path / "run"
     summary = last_json(train(f"--data_dir={prepared_dir}", f"--model_dir={model_dir}",
@@ -82,10 +83,13 @@ def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
                                              size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
     tags = set(acc.Tags()["tensors"])
-    for tag in ("val/auc_mean", "val/auc/Atelectasis", "val/f1@0.5/macro", "val/f1@0.5/Hernia",
-                "val/precision@0.4/macro", "val/recall@0.5/micro", "val/paper_auc@0.5",
-                "val/loss", "train/loss", "train/learning_rate"):
+    for tag in ("val/auc_mean", "val/f1@0.5/macro", "val/precision@0.4/macro",
+                "val/recall@0.5/micro", "val/paper_auc@0.5", "val/loss", "train/loss",
+                "train/learning_rate", "val/class_counts"):
         assert tag in tags, tag
+    # This validation split is a handful of images: per-finding figures are in history.csv,
+    # withheld from TensorBoard (test_epoch_metrics.py shows them drawn when there are enough).
+    assert not [tag for tag in tags if tag.startswith(("val/auc/", "val/pr/"))]
     assert [e.step for e in acc.Tensors("val/auc_mean")] == [0, 1]
     assert "inputs/val" in acc.Tags()["tensors"]
     assert any(p.endswith(".v2") or "events" in p for p in os.listdir(model_dir / "logs" / "train"))
@@ -212,12 +216,47 @@ def test_other_flags_are_named_as_flags():
         "afresh, or use another --model_dir")
 
 
+def test_the_end_of_training_table_says_what_each_auc_rests_on():
+    from cxr_tf import labels, train
+
+    aucs = {name: 0.8 for name in labels.LABELS}
+    aucs.update(Pneumonia=0.25, Mass=0.9, Hernia=float("nan"))
+    positives = {name: 20 for name in labels.LABELS}
+    positives.update(Pneumonia=1, Fibrosis=3, Hernia=0)
+    negatives = {name: 180 for name in labels.LABELS}
+    negatives["Effusion"] = 9
+    lines = train.auc_table({"val_auc": aucs, "val_positives": positives,
+                             "val_negatives": negatives, "val_auc_mean": 0.76})
+    assert lines[1] == "finding                         val AUC  positives  negatives"
+    rows = {line.split()[0]: line for line in lines[3:17]}
+    assert rows["Mass"] == "Mass                              0.900         20        180"
+    assert rows["Pneumonia"] == "Pneumonia              n/a (1 positive)          1        180"
+    assert rows["Fibrosis"] == "Fibrosis              n/a (3 positives)          3        180"
+    assert rows["Effusion"] == "Effusion              n/a (9 negatives)         20          9"
+    assert rows["Hernia"] == "Hernia                n/a (0 positives)          0        180"
+    # The mean of the 10 findings shown: nine at 0.8 and Mass at 0.9.
+    assert lines[18:] == [
+        "mean of 10 findings               0.810",
+        "n/a: fewer than 10 positives or negatives in validation, too few for an AUC.",
+        "val/auc_mean (history.csv; picks best.keras) = 0.760, over the 13 findings with both "
+        "labels.", ""]
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
     proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
                  "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",
                  "--learning_rate=1e30", check=False)
     assert proc.returncode == 1, proc.stderr
     assert "Training stopped: the loss became NaN" in proc.stdout
+    assert ("warning: epoch 1: the training loss is nan; the validation loss is nan. Training "
+            "may be diverging; a lower learning rate usually helps") in proc.stderr.splitlines()
+    from cxr_tf.testing.board import Board
+
+    board = Board(tmp_path / "nan" / "logs")
+    assert list(board.texts()["metrics"]["warnings/divergence"]) == [0]
+    for run, tags in board.scalars().items():  # a NaN is drawn as 0: none is written
+        assert all(v == v for points in tags.values() for v in points.values()), run
 
 
 def test_an_empty_validation_split_stops_training_with_a_clear_error(kaggle_dir, tmp_path):

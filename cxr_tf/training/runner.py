@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from cxr_tf import __version__, errors, labels, losses, model
 from cxr_tf.data import input_pipeline, metadata, source
+from cxr_tf.evaluation import metrics
 from cxr_tf.runs import claim, layout, record
 from cxr_tf.synthetic.dataset import synthetic_data_dir
 from cxr_tf.training import callbacks, distribute, epoch_metrics, keras_compat
@@ -103,7 +104,8 @@ def train(config, data, strategy, policy, initial_epoch, *, command_line=None, v
     cbs = make_callbacks(config, data, run_dir, initial_epoch)
     history = fit(net, config, data, strategy, cbs, steps_per_epoch=steps_per_epoch,
                   initial_epoch=initial_epoch, verbose=verbose)
-    summary = _summary(net, history, run_record, initial_epoch)
+    summary = _summary(net, history, run_record, initial_epoch,
+                       data.labels("validation")[:, :len(labels.LABELS)])
     distribute.cleanup_run_dir(run_dir, config.model_dir)
     return summary
 
@@ -292,10 +294,11 @@ def weights_digest(net):
     return digest.hexdigest()
 
 
-def _summary(net, history, run_record, initial_epoch):
+def _summary(net, history, run_record, initial_epoch, val_labels):
     logs = {k: v[-1] for k, v in history.history.items() if v}
     nan_stop = not all(math.isfinite(v) for v in history.history.get("loss", [0.0]))
     per_class = {name: logs.get(f"val/auc/{name}") for name in labels.LABELS}
+    positives, negatives = metrics.class_counts(val_labels)
     return {
         "model_dir": run_record.resolved.model_dir,
         "data_dir": run_record.resolved.data_dir,
@@ -303,6 +306,9 @@ def _summary(net, history, run_record, initial_epoch):
         "resumed_from_epoch": initial_epoch,
         "val_auc_mean": logs.get(epoch_metrics.MONITOR),
         "val_auc": per_class,
+        # Every AUC says how many cases it rests on (the end-of-training table shows them).
+        "val_positives": dict(zip(labels.LABELS, positives.tolist())),
+        "val_negatives": dict(zip(labels.LABELS, negatives.tolist())),
         "val_loss": logs.get("val_loss"),
         "final": {k: v for k, v in logs.items() if "/" in k and k.count("/") == 1},
         "num_replicas_in_sync": run_record.resolved.num_replicas_in_sync,
