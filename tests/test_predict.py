@@ -110,6 +110,19 @@ def test_mixed_folder_with_one_broken_file(folder, models, tmp_path):
         assert row["positive_labels"] == ("|".join(expected) or labels.NO_FINDING)
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_predicting(folder, models,
+                                                                       tmp_path):
+    # Issue: an unwritable --output was found only after every file was predicted.
+    run_dir, _ = models
+    out = tmp_path / "no_such_folder" / "preds.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.predict", f"--model={run_dir}", str(folder),
+         f"--output={out}"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"error: {out}: cannot be written (No such file or "
+                                        "directory)"]
+
+
 def test_json_output_and_no_finding_label(folder, models):
     run_dir, _ = models
     proc = subprocess.run(
