@@ -4,6 +4,7 @@ pad/resize, and the PIL-vs-TF resize parity that train/serve agreement rests on.
 import io
 import pickle
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -327,6 +328,38 @@ def test_dicom_monochrome2_applies_rescale_then_window():
     gray, conversions = images.decode_any(data, "x.dcm")
     assert conversions == ["dicom"]
     np.testing.assert_array_equal(gray, WINDOWED)
+
+
+def test_dicom_without_its_preamble_is_read_when_pydicom_finds_an_image_in_it():
+    # Issue: a DICOM without its 128-byte preamble was refused, though pydicom's forced read
+    # parses it. Without the preamble and "DICM" (a bare dataset: here its file meta group,
+    # then the rest), and without the preamble only: both decode as the whole file does.
+    data = dicom(STORED, "MONOCHROME2", slope=2, intercept=-1024, window=(40.5, 401))
+    assert data[128:132] == b"DICM"
+    for stripped in (data[132:], data[128:]):
+        gray, conversions = images.decode_any(stripped, "x.dcm")
+        assert conversions == ["dicom"]
+        np.testing.assert_array_equal(gray, WINDOWED)
+    # The dataset alone, no file meta either (implicit VR little endian, as old PACS write).
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.file_meta
+    ds.preamble = None
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True)
+    assert buffer.getvalue()[:4] == b"\x08\x00\x16\x00"  # (0008,0016), no preamble
+    np.testing.assert_array_equal(images.decode_any(buffer.getvalue(), "x.dcm")[0], WINDOWED)
+    # A forced read finds no image in text or noise: they stay "not an image", with no warning.
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for other in (b"Patient notes: nothing to see\n" * 40, rng.bytes(4000),
+                      data[132:400]):
+            with pytest.raises(ImageError, match=r"^x.dcm: not a PNG, JPEG or DICOM file"):
+                images.decode_any(other, "x.dcm")
 
 
 def test_dicom_monochrome1_is_inverted():

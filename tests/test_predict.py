@@ -76,6 +76,17 @@ def test_dicom_made_from_a_png_gives_the_png_probabilities(folder, models):
         np.testing.assert_allclose(p, probs[name], atol=1e-5)
 
 
+def test_dicom_without_its_preamble_predicts_as_the_whole_file(folder, models, tmp_path):
+    run_dir, _ = models
+    whole = (folder / "dicom" / "m2.dcm").read_bytes()
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(whole[132:])  # no 128-byte preamble, no "DICM"
+    rows, failures, _ = predictor.predict_files(predictor.Predictor(str(run_dir)),
+                                              [str(folder / "a.png"), str(bare)])
+    assert failures == []
+    np.testing.assert_allclose(rows[1]["probabilities"], rows[0]["probabilities"], atol=1e-6)
+
+
 def test_monochrome1_without_inversion_would_differ(folder, models):
     # The same stored pixels labelled MONOCHROME2 are the negative film: other probabilities.
     run_dir, _ = models

@@ -177,13 +177,17 @@ def decode_dicom(data, name, *, max_pixels=MAX_PIXELS):
 
 
 def decode_any(data, name, *, drop_rgba=False, max_pixels=MAX_PIXELS):
-    """Dispatches on the magic bytes (PNG signature, JPEG SOI, "DICM" at offset 128)."""
+    """Dispatches on the magic bytes (PNG signature, JPEG SOI, "DICM" at offset 128); other
+    bytes are read as DICOM when they are a dataset without its preamble
+    (`dicom.without_preamble`)."""
     data = bytes(data)
     if not data:
         raise ImageError(name, "undecodable", "empty file (0 bytes)")
     fmt = image_format(data)
     if fmt == "DICOM":
         return decode_dicom(data, name, max_pixels=max_pixels)
+    if fmt is None and (part10 := dicom.without_preamble(data)) is not None:
+        return decode_dicom(part10, name, max_pixels=max_pixels)
     if fmt is None:
         raise ImageError(
             name, "undecodable", f"not a PNG, JPEG or DICOM file (starts with "
