@@ -61,9 +61,13 @@ def format_summary(report):
         lines.append(f"Tuned thresholds: {report['model_dir']}/thresholds.json "
                      f"({report['tuned_thresholds_from']['method']}, on validation)")
     if report.get("localization") and report["localization"]["overall"]:
-        loc = report["localization"]["overall"]
+        section = report["localization"]
+        loc = section["overall"]
+        rate = ("no box scored" if loc["hit_rate"] is None else
+                f"{loc['hit_rate']:.3f}, chance {loc['chance']:.3f}")
         lines.append(f"Grad-CAM pointing game: {loc['hits']} of {loc['boxes']} NIH boxes hit "
-                     f"({loc['hit_rate']:.3f}, chance {loc['chance']:.3f})")
+                     f"({rate}); {section['boxes_on_flat_maps']} boxes on "
+                     f"{section['flat_maps']} maps that point nowhere, not scored")
     if report.get("labels"):
         left = sum(r["left_out"] for r in report["labels"]["per_finding"].values())
         lines.append(f"Uncertain labels {report['labels']['uncertain_policy']}: {left} "
