@@ -84,8 +84,10 @@ def evaluate_run(config, *, progress=True):
     sections = []  # (title, markdown) pairs that follow the NIH report in report.md
     if expert is not None:
         report["expert_labels"] = {"file": os.path.abspath(config.expert_labels),
-                                   **expert_labels.evaluate(expert, [r["image_id"] for r in rows],
-                                                            scored, thresholds, bootstrap)}
+                                   **expert_labels.evaluate(
+                                       expert, [r["image_id"] for r in rows], scored,
+                                       thresholds, bootstrap,
+                                       elsewhere=_other_splits(data, config.split))}
         sections.append(("Radiologist-adjudicated labels",
                          expert_labels.format_markdown(report["expert_labels"])))
     out_dir = _out_dir(config.model_dir, f"eval_{config.split}")
@@ -99,6 +101,14 @@ def evaluate_run(config, *, progress=True):
         report["files"].append(os.path.join(out_dir, "localization.png"))
         sections.append(("Localisation: Grad-CAM pointing game on NIH boxes", text))
     return _write(report, f"Evaluation on {config.split}", sections)
+
+
+def _other_splits(data, split):
+    """{split: image ids} of the source's other splits, so the radiologist section can say
+    why a labelled image was not scored. A prepared dataset's ids are read from its records
+    (metadata only, no image decoded)."""
+    return {other: data.columns(other)["image_id"] for other in source.SPLITS
+            if other != split and other in data.split_sizes}
 
 
 def predict_split(model, data, split, *, batch_size=64, verbose="auto"):
