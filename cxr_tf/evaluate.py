@@ -37,18 +37,21 @@ FLAGS = flags.FLAGS
 
 def format_summary(report):
     overall, pub = report["overall"], report["published"]
-    lines = [f"{'finding':<20} {'pos/neg':>11} {'AUC':>6}  {'95% CI':<15} {'Wang17':>6}"]
+    compared = not pub.get("not_compared")  # CheXpert: no NIH-test column (not like with like)
+    lines = [f"{'finding':<20} {'pos/neg':>11} {'AUC':>6}  {'95% CI':<15} "
+             f"{'Wang17' if compared else '':>6}"]
     for name, r in report["per_class"].items():
         ci = (f"[{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]"
               if r["auc_ci_low"] is not None else "")
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
         counts = f"{r['positives']}/{r['negatives']}"
-        lines.append(f"{name:<20} {counts:>11} {auc:>6}  {ci:<15} {r['published_auc']:>6.3f}")
+        published = f"{r['published_auc']:>6.3f}" if compared else ""
+        lines.append(f"{name:<20} {counts:>11} {auc:>6}  {ci:<15} {published}".rstrip())
     mean = "n/a" if overall["auc_mean"] is None else f"{overall['auc_mean']:.3f}"
     diff = "n/a" if pub["mean_difference"] is None else f"{pub['mean_difference']:+.3f}"
     over = f"mean of {overall['auc_mean_over']}"
     lines += [f"{over:<20} {'':>11} {mean:>6}  {'':<15} {pub['mean_auc']:>6.3f}   "
-              f"(difference {diff})",
+              f"(difference {diff})" if compared else f"{over:<20} {'':>11} {mean:>6}",
               f"n/a: fewer than {report['bootstrap']['min_count']} positives or negatives; "
               f"CI: {report['bootstrap']['method'] or 'none'}",
               f"ECE {overall['ece']:.4f} over {overall['examples']:,} images"]
