@@ -50,6 +50,7 @@ def parity_cases():
         "palette_without_plte.png": palette.replace(plte, b""),
         "second_ihdr.png": insert_after_ihdr(good, b"IHDR", good[16:29]),
         "chunk_type_not_letters.png": insert_after_ihdr(good, b"ab1d", b""),
+        "no_idat.png": good[:33] + chunk(b"IEND", b""),
         **rows,
         "good.png": good,
         "good.jpg": jpeg,

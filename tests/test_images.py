@@ -261,6 +261,8 @@ def test_chunk_names_and_order_follow_the_png_standard():
            "x.png: PNG chunk type 61 62 31 64 at byte 33 is not four letters (corrupt file)")
     raises(insert_after_ihdr(data, b"IHDR", data[16:29]), "undecodable",
            "x.png: PNG has a second IHDR chunk")
+    raises(data[:33] + chunk(b"IEND", b""), "undecodable",
+           "x.png: PNG has no IDAT chunk (no pixel data)")
     palette = png(Image.fromarray(ramp()).convert("P"))
     spans = {kind: (start, end) for kind, start, end in image_bytes.chunk_spans(palette)}
     plte = palette[slice(*spans[b"PLTE"])]

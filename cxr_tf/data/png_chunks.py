@@ -71,6 +71,8 @@ def walk(name, data):
         if kind == b"IDAT":
             idat.append(view[pos + 8:end - 4])
         elif kind == b"IEND":
+            if not idat:
+                raise ImageError(name, "undecodable", "PNG has no IDAT chunk (no pixel data)")
             break
         seen.append(kind)
         pos = end
