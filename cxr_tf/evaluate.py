@@ -59,7 +59,10 @@ def format_summary(report):
         expert = report["expert_labels"]
         aucs = ", ".join(f"{name} {'n/a' if e['auc'] is None else format(e['auc'], '.3f')}"
                          for name, e in expert["per_finding"].items() if e["predicted"])
-        lines.append(f"Radiologist labels on {expert['images']:,} images: AUC {aucs}")
+        skipped = expert["rows_in_file"] - expert["images"]
+        why = (f" ({skipped:,} of the file's {expert['rows_in_file']:,} skipped: report.md "
+               "says why)" if skipped else "")
+        lines.append(f"Radiologist labels on {expert['images']:,} images{why}: AUC {aucs}")
     if report.get("tuned_thresholds_from"):
         lines.append(f"Tuned thresholds: {report['model_dir']}/thresholds.json "
                      f"({report['tuned_thresholds_from']['method']}, on validation)")
