@@ -7,6 +7,7 @@ the directory mistakes it for the real file; it is removed if the write fails.
 """
 
 import contextlib
+import errno
 import json
 import os
 
@@ -63,6 +64,28 @@ def replacing(path):
             cause = os.strerror(e.errno) if e.errno else str(e)
             raise NotWrittenError(e.errno, f"{path}: not written ({cause})") from e
         raise
+
+
+def check_writable(path):
+    """Raises NotWrittenError now unless a file can be written at `path` (its folder exists
+    and takes a new file; no folder stands in its place). For an app that writes its output
+    last: a typo in the output path must not cost the work done before it.
+
+    Creates and removes the temporary file `replacing` would write, so it checks exactly what
+    the final write needs; an existing file at `path` is left as it is.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise NotWrittenError(errno.EISDIR, "cannot be written (a folder)", path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "x"):
+            pass
+        os.remove(tmp)
+    except OSError as e:
+        cause = os.strerror(e.errno) if e.errno else str(e)
+        # With the file name, an app prints it as `PATH: cannot be written (CAUSE)`.
+        raise NotWrittenError(e.errno, f"cannot be written ({cause})", path) from e
 
 
 def write_file(path, data, mode="w", **open_options):

@@ -37,18 +37,21 @@ FLAGS = flags.FLAGS
 
 def format_summary(report):
     overall, pub = report["overall"], report["published"]
-    lines = [f"{'finding':<20} {'pos/neg':>11} {'AUC':>6}  {'95% CI':<15} {'Wang17':>6}"]
+    compared = not pub.get("not_compared")  # CheXpert: no NIH-test column (not like with like)
+    lines = [f"{'finding':<20} {'pos/neg':>11} {'AUC':>6}  {'95% CI':<15} "
+             f"{'Wang17' if compared else '':>6}"]
     for name, r in report["per_class"].items():
         ci = (f"[{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]"
               if r["auc_ci_low"] is not None else "")
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
         counts = f"{r['positives']}/{r['negatives']}"
-        lines.append(f"{name:<20} {counts:>11} {auc:>6}  {ci:<15} {r['published_auc']:>6.3f}")
+        published = f"{r['published_auc']:>6.3f}" if compared else ""
+        lines.append(f"{name:<20} {counts:>11} {auc:>6}  {ci:<15} {published}".rstrip())
     mean = "n/a" if overall["auc_mean"] is None else f"{overall['auc_mean']:.3f}"
     diff = "n/a" if pub["mean_difference"] is None else f"{pub['mean_difference']:+.3f}"
     over = f"mean of {overall['auc_mean_over']}"
     lines += [f"{over:<20} {'':>11} {mean:>6}  {'':<15} {pub['mean_auc']:>6.3f}   "
-              f"(difference {diff})",
+              f"(difference {diff})" if compared else f"{over:<20} {'':>11} {mean:>6}",
               f"n/a: fewer than {report['bootstrap']['min_count']} positives or negatives; "
               f"CI: {report['bootstrap']['method'] or 'none'}",
               f"ECE {overall['ece']:.4f} over {overall['examples']:,} images"]
@@ -56,14 +59,21 @@ def format_summary(report):
         expert = report["expert_labels"]
         aucs = ", ".join(f"{name} {'n/a' if e['auc'] is None else format(e['auc'], '.3f')}"
                          for name, e in expert["per_finding"].items() if e["predicted"])
-        lines.append(f"Radiologist labels on {expert['images']:,} images: AUC {aucs}")
+        skipped = expert["rows_in_file"] - expert["images"]
+        why = (f" ({skipped:,} of the file's {expert['rows_in_file']:,} skipped: report.md "
+               "says why)" if skipped else "")
+        lines.append(f"Radiologist labels on {expert['images']:,} images{why}: AUC {aucs}")
     if report.get("tuned_thresholds_from"):
         lines.append(f"Tuned thresholds: {report['model_dir']}/thresholds.json "
                      f"({report['tuned_thresholds_from']['method']}, on validation)")
     if report.get("localization") and report["localization"]["overall"]:
-        loc = report["localization"]["overall"]
+        section = report["localization"]
+        loc = section["overall"]
+        rate = ("no box scored" if loc["hit_rate"] is None else
+                f"{loc['hit_rate']:.3f}, chance {loc['chance']:.3f}")
         lines.append(f"Grad-CAM pointing game: {loc['hits']} of {loc['boxes']} NIH boxes hit "
-                     f"({loc['hit_rate']:.3f}, chance {loc['chance']:.3f})")
+                     f"({rate}); {section['boxes_on_flat_maps']} boxes on "
+                     f"{section['flat_maps']} maps that point nowhere, not scored")
     if report.get("labels"):
         left = sum(r["left_out"] for r in report["labels"]["per_finding"].values())
         lines.append(f"Uncertain labels {report['labels']['uncertain_policy']}: {left} "

@@ -17,11 +17,13 @@ an app runs rather than what it does, are defined here directly. Library code ne
 FLAGS: apps hand it a config or plain arguments.
 
 `python -m cxr_tf.train --flagfile=thr05.cfg` works from any directory because
-`expand_flagfiles` resolves a flagfile name against the working directory, then the including
-file's directory, then the packaged `cxr_tf/configs/`. absl alone would resolve nested
+`expand_flagfiles` resolves a bare flagfile name against the working directory, then the
+including file's directory, then the packaged `cxr_tf/configs/`; a name with a folder in it is
+read from that folder or refused (`resolve_flagfile`). absl alone would resolve nested
 `--flagfile=paper.cfg` lines against the working directory only.
 """
 
+import codecs
 import dataclasses
 import os
 import sys
@@ -40,17 +42,30 @@ class FlagfileError(errors.UserError, ValueError):
 
 
 def resolve_flagfile(name, including_dir=None):
-    """Returns the path of flagfile `name`: as given, beside its includer, or packaged."""
-    name = os.path.expanduser(name)
-    candidates = [name]
-    if including_dir and not os.path.isabs(name):
-        candidates.append(os.path.join(including_dir, name))
-    candidates.append(os.path.join(CONFIG_DIR, os.path.basename(name)))
-    for path in candidates:
-        if os.path.isfile(path):
-            return os.path.abspath(path)
+    """Returns the path of flagfile `name`.
+
+    A bare name (`thr05.cfg`) is looked for in the working directory, beside the including
+    flagfile, then among the packaged configs. A name with a folder in it (`exp/v7.cfg`,
+    `/home/u/v7.cfg`, `~/v7.cfg`) is read from that folder (a relative one: from the working
+    directory, or beside the including flagfile) or refused: a mistyped path must never
+    load the packaged file of the same name instead.
+    """
+    path = os.path.expanduser(name)
+    candidates = [path]
+    if including_dir and not os.path.isabs(path):
+        candidates.append(os.path.join(including_dir, path))
+    bare = not os.path.dirname(path)
+    if bare:
+        candidates.append(os.path.join(CONFIG_DIR, path))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    hint = ""
+    if not bare and os.path.isfile(os.path.join(CONFIG_DIR, os.path.basename(path))):
+        hint = (f"; a path is read only from its folder: for the packaged "
+                f"{os.path.basename(path)} give its bare name")
     raise FlagfileError(
-        f"flagfile {name!r} not found (looked in {', '.join(dict.fromkeys(candidates))})"
+        f"flagfile {name!r} not found (looked in {', '.join(dict.fromkeys(candidates))}){hint}"
     )
 
 
@@ -58,17 +73,26 @@ def _flagfile_lines(path, stack):
     if path in stack:
         raise FlagfileError(f"flagfile {path} includes itself via {' -> '.join(stack)}")
     lines = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            # absl's rules: '#' or '//' at the start of a line is a comment.
-            if not line or line.startswith(("#", "//")):
-                continue
-            if line.startswith(_FLAGFILE_PREFIXES):
-                sub = resolve_flagfile(line.split("=", 1)[1].strip(), os.path.dirname(path))
-                lines.extend(_flagfile_lines(sub, stack + [path]))
-            else:
-                lines.append(line)
+    with open(path, "rb") as f:
+        data = f.read()
+    # An editor's byte-order mark at the start is not part of the first flag.
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FlagfileError(f"flagfile {path}, line {line}: not UTF-8 text (byte "
+                            f"0x{data[e.start]:02x})") from None
+    for line in text.splitlines():
+        line = line.strip()
+        # absl's rules: '#' or '//' at the start of a line is a comment.
+        if not line or line.startswith(("#", "//")):
+            continue
+        if line.startswith(_FLAGFILE_PREFIXES):
+            sub = resolve_flagfile(line.split("=", 1)[1].strip(), os.path.dirname(path))
+            lines.extend(_flagfile_lines(sub, stack + [path]))
+        else:
+            lines.append(line)
     return lines
 
 

@@ -24,6 +24,21 @@ MIN_IMAGE_SIZE = 32
 # Largest image decoded, as its padded square (equal to cxr_tf.data.images.MAX_PIXELS, which
 # tests/test_options.py checks: the data layer sits above this module).
 MAX_PIXELS = 50_000_000
+# max_pixels' own upper bound, which keeps the export graph's float64 size checks exact.
+MAX_PIXELS_LIMIT = 2**40
+# The largest side whose square still fits that bound: a larger image_size could never be
+# prepared or served, whatever max_pixels says.
+MAX_IMAGE_SIZE = 2**20
+# Counts a user types (batch size, epochs, steps, patience, replicates): int32. TensorFlow
+# takes batch sizes and step counts as int64, and epochs × steps_per_epoch must fit the
+# optimizer's int64 iteration counter, so two int32 counts multiply safely; no real run comes
+# near 2**31 of anything.
+MAX_COUNT = 2**31 - 1
+# NIH's image names (00012345_000.png) hold an 8-digit patient number, and a synthetic set has
+# at most one patient per image.
+MAX_SYNTHETIC_IMAGES = 10**8 - 1
+# numpy's legacy seeding (keras.utils.set_random_seed) takes 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
 CHECKPOINTS = ("best", "last")
 
 
@@ -50,15 +65,15 @@ def output_dir(help="Folder to write to."):
 
 
 def image_size(help="Square image side in pixels.", default=224):
-    return schema.option(default, help, lower=MIN_IMAGE_SIZE)
+    return schema.option(default, help, lower=MIN_IMAGE_SIZE, upper=MAX_IMAGE_SIZE)
 
 
 def batch_size(help="Images per batch."):
-    return schema.option(64, help, lower=1)
+    return schema.option(64, help, lower=1, upper=MAX_COUNT)
 
 
 def seed(help="Seed for the patient-wise validation split and training."):
-    return schema.option(0, help, lower=0)
+    return schema.option(0, help, lower=0, upper=MAX_SEED)
 
 
 def val_fraction(help="Fraction of train_val patients carved out as validation."):
@@ -77,8 +92,12 @@ def threshold(help="Decision threshold for every finding when the run has no "
 def max_pixels(help="Largest image decoded, counted as its padded square max(width, height)^2 "
                     "and its decoded samples; a larger one is refused from its header, before "
                     "decoding."):
-    # The upper bound keeps the export graph's float64 size checks exact (serving/graph.py).
-    return schema.option(MAX_PIXELS, help, lower=1, upper=2**40)
+    return schema.option(MAX_PIXELS, help, lower=1, upper=MAX_PIXELS_LIMIT)
+
+
+def count(default, help, lower=1):
+    """A number of things a user types (epochs, steps, replicates): lower..MAX_COUNT."""
+    return schema.option(default, help, lower=lower, upper=MAX_COUNT)
 
 
 def overwrite(help="Start afresh instead of keeping what the output holds."):

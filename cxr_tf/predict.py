@@ -44,6 +44,8 @@ def main(argv):
     if not config.model or not paths:
         raise app.UsageError("--model and at least one file or folder are required "
                              "(python -m cxr_tf.predict --model=DIR FILES_OR_DIRS...)")
+    if config.output:  # before predicting: a bad path must not cost the predictions
+        atomic.check_writable(config.output)
     from cxr_tf.serving import predictor as predictor_lib  # TensorFlow starts here
 
     predictor = predictor_lib.Predictor(config.model, config.threshold)

@@ -127,9 +127,9 @@ def _check_choices(value, choices):
 
 
 def _check_bounds(value, lower, upper):
+    # The side that was crossed: "must be at least 1" says more about batch_size=0 than
+    # "must lie in [1, 2147483647]" (--help shows both bounds).
     for item in value if isinstance(value, tuple) else (value,):
-        if lower is not None and upper is not None and not lower <= item <= upper:
-            raise ValueError(f"must lie in [{lower}, {upper}]")
         if lower is not None and item < lower:
             raise ValueError(f"must be at least {lower}")
         if upper is not None and item > upper:

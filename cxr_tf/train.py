@@ -32,6 +32,10 @@ def main(argv):
     if not (config.data_dir or config.synthetic):
         raise app.UsageError("give --data_dir (a prepared TFDS dir or a Kaggle folder) or "
                              "--synthetic")
+    if config.strategy == "multi_worker":
+        from cxr_tf.training import tf_config
+
+        tf_config.read()  # a bad cluster spec fails now, before TensorFlow starts
     from cxr_tf.runs import claim
     from cxr_tf.training import runner  # TensorFlow starts here, after the flag checks
 

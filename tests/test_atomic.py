@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cxr_tf import atomic
+from cxr_tf import atomic, cli
 
 
 def test_write_json_replaces_the_file_whole(tmp_path):
@@ -55,7 +55,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
-        "from cxr_tf import atomic\n"
+        "from cxr_tf import atomic, cli\n"
         "try:\n"
         "    atomic.write_file(sys.argv[1], b'x' * 100_000, mode='wb')\n"
         "except OSError as e:\n"
@@ -95,3 +95,17 @@ def test_a_full_disk_during_a_keras_save_is_one_line_and_leaves_no_temporary(tmp
         "(File too large)"]
     assert os.listdir(tmp_path / "checkpoints") == []
     assert os.listdir(tmp_path / "backup") == []
+
+
+def test_check_writable_fails_before_any_work_and_touches_nothing(tmp_path):
+    existing = tmp_path / "preds.csv"
+    existing.write_text("kept")
+    atomic.check_writable(existing)
+    atomic.check_writable(tmp_path / "new.csv")
+    assert sorted(os.listdir(tmp_path)) == ["preds.csv"] and existing.read_text() == "kept"
+    missing = tmp_path / "no_such_folder" / "preds.csv"
+    for path, cause in [(missing, "No such file or directory"), (tmp_path, "a folder"),
+                        (existing / "x.csv", "Not a directory")]:
+        with pytest.raises(atomic.NotWrittenError) as info:
+            atomic.check_writable(path)
+        assert cli.error_message(info.value) == f"{path}: cannot be written ({cause})"

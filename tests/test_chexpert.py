@@ -190,6 +190,19 @@ def test_evaluate_chexpert_end_to_end(chexpert_dir, tmp_path, make_run_dir):
     text = (out / "report.md").read_text()
     assert "## Labels (CheXpert)" in text and "| Atelectasis | 4 | 2 | 2 |" in text
     assert (out / "roc.png").exists()
+    # Issue: the report set these AUCs beside Wang et al.'s NIH-test AUCs. Not like with like:
+    # the comparison is dropped, its keys null, with the reason.
+    assert report["published"]["not_compared"] == external.NOT_COMPARED
+    assert report["published"]["classes_compared"] == 0
+    assert report["published"]["mean_difference"] is None
+    assert all(r["published_auc"] is None and r["auc_minus_published"] is None
+               for r in report["per_class"].values())
+    assert "Wang 2017" not in text and "Δ" not in text
+    assert f"Published AUCs: {external.NOT_COMPARED}." in text
+    from cxr_tf import evaluate
+
+    summary = evaluate.format_summary(report)
+    assert "Wang17" not in summary and "difference" not in summary
 
 
 def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):

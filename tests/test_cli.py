@@ -190,6 +190,15 @@ def test_error_message_is_one_line_naming_the_file():
      "max_pixels (50,000,000): image_size² must fit"),
     (["--flagfile=nope.cfg"], "flagfile 'nope.cfg' not found (looked in nope.cfg, "
                               f"{os.path.join(flags.CONFIG_DIR, 'nope.cfg')})"),
+    # Issue: a missing path silently loaded the packaged recommended.cfg.
+    (["--flagfile=/home/u/exp/v7/recommended.cfg"],
+     "flagfile '/home/u/exp/v7/recommended.cfg' not found (looked in "
+     "/home/u/exp/v7/recommended.cfg); a path is read only from its folder: for the packaged "
+     "recommended.cfg give its bare name"),
+    (["--synthetic", "--model_dir=m", "--seed=4294967296"],
+     "flag --seed=4294967296: must be at most 4294967295"),
+    (["--synthetic", "--model_dir=m", f"--batch_size={2**63}"],
+     f"flag --batch_size={2**63}: must be at most 2147483647"),
 ])
 def test_train_usage_errors(tmp_path, args, message):
     assert_one_error(run_app("train", *args, cwd=tmp_path), 2, message)

@@ -220,7 +220,7 @@ def test_the_apps_flags_are_evalconfigs_fields():
         "bbox_csv": None, "dataset": "nih", "uncertain_labels": "ignore", "views": ["frontal"],
         "verify_data": False}
     assert values["split"].parser.enum_values == ["test", "validation"]
-    assert values["batch_size"].help == "Images per prediction batch. (>= 1)"
+    assert values["batch_size"].help == "Images per prediction batch. [1, 2147483647]"
     config = evaluate.build_config(parse("--model_dir=R", "--split=validation",
                                          "--tune_thresholds=f1", "--bootstrap=20"))
     assert config == EvalConfig(model_dir="R", split="validation", tune_thresholds="f1",

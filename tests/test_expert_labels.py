@@ -128,6 +128,17 @@ def test_a_file_that_is_no_csv_table_is_a_metadata_error(tmp_path):
     broken.write_text('Image Index,Patient ID\n"00000001_000.png,1\n')
     with pytest.raises(MetadataError, match=rf"^{broken}: not a CSV table \(Error tokenizing"):
         expert_labels.read(str(broken))
+    # Issue: a Latin-1 file was a pandas traceback (and its message named a buffer offset).
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes((HEADER + "00000001_000.png,1,NO,NO,NO,NO,test\n").encode() +
+                      "00000002_000.png,2,NO,NO,NO,NO,test # relu\xe9\n".encode("latin-1"))
+    with pytest.raises(MetadataError) as e:
+        expert_labels.read(str(latin))
+    assert str(e.value) == f"{latin}, line 3: not UTF-8 text (byte 0xe9); save it as UTF-8"
+    gz = tmp_path / "latin1.csv.gz"
+    gz.write_bytes(gzip.compress(latin.read_bytes()))
+    with pytest.raises(MetadataError, match=r", line 3: not UTF-8 text \(byte 0xe9\)"):
+        expert_labels.read(str(gz))
 
 
 # --- mapping ---------------------------------------------------------------------------------
@@ -162,7 +173,7 @@ def test_scores_are_the_maximum_and_decisions_any_output_at_its_own_threshold():
 # --- the section, by hand --------------------------------------------------------------------
 
 def hand_set():
-    """24 images of 12 patients (2 each), scored (24 - i) / 25 by every output.
+    """24 images of 24 patients, scored (24 - i) / 25 by every output.
 
     Pneumothorax: radiologists YES on images 0..11 (every positive above every negative:
     AUC 1); NIH YES on 0..5 and 12..17: those on 0..5 beat all 12 negatives, those on
@@ -171,20 +182,20 @@ def hand_set():
     radiologists YES on odd images; NIH YES on none. Two extra expert rows are not in the
     split, and images 24, 25 of the split have no expert row.
     """
-    ids = [f"{i // 2 + 1:08d}_{i % 2:03d}.png" for i in range(26)]
+    ids = [f"{i + 1:08d}_000.png" for i in range(26)]
     probs = np.repeat(((24 - np.arange(26)) / 25)[:, None], 14, axis=1)
     y_nih = np.zeros((26, 14), np.int8)
     y_nih[list(range(6)) + list(range(12, 18)), LABELS.index("Pneumothorax")] = 1
     expert = pd.DataFrame({
         "image_id": ids[:24] + ["00000099_000.png", "00000098_000.png"],
-        "patient_id": [i // 2 + 1 for i in range(24)] + [99, 98],
+        "patient_id": [i + 1 for i in range(24)] + [99, 98],
         "split": ["test"] * 24 + ["validation"] * 2,
         "Fracture": [1] * 4 + [0] * 22,
         "Pneumothorax": [1] * 12 + [0] * 14,
         "Airspace opacity": [1] * 3 + [0] * 23,
         "Nodule or mass": [i % 2 for i in range(26)],
     })
-    return expert, ids, [i // 2 + 1 for i in range(26)], y_nih, probs
+    return expert, ids, [i + 1 for i in range(26)], y_nih, probs
 
 
 def test_section_figures_by_hand():
@@ -193,11 +204,17 @@ def test_section_figures_by_hand():
     tuned[LABELS.index("Pneumothorax")] = 0.9
     s = expert_labels.evaluate(expert, ids, Scored(y_nih, probs, LABELS, patient_ids=patients),
                                Thresholds((0.5,), tuned), Bootstrap(300, seed=0))
-    assert (s["images"], s["patients"], s["rows_in_file"]) == (24, 12, 26)
+    assert (s["images"], s["patients"], s["rows_in_file"]) == (24, 24, 26)
     assert s["expert_sets"] == {"test": 24}
+    assert s["min_count_unit"] == "patients"
+    # Without other splits to look in, the two rows outside the split are "not in this split".
+    assert s["coverage"]["per_set"] == {
+        "test": {"rows": 24, "not_adjudicated": 0, "in_split": 24, "not_in_split": 0},
+        "validation": {"rows": 2, "not_adjudicated": 0, "in_split": 0, "not_in_split": 2}}
     assert s["method"] == "patient-level percentile bootstrap, 300 resamples"
     p = s["per_finding"]["Pneumothorax"]
     assert (p["positives"], p["negatives"], p["auc"]) == (12, 12, 1.0)
+    assert (p["positive_patients"], p["negative_patients"]) == (12, 12)
     assert p["auc_ci_low"] == p["auc_ci_high"] == 1.0 and p["auc_ci_dropped"] == 0.0
     assert (p["nih"]["positives"], p["nih"]["negatives"]) == (12, 12)
     assert p["nih"]["auc"] == pytest.approx(0.75)
@@ -227,9 +244,62 @@ def test_section_figures_by_hand():
     assert s["label_noise_gap_mean_over"] == 1
     assert s["label_noise_gap_mean"] == pytest.approx(0.25)
     text = expert_labels.format_markdown({**s, "file": "labels.csv"})
-    assert "| Fracture | none | 4 / 20 | not predicted |" in text
-    assert "| Pneumothorax | Pneumothorax | 12 / 12 | 1.000 [1.000, 1.000] | 12 / 12 | 0.750 [" in text
+    assert "| Fracture | none | 4 / 20 (4 / 20) | not predicted |" in text
+    assert ("| Pneumothorax | Pneumothorax | 12 / 12 (12 / 12) | 1.000 [1.000, 1.000] | "
+            "12 / 12 (12 / 12) | 0.750 [") in text
     assert "not estimable: 3 positives (fewer than 10)" in text
+    assert "an AUC needs 10 positive and 10 negative patients (the interval resamples " \
+           "patients)" in text
+    assert "| test | 24 | 0 | 24 | 0 |" in text and "| validation | 2 | 0 | 0 | 2 |" in text
+
+
+def test_the_minimum_counts_patients_when_the_interval_resamples_patients():
+    # 12 positive films of 3 patients and 12 negative films of 12 patients: 12 images either
+    # way, but 3 resampling units. Issue: the minimum counted images.
+    patients = [1] * 4 + [2] * 4 + [3] * 4 + list(range(4, 16))
+    ids = [f"{p:08d}_{i:03d}.png" for i, p in enumerate(patients)]
+    probs = np.repeat(np.linspace(0.9, 0.1, 24)[:, None], 14, axis=1)
+    expert = pd.DataFrame({"image_id": ids, "patient_id": patients, "split": "test",
+                           "Fracture": 0, "Pneumothorax": [1] * 12 + [0] * 12,
+                           "Airspace opacity": 0, "Nodule or mass": 0})
+    y_nih = np.zeros((24, 14), np.int8)
+    s = expert_labels.evaluate(expert, ids, Scored(y_nih, probs, LABELS, patient_ids=patients),
+                               Thresholds((0.5,)), Bootstrap(50))
+    p = s["per_finding"]["Pneumothorax"]
+    assert (p["positives"], p["negatives"]) == (12, 12)
+    assert (p["positive_patients"], p["negative_patients"]) == (3, 12)
+    assert p["auc"] is None and p["auc_ci_low"] is None and p["label_noise_gap"] is None
+    assert p["auc_not_estimable"] == ("3 positive patients (fewer than 10; the interval "
+                                      "resamples patients)")
+    # Without patient ids the interval resamples images, and so does the minimum.
+    s = expert_labels.evaluate(expert, ids, Scored(y_nih, probs, LABELS), Thresholds((0.5,)),
+                               Bootstrap(50))
+    assert s["min_count_unit"] == "images" and s["patients"] is None
+    assert s["per_finding"]["Pneumothorax"]["auc"] == 1.0
+
+
+def test_coverage_says_why_each_row_of_the_file_was_not_scored(tmp_path):
+    """Every row of the file is in the split, in another split, not in the dataset, or not
+    adjudicated, per set of the file; the counts add up to the file's rows."""
+    path = tmp_path / "labels.csv"
+    path.write_text(HEADER + "".join(
+        f"{i:08d}_000.png,{i},NO,NO,NO,NO,{'test' if i <= 6 else 'val'}\n" for i in range(1, 11))
+        + "00000011_000.png,11,,,,,val\n")
+    expert = expert_labels.read(str(path))
+    split_ids = ["00000001_000.png", "00000002_000.png", "00000007_000.png", "00000099_000.png"]
+    elsewhere = {"train": ["00000003_000.png", "00000008_000.png", "00000009_000.png"],
+                 "validation": ["00000004_000.png"]}
+    cover = expert_labels.coverage(expert, split_ids, elsewhere)
+    assert cover["per_set"] == {
+        # test rows 1-6: 1, 2 here; 3 in train; 4 in validation; 5, 6 nowhere.
+        "test": {"rows": 6, "not_adjudicated": 0, "in_split": 2,
+                 "in_other_split": {"train": 1, "validation": 1}, "not_in_dataset": 2},
+        # val rows 7-11: 7 here; 8, 9 in train; 10 nowhere; 11 not adjudicated.
+        "validation": {"rows": 5, "not_adjudicated": 1, "in_split": 1,
+                       "in_other_split": {"train": 2, "validation": 0}, "not_in_dataset": 1}}
+    for entry in cover["per_set"].values():
+        assert entry["rows"] == (entry["not_adjudicated"] + entry["in_split"] +
+                                 sum(entry["in_other_split"].values()) + entry["not_in_dataset"])
 
 
 def test_no_matching_image_gives_an_empty_section():
@@ -241,7 +311,8 @@ def test_no_matching_image_gives_an_empty_section():
     p = s["per_finding"]["Pneumothorax"]
     assert (p["positives"], p["negatives"], p["auc"]) == (0, 0, None)
     assert p["auc_not_estimable"] == "no image of this split has expert labels"
-    assert "0 images of this split" in expert_labels.format_markdown({**s, "file": "x.csv"})
+    assert "lists 26 adjudicated images; 0 of them (0 patients) are in this split and scored" \
+        in expert_labels.format_markdown({**s, "file": "x.csv"})
 
 
 # --- through the evaluate app on a synthetic run ---------------------------------------------
@@ -304,6 +375,14 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
              f"{'YES' if i < 5 else 'NO'},{yes[pneumothorax[i]]},{yes[airspace[i]]},"
              f"{yes[nodule_or_mass[i]]}" for i, r in enumerate(rows)]
     lines.append("00099999_000.png,Finding,0,99999,50,M,PA,32,32,0.1,0.1,NO,NO,NO,NO")
+    # Rows of images in the run's other splits: skipped, and said so (issue: uncounted).
+    from cxr_tf.data import source
+
+    src = source.open_source(str(root / "tfds"), image_size=32)
+    others = {split: [r["image_id"] for r in src.rows(split)][:k]
+              for split, k in (("train", 3), ("validation", 2))}
+    lines += [f"{image},Finding,0,{int(image[:8])},50,M,PA,32,32,0.1,0.1,NO,NO,NO,NO"
+              for ids in others.values() for image in ids]
     header = (GOOGLE / "test_labels.csv").read_text().splitlines()[0]
     expert_file = root / "test_labels.csv"
     expert_file.write_text("\n".join([header, *lines]) + "\n")
@@ -322,7 +401,10 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
             assert row["auc"] is None and row["auc_not_estimable"]
     assert checked >= 10 and report["overall"]["auc_mean_over"] == checked
     s = report["expert_labels"]
-    assert s["file"] == str(expert_file) and s["images"] == 46 and s["rows_in_file"] == 47
+    assert s["file"] == str(expert_file) and s["images"] == 46 and s["rows_in_file"] == 52
+    assert s["coverage"]["per_set"] == {"test": {
+        "rows": 52, "not_adjudicated": 0, "in_split": 46,
+        "in_other_split": {"train": 3, "validation": 2}, "not_in_dataset": 1}}
     assert s["thresholds"] == {"0.5": 0.5}  # the run's; nothing tuned on expert labels
     p, nm, ao = (s["per_finding"][k] for k in ("Pneumothorax", "Nodule or mass",
                                                "Airspace opacity"))
@@ -341,8 +423,65 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
     assert ao["nih"]["auc"] is None and ao["label_noise_gap"] is None
     assert s["per_finding"]["Fracture"]["positives"] == 5
     text = (root / "run" / "eval_test" / "report.md").read_text()
-    assert "## Radiologist-adjudicated labels" in text and "| Fracture | none | 5 / 41 |" in text
-    assert "Radiologist labels on 46 images" in evaluate.format_summary(report)
+    assert "## Radiologist-adjudicated labels" in text and "| Fracture | none | 5 / 41 (" in text
+    assert "| test | 52 | 0 | 46 | 3 | 2 | 1 |" in text
+    assert ("Radiologist labels on 46 images (6 of the file's 52 skipped: report.md says why): "
+            "AUC ") in evaluate.format_summary(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_the_real_slice_re_keyed_onto_the_run_agrees_with_a_recount(synthetic_run, tmp_path,
+                                                                    split):
+    """Google's 32 real rows (tests/data/expert_labels), their images renamed to the run's:
+    the 16 test-set rows onto test images, 6 validation-set rows onto validation images, 6
+    onto train images, and 4 keep their NIH names (not in the dataset). Every count of the
+    section is recounted here with pandas from the file itself."""
+    from cxr_tf.data import source
+    from cxr_tf.evaluation import runner
+
+    root, _ = synthetic_run
+    src = source.open_source(str(root / "tfds"), image_size=32)
+    ids = {name: [r["image_id"] for r in src.rows(name)] for name in ("train", "validation",
+                                                                      "test")}
+    raw = pd.read_csv(TXRV, dtype=str, keep_default_na=False)
+    test_rows, val_rows = raw.index[raw["Set Id"] == "test"], raw.index[raw["Set Id"] == "val"]
+    target = {**dict(zip(test_rows, ids["test"][:16])),
+              **dict(zip(val_rows[:6], ids["validation"][:6])),
+              **dict(zip(val_rows[6:12], ids["train"][:6]))}
+    rekeyed = raw.copy()
+    for row, image in target.items():
+        rekeyed.loc[row, "Image Index"] = image
+        rekeyed.loc[row, "Patient ID"] = str(int(image[:8]))
+    path = tmp_path / "google2019_rekeyed.csv"
+    rekeyed.to_csv(path, index=False)
+
+    report = runner.evaluate(EvalConfig(model_dir=str(root / "run"), split=split, bootstrap=20,
+                                        expert_labels=str(path)), progress=False)
+    s = report["expert_labels"]
+    sets = {"test": "test", "val": "validation"}
+    expected = {}
+    for set_id, rows in rekeyed.groupby("Set Id"):
+        names = rows["Image Index"]
+        where = {name: names.isin(ids[name]).sum() for name in ids}
+        expected[sets[set_id]] = {
+            "rows": len(rows), "not_adjudicated": 0, "in_split": int(where[split]),
+            "in_other_split": {name: int(n) for name, n in where.items() if name != split},
+            "not_in_dataset": int(len(rows) - sum(where.values()))}
+    assert s["coverage"]["per_set"] == expected
+    assert expected["validation"]["not_in_dataset"] == 4
+    assert expected[split]["in_split"] == {"test": 16, "validation": 6}[split]
+    scored = rekeyed[rekeyed["Image Index"].isin(ids[split])]
+    assert s["images"] == len(scored) and s["rows_in_file"] == 32
+    assert s["patients"] == scored["Patient ID"].nunique()
+    for name in FINDINGS:
+        yes = scored[name] == "YES"
+        entry = s["per_finding"][name]
+        assert (entry["positives"], entry["negatives"]) == (int(yes.sum()), int((~yes).sum()))
+        assert (entry["positive_patients"], entry["negative_patients"]) == (
+            scored.loc[yes, "Patient ID"].nunique(), scored.loc[~yes, "Patient ID"].nunique())
+        assert entry["auc"] is None  # 16 images at most: below the minimum, and said so
+        assert entry["auc_not_estimable"]
 
 
 def test_evaluate_app_takes_expert_labels(synthetic_run):

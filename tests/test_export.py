@@ -313,3 +313,39 @@ def test_empty_request_gives_an_empty_answer(loaded):
     assert out["probabilities"].shape == (0, 14) and out["positive"].shape == (0, 14)
     empty = tf.zeros((0, SIZE, SIZE, 1), tf.uint8)
     assert loaded.signatures["predict_images"](images=empty)["probabilities"].shape == (0, 14)
+
+
+def test_served_decisions_with_a_no_finding_output_are_labels_decide(tmp_path):
+    """Issue 23: a SavedModel calling `decide` without the No Finding rule passed every test.
+
+    A 15-output model whose logits follow the image's mean brightness m (0..1): Atelectasis
+    logit 1 (probability 0.731) on every image, the other findings -3 (0.047), No Finding
+    6 m - 2. At m = 0 No Finding is 0.119: Atelectasis is positive. At m = 0.4 No Finding is
+    0.599, above the threshold too, but below Atelectasis: Atelectasis is still positive. At
+    m = 1 No Finding is 0.982 and beats every finding: nothing is positive, though Atelectasis
+    is above its threshold."""
+    import keras
+
+    pixels = keras.Input((SIZE, SIZE, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(pixels))
+    dense = keras.layers.Dense(15, name="logits")
+    net = keras.Model(pixels, dense(mean))
+    weights = np.zeros((1, 15), np.float32)
+    weights[0, 14] = 6.0
+    bias = np.full(15, -3.0, np.float32)
+    bias[0], bias[14] = 1.0, -2.0
+    dense.set_weights([weights, bias])
+    thresholds_used = np.full(14, 0.5)
+    thresholds_used[1] = 0.04  # Cardiomegaly (0.047) too is above its own threshold
+    served = tf.saved_model.load(graph.export(net, tmp_path / "1", thresholds_used))
+    assert bool(served.signatures["metadata"]()["no_finding_output"].numpy())
+    films = [encode(np.full((48, 48), value, np.uint8)) for value in (0, 102, 255)]  # square
+    out = served.signatures["serving_default"](image_bytes=tf.constant(films))
+    probs, no_finding = out["probabilities"].numpy(), out["no_finding"].numpy()
+    np.testing.assert_allclose(no_finding, 1 / (1 + np.exp(-(6 * np.array([0, 0.4, 1]) - 2))),
+                               atol=1e-5)
+    assert (probs[:, [0, 1]] >= thresholds_used[[0, 1]]).all()  # above threshold in every row
+    assert no_finding[1] > 0.5 and no_finding[2] > probs[2].max() > no_finding[1]
+    expected = labels.decide(probs, thresholds_used, no_finding)
+    np.testing.assert_array_equal(out["positive"].numpy(), expected)
+    assert expected.tolist() == [[i in (0, 1) for i in range(14)]] * 2 + [[False] * 14]

@@ -85,6 +85,55 @@ def test_missing_flagfile_names_every_place_looked(tmp_path, monkeypatch):
                             f"{os.path.join(flags.CONFIG_DIR, 'nope.cfg')})")
 
 
+def test_a_path_with_a_folder_is_read_from_there_never_from_the_packaged_configs(
+        tmp_path, monkeypatch):
+    # Issue: --flagfile=/home/u/exp/v7/recommended.cfg, a path that does not exist, loaded
+    # the packaged recommended.cfg.
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "exp" / "v7" / "recommended.cfg"
+    with pytest.raises(flags.FlagfileError) as e:
+        flags.expand_flagfiles(["prog", f"--flagfile={missing}"])
+    assert str(e.value) == (f"flagfile '{missing}' not found (looked in {missing}); a path "
+                            "is read only from its folder: for the packaged recommended.cfg "
+                            "give its bare name")
+    with pytest.raises(flags.FlagfileError, match=r"^flagfile 'exp/demo.cfg' not found "
+                                                  r"\(looked in exp/demo.cfg\); a path"):
+        flags.expand_flagfiles(["prog", "--flagfile=exp/demo.cfg"])
+    (tmp_path / "exp").mkdir()
+    write(tmp_path / "exp" / "demo.cfg", "--epochs=9")
+    assert flags.expand_flagfiles(["prog", "--flagfile=exp/demo.cfg"]) == ["prog", "--epochs=9"]
+    assert flags.expand_flagfiles(["prog", "--flagfile=./exp/demo.cfg"]) == ["prog",
+                                                                             "--epochs=9"]
+
+
+def test_a_nested_path_with_a_folder_is_read_beside_its_includer_or_refused(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir("/")
+    (tmp_path / "common").mkdir()
+    write(tmp_path / "common" / "base.cfg", "--seed=5")
+    top = write(tmp_path / "top.cfg", "--flagfile=common/base.cfg", "--epochs=2")
+    assert flags.expand_flagfiles(["prog", f"--flagfile={top}"]) == ["prog", "--seed=5",
+                                                                     "--epochs=2"]
+    write(top, "--flagfile=other/paper.cfg")
+    with pytest.raises(flags.FlagfileError) as e:
+        flags.expand_flagfiles(["prog", f"--flagfile={top}"])
+    assert str(e.value) == (f"flagfile 'other/paper.cfg' not found (looked in other/paper.cfg, "
+                            f"{tmp_path}/other/paper.cfg); a path is read only from its folder: "
+                            "for the packaged paper.cfg give its bare name")
+
+
+def test_a_byte_order_mark_is_ignored_and_text_that_is_not_utf8_is_refused(tmp_path):
+    cfg = tmp_path / "bom.cfg"
+    cfg.write_bytes(b"\xef\xbb\xbf--epochs=4\n# caf\xc3\xa9\n--seed=1\n")
+    assert flags.expand_flagfiles(["prog", f"--flagfile={cfg}"]) == ["prog", "--epochs=4",
+                                                                     "--seed=1"]
+    assert parse("train", f"--flagfile={cfg}").epochs == 4
+    cfg.write_bytes(b"--epochs=4\n# caf\xe9 (Latin-1)\n")
+    with pytest.raises(flags.FlagfileError) as e:
+        flags.expand_flagfiles(["prog", f"--flagfile={cfg}"])
+    assert str(e.value) == f"flagfile {cfg}, line 2: not UTF-8 text (byte 0xe9)"
+
+
 def test_missing_nested_flagfile_names_the_includers_folder(tmp_path):
     cfg = write(tmp_path / "a.cfg", "--flagfile=gone.cfg")
     with pytest.raises(flags.FlagfileError, match=f"looked in gone.cfg, {tmp_path}/gone.cfg, "):
@@ -216,14 +265,34 @@ def build(app, *args):
     ("train", "--thresholds=", "flag --thresholds=: must hold at least one value"),
     ("train", "--thresholds=0.5,1", "flag --thresholds=0.5,1: must lie in (0, 1)"),
     ("train", "--image_size=16", "flag --image_size=16: must be at least 32"),
+    ("prepare", "--image_size=1048577", "flag --image_size=1048577: must be at most 1048576"),
     ("train", "--steps_per_epoch=0", "flag --steps_per_epoch=0: must be at least 1"),
+    # Issue: --seed=4294967296 and --batch_size=2**63 were tracebacks deep in numpy and TF.
+    ("train", "--seed=4294967296", "flag --seed=4294967296: must be at most 4294967295"),
+    ("train", f"--batch_size={2**63}", f"flag --batch_size={2**63}: must be at most "
+                                       "2147483647"),
+    ("train", "--epochs=2147483648", "flag --epochs=2147483648: must be at most 2147483647"),
+    ("train", f"--steps_per_epoch={2**40}", f"flag --steps_per_epoch={2**40}: must be at most "
+                                            "2147483647"),
+    ("train", "--early_stop_patience=-1", "flag --early_stop_patience=-1: must be at least 0"),
+    ("train", "--synthetic_num_images=100000000", "flag --synthetic_num_images=100000000: must "
+                                                  "be at most 99999999"),
+    ("evaluate", "--bootstrap=1000001", "flag --bootstrap=1000001: must be at most 1000000"),
+    ("evaluate", f"--batch_size={2**31}", f"flag --batch_size={2**31}: must be at most "
+                                          "2147483647"),
+    ("predict", "--gradcam_top_k=16", "flag --gradcam_top_k=16: must be at most 15"),
+    ("prepare", f"--seed={2**32}", f"flag --seed={2**32}: must be at most 4294967295"),
+    ("prepare", "--num_workers=1025", "flag --num_workers=1025: must be at most 1024"),
+    ("synthetic", "--num_images=0", "flag --num_images=0: must be at least 1"),
     ("train", "--synthetic_min_prevalence=1", "flag --synthetic_min_prevalence=1.0: must lie "
                                               "in [0, 1)"),
     ("prepare", "--val_fraction=nan", "flag --val_fraction=nan: must be a finite number"),
     ("prepare", "--num_workers=-1", "flag --num_workers=-1: must be at least 0"),
     ("predict", "--threshold=0", "flag --threshold=0.0: must lie in (0, 1)"),
     ("export", "--threshold=1", "flag --threshold=1.0: must lie in (0, 1)"),
-    ("export", "--max_pixels=0", "flag --max_pixels=0: must lie in [1, 1099511627776]"),
+    ("export", "--max_pixels=0", "flag --max_pixels=0: must be at least 1"),
+    ("export", f"--max_pixels={2**40 + 1}", f"flag --max_pixels={2**40 + 1}: must be at most "
+                                            "1099511627776"),
     ("evaluate", "--views=frontal,oblique", "flag --views=frontal,oblique: must be one of "
                                             "frontal, lateral"),
     ("evaluate", "--views=", "flag --views=: must name at least one of frontal, lateral"),

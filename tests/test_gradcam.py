@@ -39,7 +39,7 @@ def test_gradcam_of_a_linear_model_is_the_image():
     cam = gradcam.GradCam(net)
     heat = cam(image, 0)[0]
     np.testing.assert_allclose(heat, image[0, :, :, 0] / 200.0, atol=1e-6)
-    assert gradcam.peak(heat) == (2, 5)
+    assert gradcam.peak(heat) == (2, 5)  # a unique maximum is itself
     assert not cam(image, 1).any()  # negative evidence only: an empty map, not NaN
 
 
@@ -97,10 +97,19 @@ def test_bbox_hit_rate_tool(kaggle_dir, tmp_path, capsys, make_run_dir):
     assert gradcam_bbox.main([f"--model_dir={run}", f"--bbox_csv={tmp_path / 'BBox_List_2017.csv'}",
                               f"--data_dir={kaggle_dir}", f"--overlay_dir={tmp_path / 'ov'}"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (result["boxes"], result["hits"]) == (3, 2)
+    # The untrained model has no positive evidence for Infiltration on the second film: its
+    # map is all zero and points nowhere, so the whole-film box is not scored (it used to be
+    # a hit at pixel (0, 0)).
+    assert not gradcam.GradCam(loaded)(
+        images.resize(images.pad_to_square(images.decode_any(
+            files[1].read_bytes(), files[1].name)[0])[0], 64)[None, :, :, None],
+        labels.LABELS.index("Infiltration")).any()
+    assert (result["boxes"], result["hits"]) == (2, 1)
     assert result["per_label"] == {
-        "Effusion": {"boxes": 2, "hits": 1, "hit_rate": 0.5},
-        "Infiltration": {"boxes": 1, "hits": 1, "hit_rate": 1.0},
+        "Effusion": {"boxes": 2, "hits": 1, "hit_rate": 0.5, "flat_maps": 0},
+        "Infiltration": {"boxes": 0, "hits": 0, "hit_rate": None, "flat_maps": 1},
     }
     assert result["missing"] == ["99999999_000.png"]
-    assert len(list((tmp_path / "ov").glob("*.png"))) == 3
+    assert sorted(p.name for p in (tmp_path / "ov").glob("*.png")) == [
+        f"{files[0].stem}_Effusion_hit.png", f"{files[0].stem}_Effusion_miss.png",
+        f"{files[1].stem}_Infiltration_flat.png"]

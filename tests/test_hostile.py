@@ -1,12 +1,17 @@
-"""Issue 10's hostile inputs: the PIL path (prepare, predict) and the serving graph accept and
-refuse the same bytes, and neither spends more than 600 MB on any of them."""
+"""Hostile and damaged inputs: the PIL path (prepare, predict) and the serving graph accept and
+refuse the same bytes (issue 10's attacks, issue 17's damaged PNGs and EXIF orientation), and
+neither spends more than 600 MB on any of them."""
+
+import io
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from cxr_tf.data import image_header, images
 from cxr_tf.serving import graph
+from cxr_tf.testing import image_bytes
 from cxr_tf.testing.image_bytes import chunk, encode, insert_after_ihdr, png_from
 from tools import measure_hostile
 
@@ -24,7 +29,28 @@ def parity_cases():
     rows = {name: files[0] for name, files in measure_hostile.hostile_inputs(full=False).items()}
     # Past 1,024 chunks serving stops walking them and leaves truncation to libpng.
     many = good[:33] + chunk(b"prVt", b"") * 1500 + good[33:]
+    stream = image_bytes.idat_stream(good)
+    palette = encode(Image.fromarray(film).convert("P"))
+    plte = next(palette[a:b] for kind, a, b in image_bytes.chunk_spans(palette)
+                if kind == b"PLTE")
     return {
+        # Issue 17: the four corrupted PNGs the two paths disagreed on (the rule they now share
+        # is libpng's: cxr_tf.data.png_chunks), and their neighbours.
+        "text_chunk_bad_crc.png": image_bytes.with_bad_crc(
+            insert_after_ihdr(good, b"tEXt", b"Comment\0film"), b"tEXt"),
+        "idat_bad_crc.png": image_bytes.with_bad_crc(good, b"IDAT"),
+        "unknown_critical_chunk.png": insert_after_ihdr(good, b"XYZW", b"ab"),
+        "bad_zlib_checksum.png": image_bytes.with_idat(good, stream[:-1] + bytes([stream[-1] ^ 1])),
+        "zlib_without_checksum.png": image_bytes.with_idat(good, stream[:-4]),
+        "iend_bad_crc.png": image_bytes.with_bad_crc(good, b"IEND"),
+        "sbit_bad_crc.png": image_bytes.with_bad_crc(
+            insert_after_ihdr(encode(np.array([[0, 500, 1000]], np.uint16)), b"sBIT", b"\x10"),
+            b"sBIT"),
+        "gama_bad_length.png": insert_after_ihdr(good, b"gAMA", b"\0\0"),
+        "palette_without_plte.png": palette.replace(plte, b""),
+        "second_ihdr.png": insert_after_ihdr(good, b"IHDR", good[16:29]),
+        "chunk_type_not_letters.png": insert_after_ihdr(good, b"ab1d", b""),
+        "no_idat.png": good[:33] + chunk(b"IEND", b""),
         **rows,
         "good.png": good,
         "good.jpg": jpeg,
@@ -61,9 +87,19 @@ def test_pil_and_serving_accept_and_refuse_the_same_bytes():
         if pil is not None:
             np.testing.assert_array_equal(served, pil, err_msg=name)
             accepted.append(name)
-    assert accepted == ["good.png", "good.jpg", "trailing_after_iend.png", "sbit_after_idat.png",
+    assert accepted == ["text_chunk_bad_crc.png", "sbit_bad_crc.png", "gama_bad_length.png",
+                        "good.png", "good.jpg", "trailing_after_iend.png", "sbit_after_idat.png",
                         "sbit_before_idat.png", "more_rows_than_declared.png",
                         "trailing_after_eoi.jpg", "many_chunks.png"]
+
+
+@pytest.mark.slow
+def test_damaged_pngs_are_accepted_and_refused_alike_by_both_paths():
+    """tools/png_parity.py: one byte changed at random in six kinds of PNG (every other copy
+    with its CRC made right again), through both paths (docs/RELIABILITY.md has a long run)."""
+    from tools import png_parity
+
+    assert png_parity.main(["--mutants=12", "--seed=1"]) == 0
 
 
 def test_an_image_that_ends_early_is_never_black_rows_in_the_training_set():
@@ -121,3 +157,22 @@ def test_prepare_passes_max_pixels_to_its_decode_workers(tmp_path):
     assert parallel_decode.decode_file("x", str(path), 16, max_pixels=400).skip_reason is None
     assert builder.make_config(16, max_pixels=400).name == "16_maxpx400"  # 16² fits 400
     assert builder.make_config(64).max_pixels == image_header.MAX_PIXELS
+
+
+def test_exif_orientation_is_ignored_alike_by_both_paths():
+    """A JPEG (or PNG eXIf chunk) saying "rotate 90°" is decoded as stored, by prepare and
+    predict and by the SavedModel: the training films carry no orientation tag, so the model
+    learnt stored pixels (docs/RELIABILITY.md says why it is not applied)."""
+    film = np.random.default_rng(3).integers(0, 256, (24, 40), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image is to be rotated 90° clockwise
+    tagged = encode(film, "JPEG", quality=95, exif=exif.tobytes())
+    plain = encode(film, "JPEG", quality=95)
+    assert Image.open(io.BytesIO(tagged)).getexif()[0x0112] == 6
+    png_tagged = encode(film, "PNG", exif=exif.tobytes())
+    assert b"eXIf" in png_tagged
+    for data, stored in ((tagged, plain), (png_tagged, encode(film))):
+        expected = images.decode_any(stored, "plain")[0]
+        assert expected.shape == (24, 40)
+        np.testing.assert_array_equal(images.decode_any(data, "tagged")[0], expected)
+        np.testing.assert_array_equal(graph.decode_gray(tf.constant(data), 0).numpy(), expected)

@@ -4,6 +4,7 @@ pad/resize, and the PIL-vs-TF resize parity that train/serve agreement rests on.
 import io
 import pickle
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -220,6 +221,87 @@ def test_trailing_bytes_after_iend_are_ignored_and_sbit_after_idat_too():
     assert images.decode_any(late, "x.png")[0].tolist() == [[0, 62, 255]]
 
 
+# ---- the PNG rules (cxr_tf.data.png_chunks): libpng's, which the SavedModel decodes with
+
+
+def test_a_wrong_crc_refuses_a_critical_chunk_and_is_ignored_on_an_ancillary_one():
+    data = png(ramp())
+    for kind in (b"IHDR", b"IDAT", b"IEND"):
+        raises(image_bytes.with_bad_crc(data, kind), "undecodable",
+               f"x.png: PNG {kind.decode()} chunk corrupt (CRC mismatch)")
+    palette = png(Image.fromarray(ramp()).convert("P"))
+    raises(image_bytes.with_bad_crc(palette, b"PLTE"), "undecodable",
+           "x.png: PNG PLTE chunk corrupt (CRC mismatch)")
+    # Issue: PIL refused a tEXt chunk with a wrong CRC that libpng ignores.
+    text = insert_after_ihdr(data, b"tEXt", b"Comment\0film")
+    np.testing.assert_array_equal(
+        images.decode_any(image_bytes.with_bad_crc(text, b"tEXt"), "x.png")[0], ramp())
+    # Ancillary content never decides (PIL refuses a 2-byte gAMA, libpng warns).
+    np.testing.assert_array_equal(
+        images.decode_any(insert_after_ihdr(data, b"gAMA", b"\0\0"), "x.png")[0], ramp())
+
+
+def test_an_sbit_with_a_wrong_crc_is_not_read():
+    values = png(Image.fromarray(np.array([[0, 500, 1000]], np.uint16)))
+    sbit = insert_after_ihdr(values, b"sBIT", b"\x10")  # 16 bits: 1000 -> 4
+    assert images.decode_any(sbit, "x.png")[0].tolist() == [[0, 2, 4]]
+    # Without it, 1000 fits 10 bits: 1000 -> 249.
+    assert images.decode_any(image_bytes.with_bad_crc(sbit, b"sBIT"),
+                             "x.png")[0].tolist() == [[0, 125, 249]]
+
+
+def test_chunk_names_and_order_follow_the_png_standard():
+    data = png(ramp())
+    raises(insert_after_ihdr(data, b"XYZW", b""), "undecodable",  # issue: PIL accepted it
+           "x.png: PNG has an unknown critical chunk XYZW (a decoder must not guess what it "
+           "means)")
+    np.testing.assert_array_equal(
+        images.decode_any(insert_after_ihdr(data, b"xyZW", b""), "x.png")[0], ramp())
+    raises(insert_after_ihdr(data, b"ab1d", b""), "undecodable",
+           "x.png: PNG chunk type 61 62 31 64 at byte 33 is not four letters (corrupt file)")
+    raises(insert_after_ihdr(data, b"IHDR", data[16:29]), "undecodable",
+           "x.png: PNG has a second IHDR chunk")
+    raises(data[:33] + chunk(b"IEND", b""), "undecodable",
+           "x.png: PNG has no IDAT chunk (no pixel data)")
+    palette = png(Image.fromarray(ramp()).convert("P"))
+    spans = {kind: (start, end) for kind, start, end in image_bytes.chunk_spans(palette)}
+    plte = palette[slice(*spans[b"PLTE"])]
+    without = palette.replace(plte, b"")
+    raises(without, "undecodable", "x.png: PNG palette image without a PLTE chunk")
+    raises(without[:-12] + plte + without[-12:], "undecodable",
+           "x.png: PNG palette image without a PLTE chunk")
+    raises(insert_after_ihdr(palette, b"PLTE", plte[8:-4]), "undecodable",
+           "x.png: PNG has a second PLTE chunk")
+    stream = image_bytes.idat_stream(data)
+    split = (chunk(b"IDAT", stream[:20]) + chunk(b"tEXt", b"a\0b") +
+             chunk(b"IDAT", stream[20:]))
+    [(start, end)] = [(a, b) for kind, a, b in image_bytes.chunk_spans(data) if kind == b"IDAT"]
+    raises(data[:start] + split + data[end:], "undecodable",
+           "x.png: PNG IDAT chunks are not consecutive (a tEXt chunk between them)")
+
+
+def test_the_zlib_stream_ends_with_its_checksum_after_the_rows():
+    image = ramp()
+    data = png(image)
+    stream = image_bytes.idat_stream(data)
+    # Issue: a wrong Adler-32 or a stream cut before it was accepted by PIL, refused by libpng.
+    raises(image_bytes.with_idat(data, stream[:-1] + bytes([stream[-1] ^ 1])), "undecodable",
+           "x.png: PNG pixel data corrupt (zlib checksum mismatch)")
+    raises(image_bytes.with_idat(data, stream[:-4]), "undecodable",
+           "x.png: PNG pixel data does not end (its zlib stream stops before its checksum)")
+    raises(image_bytes.with_idat(data, b"\x78\x9d" + stream[2:]), "undecodable",
+           "x.png: PNG pixel data corrupt (zlib header 78 9d)")
+    # Rows past the image's: inflated to find the stream's end, their checksum not read,
+    # as by libpng (tests/test_hostile.py holds serving to the same).
+    raw = b"".join(b"\0" + row.tobytes() for row in image) * 2
+    extra = zlib.compress(raw)
+    for body in (extra, extra[:-1] + bytes([extra[-1] ^ 1])):
+        np.testing.assert_array_equal(
+            images.decode_any(image_bytes.with_idat(data, body), "x.png")[0], image)
+    raises(image_bytes.with_idat(data, extra[:-4]), "undecodable",
+           "x.png: PNG pixel data does not end (its zlib stream stops before its checksum)")
+
+
 # ---- conversions
 
 
@@ -327,6 +409,38 @@ def test_dicom_monochrome2_applies_rescale_then_window():
     gray, conversions = images.decode_any(data, "x.dcm")
     assert conversions == ["dicom"]
     np.testing.assert_array_equal(gray, WINDOWED)
+
+
+def test_dicom_without_its_preamble_is_read_when_pydicom_finds_an_image_in_it():
+    # Issue: a DICOM without its 128-byte preamble was refused, though pydicom's forced read
+    # parses it. Without the preamble and "DICM" (a bare dataset: here its file meta group,
+    # then the rest), and without the preamble only: both decode as the whole file does.
+    data = dicom(STORED, "MONOCHROME2", slope=2, intercept=-1024, window=(40.5, 401))
+    assert data[128:132] == b"DICM"
+    for stripped in (data[132:], data[128:]):
+        gray, conversions = images.decode_any(stripped, "x.dcm")
+        assert conversions == ["dicom"]
+        np.testing.assert_array_equal(gray, WINDOWED)
+    # The dataset alone, no file meta either (implicit VR little endian, as old PACS write).
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.file_meta
+    ds.preamble = None
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True)
+    assert buffer.getvalue()[:4] == b"\x08\x00\x16\x00"  # (0008,0016), no preamble
+    np.testing.assert_array_equal(images.decode_any(buffer.getvalue(), "x.dcm")[0], WINDOWED)
+    # A forced read finds no image in text or noise: they stay "not an image", with no warning.
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for other in (b"Patient notes: nothing to see\n" * 40, rng.bytes(4000),
+                      data[132:400]):
+            with pytest.raises(ImageError, match=r"^x.dcm: not a PNG, JPEG or DICOM file"):
+                images.decode_any(other, "x.dcm")
 
 
 def test_dicom_monochrome1_is_inverted():

@@ -63,3 +63,39 @@ def test_other_unknown_labels_raise(text, bad):
     with pytest.raises(labels.UnknownLabelError) as info:
         labels.to_multi_hot(text)
     assert info.value.label == bad
+
+
+def spellings(name):
+    """The variants a careless CSV might hold: case, underscores and spaces swapped or gone."""
+    forms = {name.lower(), name.upper(), name.swapcase(), name.capitalize(), name.title(),
+             name.replace("_", " "), name.replace("_", ""), name.replace(" ", "_"),
+             name.replace(" ", ""), name[:1] + name[1:].lower(), name + "s"}
+    if "_" in name:
+        first, second = name.split("_")
+        forms |= {f"{first}_{second.lower()}", f"{first.lower()}_{second}",
+                  f"{second}_{first}"}
+    return forms - {name}
+
+
+def test_the_vocabulary_is_exactly_the_14_findings_and_no_finding():
+    """Issue 23: an alias (Pleural_thickening -> Pleural_Thickening) passed the suite, which
+    pinned "never guess a label" by one misspelling. Every case and underscore variant of
+    every name is refused with the documented error; only the names themselves are taken."""
+    accepted = set()
+    for name in (*labels.LABELS, labels.NO_FINDING):
+        found = labels.parse_findings(name)
+        assert found == ([] if name == labels.NO_FINDING else [name])
+        accepted.add(name)
+        for variant in sorted(spellings(name)):
+            with pytest.raises(labels.UnknownLabelError) as info:
+                labels.parse_findings(variant)
+            assert info.value.label == variant
+            assert str(info.value) == (f"unknown label {variant!r} in Finding Labels "
+                                       f"{variant!r}; " + _EXPECTED_TAIL)
+            with pytest.raises(labels.UnknownLabelError):
+                labels.to_multi_hot(f"Effusion|{variant}")
+    assert accepted == set(labels.LABELS) | {labels.NO_FINDING}
+    assert "Pleural_thickening" in spellings("Pleural_Thickening")
+    assert "Infiltrate" not in labels.LABELS  # NIH's box list spelling: mapped there, not here
+    with pytest.raises(labels.UnknownLabelError):
+        labels.parse_findings("Infiltrate")

@@ -76,6 +76,17 @@ def test_dicom_made_from_a_png_gives_the_png_probabilities(folder, models):
         np.testing.assert_allclose(p, probs[name], atol=1e-5)
 
 
+def test_dicom_without_its_preamble_predicts_as_the_whole_file(folder, models, tmp_path):
+    run_dir, _ = models
+    whole = (folder / "dicom" / "m2.dcm").read_bytes()
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(whole[132:])  # no 128-byte preamble, no "DICM"
+    rows, failures, _ = predictor.predict_files(predictor.Predictor(str(run_dir)),
+                                              [str(folder / "a.png"), str(bare)])
+    assert failures == []
+    np.testing.assert_allclose(rows[1]["probabilities"], rows[0]["probabilities"], atol=1e-6)
+
+
 def test_monochrome1_without_inversion_would_differ(folder, models):
     # The same stored pixels labelled MONOCHROME2 are the negative film: other probabilities.
     run_dir, _ = models
@@ -108,6 +119,19 @@ def test_mixed_folder_with_one_broken_file(folder, models, tmp_path):
         probs = np.array([float(row[name]) for name in labels.LABELS])
         expected = [n for n, p in zip(labels.LABELS, probs) if p >= 0.5]
         assert row["positive_labels"] == ("|".join(expected) or labels.NO_FINDING)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_predicting(folder, models,
+                                                                       tmp_path):
+    # Issue: an unwritable --output was found only after every file was predicted.
+    run_dir, _ = models
+    out = tmp_path / "no_such_folder" / "preds.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.predict", f"--model={run_dir}", str(folder),
+         f"--output={out}"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"error: {out}: cannot be written (No such file or "
+                                        "directory)"]
 
 
 def test_json_output_and_no_finding_label(folder, models):

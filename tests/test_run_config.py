@@ -59,8 +59,8 @@ def test_frozen_and_replace_checks_again():
     ({"image_size": 16}, "image_size must be at least 32; received image_size=16"),
     ({"image_size": 64.0}, "image_size must be an integer; received image_size=64.0"),
     ({"batch_size": 0}, "batch_size must be at least 1; received batch_size=0"),
-    ({"val_fraction": 0.95}, "val_fraction must lie in [0.0, 0.9]; received val_fraction=0.95"),
-    ({"val_fraction": -0.1}, "val_fraction must lie in [0.0, 0.9]; received val_fraction=-0.1"),
+    ({"val_fraction": 0.95}, "val_fraction must be at most 0.9; received val_fraction=0.95"),
+    ({"val_fraction": -0.1}, "val_fraction must be at least 0.0; received val_fraction=-0.1"),
     ({"weight_decay": -1e-4}, "weight_decay must be at least 0.0; received "
                               "weight_decay=-0.0001"),
     ({"warmup_epochs": float("inf")}, "warmup_epochs must be a finite number; received "

@@ -7,7 +7,8 @@ columns `Image Index`, `Finding Label`, then `Bbox [x`, `y`, `w`, `h]` in pixels
 file. A thin wrapper over `cxr_tf.evaluation.runner.pointing_game`, the code behind
 `python -m cxr_tf.evaluate --bbox_csv=...`: every image is preprocessed as in training, its
 box goes through the same pad-and-resize, Grad-CAM (cxr_tf.evaluation.gradcam, last
-convolutional stage) is computed for the box's finding, and a hit is a maximum inside the box.
+convolutional stage) is computed for the box's finding, and a hit is a maximum (the centre of
+its tied region) inside the box; a map that is all zero or constant is counted, not scored.
 The file spells Infiltration "Infiltrate"; that is mapped. Beyond evaluate's section, the
 tool writes one overlay per box (--overlay_dir) and prints per-finding totals as JSON.
 
@@ -23,7 +24,7 @@ Flags:
     --bootstrap     patient-level bootstrap replicates for the hit rates' 95 % CI (default 1000).
 
 Prints a per-finding table, then one JSON line: boxes, hits, hit_rate, per_label, missing, and
-`localization` (the evaluate report's section: CIs, chance rates).
+`localization` (the evaluate report's section: CIs, chance rates, maps that point nowhere).
 """
 
 import argparse
@@ -39,7 +40,7 @@ def summarize(section, missing):
     overall = section["overall"] or {"boxes": 0, "hits": 0, "hit_rate": None}
     return {
         "boxes": overall["boxes"], "hits": overall["hits"], "hit_rate": overall["hit_rate"],
-        "per_label": {label: {k: r[k] for k in ("boxes", "hits", "hit_rate")}
+        "per_label": {label: {k: r[k] for k in ("boxes", "hits", "hit_rate", "flat_maps")}
                       for label, r in sorted(section["per_finding"].items())},
         "missing": missing, "localization": section,
     }
@@ -56,24 +57,30 @@ def main(argv=None):
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    from cxr_tf.evaluation import localization, runner
+    from cxr_tf.evaluation import box_list, runner
     from cxr_tf.evaluation.inputs import Bootstrap
     from cxr_tf.runs import checkpoints
 
-    box_list = localization.find_boxes(args.bbox_csv, args.data_dir)
+    boxes = box_list.find_boxes(args.bbox_csv, args.data_dir)
     model = checkpoints.load_model(args.model_dir, args.checkpoint)
-    section, _ = runner.pointing_game(model, box_list, batch_size=args.batch_size,
+    section, _ = runner.pointing_game(model, boxes, batch_size=args.batch_size,
                                       bootstrap=Bootstrap(args.bootstrap),
                                       overlay_dir=args.overlay_dir)
-    missing = sorted({b.image_id for b in box_list.boxes if b.image_id not in box_list.paths})
+    missing = sorted({b.image_id for b in boxes.boxes if b.image_id not in boxes.paths})
     summary = {"model_dir": args.model_dir, "checkpoint": args.checkpoint,
                **summarize(section, missing)}
-    print(f"{'finding':<16} {'boxes':>6} {'hits':>6} {'rate':>6}  {'95% CI':<15} {'chance':>6}")
+    print(f"{'finding':<16} {'boxes':>6} {'hits':>6} {'rate':>6}  {'95% CI':<15} {'chance':>6} "
+          f"{'flat maps':>9}")
     for label, r in section["per_finding"].items():
         ci = (f"[{r['hit_rate_ci_low']:.3f}, {r['hit_rate_ci_high']:.3f}]"
               if r["hit_rate_ci_low"] is not None else "")
-        print(f"{label:<16} {r['boxes']:>6} {r['hits']:>6} {r['hit_rate']:>6.3f}  {ci:<15} "
-              f"{r['chance']:>6.3f}")
+        rate, chance = (("n/a", "n/a") if r["hit_rate"] is None else
+                        (f"{r['hit_rate']:.3f}", f"{r['chance']:.3f}"))
+        print(f"{label:<16} {r['boxes']:>6} {r['hits']:>6} {rate:>6}  {ci:<15} {chance:>6} "
+              f"{r['flat_maps']:>9}")
+    if section["flat_maps"]:
+        print(f"{section['flat_maps']} maps point nowhere (all zero or constant): their "
+              f"{section['boxes_on_flat_maps']} boxes are not scored")
     if section["images_missing"]:
         print(f"{section['images_missing']} images of the box list not found under "
               f"{args.data_dir}")

@@ -18,6 +18,7 @@ over blocks of rows, so it costs megabytes rather than 8 bytes a pixel.
 
 import io
 import struct
+import warnings
 import zlib
 from collections.abc import Sequence
 
@@ -64,12 +65,42 @@ def decode(data, name, *, max_pixels=image_header.MAX_PIXELS):
     return gray, conversions
 
 
+def without_preamble(data):
+    """`data` readable as DICOM when it is a DICOM dataset without the 128-byte preamble,
+    else None.
+
+    A Part 10 file starts with a 128-byte preamble and "DICM" (`image_header.image_format`).
+    Some exporters drop the preamble, keeping "DICM" (given back with a zero preamble) or not
+    (a bare dataset, which `decode` reads as pydicom's forced read does). Bytes are taken for
+    a bare dataset only when that forced read finds an image in them (Rows, Columns,
+    BitsAllocated), so a text file or noise is still "not an image".
+    """
+    import pydicom
+
+    data = bytes(data)
+    if data.startswith(image_header.DICOM_MAGIC):
+        return bytes(image_header.DICOM_MAGIC_AT) + data
+    try:
+        with warnings.catch_warnings():  # a forced read of noise warns about every element
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+            found = all(isinstance(ds.get(k), int) for k in ("Rows", "Columns",
+                                                              "BitsAllocated"))
+    except Exception:  # noqa: BLE001 - whatever a forced read of other bytes raises: not DICOM
+        return None
+    return data if found else None
+
+
 def _read(data, name, max_pixels):
     import pydicom
 
+    # Without "DICM" at 128 only a bare dataset reaches here (`without_preamble`).
+    force = image_header.image_format(data) != "DICOM"
     try:
-        _check_deflated(data, name, max_pixels)
-        ds = pydicom.dcmread(io.BytesIO(data))
+        _check_deflated(data, name, max_pixels, force)
+        ds = pydicom.dcmread(io.BytesIO(data), force=force)
+        if force:
+            _set_syntax_from_encoding(ds)
         # pydicom converts each element on first access, where a bad value (an unknown VR,
         # bytes that are no number) raises anything: convert them all here, once.
         ds.walk(lambda *_: None)
@@ -81,20 +112,38 @@ def _read(data, name, max_pixels):
                          f"DICOM header undecodable ({_reason(e)})") from e
 
 
+def _set_syntax_from_encoding(ds):
+    """A bare dataset has no file meta to name its transfer syntax, which pydicom needs to
+    decode pixels: the encoding its forced read found (implicit or explicit VR, byte order)
+    names an uncompressed one. Compressed pixel data then fails to decode, with its reason."""
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in ds.file_meta:
+        return
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = (uid.ImplicitVRLittleEndian if implicit else
+                                      uid.ExplicitVRLittleEndian if little else
+                                      uid.ExplicitVRBigEndian)
+
+
 def _reason(error):
     """pydicom's message, first line only: its tag wrapper appends a whole traceback."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 
 
-def _check_deflated(data, name, max_pixels):
+def _check_deflated(data, name, max_pixels, force=False):
     """A deflated dataset is inflated whole by pydicom: measure it first, in slices."""
     from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.uid import UID
 
     fp = io.BytesIO(data)
-    read_preamble(fp, False)
-    if not UID(_read_file_meta_info(fp).get("TransferSyntaxUID", "")).is_deflated:
+    read_preamble(fp, force)
+    syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
+    if not syntax or not UID(syntax).is_deflated:  # a bare dataset has no file meta
         return
     inflater, part, total, limit = zlib.decompressobj(-zlib.MAX_WBITS), data[fp.tell():], 0, \
         image_header.max_file_bytes(max_pixels)

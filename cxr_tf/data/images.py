@@ -7,7 +7,9 @@ failure is an `ImageError` that names the file and the reason; nothing here know
 Memory is bounded before any pixel is decoded: the header is parsed and checked against
 `max_pixels` (`cxr_tf.data.image_header`: the limit, the magic bytes and the error type live
 there, shared with `dicom` and the SavedModel's header checks), and a PNG's chunks and pixel
-data are measured before PIL decodes them.
+data are measured before PIL decodes them. Which damaged PNGs are accepted is decided once, by
+libpng's rules, for this path and the SavedModel alike (`cxr_tf.data.png_chunks`). EXIF
+orientation is not applied, here or in the SavedModel (docs/RELIABILITY.md).
 
 The exported SavedModel repeats `preprocess` inside the TF graph (`cxr_tf/serving/graph.py`),
 accepting and refusing the same bytes, so `resize` must stay numerically close to that
@@ -17,15 +19,13 @@ the bound.
 
 import io
 import struct
-import zlib
 
 import numpy as np
 from PIL import Image
 
-from cxr_tf.data import dicom
+from cxr_tf.data import dicom, png_chunks
 from cxr_tf.data.image_header import (
     MAX_PIXELS,
-    PNG_COLOUR,
     ImageError,
     check_size,
     image_format,
@@ -34,68 +34,7 @@ from cxr_tf.data.image_header import (
     starts_with,
 )
 
-# Adam7 interlacing: (first column, first row, column step, row step) of each pass.
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
-          (0, 1, 1, 2))
 _COLOUR_MODES = {"RGB": "rgb", "CMYK": "rgb", "YCbCr": "rgb", "RGBA": "rgba", "LA": "rgba"}
-
-
-def _png_chunks(name, data):
-    """Walks the chunk headers (no CRC or zlib work): returns (sBIT value or None, the IDAT
-    chunks' data). Trailing bytes after IEND are ignored, by this walk and by the SavedModel's.
-
-    PIL decodes lazily and may accept a file that ends early, so truncation is found here, from
-    the chunk lengths, with the byte counts a user can compare against the file on disk.
-    """
-    pos, sbit, idat = 8, None, []
-    view = memoryview(data)
-    while True:
-        if pos + 8 > len(data):
-            raise ImageError(
-                name, "undecodable", f"PNG truncated (read {len(data):,} bytes, no IEND chunk)"
-            )
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        end = pos + 12 + length
-        if end > len(data):
-            raise ImageError(
-                name, "undecodable",
-                f"PNG truncated (read {len(data):,} of at least {end:,} bytes)",
-            )
-        if kind == b"sBIT" and length >= 1 and sbit is None and not idat:  # before IDAT only
-            sbit = data[pos + 8]
-        elif kind == b"IDAT":
-            idat.append(view[pos + 8:end - 4])
-        elif kind == b"IEND":
-            return sbit, idat
-        pos = end
-
-
-def _png_raw_size(width, height, depth, colour, interlace):
-    """Bytes the IDAT stream must inflate to: filter byte + packed samples, row by row, for
-    the whole image or for each of the seven Adam7 passes."""
-    bits = depth * PNG_COLOUR[colour][0]
-    passes = [(width, height)] if not interlace else [
-        ((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7]
-    return sum(rows * (1 + (cols * bits + 7) // 8) for cols, rows in passes if cols and rows)
-
-
-def _check_png_pixel_data(name, idat, expected):
-    """Pixel data that ends early is refused, as TensorFlow's decoder refuses it: PIL fills
-    the missing rows with black, which would put a mostly black film into the training set.
-    Inflated in slices and discarded (bounded memory, ~1 ms per 1024² film)."""
-    inflater, total = zlib.decompressobj(), 0
-    try:
-        for part in idat:
-            while part and total < expected:
-                total += len(inflater.decompress(part, 1 << 22))
-                part = inflater.unconsumed_tail
-        if total < expected:
-            total += len(inflater.flush())
-    except zlib.error as e:
-        raise ImageError(name, "undecodable", f"PNG pixel data corrupt ({e})") from e
-    if total < expected:
-        raise ImageError(name, "undecodable", f"PNG pixel data ends early (inflates to "
-                         f"{total:,} of {expected:,} bytes)")
 
 
 def _scale_16bit(array, sbit):
@@ -149,9 +88,9 @@ def decode_gray(data, name, *, drop_rgba=False, max_pixels=MAX_PIXELS):
     header = read_header(data, name)
     check_size(name, header, max_pixels)
     fmt, sbit = image_format(data), None
-    if fmt == "PNG":
-        sbit, idat = _png_chunks(name, data)
-        _check_png_pixel_data(name, idat, _png_raw_size(*png_ihdr(data, name)))
+    if fmt == "PNG":  # the rules libpng (the SavedModel's decoder) applies: png_chunks
+        sbit, idat, data = png_chunks.walk(name, data)
+        png_chunks.check_pixel_data(name, idat, png_chunks.raw_size(*png_ihdr(data, name)))
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as img:
             if img.size != header[:2]:  # PIL's JPEG parser keeps the last of several SOFs
@@ -177,13 +116,17 @@ def decode_dicom(data, name, *, max_pixels=MAX_PIXELS):
 
 
 def decode_any(data, name, *, drop_rgba=False, max_pixels=MAX_PIXELS):
-    """Dispatches on the magic bytes (PNG signature, JPEG SOI, "DICM" at offset 128)."""
+    """Dispatches on the magic bytes (PNG signature, JPEG SOI, "DICM" at offset 128); other
+    bytes are read as DICOM when they are a dataset without its preamble
+    (`dicom.without_preamble`)."""
     data = bytes(data)
     if not data:
         raise ImageError(name, "undecodable", "empty file (0 bytes)")
     fmt = image_format(data)
     if fmt == "DICOM":
         return decode_dicom(data, name, max_pixels=max_pixels)
+    if fmt is None and (part10 := dicom.without_preamble(data)) is not None:
+        return decode_dicom(part10, name, max_pixels=max_pixels)
     if fmt is None:
         raise ImageError(
             name, "undecodable", f"not a PNG, JPEG or DICOM file (starts with "

@@ -12,6 +12,9 @@ from cxr_tf import options, schema
 # "raw": the S×S×1 uint8 pixels as bytes (S² bytes; nothing to decode when training);
 # "png": PNG level 1 (about half the disk on the synthetic set; a decode per image per epoch).
 IMAGE_ENCODINGS = ("raw", "png")
+# Each decode worker is a spawned Python process (~100 MB): beyond the machine's cores more
+# only cost memory, and no machine prepare runs on has 1,024 cores.
+MAX_WORKERS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,8 @@ class PrepareConfig:
     strict: bool = schema.option(False, "Fail on the first unknown label instead of skipping "
                                         "the row.")
     num_workers: int | None = schema.option(
-        None, "Decode processes (default: all cores; 0: decode in this process).", lower=0)
+        None, "Decode processes (default: all cores; 0: decode in this process).", lower=0,
+        upper=MAX_WORKERS)
     max_pixels: int = options.max_pixels()
     overwrite: bool = options.overwrite(
         "Rebuild the prepared dataset even if it exists (for a source whose CSV or lists "

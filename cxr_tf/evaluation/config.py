@@ -22,6 +22,9 @@ DATASETS = ("nih", "chexpert")
 TUNING_METHODS = ("f1", "youden")  # metrics.tune_thresholds
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")  # external.apply_policy
 VIEWS = ("frontal", "lateral")  # data.chexpert.VIEWS (which imports TensorFlow)
+# The resamples' AUCs are held as replicates × findings float64s (8 MB per 100,000 for 14
+# findings); a percentile interval's Monte Carlo error is already ~0.001 at 10,000.
+MAX_BOOTSTRAP = 1_000_000
 
 
 class ArgumentsError(errors.UserError, ValueError):
@@ -64,7 +67,7 @@ class EvalConfig:
         "Prepared TFDS dir or Kaggle folder (default: the run's config.json data_dir).")
     checkpoint: str = options.checkpoint()
     bootstrap: int = option(1000, "Patient-level bootstrap replicates for the AUC 95% CI "
-                            "(0: none).", lower=0)
+                            "(0: none).", lower=0, upper=MAX_BOOTSTRAP)
     tune_thresholds: str | None = option(
         None, "Tune per-class thresholds on the VALIDATION split (whatever --split says) and "
         "write RUN/thresholds.json.", choices=TUNING_METHODS)

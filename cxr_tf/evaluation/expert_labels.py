@@ -2,32 +2,27 @@
 the mapping from our 14 outputs to their four findings, and the report section.
 
 Google re-read 4,376 NIH images (1,962 of the official test list, 2,414 of train_val) with
-three radiologists per image and adjudication, for four findings, each YES or NO. Two file
-shapes are read, by header name (docs/DATA.md):
-  * Google's `four_findings_expert_labels/{validation,test}_labels.csv`: NIH's metadata columns
-    (`Image Index`, `Patient ID`, ...) plus the four findings; the split is in the file name.
-  * torchxrayvision's `google2019_nih-chest-xray-labels.csv.gz`: both files in one, with a
-    `Set Id` column (`val`, `test`).
+three radiologists per image and adjudication, for four findings, each YES or NO; both file
+shapes are read by `expert_file`.
 
 The section scores the run against these labels and, on the same images, against NIH's own
 labels mapped the same way: the difference is the label-noise gap. Thresholds are the run's
-(configured, and tuned on NIH validation labels); nothing is fitted on expert labels.
+(configured, and tuned on NIH validation labels); nothing is fitted on expert labels. It
+says what it could not score: the file's rows per set, how many lie in the evaluated split,
+and why the others were skipped (`coverage`); the intervals resample patients, so an AUC needs
+ten positive and ten negative patients, not images.
 """
 
-import os
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
-from cxr_tf.data import metadata
 from cxr_tf.evaluation import inputs, metrics, report_markdown, reporting
+# The section's input, read by expert_file (`expert_labels.read` for callers).
+from cxr_tf.evaluation.expert_file import FINDINGS, read  # noqa: F401
 
 SOURCE = ("Majkowska et al., Chest Radiograph Interpretation with Deep Learning Models, "
           "Radiology 2020, doi:10.1148/radiol.2019191293")
-FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
-_SPLITS = {"val": "validation", "validation": "validation", "test": "test"}
-_VALUES = {"YES": 1, "NO": 0}
 
 
 class Mapping(NamedTuple):
@@ -58,95 +53,6 @@ MAPPING = {
     "Nodule or mass": Mapping(("Nodule", "Mass"),
                               "NIH splits one finding at 3 cm: a nodule is smaller, a mass larger"),
 }
-
-
-def read(path, split=None):
-    """The adjudicated labels of `path` (either shape, .csv or .csv.gz) as a DataFrame.
-
-    Columns: image_id, patient_id, split ("validation" or "test"), and the four FINDINGS as
-    0/1 ints. The split comes from `Set Id`, else from `split`, else from the file name
-    (`validation_labels.csv`, `test_labels.csv`). Google leaves all four findings empty for an
-    image it did not adjudicate: such rows are dropped (`frame.attrs["not_adjudicated"]`).
-    Raises metadata.MetadataError naming the file, line and column of a bad value (or saying
-    the file is not a CSV table).
-    """
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise metadata.MetadataError(f"not a CSV table ({str(e).strip()})", path) from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in ("Image Index", "Patient ID", *FINDINGS) if c not in frame.columns]
-    if missing:
-        raise metadata.MetadataError(
-            f"missing column(s) {missing}; expected Google's four-findings header "
-            f"(Image Index, Patient ID, ..., {', '.join(FINDINGS)}[, Set Id])", path)
-    findings = frame[list(FINDINGS)].apply(lambda column: column.str.strip())
-    unlabelled = (findings == "").all(axis=1)
-    out = pd.DataFrame({
-        "image_id": frame["Image Index"].str.strip(),
-        "patient_id": _patient_ids(frame["Patient ID"], path),
-        "split": _splits(frame, path, split),
-    })
-    for name in FINDINGS:
-        out[name] = _yes_no(findings[name], unlabelled, path, name)
-    _check_image_ids(out, path)  # before dropping rows, so errors give the file's line
-    out = out[~unlabelled.to_numpy()].reset_index(drop=True)
-    out.attrs["not_adjudicated"] = int(unlabelled.sum())
-    return out
-
-
-def _bad(path, rows, column, reason):
-    row = int(rows[0])
-    more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
-    return metadata.MetadataError(f"column '{column}': {reason}{more}", path, row + 2)
-
-
-def _yes_no(values, unlabelled, path, column):
-    codes = values.map(_VALUES)
-    bad = np.flatnonzero(codes.isna().to_numpy() & ~unlabelled.to_numpy())
-    if bad.size:
-        value = values.iloc[bad[0]]
-        hint = ("; HEDGE is a single reader's answer (individual_readers.csv): use the "
-                "adjudicated validation_labels.csv or test_labels.csv"
-                if value.upper() == "HEDGE" else "")
-        raise _bad(path, bad, column, f"{value!r} is not YES or NO{hint}")
-    return codes.fillna(-1).astype(np.int8)
-
-
-def _patient_ids(values, path):
-    ids = pd.to_numeric(values.str.strip(), errors="coerce")
-    bad = np.flatnonzero(ids.isna().to_numpy() | (ids % 1 != 0).to_numpy())
-    if bad.size:
-        raise _bad(path, bad, "Patient ID", f"{values.iloc[bad[0]]!r} is not a patient number")
-    return ids.astype(np.int64)
-
-
-def _splits(frame, path, split):
-    if "Set Id" in frame.columns:
-        values = frame["Set Id"].str.strip()
-        bad = np.flatnonzero(~values.isin(list(_SPLITS)).to_numpy())
-        if bad.size:
-            raise _bad(path, bad, "Set Id", f"{values.iloc[bad[0]]!r} is not val or test")
-        return values.map(_SPLITS)
-    if split is None:
-        name = os.path.basename(path).lower()
-        split = next((s for s in ("validation", "test") if s in name), None)
-    if split not in ("validation", "test"):
-        raise metadata.MetadataError(
-            "no Set Id column, and the file name says neither validation nor test: keep "
-            "Google's name (validation_labels.csv, test_labels.csv) or pass split=", path)
-    return pd.Series(split, index=frame.index)
-
-
-def _check_image_ids(frame, path):
-    bad = np.flatnonzero(~frame["image_id"].str.match(metadata.IMAGE_INDEX_RE).to_numpy())
-    if bad.size:
-        raise _bad(path, bad, "Image Index",
-                   f"{frame['image_id'].iloc[bad[0]]!r} is not an NIH image name")
-    first = frame.drop_duplicates("image_id")
-    if len(first) != len(frame):
-        repeated = frame["image_id"][frame["image_id"].duplicated()].iloc[0]
-        raise metadata.MetadataError(f"image {repeated} is listed more than once", path)
 
 
 def map_scores(probs, label_names):
@@ -181,7 +87,8 @@ def _columns(outputs, label_names):
     return [label_names.index(o) for o in outputs]
 
 
-def evaluate(expert, image_ids, scored, thresholds, bootstrap=inputs.Bootstrap()):
+def evaluate(expert, image_ids, scored, thresholds, bootstrap=inputs.Bootstrap(), *,
+             elsewhere=None):
     """The report section: each expert finding scored against the radiologists and, on the
     same images, against NIH's labels mapped the same way (the label-noise gap).
 
@@ -189,17 +96,21 @@ def evaluate(expert, image_ids, scored, thresholds, bootstrap=inputs.Bootstrap()
         expert: `read`'s DataFrame; only the images in `image_ids` that it lists are used.
         image_ids: the evaluated split's images, one per row of `scored`.
         scored: an `inputs.Scored` of the split: NIH's 0/1 labels, the probabilities and the
-            patient ids.
+            patient ids (without them, counts and intervals are per image).
         thresholds: the run's (`inputs.Thresholds`), as for reporting.build_report.
         bootstrap: patient-level; the gap's interval is paired (the same resamples).
+        elsewhere: {split: image ids} of the dataset's other splits, so that the section can
+            say why each of the file's rows was skipped (in another split, or not in the
+            dataset at all); None: "not in this split" only.
     """
     image_ids = np.asarray(image_ids)
     y_nih, probs = np.asarray(scored.y_true), np.asarray(scored.y_prob)
     label_names = scored.label_names
     rows = np.flatnonzero(np.isin(image_ids, expert["image_id"].to_numpy()))
     labels = expert.set_index("image_id").loc[image_ids[rows]]
-    groups = np.asarray(scored.patient_ids)[rows]
+    groups = None if scored.patient_ids is None else np.asarray(scored.patient_ids)[rows]
     section = _header(expert, labels, groups, bootstrap)
+    section["coverage"] = coverage(expert, image_ids, elsewhere)
     predicted = [f for f, name in enumerate(FINDINGS) if MAPPING[name].outputs]
     y_expert = labels[[FINDINGS[f] for f in predicted]].to_numpy()
     for key, t in thresholds.sets():
@@ -222,16 +133,50 @@ def evaluate(expert, image_ids, scored, thresholds, bootstrap=inputs.Bootstrap()
 def _header(expert, labels, groups, bootstrap):
     """The section before scoring: what the file holds, which images were used, and every
     finding's counts with null figures."""
+    unit = "images" if groups is None else "patients"
     return {
         "source": SOURCE, "rows_in_file": int(len(expert)),
         "not_adjudicated": int(expert.attrs.get("not_adjudicated", 0)),
-        "images": int(len(labels)), "patients": int(len(set(groups.tolist()))),
+        "images": int(len(labels)),
+        "patients": None if groups is None else int(len(set(groups.tolist()))),
         "expert_sets": {k: int(v) for k, v in labels["split"].value_counts().sort_index().items()},
         "method": reporting.interval_method(bootstrap.replicates, groups),
         "min_count": metrics.MIN_CLASS_COUNT,
+        # The interval resamples patients, so an AUC needs enough of them, not of images: ten
+        # positive films of one patient are one resampling unit.
+        "min_count_unit": unit,
         "thresholds": {},
-        "per_finding": {name: _unscored(name, labels[name].to_numpy()) for name in FINDINGS},
+        "per_finding": {name: _unscored(name, labels[name].to_numpy(), groups)
+                        for name in FINDINGS},
     }
+
+
+def coverage(expert, split_ids, elsewhere=None):
+    """Per set of the file (its `test` and `validation`): its rows, how many are in the
+    evaluated split, and why the others were skipped: not adjudicated, in another split of
+    the dataset (by split), or not in the dataset at all.
+
+    `rows` counts every row of the file (`read`'s attrs), the not-adjudicated ones too, so
+    rows = not_adjudicated + in_split + sum(in_other_split) + not_in_dataset.
+    """
+    in_split = np.isin(expert["image_id"].to_numpy(), np.asarray(split_ids))
+    rows_by_set = expert.attrs.get("rows_by_set") or expert["split"].value_counts().to_dict()
+    per_set = {}
+    for name in sorted(rows_by_set):
+        mine = (expert["split"] == name).to_numpy()
+        ids = expert["image_id"].to_numpy()[mine & ~in_split]
+        entry = {"rows": int(rows_by_set[name]),
+                 "not_adjudicated": int(rows_by_set[name] - mine.sum()),
+                 "in_split": int((mine & in_split).sum())}
+        if elsewhere is None:
+            entry["not_in_split"] = int(len(ids))
+        else:
+            found = {split: np.isin(ids, np.asarray(other)) for split, other in elsewhere.items()}
+            entry["in_other_split"] = {split: int(hit.sum()) for split, hit in found.items()}
+            anywhere = np.any(list(found.values()), axis=0) if found else np.zeros(len(ids), bool)
+            entry["not_in_dataset"] = int((~anywhere).sum())
+        per_set[name] = entry
+    return {"unit": "rows of the file (one image each)", "per_set": per_set}
 
 
 def _add_threshold_figures(per_finding, key, threshold, probs, y_expert, predicted,
@@ -249,20 +194,47 @@ def _add_threshold_figures(per_finding, key, threshold, probs, y_expert, predict
             per_finding[name][f"{m}@{key}"] = counts[m][predicted.index(f)] if scored else None
 
 
-def _unscored(name, y):
+def _unscored(name, y, groups):
     """A finding's entry before scoring: counts, the mapping, and nulls (why: the reason)."""
     mapping = MAPPING[name]
     positives = int(y.sum())
     return {
         "outputs": list(mapping.outputs), "mapping": mapping.reason,
         "predicted": bool(mapping.outputs), "positives": positives,
-        "negatives": int(len(y) - positives), "auc": None,
+        "negatives": int(len(y) - positives), **patient_counts(y, groups), "auc": None,
         "auc_not_estimable": (mapping.reason if not mapping.outputs
                               else "no image of this split has expert labels"),
         "auc_ci_low": None, "auc_ci_high": None, "auc_ci_dropped": None,
         "average_precision": None, "nih": None, "label_noise_gap": None,
         "label_noise_gap_ci_low": None, "label_noise_gap_ci_high": None, "agreement": None,
     }
+
+
+def patient_counts(y, groups):
+    """{"positive_patients", "negative_patients"}: patients with a positive image, and with a
+    negative one (a patient with both counts in each); nulls without patient ids."""
+    if groups is None:
+        return {"positive_patients": None, "negative_patients": None}
+    y, groups = np.asarray(y).astype(bool), np.asarray(groups)
+    return {"positive_patients": int(len(set(groups[y].tolist()))),
+            "negative_patients": int(len(set(groups[~y].tolist())))}
+
+
+def _patient_rule(entry, y, groups):
+    """Adds the patient counts to an AUC entry and withdraws its AUC when, the interval being
+    patient-level, fewer than MIN_CLASS_COUNT patients are positive or negative."""
+    entry.update(patient_counts(y, groups))
+    if groups is None or entry["auc"] is None:
+        return entry
+    minimum = metrics.MIN_CLASS_COUNT
+    short = [f"{n} {word} patient{'' if n == 1 else 's'}"
+             for n, word in ((entry["positive_patients"], "positive"),
+                             (entry["negative_patients"], "negative")) if n < minimum]
+    if short:
+        entry.update(auc=None, auc_ci_low=None, auc_ci_high=None, auc_ci_dropped=None,
+                     auc_not_estimable=f"{' and '.join(short)} (fewer than {minimum}; the "
+                                       "interval resamples patients)")
+    return entry
 
 
 def _score(y_expert, y_nih, scores, groups, bootstrap):
@@ -274,7 +246,8 @@ def _score(y_expert, y_nih, scores, groups, bootstrap):
     y_nih = y_nih.astype(np.int8)
     truth, both = np.hstack([y_expert, y_nih]), np.hstack([scores, scores])
     replicates = reporting.bootstrap_replicates(truth, both, groups, bootstrap)
-    auc = reporting.auc_entries(truth, both, replicates)
+    auc = [_patient_rule(entry, truth[:, c], groups)
+           for c, entry in enumerate(reporting.auc_entries(truth, both, replicates))]
     entries = []
     for i in range(k):
         expert, nih = auc[i], auc[k + i]
@@ -303,18 +276,21 @@ def _agreement(y_expert, y_nih):
 def format_markdown(section):
     """The section's markdown body (report_markdown.format_markdown adds the `##` title)."""
     f = report_markdown.format_value
-    sets = " and ".join(f"{n:,} from its {s} set" for s, n in section["expert_sets"].items())
-    lines = [f"{section['images']:,} images of this split ({section['patients']:,} patients) "
-             f"have adjudicated labels in `{section.get('file', 'the file')}`, which lists "
-             f"{section['rows_in_file']:,} images{' (' + sets + ')' if sets else ''}. "
-             f"Source: {section['source']}.", "",
-             "Each finding is scored against the radiologists and, on the same images, against "
-             "NIH's labels mapped the same way; the gap is the first AUC minus the second "
-             f"(paired). Intervals: {section['method'] or 'none'}; an AUC needs "
-             f"{section['min_count']} positives and negatives.", ""]
+    unit = section.get("min_count_unit", "images")
+    patients = "" if section["patients"] is None else f" ({section['patients']:,} patients)"
+    lines = [f"`{section.get('file', 'the file')}` lists {section['rows_in_file']:,} adjudicated "
+             f"images; {section['images']:,} of them{patients} are in this split and scored. "
+             f"Source: {section['source']}.", ""]
+    lines += _coverage_lines(section.get("coverage"))
+    lines += ["Each finding is scored against the radiologists and, on the same images, against "
+              "NIH's labels mapped the same way; the gap is the first AUC minus the second "
+              f"(paired). Intervals: {section['method'] or 'none'}; an AUC needs "
+              f"{section['min_count']} positive and {section['min_count']} negative {unit}"
+              + (" (the interval resamples patients)" if unit == "patients" else "") + ".", ""]
     keys = list(section["thresholds"])
-    header = ["Finding", "Our outputs (max)", "Pos / neg", "AUC vs radiologists",
-              "NIH pos / neg", "AUC vs NIH labels", "Gap", "AP"] + [f"F1@{k}" for k in keys]
+    header = ["Finding", "Our outputs (max)", "Pos / neg images (patients)",
+              "AUC vs radiologists", "NIH pos / neg images (patients)", "AUC vs NIH labels",
+              "Gap", "AP"] + [f"F1@{k}" for k in keys]
     rows = []
     for name, e in section["per_finding"].items():
         nih = e.get("nih")
@@ -322,10 +298,9 @@ def format_markdown(section):
         if e["label_noise_gap_ci_low"] is not None:
             gap += (f" [{_signed(e['label_noise_gap_ci_low'])}, "
                     f"{_signed(e['label_noise_gap_ci_high'])}]")
-        rows.append([name, ", ".join(e["outputs"]) or "none",
-                     f"{e['positives']:,} / {e['negatives']:,}",
+        rows.append([name, ", ".join(e["outputs"]) or "none", _counts(e),
                      report_markdown.format_auc(e) if e["predicted"] else "not predicted",
-                     f"{nih['positives']:,} / {nih['negatives']:,}" if nih else "–",
+                     _counts(nih) if nih else "–",
                      report_markdown.format_auc(nih) if nih else "–", gap,
                      f(e.get("average_precision"))] + [f(e.get(f"f1@{k}")) for k in keys])
     lines += report_markdown.markdown_table(header, rows)
@@ -335,6 +310,32 @@ def format_markdown(section):
               "ones come from NIH validation labels, never from these).", ""]
     lines += [f"- {name}: {m.reason}." for name, m in MAPPING.items()]
     return "\n".join(lines)
+
+
+def _counts(entry):
+    """"12 / 30 (6 / 15)": positive / negative images, then patients when known."""
+    text = f"{entry['positives']:,} / {entry['negatives']:,}"
+    if entry.get("positive_patients") is not None:
+        text += f" ({entry['positive_patients']:,} / {entry['negative_patients']:,})"
+    return text
+
+
+def _coverage_lines(coverage):
+    """A table of the file's sets: rows, scored here, and why the others were skipped."""
+    if not coverage:
+        return []
+    per_set = coverage["per_set"]
+    others = sorted({split for e in per_set.values() for split in e.get("in_other_split", {})})
+    header = ["File's set", "Rows", "Not adjudicated", "In this split (scored)"]
+    header += [f"Skipped: in {split}" for split in others]
+    header += ["Skipped: not in the dataset" if others else "Skipped: not in this split"]
+    rows = []
+    for name, e in per_set.items():
+        last = e["not_in_dataset"] if others else e.get("not_in_split", 0)
+        rows.append([name, f"{e['rows']:,}", f"{e['not_adjudicated']:,}", f"{e['in_split']:,}"]
+                    + [f"{e.get('in_other_split', {}).get(split, 0):,}" for split in others]
+                    + [f"{last:,}"])
+    return report_markdown.markdown_table(header, rows)
 
 
 def _signed(value):

@@ -9,6 +9,8 @@ what each policy did.
 The figures are those of the NIH report (`reporting.build_report`): each finding on the images
 labelled for it; the overall figures and subgroups on the images labelled for every finding
 (the same images as per finding unless `ignore` left some out, which the report then says).
+The NIH report's comparison with Wang et al. 2017 is dropped: those AUCs are on NIH's test
+split, and AUCs on another hospital's images are not like with like.
 """
 
 import dataclasses
@@ -73,6 +75,7 @@ def build_report(scored, policy, thresholds, bootstrap=inputs.Bootstrap()):
         # `ignore` left images out of another finding: this one's row uses all of its own.
         report["per_class"][label_names[c]] = report_on(labelled[:, c], [c])["per_class"][
             label_names[c]]
+    _not_compared_with_published(report)
     report["labels"] = {
         "uncertain_policy": policy,
         "images": int(len(y)),
@@ -84,6 +87,20 @@ def build_report(scored, policy, thresholds, bootstrap=inputs.Bootstrap()):
             for c, name in enumerate(label_names)},
     }
     return report
+
+
+NOT_COMPARED = ("not compared: the published AUCs (Wang et al. 2017) are on NIH's official "
+                "test split, not on these images, and are not like with like")
+
+
+def _not_compared_with_published(report):
+    """Drops the comparison with Wang et al. 2017 (NIH test AUCs) from a report on another
+    hospital's images: the keys stay, null, and `published` says why."""
+    for row in report["per_class"].values():
+        row["published_auc"] = row["auc_minus_published"] = None
+    report["published"] = {**{key: None for key in report["published"]},
+                           "source": report["published"]["source"], "classes_compared": 0,
+                           "not_compared": NOT_COMPARED}
 
 
 def format_markdown(section):

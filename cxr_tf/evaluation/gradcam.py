@@ -19,6 +19,8 @@ Example:
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf.evaluation import localization
+
 _POOL_LAYER = "avg_pool"
 
 
@@ -74,8 +76,9 @@ class GradCam:
 
 
 def peak(heatmap):
-    """(row, col) of the heatmap's maximum (the first one, in row-major order)."""
-    return np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    """(row, col) where the heatmap points: the centre of its region of tied maxima
+    (`localization.peak`, which the pointing game tests), not the block's top-left pixel."""
+    return localization.peak(heatmap)
 
 
 def to_original(row, col, size, original_shape):

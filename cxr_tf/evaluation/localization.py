@@ -1,15 +1,16 @@
-"""Where did the model look? Grad-CAM's pointing game on NIH's radiologist boxes.
-
-NIH ships `BBox_List_2017.csv` with ChestX-ray14: 984 boxes on 880 test images, 8 findings
-(Infiltration spelled `Infiltrate`), in pixels of the 1024×1024 PNGs as distributed. Its
-header is `Image Index,Finding Label,Bbox [x,y,w,h],,,`: the box header is split by its commas
-into `Bbox [x`, `y`, `w`, `h]` and three unnamed columns, so the four numbers are read by
-position after the column whose name starts with `Bbox`.
+"""Where did the model look? Grad-CAM's pointing game on NIH's radiologist boxes (read by
+`box_list`).
 
 The pointing game (Zhang et al. 2016, arXiv:1608.00507): a box is a hit when the maximum of the
 Grad-CAM map for its finding falls inside it. The box follows the image through the same steps
-as the pixels (`images.pad_to_square`, then `images.resize`: `to_input`), and the maximum is
-the centre of the map's highest pixel, so the test is made where the model looked.
+as the pixels (`images.pad_to_square`, then `images.resize`: `to_input`). The map is as coarse
+as the last convolutional stage (2×2 cells at 64 px, 7×7 at 224 px), so its upsampled maximum
+is often a block of tied pixels: the point tested is the centre of that block (`peak`), not its
+top-left corner, so the test is made where the model looked.
+
+A map that is all zero or constant (the model found nothing for that finding: Grad-CAM's ReLU
+leaves no positive evidence) points nowhere. Its boxes are counted per finding and left out of
+the hit rate with that reason, never scored as misses at pixel (0, 0).
 
 The size of each image is read from the image file itself. Data_Entry's
 `OriginalImage[Width,Height]` is the size of the film before NIH resized every image to
@@ -18,44 +19,23 @@ The size of each image is read from the image file itself. Data_Entry's
 A random point hits a box with the probability of the share of the image it covers (`chance`),
 which the report gives beside every hit rate. Numpy only: the heatmaps come from the caller
 (`cxr_tf.evaluation.gradcam.GradCam`, through `cxr_tf.evaluation.runner.pointing_game`), so
-this module stays free of TensorFlow.
+this module stays free of TensorFlow; the overlays are drawn by `box_overlays`.
 """
 
-import csv
 import dataclasses
+import math
 import os
 import re
 
 import numpy as np
 
-from cxr_tf import errors
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import images
 from cxr_tf.evaluation import inputs, report_markdown
 
-ALIASES = {"Infiltrate": "Infiltration"}
 EXAMPLES_PER_FINDING = 3
 MAX_LISTED = 20
 _NIH_IMAGE_RE = re.compile(r"^(\d{8})_\d{3}\.png$")  # the first 8 digits are the patient
-
-
-class BoxListError(errors.UserError, ValueError):
-    """A box list that cannot be read: the message names the file, the line and the reason."""
-
-
-class BoxImagesMissing(errors.UserError, FileNotFoundError):
-    """None of a box list's images is where it was looked for."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Box:
-    """One row of the box list: (x, y) is the top-left corner, in pixels of the image file."""
-    image_id: str
-    label: str
-    x: float
-    y: float
-    w: float
-    h: float
 
 
 @dataclasses.dataclass
@@ -65,85 +45,15 @@ class Pair:
     label: str
     boxes: list  # [(x, y, w, h)] in model-input pixels
     hits: list  # one bool per box
-    peak: tuple  # (row, col) of the map's maximum
+    peak: tuple  # (row, col) where the map points (`peak`); None for a flat map
     image: np.ndarray  # uint8 S×S, the model's input
     heatmap: np.ndarray  # float S×S in [0, 1]
     error: str = None  # why the image could not be read (then no boxes, hits or map)
 
-
-@dataclasses.dataclass(frozen=True)
-class BoxList:
-    """A box list with the image files it was matched to (`find_boxes`).
-
-    source: the box list's path; boxes: [Box]; paths: {image name: file} of the images found.
-    """
-    source: str
-    boxes: list
-    paths: dict
-
-
-def read_boxes(path):
-    """[Box] from NIH's box list; columns found by header name (the box by its `Bbox` prefix).
-
-    Raises BoxListError naming the file, the line and the reason for a missing column, an
-    unknown finding or a coordinate that is not a number (or a width/height <= 0).
-    """
-    with open(path, newline="") as f:
-        try:
-            return _boxes(path, csv.reader(f))
-        except (UnicodeDecodeError, csv.Error) as e:
-            raise BoxListError(f"{path}: not a CSV text file ({e})") from None
-
-
-def _boxes(path, reader):
-    header = [h.strip() for h in next(reader, [])]
-    try:
-        name_at, label_at = header.index("Image Index"), header.index("Finding Label")
-        box_at = next(i for i, h in enumerate(header) if h.startswith("Bbox"))
-    except (ValueError, StopIteration):
-        raise BoxListError(f"{path}: expected columns 'Image Index', 'Finding Label' and "
-                           f"'Bbox [x,y,w,h]'; found {header}") from None
-    boxes = []
-    for line, row in enumerate(reader, start=2):
-        if not row or not row[name_at].strip():
-            continue
-        label = ALIASES.get(row[label_at].strip(), row[label_at].strip())
-        if label not in labels_lib.LABELS:
-            raise BoxListError(f"{path}:{line}: unknown finding {row[label_at]!r}")
-        try:
-            x, y, w, h = (float(v) for v in row[box_at:box_at + 4])
-        except ValueError:
-            raise BoxListError(f"{path}:{line}: box {row[box_at:box_at + 4]} is not four "
-                               "numbers x, y, w, h") from None
-        if not (w > 0 and h > 0):
-            raise BoxListError(f"{path}:{line}: box width and height must be > 0; got {w}, {h}")
-        boxes.append(Box(row[name_at].strip(), label, x, y, w, h))
-    return boxes
-
-
-def find_images(dirs, names):
-    """{name: path} for the wanted file names anywhere under the given folders (first wins)."""
-    wanted, found = set(names), {}
-    for top in dirs:
-        for root, _, files in os.walk(top):
-            for name in wanted.intersection(files):
-                found.setdefault(name, os.path.join(root, name))
-    return found
-
-
-def find_boxes(bbox_csv, data_dir):
-    """The BoxList of NIH's box list; images are looked for beside the CSV (where the Kaggle
-    download has it) and under data_dir. BoxImagesMissing when none of them is found."""
-    boxes = read_boxes(bbox_csv)
-    dirs = list(dict.fromkeys([os.path.dirname(os.path.abspath(bbox_csv)),
-                               os.path.abspath(data_dir)]))  # walked once each
-    paths = find_images(dirs, [b.image_id for b in boxes])
-    if boxes and not paths:
-        raise BoxImagesMissing(
-            f"{bbox_csv}: none of the {len({b.image_id for b in boxes}):,} images of the box "
-            f"list is under {' or '.join(dirs)}; the boxes need the image files (their "
-            "size places each box)")
-    return BoxList(os.path.abspath(bbox_csv), boxes, paths)
+    @property
+    def flat(self):
+        """The map is all zero or constant: it points nowhere, so its boxes are not scored."""
+        return self.error is None and self.peak is None
 
 
 def to_input(box, original_shape, size):
@@ -158,9 +68,39 @@ def to_input(box, original_shape, size):
     return ((box.x + left) * scale, (box.y + top) * scale, box.w * scale, box.h * scale)
 
 
+def is_flat(heatmap):
+    """Whether the map is all zero or constant (max - min within 1e-6 of its scale, or not a
+    number): a map that points nowhere."""
+    heatmap = np.asarray(heatmap, np.float64)
+    return not np.ptp(heatmap) > 1e-6 * np.abs(heatmap).max()
+
+
 def peak(heatmap):
-    """(row, col) of the map's maximum (the first, in row-major order)."""
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(heatmap)), heatmap.shape))
+    """(row, col) where the map points: the centre of its largest region of tied maxima.
+
+    An upsampled Grad-CAM map holds blocks of equal maxima (16×16 pixels at 64 px): argmax
+    would pick a block's top-left pixel, on the image's top row or left column. The pixels
+    within 1e-6 of the maximum (of the map's range) are grouped into 8-connected regions
+    (scipy.ndimage.label); the largest (the first in row-major order among equals) is the
+    map's maximum, and the point is its centroid, in pixel indices (7.5: between 7 and 8),
+    or the region's pixel nearest the centroid when the centroid falls outside it (an L;
+    among equally near pixels the first in row-major order).
+    """
+    from scipy import ndimage
+
+    heatmap = np.asarray(heatmap, np.float64)
+    top = heatmap.max()
+    tied = heatmap >= top - 1e-6 * (top - heatmap.min())
+    regions, count = ndimage.label(tied, structure=np.ones((3, 3)))
+    sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+    rows, cols = np.nonzero(regions == 1 + int(np.argmax(sizes)))
+    centre = (float(rows.mean()), float(cols.mean()))
+    # The tested point is the centre + 0.5 in edge coordinates (`is_hit`): this pixel holds it.
+    holding = (math.floor(centre[0] + 0.5), math.floor(centre[1] + 0.5))
+    if holding in set(zip(rows.tolist(), cols.tolist())):
+        return centre
+    nearest = int(np.argmin((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2))
+    return float(rows[nearest]), float(cols[nearest])
 
 
 def is_hit(peak_at, box):
@@ -189,7 +129,8 @@ def point(box_list, heatmaps, size, *, batch_size=32):
     """Plays the pointing game; yields one Pair per (image, finding) whose image was found.
 
     An image that cannot be decoded yields a Pair with its `error` (counted by `summarize`)
-    rather than stopping the game.
+    rather than stopping the game; a map that points nowhere (`is_flat`) yields a Pair with
+    its boxes, no peak and no hits.
 
     Args:
         box_list: a BoxList (`find_boxes`): the boxes and the files of their images.
@@ -219,9 +160,9 @@ def point(box_list, heatmaps, size, *, batch_size=32):
         for (name, label), (image, shape), heatmap in zip(chunk, loaded, maps):
             heatmap = np.asarray(heatmap)
             on_input = [to_input(b, shape, size) for b in pairs[name, label]]
-            at = peak(heatmap)
-            yield Pair(name, label, on_input, [is_hit(at, b) for b in on_input], at, image,
-                       heatmap)
+            at = None if is_flat(heatmap) else peak(heatmap)
+            hits = [] if at is None else [is_hit(at, b) for b in on_input]
+            yield Pair(name, label, on_input, hits, at, image, heatmap)
 
 
 def patient_of(image_id):
@@ -251,132 +192,131 @@ def hit_rate_ci(hits, groups, *, n_boot=1000, alpha=0.05, seed=0):
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+FLAT_REASON = "the model pointed nowhere (its Grad-CAM map is all zero or constant)"
+
+
 def summarize(pairs, box_list, *, size, bootstrap=inputs.Bootstrap(),
               examples_per_finding=EXAMPLES_PER_FINDING):
     """(the report's `localization` section, {finding: [Pair]} the first few pairs to draw).
 
-    Per finding: boxes scored, images, hits, hit rate with its patient-level bootstrap CI,
-    and the chance rate (mean share of the input the boxes cover). Boxes whose image was not
-    found are counted (and the first few named), never silently dropped.
+    Per finding: the boxes scored, the pairs (image, finding) and images they lie on, hits,
+    the hit rate with its patient-level bootstrap CI and the chance rate (mean share of the
+    input the boxes cover), all over the maps that point somewhere; maps that point nowhere
+    are counted (`flat_maps`, `flat_map_boxes`) and left out, with the reason. The overall
+    row counts distinct images, and pairs as pairs. Boxes whose image was not found or could
+    not be read, and rows that were invalid, are counted (and the first few named), never
+    silently dropped.
     """
-    n_boot, seed = bootstrap.replicates, bootstrap.seed
     per, examples, unreadable = {}, {}, {}
     for pair in pairs:
         if pair.error:
             unreadable[pair.image_id] = pair.error
             continue
-        entry = per.setdefault(pair.label, {"hits": [], "groups": [], "chance": [], "images": 0})
-        entry["hits"] += pair.hits
-        entry["groups"] += [patient_of(pair.image_id)] * len(pair.hits)
-        entry["chance"] += [chance(b, size) for b in pair.boxes]
-        entry["images"] += 1
+        entry = per.setdefault(pair.label, _Tally())
+        entry.add(pair, size)
         shown = examples.setdefault(pair.label, [])
-        if len(shown) < examples_per_finding:
+        if len(shown) < examples_per_finding and not pair.flat:
             shown.append(pair)
-
-    def figures(hits, groups, chances, images):
-        lo, hi = hit_rate_ci(hits, groups, n_boot=n_boot, seed=seed)
-        return {"boxes": len(hits), "images": images, "patients": len(set(groups)),
-                "hits": int(sum(hits)), "hit_rate": float(np.mean(hits)),
-                "hit_rate_ci_low": lo, "hit_rate_ci_high": hi,
-                "chance": float(np.mean(chances))}
-
     order = [label for label in labels_lib.LABELS if label in per]
-    per_finding = {label: figures(per[label]["hits"], per[label]["groups"],
-                                  per[label]["chance"], per[label]["images"]) for label in order}
-    everything = [per[label] for label in order]
-    boxes = box_list.boxes
-    missing = sorted({b.image_id for b in boxes if b.image_id not in box_list.paths})
+    per_finding = {label: per[label].figures(bootstrap) for label in order}
+    everything = sum((per[label] for label in order), _Tally())
+    missing = sorted({b.image_id for b in box_list.boxes if b.image_id not in box_list.paths})
     section = {
         "source": box_list.source,
-        "method": "pointing game: a hit when the Grad-CAM maximum lies in the box",
+        "method": "pointing game: a hit when the Grad-CAM maximum (the centre of its tied "
+                  "region) lies in the box",
         "image_size_from": "image file",
-        "bootstrap": {"replicates": n_boot, "confidence": 0.95, "seed": seed, "unit": "patient",
-                      "method": "percentile"},
-        "boxes_read": len(boxes),
+        "bootstrap": {"replicates": bootstrap.replicates, "confidence": 0.95,
+                      "seed": bootstrap.seed, "unit": "patient", "method": "percentile"},
+        "boxes_read": len(box_list.boxes) + len(box_list.invalid),
+        "boxes_invalid": len(box_list.invalid),
+        "boxes_invalid_first": list(box_list.invalid[:MAX_LISTED]),
         "boxes_scored": sum(f["boxes"] for f in per_finding.values()),
+        "boxes_on_flat_maps": sum(f["flat_map_boxes"] for f in per_finding.values()),
+        "flat_maps": sum(f["flat_maps"] for f in per_finding.values()),
+        "flat_map_reason": FLAT_REASON,
         "images_missing": len(missing),
         "images_missing_first": missing[:MAX_LISTED],
         "images_unreadable": len(unreadable),
         "images_unreadable_first": [unreadable[k] for k in sorted(unreadable)[:MAX_LISTED]],
         "per_finding": per_finding,
-        "overall": (figures(sum((e["hits"] for e in everything), []),
-                            sum((e["groups"] for e in everything), []),
-                            sum((e["chance"] for e in everything), []),
-                            sum(e["images"] for e in everything)) if everything else None),
+        "overall": everything.figures(bootstrap) if order else None,
     }
     return section, examples
 
 
-def plot_overlays(path, examples):
-    """A grid PNG: one row per finding, its first pairs as columns: the model's input, the
-    Grad-CAM map (jet), the boxes (green: hit, red: missed) and the maximum (white cross)."""
-    import matplotlib
+@dataclasses.dataclass
+class _Tally:
+    """The scored boxes of some pairs (hits, patients, chance), and the flat maps."""
+    hits: list = dataclasses.field(default_factory=list)
+    groups: list = dataclasses.field(default_factory=list)
+    chance: list = dataclasses.field(default_factory=list)
+    pairs: int = 0
+    images: set = dataclasses.field(default_factory=set)
+    flat_maps: int = 0
+    flat_map_boxes: int = 0
 
-    matplotlib.use("Agg")
-    from matplotlib import patches
-    from matplotlib import pyplot as plt
+    def add(self, pair, size):
+        if pair.flat:
+            self.flat_maps += 1
+            self.flat_map_boxes += len(pair.boxes)
+            return
+        self.hits += pair.hits
+        self.groups += [patient_of(pair.image_id)] * len(pair.hits)
+        self.chance += [chance(b, size) for b in pair.boxes]
+        self.pairs += 1
+        self.images.add(pair.image_id)
 
-    rows = [label for label in labels_lib.LABELS if examples.get(label)]
-    cols = max((len(examples[label]) for label in rows), default=1)
-    fig, axes = plt.subplots(max(len(rows), 1), cols, figsize=(2.6 * cols, 2.8 * max(len(rows), 1)),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for r, label in enumerate(rows):
-        for c, pair in enumerate(examples[label]):
-            ax, size = axes[r, c], pair.image.shape[0]
-            extent = (0, size, size, 0)  # pixel edges, so boxes in input pixels line up
-            ax.imshow(pair.image, cmap="gray", vmin=0, vmax=255, extent=extent)
-            ax.imshow(pair.heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=extent)
-            for (x, y, w, h), hit in zip(pair.boxes, pair.hits):
-                ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, linewidth=1.5,
-                                               edgecolor="lime" if hit else "red"))
-            ax.plot(pair.peak[1] + 0.5, pair.peak[0] + 0.5, "w+", markersize=10, mew=2)
-            ax.set_title(f"{label}\n{pair.image_id}: {'hit' if any(pair.hits) else 'miss'}",
-                         fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    def __add__(self, other):
+        return _Tally(self.hits + other.hits, self.groups + other.groups,
+                      self.chance + other.chance, self.pairs + other.pairs,
+                      self.images | other.images, self.flat_maps + other.flat_maps,
+                      self.flat_map_boxes + other.flat_map_boxes)
 
-
-def save_box_overlays(pairs, out_dir):
-    """Passes the pairs on, writing `<image>_<finding>_<hit|miss>.png` into out_dir for each
-    of their boxes (one box per picture, drawn as in `plot_overlays`)."""
-    os.makedirs(out_dir, exist_ok=True)
-    for pair in pairs:
-        for box, hit in zip(pair.boxes, pair.hits):
-            one = dataclasses.replace(pair, boxes=[box], hits=[hit])
-            stem = os.path.splitext(pair.image_id)[0]
-            name = f"{stem}_{pair.label}_{'hit' if hit else 'miss'}.png"
-            plot_overlays(os.path.join(out_dir, name), {pair.label: [one]})
-        yield pair
+    def figures(self, bootstrap):
+        scored = bool(self.hits)
+        lo, hi = (hit_rate_ci(self.hits, self.groups, n_boot=bootstrap.replicates,
+                              seed=bootstrap.seed) if scored else (None, None))
+        return {"boxes": len(self.hits), "pairs": self.pairs, "images": len(self.images),
+                "patients": len(set(self.groups)), "hits": int(sum(self.hits)),
+                "hit_rate": float(np.mean(self.hits)) if scored else None,
+                "hit_rate_ci_low": lo, "hit_rate_ci_high": hi,
+                "hit_rate_not_scored": None if scored else FLAT_REASON,
+                "chance": float(np.mean(self.chance)) if scored else None,
+                "flat_maps": self.flat_maps, "flat_map_boxes": self.flat_map_boxes}
 
 
 def format_markdown(section, grid=None):
     """The section's markdown body (report_markdown.format_markdown adds the title)."""
     lines = [f"- boxes: `{section['source']}`; {section['boxes_scored']:,} of "
-             f"{section['boxes_read']:,} scored ({section['images_missing']:,} images not "
+             f"{section['boxes_read']:,} scored ({section['boxes_on_flat_maps']:,} on "
+             f"{section['flat_maps']:,} maps that point nowhere, "
+             f"{section['boxes_invalid']:,} invalid, {section['images_missing']:,} images not "
              f"found, {section['images_unreadable']:,} unreadable)",
-             "- a hit: the Grad-CAM maximum for the box's finding lies in the box (boxes "
-             "scaled through the same pad-to-square and resize as the pixels; image sizes "
-             "from the image files)",
+             "- a hit: the Grad-CAM maximum for the box's finding (the centre of its region of "
+             "tied maxima) lies in the box (boxes scaled through the same pad-to-square and "
+             "resize as the pixels; image sizes from the image files)",
+             "- flat maps: a Grad-CAM map that is all zero or constant means the model pointed "
+             "nowhere for that finding; its boxes are counted, not scored as misses",
              f"- 95 % CI: patient-level percentile bootstrap, "
              f"{section['bootstrap']['replicates']} replicates; chance: the share of the image "
              "the boxes cover", ""]
     rows = list(section["per_finding"].items())
     if section["overall"]:
-        rows.append(("**all**", section["overall"]))
+        rows.append(("**all** (images counted once)", section["overall"]))
     f = report_markdown.format_value
     table = []
     for name, r in rows:
         ci = (f" [{f(r['hit_rate_ci_low'])}, {f(r['hit_rate_ci_high'])}]"
               if r["hit_rate_ci_low"] is not None else "")
-        table.append([name, r["boxes"], r["images"], r["hits"], f"{f(r['hit_rate'])}{ci}",
-                      f(r["chance"])])
+        rate = f"{f(r['hit_rate'])}{ci}" if r["hit_rate"] is not None else "not scored"
+        table.append([name, r["boxes"], r["pairs"], r["images"], r["hits"], rate,
+                      f(r["chance"]), f"{r['flat_maps']} ({r['flat_map_boxes']} boxes)"])
     lines += report_markdown.markdown_table(
-        ["Finding", "Boxes", "Images", "Hits", "Hit rate [95 % CI]", "Chance"], table)
+        ["Finding", "Boxes", "Image-finding pairs", "Images", "Hits", "Hit rate [95 % CI]",
+         "Chance", "Flat maps"], table)
+    for invalid in section["boxes_invalid_first"]:
+        lines.append(f"- invalid: {invalid}")
     if grid:
         lines += [f"![Grad-CAM overlays with NIH boxes]({os.path.basename(grid)})", ""]
     return "\n".join(lines)

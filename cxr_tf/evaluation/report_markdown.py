@@ -64,6 +64,15 @@ def format_markdown(report, title="Evaluation report", sections=()):
 
 def _md_per_finding(report):
     overall, pub, f = report["overall"], report["published"], format_value
+    if pub.get("not_compared"):  # another dataset's images: no published column (external)
+        rows = [[name, f"{r['positives']:,} / {r['negatives']:,}", f(r["prevalence"]),
+                 format_auc(r), f(r["average_precision"])]
+                for name, r in report["per_class"].items()]
+        rows.append([f"**mean** over {overall['auc_mean_over']} findings with an AUC", "", "",
+                     f(overall["auc_mean"]), f(overall["average_precision_mean"])])
+        header = ["Finding", "Positives / negatives", "Prevalence", "AUC [95 % CI]", "AP"]
+        return (["## AUC per finding", ""] + markdown_table(header, rows) +
+                [f"Published AUCs: {pub['not_compared']}.", ""])
     rows = [[name, f"{r['positives']:,} / {r['negatives']:,}", f(r["prevalence"]),
              format_auc(r), f(r["average_precision"]), f(r["published_auc"]),
              f(r["auc_minus_published"])]

@@ -16,8 +16,8 @@ import numpy as np
 
 from cxr_tf import errors, labels
 from cxr_tf.data import chexpert, input_pipeline, source
-from cxr_tf.evaluation import (expert_labels, external, gradcam, localization, metrics,
-                               report_markdown, report_plots, reporting)
+from cxr_tf.evaluation import (box_list, box_overlays, expert_labels, external, gradcam,
+                               localization, metrics, report_markdown, report_plots, reporting)
 from cxr_tf.evaluation.inputs import Bootstrap, Scored, Thresholds
 from cxr_tf.runs import checkpoints, record
 from cxr_tf.runs import thresholds as run_thresholds_file
@@ -62,7 +62,7 @@ def evaluate_run(config, *, progress=True):
     predicting, so a bad file fails at once."""
     run = record.read(config.model_dir)
     data_dir = config.data_dir or run.resolved.data_dir
-    boxes = localization.find_boxes(config.bbox_csv, data_dir) if config.bbox_csv else None
+    boxes = box_list.find_boxes(config.bbox_csv, data_dir) if config.bbox_csv else None
     expert = expert_labels.read(config.expert_labels) if config.expert_labels else None
     # Data before the model: a damaged dataset is refused before the slower model load.
     data = source.open_source(data_dir, image_size=run.config.image_size,
@@ -86,8 +86,10 @@ def evaluate_run(config, *, progress=True):
     sections = []  # (title, markdown) pairs that follow the NIH report in report.md
     if expert is not None:
         report["expert_labels"] = {"file": os.path.abspath(config.expert_labels),
-                                   **expert_labels.evaluate(expert, [r["image_id"] for r in rows],
-                                                            scored, thresholds, bootstrap)}
+                                   **expert_labels.evaluate(
+                                       expert, [r["image_id"] for r in rows], scored,
+                                       thresholds, bootstrap,
+                                       elsewhere=_other_splits(data, config.split))}
         sections.append(("Radiologist-adjudicated labels",
                          expert_labels.format_markdown(report["expert_labels"])))
     out_dir = _out_dir(config.model_dir, f"eval_{config.split}")
@@ -101,6 +103,14 @@ def evaluate_run(config, *, progress=True):
         report["files"].append(os.path.join(out_dir, "localization.png"))
         sections.append(("Localisation: Grad-CAM pointing game on NIH boxes", text))
     return _write(report, f"Evaluation on {config.split}", sections)
+
+
+def _other_splits(data, split):
+    """{split: image ids} of the source's other splits, so the radiologist section can say
+    why a labelled image was not scored. A prepared dataset's ids are read from its records
+    (metadata only, no image decoded)."""
+    return {other: data.columns(other)["image_id"] for other in source.SPLITS
+            if other != split and other in data.split_sizes}
 
 
 def predict_split(model, data, split, *, batch_size=64, verbose="auto"):
@@ -130,24 +140,24 @@ def _scored(probs, rows):
 
 # --- Grad-CAM on NIH's boxes ---------------------------------------------------------------
 
-def pointing_game(model, box_list, *, batch_size=32, bootstrap=Bootstrap(), overlay_dir=None):
+def pointing_game(model, boxes, *, batch_size=32, bootstrap=Bootstrap(), overlay_dir=None):
     """(the report's `localization` section, {finding: [Pair]} the first pairs to draw): the
-    pointing game of the model's Grad-CAM on a `localization.BoxList`. overlay_dir: also
-    write one overlay PNG per box there."""
+    pointing game of the model's Grad-CAM on a `box_list.BoxList`. overlay_dir: also write
+    one overlay PNG per box there."""
     cam = gradcam.GradCam(model)
     size = cam.size[0]
-    pairs = localization.point(box_list, cam, size, batch_size=batch_size)
+    pairs = localization.point(boxes, cam, size, batch_size=batch_size)
     if overlay_dir:
-        pairs = localization.save_box_overlays(pairs, overlay_dir)
-    return localization.summarize(pairs, box_list, size=size, bootstrap=bootstrap)
+        pairs = box_overlays.save_box_overlays(pairs, overlay_dir)
+    return localization.summarize(pairs, boxes, size=size, bootstrap=bootstrap)
 
 
-def localization_section(model, box_list, out_dir, *, bootstrap=Bootstrap(), batch_size=32):
+def localization_section(model, boxes, out_dir, *, bootstrap=Bootstrap(), batch_size=32):
     """The pointing game as a report section: (section, markdown); writes
     out_dir/localization.png."""
-    section, examples = pointing_game(model, box_list, batch_size=batch_size,
+    section, examples = pointing_game(model, boxes, batch_size=batch_size,
                                       bootstrap=bootstrap)
-    grid = localization.plot_overlays(os.path.join(out_dir, "localization.png"), examples)
+    grid = box_overlays.plot_overlays(os.path.join(out_dir, "localization.png"), examples)
     return section, localization.format_markdown(section, grid)
 
 

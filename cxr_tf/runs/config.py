@@ -51,7 +51,7 @@ class RunConfig:
         "retrained.")
     # optimisation, loss and metrics (the paper's values)
     batch_size: int = options.batch_size("Global batch size.")
-    epochs: int = schema.option(50, "Epochs.", lower=1)
+    epochs: int = options.count(50, "Epochs.")
     learning_rate: float = schema.option(0.01, "Peak learning rate.", check=schema.positive)
     optimizer: str = schema.option("adam", "Optimizer.", choices=OPTIMIZERS)
     weight_decay: float = schema.option(0.0, "Decoupled weight decay (adamw, sgd).", lower=0.0)
@@ -86,16 +86,16 @@ class RunConfig:
     eval_test_each_epoch: bool = schema.option(
         False, "Also score the test split each epoch (logged under test/, never used for "
         "selection), as the paper did.")
-    steps_per_epoch: int | None = schema.option(None, "Limit steps per epoch (smoke runs).",
-                                                lower=1)
+    steps_per_epoch: int | None = options.count(None, "Limit steps per epoch (smoke runs).")
     verify_data: bool = options.verify_data()
-    early_stop_patience: int = schema.option(
+    early_stop_patience: int = options.count(
         0, "Stop after this many epochs without val/auc_mean gain (0: off).", lower=0)
     synthetic: bool = schema.option(
         False, "With no data_dir: generate and prepare the synthetic Kaggle-layout dataset "
         "into a cache dir and train on it.")
     synthetic_num_images: int = schema.option(2000, "Images in the synthetic dataset.",
-                                              lower=MIN_SYNTHETIC_IMAGES)
+                                              lower=MIN_SYNTHETIC_IMAGES,
+                                              upper=options.MAX_SYNTHETIC_IMAGES)
     synthetic_min_prevalence: float = schema.option(
         0.0, "Minimum per-finding prevalence of the synthetic dataset.",
         check=schema.fraction_below_one)

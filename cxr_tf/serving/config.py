@@ -4,7 +4,7 @@ generated. Pure Python, so the apps check their flags before TensorFlow starts."
 
 import dataclasses
 
-from cxr_tf import options, schema
+from cxr_tf import labels, options, schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class PredictConfig:
     gradcam_dir: str | None = options.path("Write Grad-CAM overlays here (needs a run dir).")
     gradcam_top_k: int = schema.option(
         1, "Grad-CAM for the positive findings, or for the top-k findings when none is "
-        "positive.", lower=1)
+        "positive.", lower=1, upper=labels.NUM_CLASSES + 1)  # 14 findings (+ No Finding)
     threshold: float = options.threshold(
         "Decision threshold for every finding when the run has no thresholds.json (a "
         "SavedModel uses the thresholds it was exported with).")

@@ -91,13 +91,43 @@ def _check_size(index, fmt, width, height, channels, sample_bytes, max_pixels):
                        f"{max_pixels:,} limit", index, width, height, channels * sample_bytes))
 
 
+def _crc_table():
+    """CRC-32 (ISO 3309, the PNG chunk CRC) of every byte value, as zlib's table."""
+    table = []
+    for byte in range(256):
+        c = byte
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def _short_chunk_crc_ok(data, pos, size):
+    """Whether the CRC of a chunk of at most 4 data bytes (sBIT's 1 to 4) is right: the CRC
+    covers its type and data, 4 + size bytes, computed here byte by byte."""
+    raw = read_bytes(data, pos + 4, 8)
+    table = tf.constant(_CRC_TABLE, tf.int64)
+    crc = tf.constant(0xFFFFFFFF, tf.int64)
+    for i in range(8):
+        step = tf.bitwise.bitwise_xor(
+            tf.gather(table, tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(crc, raw[i]), 0xFF)),
+            tf.bitwise.right_shift(crc, 8))
+        crc = tf.where(i < 4 + size, step, crc)
+    stored = _uint(read_bytes(data, pos + 8 + size, 4), 0, 4)
+    return (size <= 4) & (tf.bitwise.bitwise_xor(crc, 0xFFFFFFFF) == stored)
+
+
 def png_chunks(data):
-    """Walks the chunks as `images._png_chunks` does: (status, position, sBIT).
+    """Walks the chunks as `cxr_tf.data.png_chunks.walk` does: (status, position, sBIT).
 
     status 1: no IEND (position: where the next chunk header would start), 2: a chunk runs
     past the end (position: the bytes it needs), 3: IEND found, 0: not decided within
-    `_MAX_CHUNKS_WALKED` chunks. sBIT is the first sBIT chunk before IDAT, 0 without one.
-    Bytes after IEND are ignored, as by PIL and libpng.
+    `_MAX_CHUNKS_WALKED` chunks. sBIT is the first sBIT chunk before IDAT with a right CRC, 0
+    without one. Bytes after IEND are ignored, as by PIL and libpng. The rest of the chunk
+    rules (CRCs, order, the zlib stream) are libpng's own, inside `tf.io.decode_png`.
     """
     n = _length(data)
 
@@ -109,6 +139,8 @@ def png_chunks(data):
                                                    tf.where(kind == _code(b"IEND"), 3, 0)))
         fits = status != 1
         is_sbit = fits & (kind == _code(b"sBIT")) & (size >= 1) & (sbit == 0) & ~seen_idat
+        is_sbit = tf.cond(is_sbit, lambda: _short_chunk_crc_ok(data, pos, size),
+                          lambda: tf.constant(False))  # the CRC only for a candidate sBIT
         sbit = tf.where(is_sbit, raw[8], sbit)
         seen_idat = seen_idat | (fits & (kind == _code(b"IDAT")))
         return tf.where(status == 1, pos, end), status, sbit, seen_idat

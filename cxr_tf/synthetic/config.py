@@ -9,7 +9,8 @@ from cxr_tf import options, schema
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     output_dir: str | None = options.output_dir("Where to write the Kaggle-layout dataset.")
-    num_images: int = schema.option(2000, "Number of images to generate.", lower=1)
+    num_images: int = schema.option(2000, "Number of images to generate.", lower=1,
+                                    upper=options.MAX_SYNTHETIC_IMAGES)
     # NIH's films are 1024 px, the size the README's synthetic command documents.
     image_size: int = options.image_size("Side of the generated square PNGs.", default=1024)
     seed: int = options.seed("Seed; the same seed gives the same files.")

@@ -1,6 +1,6 @@
 """Encoded image files as bytes, for tests and tools: PNG and JPEG through PIL, PNGs written
-chunk by chunk (any header, pixel data that ends early, gigapixel bombs in under 1 MB), and
-DICOM Part 10 files through pydicom.
+chunk by chunk (any header, pixel data that ends early, gigapixel bombs in under 1 MB) or
+damaged (a wrong CRC, another zlib stream), and DICOM Part 10 files through pydicom.
 
     film = np.zeros((30, 40), np.uint8)
     image_bytes.png(film), image_bytes.jpeg(film, quality=90)
@@ -49,6 +49,35 @@ def insert_after_ihdr(data, kind, body):
     """The PNG `data` with a `kind` chunk right after IHDR, where sBIT and the other chunks
     that describe the pixels belong."""
     return data[:_IHDR_END] + chunk(kind, body) + data[_IHDR_END:]
+
+
+def chunk_spans(data):
+    """[(type, start, end)] of the PNG's chunks, walked by their lengths (end: past the CRC)."""
+    pos, spans = 8, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        spans.append((kind, pos, pos + 12 + length))
+        pos += 12 + length
+    return spans
+
+
+def with_bad_crc(data, kind):
+    """The PNG with the CRC of its first `kind` chunk wrong (its last byte changed)."""
+    _, _, end = next(span for span in chunk_spans(data) if span[0] == kind)
+    return data[:end - 1] + bytes([data[end - 1] ^ 0x01]) + data[end:]
+
+
+def with_idat(data, body):
+    """The PNG with its IDAT chunks replaced by one holding `body` (a zlib stream, whole or
+    damaged), its CRC right."""
+    spans = [span for span in chunk_spans(data) if span[0] == b"IDAT"]
+    return data[:spans[0][1]] + chunk(b"IDAT", body) + data[spans[-1][2]:]
+
+
+def idat_stream(data):
+    """The zlib stream a PNG's IDAT chunks hold, joined."""
+    return b"".join(data[start + 8:end - 4] for kind, start, end in chunk_spans(data)
+                    if kind == b"IDAT")
 
 
 def png_from(width, height, raw=None, *, depth=8, colour=0, interlace=0, before=b"",

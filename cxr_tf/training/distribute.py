@@ -14,8 +14,8 @@ import tempfile
 
 import tensorflow as tf
 
-from cxr_tf import errors
 from cxr_tf.runs.config import STRATEGIES
+from cxr_tf.training import tf_config
 
 
 def make_strategy(name="auto"):
@@ -28,9 +28,7 @@ def make_strategy(name="auto"):
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise errors.UserError("strategy 'multi_worker' needs the TF_CONFIG environment "
-                                   "variable")
+        tf_config.read()  # one line for a bad cluster spec, not TensorFlow's traceback
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):

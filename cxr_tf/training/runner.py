@@ -59,6 +59,15 @@ def make_optimizer(name, learning_rate, *, total_steps, warmup_steps=0, lr_sched
     raise ValueError(f"optimizer must be adam, adamw or sgd, got {name!r}")
 
 
+def optimizer_for(config, steps_per_epoch):
+    """The run's optimizer: its learning-rate schedule counts optimizer steps (batches), so
+    warmup and decay lengths given in epochs are multiplied by `steps_per_epoch`."""
+    return make_optimizer(config.optimizer, config.learning_rate,
+                          total_steps=steps_per_epoch * config.epochs,
+                          warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
+                          lr_schedule=config.lr_schedule, weight_decay=config.weight_decay)
+
+
 def package_versions():
     import sklearn
     import tensorflow_datasets as tfds
@@ -164,11 +173,7 @@ def build_compiled_model(config, data, strategy, steps_per_epoch):
             if config.no_finding_output:
                 pos_weight = np.append(pos_weight, 1.0)
         net.compile(
-            optimizer=make_optimizer(
-                config.optimizer, config.learning_rate,
-                total_steps=steps_per_epoch * config.epochs,
-                warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
-                lr_schedule=config.lr_schedule, weight_decay=config.weight_decay),
+            optimizer=optimizer_for(config, steps_per_epoch),
             loss=losses.make_loss(pos_weight),
             # Drives the progress bar only; reported AUCs come from EpochMetrics (exact).
             metrics=[keras.metrics.AUC(multi_label=True, from_logits=True, name="auc",
