@@ -1,4 +1,4 @@
-"""Turn a Kaggle-layout NIH folder into a sharded, resized TFDS dataset.
+r"""Turn a Kaggle-layout NIH folder into a sharded, resized TFDS dataset.
 
     python -m cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir=TFDS_DIR --image_size=224 \
         [--val_fraction=0.1] [--seed=0] [--drop_rgba] [--image_encoding=raw|png] [--strict] \
@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_prepare_flags)
+    cli.run(main, flags.define_prepare_flags, outputs=lambda f: [f.output_dir])

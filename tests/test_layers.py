@@ -12,7 +12,7 @@ APPS = {"train", "evaluate", "export", "predict", "prepare", "stats", "flags", "
         "synthetic.__main__"}
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    {"labels", "atomic", "configs", "errors", "schema", "archs", "options"},
+    {"labels", "atomic", "configs", "errors", "schema", "archs", "options", "console"},
     {"model", "pretrained", "losses"},
     {"data"},
     {"datasets", "synthetic"},
