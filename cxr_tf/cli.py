@@ -142,9 +142,12 @@ def fail(error, exit_code):
 
 
 def error_message(error):
-    """One line: `path: reason` for an OSError that names its file, else str(error)."""
+    """One line: `path: reason` for an OSError that names its file, its message without the
+    `[Errno N]` prefix for another OSError, else str(error)."""
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         text = f"{os.fsdecode(error.filename)}: {error.strerror}"
+    elif isinstance(error, OSError) and error.errno is not None and error.strerror:
+        text = error.strerror  # its own message (atomic's "PATH: not written (cause)")
     else:
         text = str(error) or type(error).__name__
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())

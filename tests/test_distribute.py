@@ -189,10 +189,11 @@ def test_a_peer_that_answers_but_never_joins_is_bounded_by_tensorflows_barrier(p
         proc = cluster_train(prepared_dir, tmp_path, ports, "--cluster_timeout=10")
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in err, err
-    assert err.splitlines()[-1] == (
+    # TensorFlow logs its own lines about the failed barrier too (E0000 ..., at exit).
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
         f"error: the cluster did not assemble within 10 s: worker 1 (127.0.0.1:{ports[1]}) did "
         "not answer; start every task of TF_CONFIG's cluster (and check its addresses and "
-        "ports), or raise cluster_timeout")
+        "ports), or raise cluster_timeout"]
 
 
 @pytest.mark.slow
@@ -208,6 +209,6 @@ def test_a_signal_ends_the_wait_for_the_cluster(prepared_dir, tmp_path, signum):
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum and "Traceback" not in err, err
-    assert err.splitlines() == [
-        f"interrupted while waiting for the cluster (worker 1 (127.0.0.1:{ports[1]}) had not "
-        "answered); nothing written"]
+    assert err.splitlines() == [  # the rest of stderr, after the marker
+        f"interrupted while waiting for the other workers (worker 1 (127.0.0.1:{ports[1]})); "
+        "nothing written"]

@@ -72,9 +72,14 @@ def multi_worker_strategy(timeout, environ=os.environ):
     peers = {name: address for name, address in tasks(cluster).items() if name != task}
     deadline = time.monotonic() + timeout
     if peers:
-        say(f"waiting up to {timeout:,} s for the other workers: {_named(peers)}")
-        with answering(_port(cluster[task[0]][task[1]])):
-            wait_for(peers, deadline, timeout)
+        try:
+            say(f"waiting up to {timeout:,} s for the other workers: {_named(peers)}")
+            with answering(_port(cluster[task[0]][task[1]])):
+                wait_for(peers, deadline, timeout)
+        except KeyboardInterrupt as e:
+            raise errors.Interrupted.of(e).saying(
+                f"interrupted while waiting for the other workers ({_named(peers)}); nothing "
+                "written") from None
     _bound_registration(cluster, max(deadline - time.monotonic(), 1.0))
     with _default_sigint():
         try:
@@ -95,19 +100,13 @@ def wait_for(peers, deadline, timeout, poll=0.5):
     """Returns once every peer {(job, index): "host:port"} accepts a connection; ClusterError
     naming those that did not by `deadline` (time.monotonic())."""
     missing = dict(peers)
-    try:
-        while True:
-            missing = {name: address for name, address in missing.items()
-                       if not _answers(address)}
-            if not missing:
-                return
-            if time.monotonic() >= deadline:
-                raise ClusterError(_not_assembled(missing, timeout))
-            time.sleep(poll)
-    except KeyboardInterrupt as e:
-        raise errors.Interrupted.of(e).saying(
-            f"interrupted while waiting for the cluster ({_named(missing)} had not answered); "
-            "nothing written") from None
+    while True:
+        missing = {name: address for name, address in missing.items() if not _answers(address)}
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterError(_not_assembled(missing, timeout))
+        time.sleep(poll)
 
 
 def _answers(address):
