@@ -199,7 +199,8 @@ def changed(before):
         else:
             shown = ", ".join(os.path.relpath(name, path) for name in new[:3])
             more = f" and {len(new) - 3} more" if len(new) > 3 else ""
-            parts.append(f"{path}: {len(new)} files new, changed or removed ({shown}{more})")
+            files = f"{len(new)} file{'s' if len(new) > 1 else ''}"
+            parts.append(f"{path}: {files} new, changed or removed ({shown}{more})")
     return "left " + "; ".join(parts) if parts else "nothing written"
 
 

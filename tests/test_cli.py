@@ -274,7 +274,7 @@ cli.run(main, define, outputs=lambda f: [f.out, None])
     ("pass", "SIGINT", 130, "interrupted; nothing written"),
     ("pass", "SIGTERM", 143, "interrupted; nothing written"),
     ("open(os.path.join(flags.FLAGS.out, 'a.csv'), 'w').write('x')", "SIGINT", 130,
-     "interrupted; left {out}: 1 files new, changed or removed (a.csv)"),
+     "interrupted; left {out}: 1 file new, changed or removed (a.csv)"),
 ])
 def test_an_interrupted_app_says_in_one_line_what_it_left(tmp_path, body, signal_name,
                                                           exit_code, line):
