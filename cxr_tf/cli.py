@@ -33,6 +33,7 @@ import fcntl
 import functools
 import importlib.abc
 import importlib.util
+import itertools
 import os
 import re
 import signal
@@ -170,13 +171,20 @@ def is_user_error(error):
         error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError))
 
 
+SNAPSHOT_LIMIT = 100_000  # files: a model_dir given as ~ by mistake is not walked whole
+
+
 def snapshot(path):
-    """{file: (size, mtime)} under `path` (a file or a folder), to tell what an app wrote."""
+    """{file: (size, mtime)} under `path` (a file or a folder), to tell what an app wrote;
+    None for a folder of more than SNAPSHOT_LIMIT files."""
     path = os.fspath(path)
     if os.path.isfile(path):
         found = [path]
     else:
-        found = [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+        walked = (os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        found = list(itertools.islice(walked, SNAPSHOT_LIMIT + 1))
+        if len(found) > SNAPSHOT_LIMIT:
+            return None
     files = {}
     for name in found:
         with contextlib.suppress(OSError):
@@ -190,18 +198,21 @@ def changed(before):
     new, changed or removed (a folder's counted, its first few named)."""
     parts = []
     for path, old in before.items():
-        now = snapshot(path)
+        if old is None:
+            parts.append(f"{path} not checked (over {SNAPSHOT_LIMIT:,} files)")
+            continue
+        now = snapshot(path) or {}
         new = sorted(name for name in set(old) | set(now) if old.get(name) != now.get(name))
         if not new:
             continue
         if new == [os.fspath(path)]:
-            parts.append(new[0])
+            parts.append(f"left {new[0]}")
         else:
             shown = ", ".join(os.path.relpath(name, path) for name in new[:3])
             more = f" and {len(new) - 3} more" if len(new) > 3 else ""
             files = f"{len(new)} file{'s' if len(new) > 1 else ''}"
-            parts.append(f"{path}: {files} new, changed or removed ({shown}{more})")
-    return "left " + "; ".join(parts) if parts else "nothing written"
+            parts.append(f"left {path}: {files} new, changed or removed ({shown}{more})")
+    return "; ".join(parts) or "nothing written"
 
 
 # --- TensorFlow's start-up lines --------------------------------------------------------

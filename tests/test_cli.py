@@ -288,6 +288,19 @@ def test_an_interrupted_app_says_in_one_line_what_it_left(tmp_path, body, signal
                                                            "")
 
 
+def test_what_an_app_left_is_counted_in_a_folder_of_bounded_size(tmp_path, monkeypatch):
+    (tmp_path / "a").write_text("1")
+    before = {tmp_path: cli.snapshot(tmp_path)}
+    (tmp_path / "a").unlink()
+    for name in ("b", "c", "d", "e"):
+        (tmp_path / name).write_text("2")
+    assert cli.changed(before) == (f"left {tmp_path}: 5 files new, changed or removed (a, b, c "
+                                   "and 2 more)")
+    monkeypatch.setattr(cli, "SNAPSHOT_LIMIT", 3)  # a model_dir given as ~ is not walked whole
+    assert cli.changed({tmp_path: cli.snapshot(tmp_path)}) == \
+        f"{tmp_path} not checked (over 3 files)"
+
+
 def test_the_code_that_knows_says_what_was_saved(tmp_path):
     body = ("try:\n        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
             "    except errors.Interrupted as e:\n"
