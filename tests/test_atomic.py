@@ -97,6 +97,7 @@ def test_a_full_disk_during_a_keras_save_is_one_line_and_leaves_no_temporary(tmp
     assert os.listdir(tmp_path / "backup") == []
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_while_the_backup_is_written_is_one_line_not_a_crash(small_disk):
     """ENOSPC on a 1 MB tmpfs (RLIMIT_FSIZE where mounting is not allowed) while EpochBackup
     writes 3 MB: the error is raised once, and the process exits normally. Before, h5py's file

@@ -207,6 +207,7 @@ EXPECTED_CLAIMS = {
 }
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_step_of_an_epoch_end_save_is_never_complete_and_resumes_exactly(
         tmp_path):
     reference = fit(tmp_path / "reference").get_weights()

@@ -68,6 +68,7 @@ def test_each_replica_gets_half_the_global_batch(prepared_dir):
         "shapes": [[2, 32, 32, 1], [2, 32, 32, 1]], "same_global_batch": True}
 
 
+@pytest.mark.slow
 def test_mirrored_trains_like_one_device_and_its_run_dir_serves(prepared_dir, tmp_path):
     import keras
 

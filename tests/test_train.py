@@ -58,6 +58,7 @@ def test_unknown_flagfile_is_a_clear_error(tmp_path):
     assert "flagfile 'nope.cfg' not found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
     model_dir = tmp_path / "run"
     summary = last_json(train(f"--data_dir={prepared_dir}", f"--model_dir={model_dir}",
@@ -190,6 +191,7 @@ def run_files(model_dir):
             for p in model_dir.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
+@pytest.mark.slow
 def test_a_complete_run_is_not_retrained_and_overwrite_starts_afresh(prepared_dir, tmp_path):
     model_dir = tmp_path / "run"
     args = [f"--data_dir={prepared_dir}", f"--model_dir={model_dir}", "--epochs=1",
@@ -274,6 +276,7 @@ def test_other_flags_are_named_as_flags():
         "afresh, or use another --model_dir")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
     args = [f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
             "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",
