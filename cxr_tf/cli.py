@@ -1,14 +1,24 @@
 """What every cxr_tf app does around its main(): define and parse its flags, keep
-TensorFlow's start-up lines out of the output, and turn user errors into one line.
+TensorFlow's noise out of the output, turn user errors into one line, and stop cleanly on
+Ctrl-C or SIGTERM.
 
     if __name__ == "__main__":
-        cli.run(main, flags.define_train_flags)
+        cli.run(main, flags.define_train_flags, outputs=lambda f: [f.model_dir])
 
 Exit codes: 0 done; 1 a user error at run time (a missing file, bad data, an unusable
 model_dir); 2 a usage error (a bad flag value, a missing required flag, a missing or
-self-including flagfile, an `errors.ConfigError`). Both print one `error: <what and why>` line
-on stderr and no traceback. A user error is recognised by its type (`is_user_error`); any
-other exception is a bug and keeps its traceback.
+self-including flagfile, an `errors.ConfigError`); 130 and 143 interrupted by SIGINT and
+SIGTERM. Errors print one `error: <what and why>` line on stderr and no traceback. A user
+error is recognised by its type (`is_user_error`); any other exception is a bug and keeps its
+traceback.
+
+Interrupts: the first SIGINT or SIGTERM raises `errors.Interrupted` in the main thread, so
+`finally` blocks and atomic writes clean up as they unwind; the app prints one line saying
+what it left (the message the code that knew put on the exception, e.g. training's "the state
+after epoch 2 is saved in RUN/backup", else the app's `outputs` that changed: "nothing
+written", or which files) and exits 128 + the signal's number. The handler first gives both
+signals back their default action, so a second one ends the process at once, whatever it is
+doing; atomic writes leave only a temporary file then, which the next run removes.
 
 TensorFlow prints lines that tell a user nothing: a dozen C++ lines while it loads (before
 Abseil logging is initialized, so TF_CPP_MIN_LOG_LEVEL cannot hide them), oneDNN's DT_BOOL
@@ -18,8 +28,11 @@ flag parsing to exit: the known lines are dropped and every other line is passed
 order; TF_CPP_MIN_LOG_LEVEL=1 hides TF's INFO lines (its warnings and errors still show).
 """
 
+import contextlib
 import functools
+import itertools
 import os
+import signal
 import sys
 
 from absl import app, logging
@@ -32,10 +45,40 @@ TF_START_UP_LINES = tf_logs.KNOWN_LINES
 filtered_stderr = tf_logs.filtered_stderr
 
 
-def run(main, define_flags):
-    """Defines the app's flags, parses them, and runs `main(argv)` with one-line errors."""
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def run(main, define_flags, outputs=None):
+    """Defines the app's flags, parses them, and runs `main(argv)` with one-line errors and
+    interrupts. outputs: FLAGS -> the files or folders the app writes (None entries are
+    ignored), which an interrupt reports on."""
     define_flags()
-    app.run(functools.partial(_call_main, main), flags_parser=parse_flags)
+    handle_interrupts()
+    try:
+        app.run(functools.partial(_call_main, main, outputs), flags_parser=parse_flags)
+    except KeyboardInterrupt as e:  # outside main: while flags were parsed
+        stop(errors.Interrupted.of(e))
+
+
+def handle_interrupts():
+    """SIGINT and SIGTERM raise errors.Interrupted in the main thread (see the docstring)."""
+    for signum in INTERRUPTS:
+        signal.signal(signum, _interrupt)
+
+
+def _interrupt(signum, frame):
+    for each in INTERRUPTS:  # a second signal ends the process at once
+        signal.signal(each, signal.SIG_DFL)
+    raise errors.Interrupted(signum)
+
+
+def stop(interrupted, left=None):
+    """Prints the interruption's line (its message, else `interrupted; <left>`) on stderr and
+    exits 128 + its signal's number."""
+    sys.stderr.flush()
+    line = interrupted.message or f"interrupted; {left or 'nothing written'}"
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(128 + interrupted.signum)
 
 
 def parse_flags(argv):
@@ -55,9 +98,13 @@ def parse_flags(argv):
     return remaining
 
 
-def _call_main(main, argv):
+def _call_main(main, outputs, argv):
+    paths = [p for p in (outputs(flags.FLAGS) if outputs else []) if p]
+    before = {path: snapshot(path) for path in paths}
     try:
         return main(argv)
+    except KeyboardInterrupt as e:
+        stop(errors.Interrupted.of(e), changed(before))
     except (app.UsageError, errors.ConfigError) as e:
         fail(e, 2)
     except Exception as e:  # only user errors are caught: a bug re-raises
@@ -74,9 +121,12 @@ def fail(error, exit_code):
 
 
 def error_message(error):
-    """One line: `path: reason` for an OSError that names its file, else str(error)."""
+    """One line: `path: reason` for an OSError that names its file, its message without the
+    `[Errno N]` prefix for another OSError, else str(error)."""
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         text = f"{os.fsdecode(error.filename)}: {error.strerror}"
+    elif isinstance(error, OSError) and error.errno is not None and error.strerror:
+        text = error.strerror  # its own message (atomic's "PATH: not written (cause)")
     else:
         text = str(error) or type(error).__name__
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
@@ -97,6 +147,50 @@ def is_user_error(error):
     tf = sys.modules.get("tensorflow")
     return tf is not None and isinstance(
         error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError))
+
+
+SNAPSHOT_LIMIT = 100_000  # files: a model_dir given as ~ by mistake is not walked whole
+
+
+def snapshot(path):
+    """{file: (size, mtime)} under `path` (a file or a folder), to tell what an app wrote;
+    None for a folder of more than SNAPSHOT_LIMIT files."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        found = [path]
+    else:
+        walked = (os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        found = list(itertools.islice(walked, SNAPSHOT_LIMIT + 1))
+        if len(found) > SNAPSHOT_LIMIT:
+            return None
+    files = {}
+    for name in found:
+        with contextlib.suppress(OSError):
+            info = os.stat(name)
+            files[name] = (info.st_size, info.st_mtime_ns)
+    return files
+
+
+def changed(before):
+    """What the app wrote since `before` ({path: snapshot}): "nothing written", or the files
+    new, changed or removed (a folder's counted, its first few named)."""
+    parts = []
+    for path, old in before.items():
+        if old is None:
+            parts.append(f"{path} not checked (over {SNAPSHOT_LIMIT:,} files)")
+            continue
+        now = snapshot(path) or {}
+        new = sorted(name for name in set(old) | set(now) if old.get(name) != now.get(name))
+        if not new:
+            continue
+        if new == [os.fspath(path)]:
+            parts.append(f"left {new[0]}")
+        else:
+            shown = ", ".join(os.path.relpath(name, path) for name in new[:3])
+            more = f" and {len(new) - 3} more" if len(new) > 3 else ""
+            files = f"{len(new)} file{'s' if len(new) > 1 else ''}"
+            parts.append(f"left {path}: {files} new, changed or removed ({shown}{more})")
+    return "; ".join(parts) or "nothing written"
 
 
 # --- TensorFlow's start-up lines --------------------------------------------------------

@@ -39,3 +39,36 @@ class ConfigError(UserError, ValueError):
 class NotFoundError(UserError, FileNotFoundError):
     """A file or folder the user named is missing, or does not hold what it must (a prepared
     dataset, a SavedModel). Still a FileNotFoundError for callers that catch one."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop: SIGINT (Ctrl-C) or SIGTERM. A KeyboardInterrupt, so code
+    that cleans up after Ctrl-C (atomic writes, TFDS's unfinished folders) does so for both.
+
+    The app (`cxr_tf.cli`) prints `message` as one line and exits 128 + signum (130, 143). The
+    code that knows what the process leaves behind re-raises with a message saying so:
+
+        except errors.Interrupted as e:
+            raise e.saying(f"interrupted in epoch {n}; ...") from None
+
+    Attributes:
+        signum: the signal's number (signal.SIGINT when raised for a plain KeyboardInterrupt).
+        message: one line for the user, or None (the app then says what it can).
+    """
+
+    def __init__(self, signum=2, message=None):
+        super().__init__(message or f"interrupted by signal {signum}")
+        self.signum = signum
+        self.message = message
+
+    def saying(self, message):
+        """The same interruption, with the line to print."""
+        return type(self)(self.signum, message)
+
+    @classmethod
+    def of(cls, error):
+        """`error` (any KeyboardInterrupt) as an Interrupted."""
+        return error if isinstance(error, cls) else cls()
+
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.signum, self.message)

@@ -105,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_evaluate_flags)
+    cli.run(main, flags.define_evaluate_flags, outputs=lambda f: [f.model_dir])

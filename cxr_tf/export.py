@@ -25,12 +25,15 @@ def export_run(config):
     """Writes the SavedModel of a run dir's checkpoint as `config` (an ExportConfig) says;
     returns a summary dict."""
     from cxr_tf import labels
+    from cxr_tf.console import say
     from cxr_tf.runs import checkpoints, record, thresholds
     from cxr_tf.serving import graph
 
     run = record.read(config.model_dir)
     values, source = thresholds.decision_thresholds(config.model_dir, config.threshold)
+    say(f"loading {checkpoints.checkpoint_path(config.model_dir, config.checkpoint)}")
     model = checkpoints.load_model(config.model_dir, config.checkpoint)
+    say(f"writing the SavedModel to {config.export_dir} (tracing its serving graph)")
     graph.export(model, config.export_dir, values, max_pixels=config.max_pixels)
     return {
         "export_dir": os.path.abspath(config.export_dir),
@@ -70,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_export_flags)
+    cli.run(main, flags.define_export_flags, outputs=lambda f: [f.export_dir])

@@ -46,12 +46,15 @@ def main(argv):
                              "(python -m cxr_tf.predict --model=DIR FILES_OR_DIRS...)")
     if config.output:  # before predicting: a bad path must not cost the predictions
         atomic.check_writable(config.output)
+    from cxr_tf.console import say
     from cxr_tf.serving import predictor as predictor_lib  # TensorFlow starts here
 
+    say(f"loading {config.model}")
     predictor = predictor_lib.Predictor(config.model, config.threshold)
     if config.gradcam_dir and predictor.keras_model is None:
         raise app.UsageError("--gradcam_dir needs the Keras model: pass a run dir as --model")
     files = predictor_lib.list_inputs(paths)
+    say(f"predicting {len(files):,} files" + (" with Grad-CAM" if config.gradcam_dir else ""))
     rows, failures, overlays = predictor_lib.predict_files(
         predictor, files, batch_size=config.batch_size, gradcam_dir=config.gradcam_dir,
         gradcam_top_k=config.gradcam_top_k, max_pixels=config.max_pixels)
@@ -74,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_predict_flags)
+    cli.run(main, flags.define_predict_flags, outputs=lambda f: [f.output, f.gradcam_dir])

@@ -46,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_prepare_flags)
+    cli.run(main, flags.define_prepare_flags, outputs=lambda f: [f.output_dir])

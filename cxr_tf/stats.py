@@ -141,4 +141,4 @@ def main(argv):
 FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_stats_flags)
+    cli.run(main, flags.define_stats_flags, outputs=lambda f: [f.plot])

@@ -4,8 +4,9 @@
     python -m cxr_tf.train --flagfile=thr05.cfg --data_dir=TFDS_DIR --model_dir=runs/thr05
 
 Flagfiles are found by bare name in the working directory or among the packaged configs
-(cxr_tf/configs/). Rerunning the same command after a crash resumes from model_dir/backup; a
-complete run is not trained again (--overwrite starts it afresh).
+(cxr_tf/configs/). Rerunning the same command after a crash or Ctrl-C resumes from
+model_dir/backup; a complete run, or one stopped by early stopping or a NaN loss, is not
+trained again (--overwrite starts it afresh, and deletes only a cxr_tf run dir).
 """
 
 import json
@@ -36,6 +37,7 @@ def main(argv):
         from cxr_tf.training import tf_config
 
         tf_config.read()  # a bad cluster spec fails now, before TensorFlow starts
+    from cxr_tf.data import source
     from cxr_tf.runs import claim
     from cxr_tf.training import runner  # TensorFlow starts here, after the flag checks
 
@@ -44,13 +46,33 @@ def main(argv):
                              verbose="auto" if sys.stdout.isatty() else 2)
     except claim.DifferingRunError as e:
         raise errors.UserError(other_run_message(e)) from None
+    except source.NotPreparedError as e:
+        raise errors.UserError(not_prepared_message(e, config)) from None
     if summary.get("complete"):
         print(json.dumps(summary) if FLAGS.json
               else f"{config.model_dir}: run is complete, nothing to do (--overwrite trains it "
                    "again)")
         return 0
+    if "stopped" in summary:
+        print(json.dumps(summary) if FLAGS.json else stopped_message(summary))
+        return 1 if summary["stopped"] == "nan_loss" else 0
     print(json.dumps(summary, sort_keys=True) if FLAGS.json else format_summary(summary))
     return 1 if summary["terminated_on_nan"] else 0
+
+
+def stopped_message(summary):
+    """A rerun of a run that stopped by its own rule: what stopped it, and what to do."""
+    why = {"early_stop": "early stopping: no val/auc_mean gain for --early_stop_patience "
+                         "epochs", "nan_loss": "the loss became NaN"}[summary["stopped"]]
+    return (f"{summary['model_dir']}: the run stopped after epoch {summary['epochs_done']} of "
+            f"{summary['epochs']} ({why}); nothing to do (--overwrite trains it again)")
+
+
+def not_prepared_message(error, config):
+    """No prepared dataset at --image_size: the prepare command that makes it."""
+    return (f"{error.data_dir}: no prepared dataset at --image_size={config.image_size}; "
+            "prepare it: python -m cxr_tf.prepare --data_dir=KAGGLE_DIR "
+            f"--output_dir={error.data_dir} --image_size={config.image_size}")
 
 
 def other_run_message(error):
@@ -130,4 +152,4 @@ def _auc_cell(auc, positives, negatives, min_count):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_train_flags)
+    cli.run(main, flags.define_train_flags, outputs=lambda f: [f.model_dir])

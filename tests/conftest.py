@@ -99,3 +99,37 @@ def import_roots():
         return found
 
     return roots
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(bytes) -> (folder, limit): a folder where writes fail past `bytes`.
+
+    A tmpfs of that size where this process may mount one (root): a real full disk, ENOSPC.
+    Elsewhere the folder is plain and `limit` is the RLIMIT_FSIZE to give a subprocess
+    (`preexec_fn=limit`): a write past it fails with EFBIG, as the disk would with ENOSPC.
+    """
+    import resource
+    import signal
+    import subprocess
+
+    mounted = []
+
+    def make(size):
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(folder)], capture_output=True)
+        if proc.returncode == 0:
+            mounted.append(folder)
+            return folder, None
+
+        def limit():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+        return folder, limit
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)

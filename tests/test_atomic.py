@@ -109,3 +109,33 @@ def test_check_writable_fails_before_any_work_and_touches_nothing(tmp_path):
         with pytest.raises(atomic.NotWrittenError) as info:
             atomic.check_writable(path)
         assert cli.error_message(info.value) == f"{path}: cannot be written ({cause})"
+@pytest.mark.slow
+def test_a_real_full_disk_while_the_backup_is_written_is_one_line_not_a_crash(small_disk):
+    """ENOSPC on a 1 MB tmpfs (RLIMIT_FSIZE where mounting is not allowed) while EpochBackup
+    writes 3 MB: the error is raised once, and the process exits normally. Before, h5py's file
+    object failed to close twice at exit and the process died with SIGSEGV (exit 139)."""
+    disk, limit = small_disk(1 << 20)
+    script = (
+        "import sys\n"
+        "import keras, numpy as np\n"
+        "from cxr_tf.training import callbacks\n"
+        "inputs = keras.Input((64,))\n"
+        "net = keras.Model(inputs, keras.layers.Dense(4096)(inputs))\n"
+        "net.compile('adam', 'mse')\n"
+        "net.fit(np.ones((4, 64)), np.ones((4, 4096)), verbose=0)\n"
+        "backup = callbacks.EpochBackup(sys.argv[1])\n"
+        "backup.set_model(net)\n"
+        "try:\n"
+        "    backup.on_epoch_end(0, {})\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(disk / "run")], capture_output=True,
+                          text=True, preexec_fn=limit, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    cause = "[Errno 28] {}: not written (No space left on device)" if limit is None else \
+        "[Errno 27] {}: not written (File too large)"
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == cause.format(disk / "run" / "backup" / "epoch-0001.weights.h5") + "\n"
+    assert "Exception ignored" not in proc.stderr and "h5py" not in proc.stderr
+    assert os.listdir(disk / "run" / "backup") == []

@@ -1,6 +1,7 @@
 """cxr_tf.training.callbacks on a tiny Dense model: history rows on resume, best restored from
-history, the NaN branch of EpochMetrics, the lean checkpoints, and the epoch-end save killed
-at every step resuming exactly."""
+history, the NaN branch of EpochMetrics, the lean checkpoints, the recorded status, and the
+epoch-end save of the first and a later epoch killed at every step: never complete early
+through the rerun's claim, and resuming exactly."""
 
 import os
 import shutil
@@ -11,8 +12,9 @@ import pytest
 import tensorflow as tf
 
 from cxr_tf import labels
-from cxr_tf.runs import RunDirError, checkpoints, history, layout
-from cxr_tf.training import callbacks, epoch_metrics
+from cxr_tf.runs import RunDirError, checkpoints, claim, history, layout, record
+from cxr_tf.runs.config import RunConfig
+from cxr_tf.training import callbacks, epoch_metrics, keras_compat
 
 X = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
 Y = (X[:, :1] > 0).astype(np.float32).repeat(3, axis=1)
@@ -33,30 +35,42 @@ def write_history(model_dir, rows):
         f.write("\n".join(rows) + "\n")
 
 
-def test_csv_logger_drops_rows_of_epochs_to_redo(tmp_path):
-    write_history(tmp_path, ["epoch,loss,val_loss", "0,0.5,0.55", "1,0.4,0.45", "2,0.3,0.4"])
+def test_csv_logger_drops_rows_of_epochs_to_redo_and_counts_from_1(tmp_path):
+    write_history(tmp_path, ["epoch,loss,val_loss", "1,0.5,0.55", "2,0.4,0.45", "3,0.3,0.4"])
+    logger = callbacks.ResumableCSVLogger(layout.history_path(tmp_path), initial_epoch=2)
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 0.25, "val_loss": 0.35})  # Keras's third epoch
+    logger.on_train_end()
+    assert (tmp_path / "history.csv").read_text().splitlines() == \
+        ["epoch,loss,val_loss", "1,0.5,0.55", "2,0.4,0.45", "3,0.25,0.35"]
+
+
+def test_csv_logger_renumbers_an_older_history_and_drops_its_torn_row(tmp_path):
+    """A 0-based history.csv (cxr_tf before 0.3) with a row cut short by a crash."""
+    (tmp_path / "history.csv").write_bytes(b"epoch,loss,val_loss\r\n0,0.5,0.55\r\n"
+                                           b"1,0.4,NA\r\n2,0.3")
     logger = callbacks.ResumableCSVLogger(layout.history_path(tmp_path), initial_epoch=2)
     logger.on_train_begin()
     logger.on_epoch_end(2, {"loss": 0.25, "val_loss": 0.35})
     logger.on_train_end()
     assert (tmp_path / "history.csv").read_text().splitlines() == \
-        ["epoch,loss,val_loss", "0,0.5,0.55", "1,0.4,0.45", "2,0.25,0.35"]
+        ["epoch,loss,val_loss", "1,0.5,0.55", "2,0.4,nan", "3,0.25,0.35"]
 
 
 def test_csv_logger_on_a_fresh_start_keeps_one_header(tmp_path):
-    write_history(tmp_path, ["epoch,loss", "0,0.5"])
+    write_history(tmp_path, ["epoch,loss", "1,0.5"])
     logger = callbacks.ResumableCSVLogger(layout.history_path(tmp_path), initial_epoch=0)
     logger.on_train_begin()
     logger.on_epoch_end(0, {"loss": 0.7, "val_loss": 0.8})
     logger.on_train_end()
     assert (tmp_path / "history.csv").read_text().splitlines() == \
-        ["epoch,loss,val_loss", "0,0.7,0.8"]
+        ["epoch,loss,val_loss", "1,0.7,0.8"]
 
 
 def test_best_is_restored_from_history_and_only_a_better_epoch_replaces_it(tmp_path):
     net = tiny_model()
     checkpoints.save_model(net, tmp_path, "best")
-    write_history(tmp_path, ["epoch,val/auc_mean", "0,0.6", "1,nan", "2,0.7", "3,"])
+    write_history(tmp_path, ["epoch,val/auc_mean", "1,0.6", "2,nan", "3,0.7", "4,"])
     checkpoint = callbacks.AtomicCheckpoint(str(tmp_path))
     checkpoint.set_model(net)
     checkpoint.on_train_begin()
@@ -75,7 +89,7 @@ def test_best_is_restored_from_history_and_only_a_better_epoch_replaces_it(tmp_p
 
 
 def test_without_best_keras_the_first_epoch_becomes_best(tmp_path):
-    write_history(tmp_path, ["epoch,val/auc_mean", "0,0.9"])
+    write_history(tmp_path, ["epoch,val/auc_mean", "1,0.9"])
     checkpoint = callbacks.AtomicCheckpoint(str(tmp_path))
     checkpoint.set_model(tiny_model())
     checkpoint.on_train_begin()
@@ -127,25 +141,40 @@ def test_epoch_metrics_of_a_diverged_model_are_nan_not_a_crash():
     assert "learning_rate" not in logs  # only the validation pass logs it
 
 
-def fit(model_dir, epochs, snapshot=None, on_step=None):
-    """Trains the tiny model as a run does (history, checkpoints, backup last); returns it.
-    `snapshot` is placed before, between and after the savers."""
+EPOCHS = 3
+
+
+def run_config(model_dir, epochs=EPOCHS):
+    return RunConfig(model_dir=str(model_dir), epochs=epochs)
+
+
+def fit(model_dir, epochs=EPOCHS, snapshot=None, on_step=None):
+    """Trains the tiny model as a run does (the record, history, checkpoints, the status and
+    the backup last); returns it. `snapshot` is placed before, between and after the savers."""
     net = tiny_model()
     os.makedirs(model_dir, exist_ok=True)
     initial = layout.resume_epoch(model_dir)
+    if initial == 0 or not record.exists(model_dir):  # as runner.train writes it
+        record.write(model_dir, record.RunRecord(
+            config=run_config(model_dir, epochs), resolved=record.Resolved(),
+            environment=record.Environment(package_versions={"cxr_tf": "test"}),
+            status=record.Status(record.RUNNING, 0, epochs)))
     snap = [snapshot] if snapshot else []
+    hook = on_step or snapshot
     cbs = [*snap, callbacks.ResumableCSVLogger(layout.history_path(model_dir), initial), *snap,
            callbacks.AtomicCheckpoint(str(model_dir), monitor="loss", mode="min"), *snap,
-           callbacks.EpochBackup(str(model_dir), initial, on_step=on_step or snapshot)]
+           callbacks.RunStatus(str(model_dir), epochs, initial, on_step=hook),
+           callbacks.EpochBackup(str(model_dir), initial, on_step=hook)]
     net.fit(X, Y, batch_size=4, epochs=epochs, initial_epoch=initial, shuffle=False,
             verbose=0, callbacks=cbs)
     return net
 
 
 class Snapshot(keras.callbacks.Callback):
-    """Copies the run dir at each point of epoch 1's end-of-epoch save: exactly what a
-    SIGKILL at that point would leave on disk. Placed between the callbacks that write, and
-    called by EpochBackup as its on_step hook at each step of the backup itself."""
+    """Copies the run dir at each point of the first and second epochs' end-of-epoch save,
+    and of the end of training: exactly what a SIGKILL at that point would leave on disk.
+    Placed between the callbacks that write, and called by RunStatus and EpochBackup as
+    their on_step hook at each step of their own writes."""
 
     def __init__(self, model_dir, out):
         super().__init__()
@@ -158,36 +187,101 @@ class Snapshot(keras.callbacks.Callback):
         self("between")
 
     def __call__(self, step):
-        if self.epoch == 1:
-            shutil.copytree(self.model_dir, self.out / f"{len(os.listdir(self.out))}-{step}")
+        if self.epoch in (0, 1) or step in ("recorded", "removed"):
+            name = f"{len(os.listdir(self.out)):02d}-epoch{self.epoch + 1}-{step}"
+            shutil.copytree(self.model_dir, self.out / name)
 
 
-def test_a_kill_at_any_step_of_the_epoch_end_save_resumes_exactly(tmp_path):
-    reference = fit(tmp_path / "reference", epochs=3).get_weights()
+# Each snapshot, and what rerunning the same command finds there: before the history row,
+# before the checkpoints, before the backup, and inside the backup's save (the new file
+# written, not yet renamed; renamed, the old one still there; the old one removed); then the
+# end of training (the status recorded; the backup removed).
+EXPECTED_CLAIMS = {
+    "00-epoch1-between": (claim.RESUME, 0), "01-epoch1-between": (claim.RESUME, 0),
+    "02-epoch1-between": (claim.RESUME, 0), "03-epoch1-written": (claim.RESUME, 0),
+    "04-epoch1-renamed": (claim.RESUME, 1), "05-epoch1-pruned": (claim.RESUME, 1),
+    "06-epoch2-between": (claim.RESUME, 1), "07-epoch2-between": (claim.RESUME, 1),
+    "08-epoch2-between": (claim.RESUME, 1), "09-epoch2-written": (claim.RESUME, 1),
+    "10-epoch2-renamed": (claim.RESUME, 2), "11-epoch2-pruned": (claim.RESUME, 2),
+    "12-epoch3-recorded": (claim.COMPLETE, 3), "13-epoch3-removed": (claim.COMPLETE, 0),
+}
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_step_of_an_epoch_end_save_is_never_complete_and_resumes_exactly(
+        tmp_path):
+    reference = fit(tmp_path / "reference").get_weights()
     model_dir, snapshots = tmp_path / "run", tmp_path / "snapshots"
     snapshots.mkdir()
-    fit(model_dir, epochs=3, snapshot=Snapshot(model_dir, snapshots))
-    # Before the history row, before the checkpoints, before the backup, and inside it:
-    # new file written (not yet renamed), renamed (old one still there), old one removed.
-    expected = {"0-between": 1, "1-between": 1, "2-between": 1, "3-written": 1,
-                "4-renamed": 2, "5-pruned": 2}
-    assert sorted(os.listdir(snapshots)) == sorted(expected)
-    for label, resume_epoch in expected.items():
+    fit(model_dir, snapshot=Snapshot(model_dir, snapshots))
+    assert sorted(os.listdir(snapshots)) == sorted(EXPECTED_CLAIMS)
+    for label, expected in EXPECTED_CLAIMS.items():
         resumed_dir = snapshots / label
-        assert layout.resume_epoch(resumed_dir) == resume_epoch, label
-        resumed = fit(resumed_dir, epochs=3)
-        for a, b in zip(resumed.get_weights(), reference):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=label)
-        assert [r["epoch"] for r in history.read_history(resumed_dir)] == ["0", "1", "2"]
-        assert not (resumed_dir / "backup").exists()
+        # The rerun's path: the claim decides whether there is anything left to train.
+        with claim.claim(resumed_dir, run_config(resumed_dir)) as claimed:
+            assert (claimed.state, claimed.initial_epoch) == expected, label
+        if claimed.state == claim.RESUME:
+            resumed = fit(resumed_dir)
+            for a, b in zip(resumed.get_weights(), reference):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=label)
+        with claim.claim(resumed_dir, run_config(resumed_dir)) as claimed:
+            assert claimed.state == claim.COMPLETE, label
+        assert record.read(resumed_dir).status == record.Status(record.COMPLETE, 3, 3), label
+        assert [r["epoch"] for r in history.read_history(resumed_dir)] == [1, 2, 3], label
+        if label != "12-epoch3-recorded":  # killed before removing it: a complete run
+            assert not (resumed_dir / "backup").exists(), label
         assert not [n for n in os.listdir(resumed_dir / "checkpoints") if n.startswith(".")]
+
+
+@pytest.mark.parametrize("logs, epochs, expected", [
+    ([{"loss": 0.5}, {"loss": 0.4}], 2, record.Status(record.COMPLETE, 2, 2)),
+    ([{"loss": 0.5}, {"loss": float("nan")}], 2,
+     record.Status(record.STOPPED, 2, 2, record.NAN_LOSS)),
+    ([{"loss": 0.5}, {"loss": 0.4}], 5, record.Status(record.STOPPED, 2, 5, record.EARLY_STOP)),
+])
+def test_run_status_records_how_training_ended(tmp_path, logs, epochs, expected):
+    fit(tmp_path, epochs=1)  # a record to write into
+    status = callbacks.RunStatus(str(tmp_path), epochs)
+    status.on_train_begin()
+    assert record.read(tmp_path).status == record.Status(record.RUNNING, 0, epochs)
+    for epoch, epoch_logs in enumerate(logs):
+        status.on_epoch_begin(epoch)
+        assert status.epoch == epoch + 1
+        status.on_epoch_end(epoch, epoch_logs)
+    status.on_train_end()
+    assert record.read(tmp_path).status == expected
+
+
+def test_the_backup_is_the_file_keras_writes(tmp_path):
+    """EpochBackup makes the .weights.h5 in memory: the same groups as Keras's save_weights,
+    and loading it restores weights and optimizer state alike."""
+    import h5py
+
+    net = tiny_model()
+    net.fit(X, Y, batch_size=4, epochs=1, verbose=0)
+    net.save_weights(tmp_path / "keras.weights.h5")
+    (tmp_path / "ours.weights.h5").write_bytes(keras_compat.weights_file_bytes(net))
+
+    def names(path):
+        with h5py.File(path) as f:
+            found = []
+            f.visit(found.append)
+            return found
+
+    assert names(tmp_path / "ours.weights.h5") == names(tmp_path / "keras.weights.h5")
+    restored = tiny_model()
+    restored.optimizer.build(restored.trainable_variables)
+    restored.load_weights(tmp_path / "ours.weights.h5")
+    for a, b in zip(restored.variables + restored.optimizer.variables,
+                    net.variables + net.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
 
 def test_a_corrupt_backup_names_the_file_and_what_to_do(tmp_path):
     model_dir = tmp_path / "run"
     fit(model_dir, epochs=1, on_step=lambda step: step == "pruned" and shutil.copytree(
         model_dir / "backup", tmp_path / "kept"))
-    shutil.copytree(tmp_path / "kept", model_dir / "backup")  # as if killed after epoch 0
+    shutil.copytree(tmp_path / "kept", model_dir / "backup")  # as if killed after epoch 1
     path = model_dir / "backup" / "epoch-0001.weights.h5"
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(RunDirError) as info:

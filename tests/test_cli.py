@@ -245,7 +245,8 @@ def test_train_into_a_model_dir_under_a_file_is_one_line(tmp_path, prepared_dir)
                    "--arch=resnet18", "--image_size=32", "--epochs=1", "--steps_per_epoch=1",
                    timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    [line] = proc.stderr.splitlines()
+    said, line = proc.stderr.splitlines()  # what it was doing (on stderr), then the error
+    assert said == f"opening the dataset in {prepared_dir}"
     assert line.startswith("error: ") and str(tmp_path / "file") in line
     assert line.endswith(": Not a directory")
 
@@ -284,6 +285,104 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback():
         assert "Traceback (most recent call last)" in proc.stderr
         assert proc.stderr.splitlines()[-1] == last_line
         assert "error: " not in proc.stderr
+
+
+# --- interrupts ---------------------------------------------------------------------------
+
+APP = """
+import os, signal, sys, time
+from absl import flags as absl_flags
+from cxr_tf import cli, errors, flags
+
+def define():
+    flags._define_app_flags(flags.FLAGS)
+    absl_flags.DEFINE_string("out", None, "where the app writes")
+
+def main(argv):
+    os.makedirs(flags.FLAGS.out, exist_ok=True)
+    {body}
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(60)  # the signal's handler raises before this ends
+
+cli.run(main, define, outputs=lambda f: [f.out, None])
+"""
+
+
+@pytest.mark.parametrize("body, signal_name, exit_code, line", [
+    ("pass", "SIGINT", 130, "interrupted; nothing written"),
+    ("pass", "SIGTERM", 143, "interrupted; nothing written"),
+    ("open(os.path.join(flags.FLAGS.out, 'a.csv'), 'w').write('x')", "SIGINT", 130,
+     "interrupted; left {out}: 1 file new, changed or removed (a.csv)"),
+])
+def test_an_interrupted_app_says_in_one_line_what_it_left(tmp_path, body, signal_name,
+                                                          exit_code, line):
+    out = tmp_path / "out"
+    (tmp_path / "out").mkdir()
+    (out / "old.txt").write_text("was there")  # unchanged: not reported
+    proc = subprocess.run(
+        [sys.executable, "-c", APP.format(body=body, signal=signal_name), f"--out={out}"],
+        capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (exit_code, line.format(out=out) + "\n",
+                                                           "")
+
+
+def test_what_an_app_left_is_counted_in_a_folder_of_bounded_size(tmp_path, monkeypatch):
+    (tmp_path / "a").write_text("1")
+    before = {tmp_path: cli.snapshot(tmp_path)}
+    (tmp_path / "a").unlink()
+    for name in ("b", "c", "d", "e"):
+        (tmp_path / name).write_text("2")
+    assert cli.changed(before) == (f"left {tmp_path}: 5 files new, changed or removed (a, b, c "
+                                   "and 2 more)")
+    monkeypatch.setattr(cli, "SNAPSHOT_LIMIT", 3)  # a model_dir given as ~ is not walked whole
+    assert cli.changed({tmp_path: cli.snapshot(tmp_path)}) == \
+        f"{tmp_path} not checked (over 3 files)"
+
+
+def test_the_code_that_knows_says_what_was_saved(tmp_path):
+    body = ("try:\n        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+            "    except errors.Interrupted as e:\n"
+            "        raise e.saying('interrupted in epoch 3; the state after epoch 2 is saved')")
+    proc = subprocess.run(
+        [sys.executable, "-c", APP.format(body=body, signal="SIGTERM"), f"--out={tmp_path}"],
+        capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (
+        143, "interrupted in epoch 3; the state after epoch 2 is saved\n")
+
+
+def test_a_second_signal_ends_the_process_at_once():
+    """The first raises errors.Interrupted and gives both signals their default action back,
+    so a second one (sent here while the first is being handled) kills the process."""
+    code = ("import os, signal\n"
+            "from cxr_tf import cli, errors\n"
+            "cli.handle_interrupts()\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    signal.pause()\n"
+            "except errors.Interrupted as e:\n"
+            "    print('first', e.signum, signal.getsignal(signal.SIGINT) is signal.SIG_DFL,\n"
+            "          flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    print('still running')\n")
+    proc = run_code(code)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (-2, "first 15 True\n", "")
+
+
+def test_every_apps_usage_renders():
+    """absl prints the app's module docstring as --help's usage: a command continued with a
+    backslash keeps its line breaks (no words run together), every app starts with its
+    command."""
+    import importlib
+
+    for name in ("train", "evaluate", "export", "predict", "prepare", "stats",
+                 "synthetic.__main__"):
+        doc = importlib.import_module(f"cxr_tf.{name}").__doc__
+        command = f"python -m cxr_tf.{name.split('.')[0]}"
+        assert doc.split("\n\n")[1].strip().startswith(command), name
+        for line in doc.splitlines():
+            assert "   " not in line.strip(), (name, line)
+            if line.endswith("\\"):
+                assert line.strip().startswith(("python -m", "[")), (name, line)
 
 
 # --- TensorFlow's start-up lines ----------------------------------------------------------

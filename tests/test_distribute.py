@@ -1,17 +1,24 @@
-"""cxr_tf.training.distribute (strategy choice, the chief, where a worker writes) and the
-version check of keras_compat, in milliseconds. MirroredStrategy with two replicas trains in
-tests/test_mirrored.py; two workers in tests/test_train.py; claiming the run dir (the chief's
-lock, the other workers' read-only claim) in tests/test_run_claim.py."""
+"""cxr_tf.training.distribute (strategy choice, the chief, where a worker writes), the version
+check of keras_compat, and a cluster that assembles within its timeout or ends naming the
+missing worker (training.cluster: milliseconds in-process; the slow ones run the train app).
+MirroredStrategy with two replicas trains in tests/test_mirrored.py; two workers in
+tests/test_train.py; claiming the run dir (the chief's lock, the other workers' read-only
+claim) in tests/test_run_claim.py."""
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import types
 
 import pytest
 import tensorflow as tf
 
 from cxr_tf import errors
-from cxr_tf.training import distribute, keras_compat
+from cxr_tf.training import cluster, distribute, keras_compat
 
 
 def test_strategy_choice_on_a_machine_without_gpus(monkeypatch):
@@ -97,3 +104,113 @@ def test_keras_compat_is_the_only_module_with_private_keras_names():
                         "def _save_model", "._weights_path")):
                     offenders.append(name)
     assert offenders == []
+
+
+# --- a cluster within its timeout -------------------------------------------------------
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def tf_config(ports, index=0):
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{not json", r"^TF_CONFIG is not JSON \("),
+    ('{"cluster": {"worker": ["a:1"]}}', r"^TF_CONFIG 'task' must be an object with 'type' "
+                                         r"and 'index'; got None$"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+     r"^TF_CONFIG task index 1 is out of range: 'cluster' lists 1 worker task\(s\), indices 0 "
+     r"to 0$"),
+])
+def test_a_tf_config_that_cannot_be_used_is_one_line(value, message):
+    # cluster reads TF_CONFIG through tf_config, TensorFlow's rules (tests/test_tf_config.py)
+    with pytest.raises(errors.UserError, match=message):
+        cluster.read_tf_config({"TF_CONFIG": value})
+
+
+def test_waiting_ends_when_every_peer_answers_or_names_the_silent_ones():
+    up, down = free_ports(2)
+    peers = {("worker", 1): f"127.0.0.1:{up}", ("worker", 2): f"127.0.0.1:{down}"}
+    with cluster.answering(up):  # as a waiting peer answers on its own port
+        cluster.wait_for({("worker", 1): peers[("worker", 1)]}, time.monotonic() + 60, 60)
+        with pytest.raises(cluster.ClusterError) as info:
+            cluster.wait_for(peers, time.monotonic(), 60)  # the deadline has passed
+    assert str(info.value) == (
+        f"the cluster did not assemble within 60 s: worker 2 (127.0.0.1:{down}) did not answer; "
+        "start every task of TF_CONFIG's cluster (and check its addresses and ports), or raise "
+        "cluster_timeout")
+    with socket.socket() as taken:
+        taken.bind(("", down))
+        taken.listen()
+        with pytest.raises(cluster.ClusterError, match=f"^port {down} of this task \\(TF_CONFIG\\)"
+                                                       " cannot be used: Address already in use$"):
+            with cluster.answering(down):
+                pass
+
+
+def cluster_train(prepared_dir, tmp_path, ports, *flags):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+           "TF_CONFIG": tf_config(ports)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cxr_tf.train", f"--data_dir={prepared_dir}",
+         f"--model_dir={tmp_path / 'run'}", "--strategy=multi_worker", "--arch=resnet18",
+         "--image_size=32", "--batch_size=4", "--epochs=1", *flags],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_ends_naming_it(prepared_dir, tmp_path):
+    ports = free_ports(2)
+    proc = cluster_train(prepared_dir, tmp_path, ports, "--cluster_timeout=5")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.splitlines()[-2:] == [
+        f"waiting up to 5 s for the other workers: worker 1 (127.0.0.1:{ports[1]})",
+        f"error: the cluster did not assemble within 5 s: worker 1 (127.0.0.1:{ports[1]}) did "
+        "not answer; start every task of TF_CONFIG's cluster (and check its addresses and "
+        "ports), or raise cluster_timeout"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_peer_that_answers_but_never_joins_is_bounded_by_tensorflows_barrier(prepared_dir,
+                                                                               tmp_path):
+    """Something else answers on worker 1's port: the wait in Python passes, and
+    TensorFlow's register barrier (bounded by the time left) names worker 1."""
+    ports = free_ports(2)
+    with cluster.answering(ports[1]):
+        proc = cluster_train(prepared_dir, tmp_path, ports, "--cluster_timeout=10")
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    # TensorFlow logs its own lines about the failed barrier too (E0000 ..., at exit).
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: the cluster did not assemble within 10 s: worker 1 (127.0.0.1:{ports[1]}) did "
+        "not answer; start every task of TF_CONFIG's cluster (and check its addresses and "
+        "ports), or raise cluster_timeout"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
+                         ids=lambda signum: signum.name)
+def test_a_signal_ends_the_wait_for_the_cluster(prepared_dir, tmp_path, signum):
+    """TensorFlow's own wait ignores both (it holds the interpreter, and logs SIGTERM only)."""
+    ports = free_ports(2)
+    proc = cluster_train(prepared_dir, tmp_path, ports, "--cluster_timeout=600")
+    for line in proc.stderr:  # the marker: the wait has begun
+        if line.startswith("waiting up to"):
+            break
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum and "Traceback" not in err, err
+    assert err.splitlines() == [  # the rest of stderr, after the marker
+        f"interrupted while waiting for the other workers (worker 1 (127.0.0.1:{ports[1]})); "
+        "nothing written"]

@@ -17,7 +17,8 @@ from cxr_tf.testing import image_bytes
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "fuzz_inputs.py"
 
 
-@pytest.mark.parametrize("target, runs", [("image", 300), ("metadata", 100), ("prepared", 200)])
+@pytest.mark.parametrize("target, runs", [("image", 300), ("metadata", 100), ("prepared", 200),
+                                          ("history", 300)])
 def test_short_fuzz_run_finds_nothing(target, runs, tmp_path):
     pytest.importorskip("atheris")
     proc = subprocess.run(

@@ -12,7 +12,8 @@ APPS = {"train", "evaluate", "export", "predict", "prepare", "stats", "flags", "
         "synthetic.__main__"}
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    {"labels", "atomic", "configs", "errors", "schema", "archs", "options", "locks", "tf_logs"},
+    {"labels", "atomic", "configs", "errors", "schema", "archs", "options", "locks", "tf_logs",
+     "console"},
     {"model", "pretrained", "losses"},
     {"data"},
     {"datasets", "synthetic"},

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,12 +26,65 @@ def test_layout_paths(tmp_path):
     assert layout.backup_path(tmp_path, 7) == str(tmp_path / "backup" / "epoch-0007.weights.h5")
 
 
-def test_read_history_rows(tmp_path):
+def rows_of(values):
+    """read_history's rows, NaN written as None so that lists compare."""
+    return [{k: None if v != v else v for k, v in row.items()} for row in values]
+
+
+def test_read_history_rows_counting_epochs_from_1(tmp_path):
     assert history.read_history(tmp_path) == []
-    (tmp_path / "history.csv").write_text("epoch,loss,val/auc_mean\n0,0.5,0.6\n1,0.4,nan\n")
-    assert history.read_history(tmp_path) == [
-        {"epoch": "0", "loss": "0.5", "val/auc_mean": "0.6"},
-        {"epoch": "1", "loss": "0.4", "val/auc_mean": "nan"}]
+    (tmp_path / "history.csv").write_text("epoch,loss,val/auc_mean\r\n1,0.5,0.6\r\n"
+                                          "2,0.4,nan\r\n3,0.3,NA\r\n4,0.2,\r\n")
+    assert rows_of(history.read_history(tmp_path)) == [
+        {"epoch": 1, "loss": 0.5, "val/auc_mean": 0.6},
+        {"epoch": 2, "loss": 0.4, "val/auc_mean": None},
+        {"epoch": 3, "loss": 0.3, "val/auc_mean": None},
+        {"epoch": 4, "loss": 0.2, "val/auc_mean": None}]
+
+
+def test_a_history_written_from_epoch_0_reads_from_epoch_1(tmp_path):
+    """cxr_tf 0.2.0 counted history.csv's epochs from 0 (tests/data/run_dir_0_2_0)."""
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,0.5\n1,0.4\n")
+    assert [row["epoch"] for row in history.read_history(tmp_path)] == [1, 2]
+    old = Path(__file__).resolve().parent / "data" / "run_dir_0_2_0" / "history.csv"
+    assert [row["epoch"] for row in history.read_file(old)] == [1]
+
+
+@pytest.mark.parametrize("tail, dropped", [
+    (b"3,0.3,0.7", 9),  # an append cut short: no newline
+    (b"\0" * 4096, 4096),  # ext4 after a power loss: the size grew, the data did not
+    (b"3,0.3,0.\0\0\0\0", 12),
+])
+def test_a_torn_tail_is_dropped_with_one_warning(tmp_path, caplog, tail, dropped):
+    good = b"epoch,loss,val/auc_mean\r\n1,0.5,0.6\r\n2,0.4,0.65\r\n"
+    (tmp_path / "history.csv").write_bytes(good + tail)
+    with caplog.at_level("WARNING"):
+        rows = history.read_history(tmp_path)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'history.csv'}: dropped its last {dropped} bytes (a row cut short by a "
+        "crash or a power loss); that epoch counts as not finished"]
+
+
+@pytest.mark.parametrize("text, what", [
+    ("epoch,loss,val/auc_mean\n1,0.5,0.6\n2,0.4,good\n",
+     "line 3: val/auc_mean is 'good', not a number"),
+    ("epoch,loss,val/auc_mean\n1,0.5,0.6\n#%$garbage\n2,0.4,0.7\n",
+     "line 3 has 1 fields, the header 3"),
+    ("epoch,loss\n1,0.5\n\0\0\n2,0.4\n3,0.3\n", "line 3 has 1 fields, the header 2"),
+    ("epoch,loss\n1.5,0.5\n", "line 2: epoch is '1.5', not an epoch number"),
+    ("loss,epoch\n0.5,1\n", "line 1 is not a history header (epoch, loss, ...): "
+                              "['loss', 'epoch']"),
+])
+def test_other_damage_names_the_file_the_line_and_what_to_do(tmp_path, text, what):
+    (tmp_path / "history.csv").write_text(text)
+    with pytest.raises(history.HistoryError) as info:
+        history.read_history(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'history.csv'}: {what}. It is training's per-epoch log: restore it from "
+        "a copy, or delete the damaged line (that epoch's figures are lost; the run still "
+        "resumes from backup/)")
+    assert isinstance(info.value, RunDirError)
 
 
 def test_checkpoint_path_errors(tmp_path):

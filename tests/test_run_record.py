@@ -49,21 +49,22 @@ def test_the_file_is_flat_with_the_given_values_apart(tmp_path):
     assert (content["data_dir"], content["steps_per_epoch"], content["model_dir"]) == \
         ("/cache/synthetic/tfds", 42, "/abs/run")
     assert content["given"] == {"data_dir": None, "steps_per_epoch": None, "model_dir": "run"}
-    assert content["record_version"] == 2 and "flags" not in content
+    assert content["record_version"] == 3 and "flags" not in content
     assert content["thresholds"] == ["0.4", "0.5"] and content["epochs"] == 4
     assert content["dataset"] == {"dir": "/cache/synthetic/tfds/nih_chest_xray14/64/1.1.0",
                                   "prepared": True, "source": {"Data_Entry_2017.csv": "ab12"}}
     # Every key 0.2.0 wrote is still there (users' scripts read them), less its "flags" copy.
     assert set(old_config()) - {"flags"} <= set(content)
-    # ... and the fields added since (verify_data).
+    # ... and the fields added since (verify_data, cluster_timeout).
     assert set(content) - set(old_config()) == {"record_version", "given", "dataset",
-                                                "verify_data"}
+                                                "verify_data", "cluster_timeout"}
 
 
 def test_0_2_0_record_with_its_flags_copy():
     run = record.from_json(old_config())
-    # verify_data came later: unknown, so never a difference.
-    assert run.version == 1 and run.recorded == frozenset(FIELDS) - {"verify_data"}
+    # verify_data and cluster_timeout came later: unknown, so never a difference.
+    assert run.version == 1 and run.recorded == frozenset(FIELDS) - {"verify_data",
+                                                                     "cluster_timeout"}
     config = run.config
     assert (config.arch, config.image_size, config.batch_size, config.epochs) == \
         ("resnet18", 32, 8, 1)
@@ -84,7 +85,8 @@ def test_oldest_record_without_flags_leaves_the_resolved_fields_unknown():
     run = record.from_json(content)
     # The given data_dir and steps_per_epoch are unknown: RunConfig's defaults, not compared.
     assert run.recorded == frozenset(FIELDS) - {"data_dir", "steps_per_epoch",
-                                                "imagenet_weights", "verify_data"}
+                                                "imagenet_weights", "verify_data",
+                                                "cluster_timeout"}
     assert (run.config.data_dir, run.config.steps_per_epoch) == (None, None)
     assert run.config.imagenet_weights is None and run.config.seed == 0
     assert (run.resolved.data_dir, run.resolved.steps_per_epoch) == ("/cache/synthetic/tfds", 11)
@@ -106,9 +108,13 @@ def test_missing_record_says_what_a_run_dir_is(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('{"seed": 3', r"config.json: not valid JSON \(Expecting ',' delimiter"),
-    ("[1, 2]", r"config.json: not a run record \(a JSON object\)$"),
-    ('{"record_version": 3}', r"config.json: record_version 3 is newer than this cxr_tf "
-                              r"reads \(2\); upgrade cxr_tf$"),
+    ("[1, 2]", r"config.json: not a cxr_tf run record \(a JSON object with record_version or "
+               r"package_versions.cxr_tf\); this folder belongs to something else$"),
+    ('{"model": "bert", "epochs": 3}', r"config.json: not a cxr_tf run record"),
+    ('{"record_version": 4}', r"config.json: record_version 4 is newer than this cxr_tf "
+                              r"reads \(3\); upgrade cxr_tf$"),
+    ('{"record_version": 3, "status": {"state": "done"}}',
+     r"config.json: its status is not one cxr_tf writes \(\{'state': 'done'\}\)$"),
     ('{"record_version": 2, "epochs": 0}', r"config.json: epochs must be at least 1; "
                                            r"received epochs=0$"),
 ])
@@ -116,3 +122,33 @@ def test_a_bad_record_names_the_file_and_the_reason(tmp_path, text, message):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(RunDirError, match=message):
         record.read(tmp_path)
+
+
+def test_the_status_is_written_whole_and_alone(tmp_path):
+    """write_status changes only "status": a 0.2.0 record keeps its shape (its "flags")."""
+    assert record.from_json(old_config()).status is None
+    content = old_config()
+    (tmp_path / "config.json").write_text(json.dumps(content))
+    stopped = record.Status(record.STOPPED, 2, 5, record.INTERRUPTED, "signal 15")
+    record.write_status(tmp_path, stopped)
+    after = json.loads((tmp_path / "config.json").read_text())
+    assert after == {**content, "status": {"state": "stopped", "epochs_done": 2, "epochs": 5,
+                                           "reason": "interrupted", "detail": "signal 15"}}
+    run = record.read(tmp_path)
+    assert (run.version, run.status) == (1, stopped)
+    assert not run.status.final  # an interrupted run resumes
+    assert record.Status(record.STOPPED, 2, 5, record.EARLY_STOP).final
+    assert record.Status(record.COMPLETE, 5, 5).final
+    assert not record.Status(record.RUNNING, 2, 5).final
+    with pytest.raises(ValueError, match="not a run status"):
+        record.Status("paused")
+
+
+def test_a_record_with_its_status_round_trips(tmp_path):
+    import dataclasses
+
+    written = dataclasses.replace(synthetic_record(),
+                                  status=record.Status(record.COMPLETE, 4, 4))
+    record.write(tmp_path, written)
+    assert record.read(tmp_path) == written
+    assert json.loads((tmp_path / "config.json").read_text())["status"]["state"] == "complete"

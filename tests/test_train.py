@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -68,7 +69,7 @@ def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
     assert (model_dir / "checkpoints" / "best.keras").stat().st_size > 0
     assert (model_dir / "checkpoints" / "last.keras").stat().st_size > 0
     assert not list((model_dir / "checkpoints").glob(".*tmp*"))
-    assert history_epochs(model_dir) == [0, 1]
+    assert history_epochs(model_dir) == [1, 2]  # as the progress bar and the backups count
     with open(model_dir / "history.csv", newline="") as f:
         columns = next(csv.reader(f))
     for key in ("loss", "val_loss", "val/auc_mean", "val/auc/Hernia", "val/f1@0.4/macro",
@@ -103,32 +104,88 @@ def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
     validation = {e.step: float(tf.make_ndarray(e.tensor_proto))
                   for e in acc.Tensors("epoch_loss")}
     with open(model_dir / "history.csv", newline="") as f:
-        val_loss = {int(r["epoch"]): float(r["val_loss"]) for r in csv.DictReader(f)}
+        val_loss = {int(r["epoch"]) - 1: float(r["val_loss"]) for r in csv.DictReader(f)}
     assert validation == pytest.approx(val_loss, rel=1e-6)
 
 
-def test_resume_after_sigkill_is_bitwise_identical(prepared_dir, tmp_path):
-    args = [f"--data_dir={prepared_dir}", "--epochs=3", "--deterministic", "--seed=3", *TINY]
-    reference = last_json(train(f"--model_dir={tmp_path / 'ref'}", *args).stdout)
+@pytest.fixture(scope="module")
+def resume_args(prepared_dir):
+    return [f"--data_dir={prepared_dir}", "--epochs=3", "--deterministic", "--seed=3", *TINY]
 
-    model_dir = tmp_path / "crash"
-    cmd = [sys.executable, "-m", "cxr_tf.train", f"--model_dir={model_dir}", *args]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+@pytest.fixture(scope="module")
+def uninterrupted(resume_args, tmp_path_factory):
+    """The summary of the run the interrupted ones must end identical to."""
+    return last_json(train(f"--model_dir={tmp_path_factory.mktemp('ref') / 'run'}",
+                           *resume_args).stdout)
+
+
+def wait_for(proc, predicate, what):
+    """Polls until `predicate()` (a file the run writes: a deterministic point of its
+    progress, not a time); fails if the process ended first."""
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list((model_dir / "backup").glob("epoch-*.weights.h5")):
-            break  # the first epoch is backed up: the process is now inside the next one
+    while time.time() < deadline and proc.poll() is None and not predicate():
         time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert history_epochs(model_dir) in ([0], [0, 1])
+    assert proc.poll() is None, f"training ended before {what}:\n{proc.communicate()[1]}"
 
-    resumed = last_json(train(f"--model_dir={model_dir}", *args).stdout)
-    assert resumed["resumed_from_epoch"] >= 1
-    assert resumed["weights_sha256"] == reference["weights_sha256"]
-    assert history_epochs(model_dir) == [0, 1, 2]
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+                         ids=lambda signum: signum.name)
+def test_a_run_stopped_mid_epoch_resumes_bitwise_identical(resume_args, uninterrupted, tmp_path,
+                                                           signum):
+    """SIGKILL (a preemption, the OOM killer) leaves the files as they were; Ctrl-C and SIGTERM
+    say in one line what is saved, record it, and exit 128 + the signal."""
+    model_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cxr_tf.train", f"--model_dir={model_dir}", *resume_args]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    # The first epoch is backed up: the process is now in the second one.
+    wait_for(proc, lambda: list((model_dir / "backup").glob("epoch-*.weights.h5")),
+             "its first backup")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        assert history_epochs(model_dir) in ([1], [1, 2])
+    else:
+        assert proc.returncode == 128 + signum and "Traceback" not in err, err
+        # The signal lands in the second epoch, or just before it begins.
+        assert re.fullmatch(f"interrupted in epoch [12]; the state after epoch 1 is saved in "
+                            f"{model_dir / 'backup'}; rerun the same command to resume",
+                            err.splitlines()[-1]), err
+        status = json.loads((model_dir / "config.json").read_text())["status"]
+        assert status == {"state": "stopped", "epochs_done": 1, "epochs": 3,
+                          "reason": "interrupted", "detail": f"signal {int(signum)}"}
+        assert history_epochs(model_dir) == [1]
+    assert not [p for p in model_dir.rglob(".*tmp-*")]  # nothing half-written
+
+    rerun = train(f"--model_dir={model_dir}", *resume_args)
+    resumed = last_json(rerun.stdout)
+    assert (f"resuming {model_dir} from backup/epoch-0001.weights.h5 at epoch 2 of 3 (the "
+            "first step compiles the model)") in rerun.stderr.splitlines()
+    assert resumed["resumed_from_epoch"] == 1
+    assert resumed["weights_sha256"] == uninterrupted["weights_sha256"]
+    assert history_epochs(model_dir) == [1, 2, 3]
     assert not (model_dir / "backup").exists()  # removed once training completed
+    assert json.loads((model_dir / "config.json").read_text())["status"] == {
+        "state": "complete", "epochs_done": 3, "epochs": 3, "reason": None, "detail": None}
+
+
+@pytest.mark.slow
+def test_interrupted_before_an_epoch_finished_a_new_run_dir_is_removed(resume_args, tmp_path):
+    model_dir = tmp_path / "new"
+    proc = subprocess.Popen([sys.executable, "-m", "cxr_tf.train", f"--model_dir={model_dir}",
+                             *resume_args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(proc, lambda: (model_dir / "config.json").exists(), "its run record")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert re.fullmatch("interrupted (in epoch 1|before its first epoch); no epoch had finished, "
+                        "so there is nothing to resume; rerun the same command to start again",
+                        err.splitlines()[-1]), err
+    assert not model_dir.exists()
 
 
 def run_files(model_dir):
@@ -137,6 +194,7 @@ def run_files(model_dir):
             for p in model_dir.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
+@pytest.mark.slow
 def test_a_complete_run_is_not_retrained_and_overwrite_starts_afresh(prepared_dir, tmp_path):
     model_dir = tmp_path / "run"
     args = [f"--data_dir={prepared_dir}", f"--model_dir={model_dir}", "--epochs=1",
@@ -158,7 +216,7 @@ def test_a_complete_run_is_not_retrained_and_overwrite_starts_afresh(prepared_di
     fresh = last_json(train(*args, "--learning_rate=0.002", "--overwrite").stdout)
     assert (fresh["epochs_run"], fresh["resumed_from_epoch"]) == (1, 0)
     assert json.loads((model_dir / "config.json").read_text())["learning_rate"] == 0.002
-    assert history_epochs(model_dir) == [0]
+    assert history_epochs(model_dir) == [1]
 
 
 def test_a_second_train_on_a_locked_run_dir_exits_at_once(prepared_dir, tmp_path):
@@ -179,12 +237,15 @@ def complete_run(model_dir, config):
     from cxr_tf.runs import record
 
     os.makedirs(model_dir)
-    record.write(model_dir, record.RunRecord(config=config, resolved=record.Resolved()))
-    (model_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    record.write(model_dir, record.RunRecord(
+        config=config, resolved=record.Resolved(),
+        status=record.Status(record.COMPLETE, config.epochs, config.epochs)))
+    (model_dir / "history.csv").write_text("epoch,loss\n1,0.5\n")
     return run_files(model_dir)
 
 
 def test_runner_run_claims_the_run_dir_itself(prepared_dir, tmp_path):
+    from cxr_tf import pretrained
     from cxr_tf.data import metadata
     from cxr_tf.runs import claim
     from cxr_tf.runs.config import RunConfig
@@ -198,9 +259,11 @@ def test_runner_run_claims_the_run_dir_itself(prepared_dir, tmp_path):
     with pytest.raises(claim.DifferingRunError) as info:
         runner.run(config.replace(epochs=2))
     assert info.value.differences == [("epochs", 1, 2)]
-    # A mistyped data_dir fails before overwrite deletes anything.
+    # A mistyped data_dir or weights file fails before overwrite deletes anything.
     with pytest.raises(metadata.MetadataError, match=f"^{tmp_path / 'typo'}: no Data_Entry CSV"):
         runner.run(config.replace(data_dir=str(tmp_path / "typo"), overwrite=True))
+    with pytest.raises(pretrained.WeightsError, match="typo.weights.h5'?: no such file"):
+        runner.run(config.replace(weights=str(tmp_path / "typo.weights.h5"), overwrite=True))
     assert run_files(model_dir) == before
 
 
@@ -244,9 +307,10 @@ def test_the_end_of_training_table_says_what_each_auc_rests_on():
 
 @pytest.mark.slow
 def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
-    proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
-                 "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",
-                 "--learning_rate=1e30", check=False)
+    args = [f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'nan'}", "--epochs=3",
+            "--arch=resnet18", "--image_size=32", "--batch_size=4", "--optimizer=sgd",
+            "--learning_rate=1e30"]
+    proc = train(*args, check=False)
     assert proc.returncode == 1, proc.stderr
     assert "Training stopped: the loss became NaN" in proc.stdout
     assert ("warning: epoch 1: the training loss is nan; the validation loss is nan. Training "
@@ -257,6 +321,64 @@ def test_nan_loss_stops_the_run_with_a_clear_message(prepared_dir, tmp_path):
     assert list(board.texts()["metrics"]["warnings/divergence"]) == [0]
     for run, tags in board.scalars().items():  # a NaN is drawn as 0: none is written
         assert all(v == v for points in tags.values() for v in points.values()), run
+    status = json.loads((tmp_path / "nan" / "config.json").read_text())["status"]
+    assert (status["state"], status["reason"]) == ("stopped", "nan_loss")
+    again = train(*args, check=False)  # resuming would only stop again
+    assert again.returncode == 1, again.stderr
+    assert again.stdout == (f"{tmp_path / 'nan'}: the run stopped after epoch "
+                            f"{status['epochs_done']} of 3 (the loss became NaN); nothing to do "
+                            "(--overwrite trains it again)\n")
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_the_backup_is_written_ends_the_run_in_one_line(prepared_dir,
+                                                                         small_disk):
+    """A 100 MB tmpfs (or a 100 MB file-size limit) holds the first epoch's last.keras (45 MB)
+    but not its backup (weights and Adam's state, 135 MB)."""
+    disk, limit = small_disk(100 << 20)
+    model_dir = disk / "run"
+    proc = subprocess.run([sys.executable, "-m", "cxr_tf.train", f"--data_dir={prepared_dir}",
+                           f"--model_dir={model_dir}", "--epochs=2", *TINY],
+                          capture_output=True, text=True, env=ENV, preexec_fn=limit,
+                          timeout=600)
+    cause = "No space left on device" if limit is None else "File too large"
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    for crash in ("Traceback", "Exception ignored", "Segmentation"):
+        assert crash not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: {model_dir / 'backup' / 'epoch-0001.weights.h5'}: not written ({cause})")
+    status = json.loads((model_dir / "config.json").read_text())["status"]
+    assert (status["state"], status["reason"], status["epochs_done"]) == ("stopped", "error", 0)
+    assert status["detail"].startswith("NotWrittenError: ")
+    assert not list(model_dir.rglob(".*tmp-*")) and history_epochs(model_dir) == [1]
+
+
+@pytest.mark.slow
+def test_overwrite_refuses_a_folder_that_is_not_a_run_dir(prepared_dir, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "logs").mkdir(parents=True)
+    (mine / "config.json").write_text('{"model": "bert", "layers": 12}')
+    (mine / "history.csv").write_text("step,loss\n1,0.5\n")
+    before = run_files(mine)
+    proc = train(f"--data_dir={prepared_dir}", f"--model_dir={mine}", "--overwrite", *TINY,
+                 check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: {mine / 'config.json'}: not a cxr_tf run record (a JSON object with "
+        "record_version or package_versions.cxr_tf); this folder belongs to something else")
+    assert run_files(mine) == before and sorted(os.listdir(mine)) == [
+        "config.json", "history.csv", "logs"]
+
+
+@pytest.mark.slow
+def test_a_dataset_at_another_size_names_the_prepare_command(prepared_dir, tmp_path):
+    proc = train(f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'run'}", *TINY,
+                 "--image_size=64", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: {prepared_dir}: no prepared dataset at --image_size=64; prepare it: python -m "
+        f"cxr_tf.prepare --data_dir=KAGGLE_DIR --output_dir={prepared_dir} --image_size=64")
+    assert not (tmp_path / "run").exists()  # a run that never started leaves no run dir
 
 
 def test_an_empty_validation_split_stops_training_with_a_clear_error(kaggle_dir, tmp_path):
@@ -309,7 +431,7 @@ def test_two_workers_train_to_identical_weights(prepared_dir, tmp_path):
     assert digests[0] == digests[1]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["num_replicas_in_sync"] == 2 and config["num_workers"] == 2
-    assert history_epochs(model_dir) == [0]
+    assert history_epochs(model_dir) == [1]
 
 
 def test_demo_learns_the_synthetic_findings(tmp_path):

@@ -1,22 +1,24 @@
-"""Fuzz the image decoder, the metadata reader and the prepared dataset's descriptions with
-atheris (coverage-guided libFuzzer).
+"""Fuzz the image decoder, the metadata reader, the prepared dataset's descriptions and the
+history reader with atheris (coverage-guided libFuzzer).
 
     python tools/fuzz_inputs.py image -max_total_time=600      # bytes -> images.preprocess
     python tools/fuzz_inputs.py metadata -max_total_time=600   # bytes -> metadata.read_data_entry
     python tools/fuzz_inputs.py prepared -max_total_time=600   # bytes -> dataset_info.json or
                                                                # prepare_report.json, opened
+    python tools/fuzz_inputs.py history -max_total_time=600    # bytes -> runs.history.read_file
     python tools/fuzz_inputs.py image -runs=300                # the test suite's short run
 
 Every other argument goes to libFuzzer (-runs, -max_total_time, -seed, -jobs, corpus dirs,
 -artifact_prefix=DIR/). A seed corpus of real files is generated first (PNGs of every colour
 type, 16-bit with sBIT, interlaced, trailing bytes; JPEGs; DICOMs with a window, a VOI LUT,
 MONOCHROME1, RLE; both Data_Entry CSV variants, plain and gzipped; a prepared dataset's
-dataset_info.json and prepare_report.json, beside shard files of the sizes they declare), so
-mutations start from inputs that reach deep into the parsers. The `prepared` target writes an
-input's bytes after the first into dataset_info.json (first byte even) or prepare_report.json
-(odd), then opens the dataset as train does (`source.open_prepared`; bit 1 of the first byte
-asks for the full checksum). The documented errors are `ImageError` for images,
-`MetadataError` for the CSV and `DamagedDataError` for a prepared dataset; any other
+dataset_info.json and prepare_report.json, beside shard files of the sizes they declare;
+history.csv as training writes it, 0-based, torn, NUL-filled), so mutations start from inputs
+that reach deep into the parsers. The `prepared` target writes an input's bytes after the
+first into dataset_info.json (first byte even) or prepare_report.json (odd), then opens the
+dataset as train does (`source.open_prepared`; bit 1 of the first byte asks for the full
+checksum). The documented errors are `ImageError` for images, `MetadataError` for the CSV,
+`DamagedDataError` for a prepared dataset and `HistoryError` for history.csv; any other
 exception, a run over -timeout seconds or over
 -rss_limit_mb is a finding: libFuzzer prints it, saves the input as crash-<sha1> and exits 1;
 otherwise it ends with "Done N runs in S second(s)" and exit 0.
@@ -41,6 +43,7 @@ with atheris.instrument_imports(include=["cxr_tf", "PIL", "pydicom"]):
     import pydicom
 
     from cxr_tf.data import dicom, image_header, images, metadata  # noqa: F401
+    from cxr_tf.runs import history
 
 # The seeds' builders, imported after the instrumented block: imported before it, they would
 # load image_header, PIL and pydicom uninstrumented.
@@ -74,6 +77,32 @@ def make_metadata_target(work_dir):
             pass
 
     return metadata_target
+
+
+def make_history_target(work_dir):
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)  # a dropped torn row warns: thousands of lines here
+    path = os.path.join(work_dir, "history.csv")
+
+    def history_target(data):
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            history.read_file(path)
+        except history.HistoryError:
+            pass
+
+    return history_target
+
+
+def history_seeds():
+    """{name: bytes}: history.csv as training writes it, as 0.2.0 wrote it, and damaged."""
+    header = b"epoch,loss,val/auc_mean,val/auc/Hernia,val_loss\r\n"
+    rows = b"1,0.61,0.7,nan,0.65\r\n2,0.55,0.72,NA,0.6\r\n"
+    return {"history.csv": header + rows, "history_0_based.csv": header + rows.replace(
+        b"1,", b"0,", 1).replace(b"2,", b"1,", 1), "torn.csv": header + rows + b"3,0.5",
+        "nul.csv": header + rows + b"\0" * 64, "empty.csv": b""}
 
 
 def image_seeds():
@@ -182,7 +211,11 @@ def make_prepared_target(work_dir):
 
 def main(argv):
     warnings.simplefilter("ignore")  # pydicom warns about every invalid value it meets
-    if len(argv) < 2 or argv[1] not in ("image", "metadata", "prepared"):
+    targets = {"image": (image_seeds, lambda work_dir: image_target),
+               "metadata": (metadata_seeds, make_metadata_target),
+               "history": (history_seeds, make_history_target),
+               "prepared": None}  # its seeds and target are made together
+    if len(argv) < 2 or argv[1] not in targets:
         sys.exit(__doc__)
     target_name, libfuzzer_args = argv[1], argv[2:]
     work_dir = tempfile.mkdtemp(prefix=f"cxr_tf_fuzz_{target_name}_")
@@ -191,8 +224,8 @@ def main(argv):
     if target_name == "prepared":
         target, seeds = make_prepared_target(work_dir)
     else:
-        seeds = image_seeds() if target_name == "image" else metadata_seeds()
-        target = image_target if target_name == "image" else make_metadata_target(work_dir)
+        make_seeds, make_target = targets[target_name]
+        seeds, target = make_seeds(), make_target(work_dir)
     for name, data in seeds.items():
         with open(os.path.join(corpus, name), "wb") as f:
             f.write(data)

@@ -13,6 +13,9 @@ Flags:
     RUN           run dirs (each with history.csv) or history.csv files.
     --output_dir  where to write the PNGs (default: RUN/plots of the first run).
 
+history.csv is read as training reads it (`cxr_tf.runs.history`): epochs counted from 1 (an
+older 0-based file too), a torn last row dropped with a warning, other damage one error line.
+
 Ends with one JSON line: {"figure2": path, "figure3": path, "runs": [...], "thresholds": [...]}.
 """
 
@@ -28,15 +31,15 @@ PLOTS_DIR = "plots"
 
 
 def read_history(path):
-    """(run name, DataFrame) from a run dir or a history.csv path."""
+    """(run name, DataFrame with epochs counted from 1) from a run dir or a history.csv path."""
     import pandas as pd
 
-    from cxr_tf.runs import layout
+    from cxr_tf.runs import history, layout
 
     csv_path = layout.history_path(path) if os.path.isdir(path) else path
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"{csv_path}: not found (is {path} a run dir?)")
-    frame = pd.read_csv(csv_path)
+    frame = pd.DataFrame(history.read_file(csv_path))
     if "epoch" not in frame.columns or frame.empty:
         raise ValueError(f"{csv_path}: no epochs (columns: {list(frame.columns)[:8]})")
     run_dir = os.path.dirname(os.path.abspath(csv_path))
@@ -61,7 +64,7 @@ def figure2(runs, path):
         for name, frame in runs:
             if f"val/f1@{t}/macro" not in frame.columns:
                 continue
-            epochs = frame["epoch"] + 1
+            epochs = frame["epoch"]
             ax.plot(epochs, frame["val/auc_mean"], color=colours[name], label=f"{name}: AUC")
             ax.plot(epochs, frame[f"val/f1@{t}/macro"], color=colours[name], ls="--",
                     label=f"{name}: F1 macro")
@@ -85,7 +88,7 @@ def figure3(runs, path):
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     for i, (name, frame) in enumerate(runs):
-        epochs = frame["epoch"] + 1
+        epochs = frame["epoch"]
         if "loss" in frame.columns:
             ax.plot(epochs, frame["loss"], color=f"C{i}", marker="o", ms=3, label=f"{name}: train")
         if "val_loss" in frame.columns:
@@ -104,7 +107,13 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", metavar="RUN")
     parser.add_argument("--output_dir")
     args = parser.parse_args(argv)
-    runs = [read_history(path) for path in args.runs]
+    from cxr_tf.runs.history import HistoryError
+
+    try:
+        runs = [read_history(path) for path in args.runs]
+    except HistoryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     first = args.runs[0] if os.path.isdir(args.runs[0]) else os.path.dirname(args.runs[0])
     out_dir = args.output_dir or os.path.join(first, PLOTS_DIR)
     os.makedirs(out_dir, exist_ok=True)

@@ -18,6 +18,7 @@ import io
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 
 import numpy as np
@@ -148,5 +149,11 @@ def _executor(num_workers):
     if num_workers not in _EXECUTORS:
         context = multiprocessing.get_context("spawn")
         _EXECUTORS[num_workers] = concurrent.futures.ProcessPoolExecutor(
-            num_workers, mp_context=context)
+            num_workers, mp_context=context, initializer=_leave_ctrl_c_to_the_app)
     return _EXECUTORS[num_workers]
+
+
+def _leave_ctrl_c_to_the_app():
+    """Ctrl-C reaches every process of the terminal's group: a worker ignores it, and the app
+    stops the pool as it ends (one line, no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

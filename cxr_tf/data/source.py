@@ -33,6 +33,18 @@ FEATURES = ("image_id", "patient_id", "follow_up", "age", "sex", "view")
 _TEXT_FEATURES = ("image_id", "sex", "view")
 
 
+class NotPreparedError(errors.NotFoundError):
+    """No prepared dataset (at the size asked) in a data_dir. data_dir, image_size: as asked
+    (image_size None: any size), so an app can spell the prepare command."""
+
+    def __init__(self, message, data_dir=None, image_size=None):
+        super().__init__(message)
+        self.data_dir, self.image_size = data_dir, image_size
+
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (str(self), self.data_dir, self.image_size)
+
+
 class SourceError(errors.UserError, ValueError):
     """A data_dir that cannot be read as asked (several prepared datasets match, a missing
     split)."""
@@ -62,10 +74,10 @@ def find_prepared(data_dir, image_size=None):
         return found[0]
     if not found:
         size = f" at image_size={image_size}" if image_size else ""
-        raise errors.NotFoundError(
+        raise NotPreparedError(
             f"{data_dir}: no prepared {DATASET_NAME} dataset{size} "
-            f"(prepare it first: `python -m cxr_tf.prepare`, output_dir {data_dir})"
-        )
+            f"(prepare it first: `python -m cxr_tf.prepare`, output_dir {data_dir}"
+            f"{f', image_size {image_size}' if image_size else ''})", data_dir, image_size)
     exact = [p for p in found if os.path.basename(os.path.dirname(p)) == str(image_size)]
     if len(exact) == 1:
         return exact[0]

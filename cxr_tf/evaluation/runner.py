@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from cxr_tf import errors, labels
+from cxr_tf.console import say
 from cxr_tf.data import chexpert, input_pipeline, source
 from cxr_tf.evaluation import (box_list, box_overlays, expert_labels, external, gradcam,
                                localization, metrics, report_markdown, report_plots, reporting)
@@ -65,13 +66,16 @@ def evaluate_run(config, *, progress=True):
     boxes = box_list.find_boxes(config.bbox_csv, data_dir) if config.bbox_csv else None
     expert = expert_labels.read(config.expert_labels) if config.expert_labels else None
     # Data before the model: a damaged dataset is refused before the slower model load.
+    say(f"opening the dataset in {data_dir}")
     data = source.open_source(data_dir, image_size=run.config.image_size,
                               val_fraction=run.config.val_fraction, seed=run.config.seed,
                               verify_data=config.verify_data)
+    say(f"loading {checkpoints.checkpoint_path(config.model_dir, config.checkpoint)}")
     model = checkpoints.load_model(config.model_dir, config.checkpoint)
     bootstrap = Bootstrap(config.bootstrap, progress=progress)
 
     def predict(split):
+        say(f"predicting the {split} split ({data.split_sizes.get(split, 0):,} images)")
         return predict_split(model, data, split, batch_size=config.batch_size,
                              verbose="auto" if progress else 0)
 
@@ -96,8 +100,10 @@ def evaluate_run(config, *, progress=True):
     report = {"model_dir": os.path.abspath(config.model_dir), "checkpoint": config.checkpoint,
               "split": config.split, "data_dir": os.path.abspath(data_dir),
               "tuned_thresholds_from": tuned_from, **report}
+    say(f"writing the report and its plots in {out_dir}")
     report["files"] = _report_files(out_dir) + report_plots.write_plots(out_dir, scored)
     if boxes:
+        say("scoring Grad-CAM on the NIH boxes")
         report["localization"], text = localization_section(
             model, boxes, out_dir, bootstrap=bootstrap, batch_size=config.batch_size)
         report["files"].append(os.path.join(out_dir, "localization.png"))
@@ -167,9 +173,12 @@ def evaluate_chexpert(config, *, progress=True):
     """Evaluates an NIH-trained run on CheXpert's validation split (TFDS `chexpert` prepared
     in config.data_dir) for the findings both label sets share; writes RUN/eval_chexpert/."""
     run = record.read(config.model_dir)
+    say(f"opening CheXpert in {config.data_dir}")
     images, rows, excluded = chexpert.read(config.data_dir, run.config.image_size,
                                            views=config.views)
+    say(f"loading {checkpoints.checkpoint_path(config.model_dir, config.checkpoint)}")
     model = checkpoints.load_model(config.model_dir, config.checkpoint)
+    say(f"predicting CheXpert's {chexpert.SPLIT} split ({len(rows):,} images)")
     logits = model.predict(images.batch(config.batch_size), verbose="auto" if progress else 0)
     names = list(chexpert.SHARED)
     columns = [labels.LABELS.index(name) for name in names]
@@ -189,6 +198,7 @@ def evaluate_chexpert(config, *, progress=True):
     y_used, _ = external.apply_policy(scored.y_true, config.uncertain_labels)
     complete = ~np.isnan(y_used).any(axis=1)  # the curves need every finding's label
     plotted = Scored(y_used[complete].astype(np.int8), probs[complete], names)
+    say(f"writing the report and its plots in {out_dir}")
     report["files"] = _report_files(out_dir) + report_plots.write_plots(out_dir, plotted)
     return _write(report, "Evaluation on CheXpert validation",
                   [("Labels (CheXpert)", external.format_markdown(report["labels"]))])

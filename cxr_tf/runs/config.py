@@ -75,6 +75,9 @@ class RunConfig:
     strategy: str = schema.option(
         "auto", "auto: Mirrored with >1 GPU, else the default strategy. multi_worker reads "
         "TF_CONFIG.", choices=STRATEGIES)
+    cluster_timeout: int = options.count(
+        600, "multi_worker: seconds to wait for every worker in TF_CONFIG to start and join the "
+        "cluster; past it the run stops naming the missing ones.")
     seed: int = options.seed()
     deterministic: bool = schema.option(
         False, "keras.utils.set_random_seed + TF op determinism (bitwise-repeatable runs).")

@@ -13,7 +13,9 @@ hold the values the run resolved them to), the other resolved values (`label_nam
 (`package_versions`, `command_line`, `argv`). Version 2 adds `"record_version": 2` and
 `"given"`: only the fields whose value as given differs from the flat one (e.g.
 `{"data_dir": null, "steps_per_epoch": null}` for a synthetic run), so the config as given is
-the flat fields overlaid with `given`.
+the flat fields overlaid with `given`. Version 3 adds `"status"` (`Status`): whether the run is
+running, complete or stopped and why, rewritten (`write_status`) whenever that changes. A
+record without it (versions 1 and 2) is judged by `cxr_tf.runs.status` from its history.
 
 `read` also loads the two shapes 0.2.0 wrote (version 1): with a `"flags"` copy of the config
 as given, and the older one without it, where the given `data_dir` and `steps_per_epoch` are
@@ -28,7 +30,7 @@ from cxr_tf import atomic, errors
 from cxr_tf.runs import RunDirError, layout
 from cxr_tf.runs.config import FIELDS, RunConfig
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 # RunConfig fields whose flat value in config.json is the one the run resolved.
 RESOLVED_FIELDS = ("data_dir", "model_dir", "steps_per_epoch")
 # The oldest shape (no "flags") wrote these resolved only: their given values are lost.
@@ -77,6 +79,43 @@ class Environment:
     argv: tuple | None = None
 
 
+RUNNING, COMPLETE, STOPPED = "running", "complete", "stopped"
+STATES = (RUNNING, COMPLETE, STOPPED)
+EARLY_STOP, NAN_LOSS, INTERRUPTED, ERROR = "early_stop", "nan_loss", "interrupted", "error"
+REASONS = (EARLY_STOP, NAN_LOSS, INTERRUPTED, ERROR)
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """Where a run stands: config.json's "status", written whole with the record.
+
+    state: RUNNING (a process trains it, or did until it was killed without a word),
+        COMPLETE (every configured epoch is trained) or STOPPED (it ended before: `reason`).
+    epochs_done: the epochs finished when it was written; epochs: the epochs configured.
+    reason: STOPPED's cause: EARLY_STOP, NAN_LOSS, INTERRUPTED or ERROR; detail: a line more
+        (which signal, the error's message).
+    """
+
+    state: str
+    epochs_done: int = 0
+    epochs: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    def __post_init__(self):
+        if self.state not in STATES or (self.reason is not None and self.reason not in REASONS):
+            raise ValueError(f"not a run status: {self!r}")
+
+    @property
+    def final(self):
+        """Training it again would change nothing: complete, or stopped by its own rule (early
+        stopping, a NaN loss); an interrupted or failed run resumes instead."""
+        return self.state == COMPLETE or self.reason in (EARLY_STOP, NAN_LOSS)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
     """One run's config.json.
@@ -85,6 +124,7 @@ class RunRecord:
     recorded: the config fields this record knows as given (all of them since 0.2.0's
         "flags"; fields a newer cxr_tf added are missing from older records).
     version: the record_version read (1 for the shapes 0.2.0 wrote).
+    status: the recorded Status; None in a record written before statuses (version < 3).
     """
 
     config: RunConfig
@@ -92,6 +132,7 @@ class RunRecord:
     environment: Environment = Environment()
     recorded: frozenset = frozenset(FIELDS)
     version: int = RECORD_VERSION
+    status: Status | None = None
 
     def to_json(self):
         """The flat config.json object (see the module docstring)."""
@@ -100,8 +141,10 @@ class RunRecord:
         flat.update({name: getattr(self.resolved, name) for name in RESOLVED_FIELDS})
         resolved = _plain(dataclasses.asdict(self.resolved))
         environment = _plain(dataclasses.asdict(self.environment))
+        status = {} if self.status is None else {"status": self.status.to_json()}
         return {**flat, **resolved, **environment, "record_version": RECORD_VERSION,
-                "given": {name: value for name, value in given.items() if flat[name] != value}}
+                "given": {name: value for name, value in given.items() if flat[name] != value},
+                **status}
 
 
 def exists(model_dir):
@@ -114,22 +157,50 @@ def write(model_dir, record):
                              sort_keys=True, default=str)
 
 
+def write_status(model_dir, status):
+    """Sets RUN/config.json's "status" to `status` (a Status), rewriting the file whole.
+
+    Only that key changes: the rest of the record stays as written, in the shape of the
+    version that wrote it (a status added to a 0.2.0 record leaves its "flags" as they are).
+    """
+    content = read_json(model_dir)
+    content["status"] = status.to_json()
+    return atomic.write_json(layout.config_path(model_dir), content, indent=2, sort_keys=True,
+                             default=str)
+
+
 def read(model_dir):
     """The RunRecord of RUN/config.json, of any record version; RunDirError when there is
-    none (saying what a run dir is), when it is not JSON or when its values are invalid."""
+    none (saying what a run dir is), when it is not JSON, not a cxr_tf run record, or when
+    its values are invalid."""
+    return from_json(read_json(model_dir), layout.config_path(model_dir))
+
+
+def read_json(model_dir):
+    """RUN/config.json as a dict, checked to be a cxr_tf run record (`is_run_record`)."""
     path = layout.config_path(model_dir)
     if not os.path.isfile(path):
         raise RunDirError(f"{model_dir}: not a run dir (no {layout.CONFIG_FILE}); a run dir is "
                           f"what training writes: {layout.CONFIG_FILE}, {layout.HISTORY_FILE}, "
                           f"{layout.CHECKPOINTS_DIR}/")
-    with open(path) as f:
+    with open(path, "rb") as f:
         try:
-            content = json.load(f)
-        except json.JSONDecodeError as e:
+            content = json.loads(f.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RunDirError(f"{path}: not valid JSON ({e})") from e
+    if not is_run_record(content):
+        raise RunDirError(f"{path}: not a cxr_tf run record (a JSON object with record_version "
+                          "or package_versions.cxr_tf); this folder belongs to something else")
+    return content
+
+
+def is_run_record(content):
+    """Whether a parsed config.json is one cxr_tf wrote: every version records
+    `record_version` (2 on) or the cxr_tf version in `package_versions` (0.2.0)."""
     if not isinstance(content, dict):
-        raise RunDirError(f"{path}: not a run record (a JSON object)")
-    return from_json(content, path)
+        return False
+    versions = content.get("package_versions")
+    return "record_version" in content or (isinstance(versions, dict) and "cxr_tf" in versions)
 
 
 def from_json(content, path=layout.CONFIG_FILE):
@@ -144,7 +215,8 @@ def from_json(content, path=layout.CONFIG_FILE):
     except errors.ConfigError as e:
         raise RunDirError(f"{path}: {e}") from None
     return RunRecord(config=config, resolved=_resolved(content), environment=_environment(content),
-                     recorded=frozenset(recorded), version=version)
+                     recorded=frozenset(recorded), version=version,
+                     status=_status(content.get("status"), path))
 
 
 def _given(content, version):
@@ -172,6 +244,15 @@ def _resolved(content):
         values["dataset"] = Dataset(**{k: v for k, v in values["dataset"].items()
                                        if k in ("dir", "prepared", "source")})
     return Resolved(**values)
+
+
+def _status(value, path):
+    if value is None:
+        return None
+    try:
+        return Status(**value)
+    except (TypeError, ValueError) as e:
+        raise RunDirError(f"{path}: its status is not one cxr_tf writes ({value!r})") from e
 
 
 def _environment(content):

@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.define_synthetic_flags)
+    cli.run(main, flags.define_synthetic_flags, outputs=lambda f: [f.output_dir])

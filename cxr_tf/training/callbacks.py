@@ -1,10 +1,13 @@
-"""Keras callbacks of a training run: crash-safe history, checkpoints and backups, and the
-list of callbacks a run uses (the metric callbacks are in `epoch_metrics`).
+"""Keras callbacks of a training run: crash-safe history, checkpoints and backups, the run's
+recorded status, and the list of callbacks a run uses (the metric callbacks are in
+`epoch_metrics`).
 
 Order matters, because Keras passes one `logs` dict through the callbacks in list order:
 `standard_callbacks` puts EpochMetrics first so that TensorBoard, history.csv, the checkpoints
 and early stopping all see `val_loss` and `val/auc_mean`, and EpochBackup last so that an
-epoch counts as done only once everything else about it is on disk.
+epoch counts as done only once everything else about it is on disk. RunStatus stands just
+before it: at the end of training the status is recorded (complete, or stopped early) before
+the backup is removed, so no instant looks finished without saying so.
 
 Every file is written through `cxr_tf.atomic` (beside, then renamed) at the paths
 `cxr_tf.runs.layout` owns. Only public Keras API is used here.
@@ -12,6 +15,7 @@ Every file is written through `cxr_tf.atomic` (beside, then renamed) at the path
 
 import csv
 import io
+import math
 import os
 import shutil
 
@@ -19,15 +23,19 @@ import keras
 import numpy as np
 
 from cxr_tf import atomic
-from cxr_tf.runs import RunDirError, checkpoints, history, layout
+from cxr_tf.runs import RunDirError, checkpoints, history, layout, record
+from cxr_tf.training import keras_compat
 from cxr_tf.training.epoch_metrics import MONITOR, CompactProgbarLogger, TensorBoard
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
-    """CSVLogger that appends across restarts and keeps each epoch exactly once.
+    """CSVLogger that appends across restarts, keeps each epoch exactly once, and numbers
+    epochs from 1 as the progress bar and the backups do.
 
-    On (re)start it drops rows for epochs >= `initial_epoch`: a crash between writing a row and
-    backing up that epoch makes the rerun redo the epoch, and its row is written again.
+    On (re)start it keeps only the rows of the `initial_epoch` epochs the backup holds: a crash
+    between writing a row and backing up that epoch makes the rerun redo the epoch, and its row
+    is written again. The file is read by `runs.history` (a torn last row is dropped, a
+    0-based file from an older cxr_tf is renumbered) and rewritten whole.
     """
 
     def __init__(self, filename, initial_epoch=0):
@@ -36,14 +44,23 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
 
     def on_train_begin(self, logs=None):
         if os.path.exists(self.filename):
-            with open(self.filename, newline="") as f:
-                rows = list(csv.reader(f))
-            kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < self.initial_epoch]
+            rows = [row for row in history.read_file(self.filename)
+                    if row["epoch"] <= self.initial_epoch]
             text = io.StringIO()
-            if len(kept) > 1:  # header only: let CSVLogger write its own
-                csv.writer(text).writerows(kept)
+            if rows:  # none: let CSVLogger write its own header
+                writer = csv.writer(text, lineterminator="\r\n")  # as CSVLogger's rows end
+                writer.writerow(rows[0])
+                writer.writerows([_text(value) for value in row.values()] for row in rows)
             atomic.write_file(self.filename, text.getvalue(), newline="")
         super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
+def _text(value):
+    """A history value as CSVLogger writes it: epochs as integers, floats in full."""
+    return str(value) if isinstance(value, int) or not math.isfinite(value) else repr(value)
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -72,8 +89,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         if not os.path.exists(best_file):
             return  # nothing to beat: the first epoch of this fit() becomes best.keras
         checkpoints.verify_checkpoint(best_file)
-        values = [float(r[self.monitor]) for r in history.read_history(self.model_dir)
-                  if r.get(self.monitor) not in (None, "", "nan")]
+        values = [r[self.monitor] for r in history.read_history(self.model_dir)
+                  if not math.isnan(r.get(self.monitor, math.nan))]
         if values:
             self.best = max(self.sign * v for v in values)
 
@@ -145,8 +162,16 @@ class EpochBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         path = layout.backup_path(self.model_dir, epoch + 1)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        # The HDF5 file is made in memory and written with plain file I/O: h5py writing to a
+        # full disk leaves a file object whose cleanup fails twice at exit and crashes the
+        # process (exit 139) after the error was reported.
+        data = keras_compat.weights_file_bytes(self.model)
         with atomic.replacing(path) as tmp:
-            self.model.save_weights(tmp)
+            if data is None:  # another Keras release: its own writer
+                self.model.save_weights(tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    f.write(data)
             self.on_step("written")
         self.on_step("renamed")
         for older, older_path in layout.backup_files(self.model_dir).items():
@@ -155,15 +180,65 @@ class EpochBackup(keras.callbacks.Callback):
         self.on_step("pruned")
 
     def on_train_end(self, logs=None):
-        # fit() returned (all epochs, early stop or NaN stop): the run is complete.
+        # fit() returned (all epochs, early stop or NaN stop), and RunStatus, just before this,
+        # recorded how: the state to resume from is no longer needed.
         shutil.rmtree(layout.backup_dir(self.model_dir), ignore_errors=True)
+        self.on_step("removed")
 
 
-def standard_callbacks(model_dir, *, epoch_metrics, initial_epoch=0, early_stop_patience=0,
-                       tensorboard=True):
+class RunStatus(keras.callbacks.Callback):
+    """The run record's status (`runs.record.Status`): running from the start of fit(), then,
+    when fit() returns, complete, or stopped with its reason (a NaN loss, early stopping).
+
+    A fit() that raises (Ctrl-C, an error) calls no callback; the runner records that stop.
+    A kill records nothing: the status stays running, and the rerun resumes.
+
+    Args:
+        model_dir: the run dir (its config.json must exist).
+        epochs: the epochs configured; initial_epoch: the epochs the backup holds.
+        on_step: test hook, called with "recorded" once the final status is written.
+
+    Attributes:
+        epoch: the epoch in progress, counted from 1 (None before the first begins).
+    """
+
+    def __init__(self, model_dir, epochs, initial_epoch=0, on_step=None):
+        super().__init__()
+        self.model_dir = model_dir
+        self.epochs = epochs
+        self.initial_epoch = initial_epoch
+        self.on_step = on_step or (lambda step: None)
+        self.epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.epoch, self.done, self.diverged = None, self.initial_epoch, False
+        record.write_status(self.model_dir, record.Status(record.RUNNING, self.done, self.epochs))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.done = epoch + 1
+        self.diverged = not math.isfinite((logs or {}).get("loss", 0.0))
+
+    def on_train_end(self, logs=None):
+        record.write_status(self.model_dir, self.final_status())
+        self.on_step("recorded")
+
+    def final_status(self):
+        if self.diverged:
+            return record.Status(record.STOPPED, self.done, self.epochs, record.NAN_LOSS)
+        if self.done < self.epochs:
+            return record.Status(record.STOPPED, self.done, self.epochs, record.EARLY_STOP)
+        return record.Status(record.COMPLETE, self.done, self.epochs)
+
+
+def standard_callbacks(model_dir, *, epoch_metrics, epochs, initial_epoch=0,
+                       early_stop_patience=0, tensorboard=True):
     """The callback list of a run, in the order explained in the module docstring.
 
     epoch_metrics: EpochMetrics instances (validation first; a test one is only logged).
+    epochs: the epochs configured (for the recorded status).
     """
     callbacks = list(epoch_metrics)
     if tensorboard:
@@ -176,5 +251,6 @@ def standard_callbacks(model_dir, *, epoch_metrics, initial_epoch=0, early_stop_
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=MONITOR, mode="max", patience=early_stop_patience, verbose=1))
     callbacks.append(keras.callbacks.TerminateOnNaN())
+    callbacks.append(RunStatus(model_dir, epochs, initial_epoch))
     callbacks.append(EpochBackup(model_dir, initial_epoch))
     return callbacks

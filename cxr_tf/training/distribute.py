@@ -15,11 +15,14 @@ import tempfile
 import tensorflow as tf
 
 from cxr_tf.runs.config import STRATEGIES
-from cxr_tf.training import tf_config
+from cxr_tf.training import cluster
 
 
-def make_strategy(name="auto"):
+def make_strategy(name="auto", cluster_timeout=600):
     """The tf.distribute strategy `name` (one of STRATEGIES) names on this machine.
+
+    "multi_worker" waits at most `cluster_timeout` seconds for the other workers of
+    TF_CONFIG (`cluster.multi_worker_strategy`).
 
     "mirrored" replicates over every GPU or, on a machine without one, over every logical
     CPU device: one on a plain host, N after `tf.config.set_logical_device_configuration`
@@ -28,8 +31,7 @@ def make_strategy(name="auto"):
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if name == "multi_worker":
-        tf_config.read()  # one line for a bad cluster spec, not TensorFlow's traceback
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return cluster.multi_worker_strategy(cluster_timeout)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = gpus or tf.config.list_logical_devices("CPU")
@@ -43,8 +45,8 @@ def is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    if "chief" in cluster:
+    jobs = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if "chief" in jobs:
         return resolver.task_type == "chief"
     return resolver.task_type == "worker" and resolver.task_id == 0
 

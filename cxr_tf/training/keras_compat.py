@@ -4,12 +4,15 @@ it was tested with.
 Everything else in the package uses public Keras API. The workarounds here reach into
 `keras.src` and private Model methods, which change between Keras releases without notice,
 so each public function first checks `keras.__version__` against TESTED_KERAS and stops with
-a message naming both versions on any other release. A run that needs no workaround (one
-device, MirroredStrategy) never calls them and works on any Keras 3.
+a message naming both versions on any other release (`weights_file_bytes` falls back to the
+public writer instead). A run that needs no workaround (one device, MirroredStrategy) works on
+any Keras 3.
 
 To support a new Keras release: rerun tests/test_train.py::test_two_workers_train_to_identical_weights
 on it, check the private names below against its source, and update TESTED_KERAS.
 """
+
+import io
 
 import keras
 import numpy as np
@@ -33,8 +36,32 @@ def check_keras_version(version=None):
             f"cxr_tf.training.keras_compat was tested with Keras {TESTED_KERAS}.x, found Keras "
             f"{version}: its workarounds use private Keras names (Model._symbolic_build, "
             "Model._maybe_symbolic_build, keras.src.backend.tensorflow.trainer."
-            "reduce_per_replica). Install keras~=" + TESTED_KERAS + ".0, or check them "
+            "reduce_per_replica; saving_lib.H5IOStore and _save_state, skipped on other "
+            "releases). Install keras~=" + TESTED_KERAS + ".0, or check them "
             "against the new version and update TESTED_KERAS.")
+
+
+def weights_file_bytes(model):
+    """The bytes `model.save_weights(PATH.weights.h5)` writes (weights and optimizer state),
+    made in memory; None on a Keras release other than TESTED_KERAS (save to a file then).
+
+    Keras's writer (`saving_lib.H5IOStore`) takes an io.BytesIO, as it does for the weights
+    inside a .keras archive, but `save_weights` accepts only a file name. Writing the bytes is
+    then plain file I/O: a full disk is one OSError, with no h5py file object left to fail
+    again when the interpreter exits (h5py 3.14 crashes the process then).
+    """
+    if keras.__version__.split(".")[:2] != TESTED_KERAS.split("."):
+        return None
+    from keras.src.saving import saving_lib
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                               visited_saveables=set())
+    finally:
+        store.close()
+    return buffer.getvalue()
 
 
 def prepare_for_multi_worker(net, strategy, image_size, num_outputs):

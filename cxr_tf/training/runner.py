@@ -4,10 +4,14 @@ train app is a thin wrapper.
     summary = runner.run(RunConfig(model_dir="runs/demo", synthetic=True, image_size=64))
 
 `run` claims the run dir itself (`cxr_tf.runs.claim`: the lock; resume, refuse another run's
-dir, or find the run complete), writes the run record (`cxr_tf.runs.record`) and trains;
-rerunning the same config resumes from the run dir's backup.
+dir, or find the run complete or stopped), writes the run record (`cxr_tf.runs.record`) and
+trains; rerunning the same config resumes from the run dir's backup. The record's status says
+how training ended: complete, stopped (early stopping, a NaN loss), or interrupted / failed
+(`errors.Interrupted` re-raised with the line to print: the epoch it was in, the epoch the
+backup holds). Before each step that takes seconds, one line on stderr says what it does.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -19,10 +23,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import __version__, errors, labels, losses, model
+from cxr_tf import __version__, errors, labels, losses, model, pretrained
+from cxr_tf.console import say
 from cxr_tf.data import input_pipeline, metadata, source
 from cxr_tf.evaluation import metrics
-from cxr_tf.runs import claim, layout, record
+from cxr_tf.runs import claim, layout, record, status
 from cxr_tf.synthetic.dataset import synthetic_data_dir
 from cxr_tf.training import callbacks, distribute, epoch_metrics, keras_compat
 
@@ -80,22 +85,31 @@ def package_versions():
 def run(config, *, strategy=None, command_line=None, verbose="auto"):
     """Trains as `config` (a RunConfig) says and returns the summary dict; when model_dir
     already holds this run complete, returns {"model_dir": ..., "complete": True} and writes
-    nothing.
+    nothing; when it holds it stopped by early stopping or a NaN loss, returns
+    {"model_dir": ..., "complete": False, "stopped": reason, "epochs_done": n, "epochs": m}.
 
-    strategy: a tf.distribute strategy (default: `distribute.make_strategy(config.strategy)`;
-    a MultiWorkerMirroredStrategy must be made before any other TF op, so a caller that makes
-    one passes it). command_line: recorded in config.json. verbose: Keras's fit verbosity.
-    Raises runs.RunDirError (in use, another run's dir: claim.DifferingRunError).
+    strategy: a tf.distribute strategy (default: `distribute.make_strategy(config.strategy,
+    config.cluster_timeout)`; a MultiWorkerMirroredStrategy must be made before any other TF
+    op, so a caller that makes one passes it). command_line: recorded in config.json.
+    verbose: Keras's fit verbosity.
+    Raises runs.RunDirError (in use, another run's dir: claim.DifferingRunError, a folder
+    overwrite may not empty), errors.Interrupted (with the line to print).
     """
     if not config.model_dir:
         raise errors.ConfigError("model_dir", config.model_dir, "is required")
-    strategy = strategy or distribute.make_strategy(config.strategy)
+    strategy = strategy or distribute.make_strategy(config.strategy, config.cluster_timeout)
     policy = seed_and_precision(config)
-    # Opened before the claim: a mistyped data_dir must fail before overwrite deletes a run.
+    # Every input is checked before the claim: a mistyped data_dir or weights file must fail
+    # before overwrite deletes a run.
+    pretrained.check_weights(config.arch, config.weights or None, config.imagenet_weights or None)
     data = open_data(config)
     with claim.claim(config.model_dir, config, chief=distribute.is_chief(strategy)) as claimed:
         if claimed.state == claim.COMPLETE:
             return {"model_dir": config.model_dir, "complete": True}
+        if claimed.state == claim.STOPPED:
+            return {"model_dir": config.model_dir, "complete": False,
+                    "stopped": claimed.status.reason, "epochs_done": claimed.status.epochs_done,
+                    "epochs": claimed.status.epochs}
         return train(config, data, strategy, policy, claimed.initial_epoch,
                      command_line=command_line, verbose=verbose)
 
@@ -105,18 +119,61 @@ def train(config, data, strategy, policy, initial_epoch, *, command_line=None, v
     run_dir = distribute.writable_run_dir(config.model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
     steps_per_epoch = steps_in_epoch(config, data.split_sizes["train"])
+    say(f"building {config.arch} at {config.image_size} px"
+        + (f" from {config.weights}" if config.weights else ""))
     net, pos_weight = build_compiled_model(config, data, strategy, steps_per_epoch)
     run_record = make_record(config, data, strategy, policy, steps_per_epoch, pos_weight,
                              command_line)
     if initial_epoch == 0 or not record.exists(run_dir):
-        record.write(run_dir, run_record)
-    cbs = make_callbacks(config, data, run_dir, initial_epoch)
-    history = fit(net, config, data, strategy, cbs, steps_per_epoch=steps_per_epoch,
-                  initial_epoch=initial_epoch, verbose=verbose)
-    summary = _summary(net, history, run_record, initial_epoch,
-                       data.labels("validation")[:, :len(labels.LABELS)])
-    distribute.cleanup_run_dir(run_dir, config.model_dir)
-    return summary
+        record.write(run_dir, dataclasses.replace(run_record, status=record.Status(
+            record.RUNNING, initial_epoch, config.epochs)))
+    cbs = []
+    try:
+        cbs = make_callbacks(config, data, run_dir, initial_epoch)
+        say(starting_line(config, initial_epoch))
+        history = fit(net, config, data, strategy, cbs, steps_per_epoch=steps_per_epoch,
+                      initial_epoch=initial_epoch, verbose=verbose)
+    except KeyboardInterrupt as e:
+        raise interrupted(errors.Interrupted.of(e), config, run_dir, cbs) from None
+    except Exception as e:
+        status.stop(run_dir, record.ERROR, f"{type(e).__name__}: {e}"[:500])
+        raise
+    finally:
+        distribute.cleanup_run_dir(run_dir, config.model_dir)
+    return _summary(net, history, run_record, initial_epoch,
+                    data.labels("validation")[:, :len(labels.LABELS)])
+
+
+def starting_line(config, initial_epoch):
+    """What the run starts from: `resuming RUN from backup/epoch-0002.weights.h5 at epoch 3
+    of 50`, or `training RUN: 50 epochs`."""
+    first_step = "the first step compiles the model"
+    if not initial_epoch:
+        return f"training {config.model_dir}: {config.epochs} epochs ({first_step})"
+    backup = os.path.relpath(layout.backup_path(config.model_dir, initial_epoch),
+                             config.model_dir)
+    return (f"resuming {config.model_dir} from {backup} at epoch {initial_epoch + 1} of "
+            f"{config.epochs} ({first_step})")
+
+
+def interrupted(error, config, run_dir, cbs):
+    """Records the interruption and returns `error` saying what is saved: `interrupted in
+    epoch N; the state after epoch M is saved in RUN/backup; rerun the same command to
+    resume`."""
+    recorded = status.stop(run_dir, record.INTERRUPTED, f"signal {error.signum}")
+    epoch = next((cb.epoch for cb in cbs if isinstance(cb, callbacks.RunStatus)), None)
+    if recorded is not None and recorded.state != record.RUNNING and recorded.reason not in (
+            record.INTERRUPTED, record.ERROR):  # training had ended and said how
+        return error.saying(f"interrupted after training ended ({recorded.state}); nothing "
+                            "is lost")
+    where = "before its first epoch" if epoch is None else f"in epoch {epoch}"
+    saved = layout.resume_epoch(run_dir)
+    if not saved:
+        return error.saying(f"interrupted {where}; no epoch had finished, so there is nothing "
+                            "to resume; rerun the same command to start again")
+    return error.saying(f"interrupted {where}; the state after epoch {saved} is saved in "
+                        f"{layout.backup_dir(config.model_dir)}; rerun the same command to "
+                        "resume")
 
 
 def seed_and_precision(config):
@@ -138,8 +195,11 @@ def open_data(config):
         if not config.synthetic:
             raise NoDataError("no data: give data_dir (a prepared TFDS dir or a Kaggle "
                               "folder) or synthetic=True")
+        say(f"finding the synthetic dataset ({config.synthetic_num_images:,} images at "
+            f"{config.image_size} px; made once, then cached)")
         data_dir = synthetic_data_dir(config.image_size, config.synthetic_num_images,
                                       config.synthetic_min_prevalence, config.seed)
+    say(f"opening the dataset in {data_dir}")
     opened = source.open_source(data_dir, image_size=config.image_size,
                                 val_fraction=config.val_fraction, seed=config.seed,
                                 verify_data=config.verify_data)
@@ -231,7 +291,7 @@ def make_callbacks(config, data, run_dir, initial_epoch):
     if config.eval_test_each_epoch:
         measured.append(epoch_metrics.EpochMetrics(*eval_split(config, data, "test"), thresholds,
                                                    labels.LABELS, metric_logdir, "test"))
-    return callbacks.standard_callbacks(run_dir, epoch_metrics=measured,
+    return callbacks.standard_callbacks(run_dir, epoch_metrics=measured, epochs=config.epochs,
                                         initial_epoch=initial_epoch,
                                         early_stop_patience=config.early_stop_patience)
 
