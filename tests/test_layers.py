@@ -13,7 +13,7 @@ APPS = {"train", "evaluate", "export", "predict", "prepare", "stats", "flags", "
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
     {"labels", "atomic", "configs", "errors", "schema", "archs"},
-    {"model", "pretrained", "losses"},
+    {"model", "model_resnet", "model_applications", "pretrained", "losses"},
     {"data"},
     {"datasets", "synthetic"},
     {"evaluation"},
