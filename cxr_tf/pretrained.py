@@ -37,7 +37,17 @@ import h5py
 import keras
 import numpy as np
 
+from cxr_tf import errors
 from cxr_tf.model_applications import CONVNEXT_HEAD_NORM
+
+class WeightsError(errors.UserError, ValueError):
+    """A `weights`/`imagenet_weights` argument or file that build_model cannot use (the apps
+    print it as one `error:` line)."""
+
+
+class ImagenetFetchError(errors.UserError, RuntimeError):
+    """keras.applications' ImageNet file could not be fetched (no network, no local copy)."""
+
 
 _URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # keras.applications.imagenet_utils' "caffe" mean pixel, in the weights' BGR channel order.
@@ -108,34 +118,35 @@ def imagenet_file_name(arch):
 
 
 def check_weights(arch, weights, imagenet_weights):
-    """Raises ValueError for a `weights`/`imagenet_weights` pair build_model cannot honour."""
+    """Raises WeightsError (a ValueError) for a `weights`/`imagenet_weights` pair that
+    build_model cannot honour."""
     if imagenet_weights is not None and weights != "imagenet":
-        raise ValueError(
+        raise WeightsError(
             "imagenet_weights is read only with weights='imagenet'; "
             f"received weights={weights!r}, imagenet_weights={imagenet_weights!r}"
         )
     if weights == "imagenet":
         if arch not in IMAGENET:
-            raise ValueError(
+            raise WeightsError(
                 f"weights='imagenet' is offered for arch {', '.join(IMAGENET_ARCHS)} "
                 "(keras.applications has ImageNet weights for those; its ResNets are v1); "
                 f"received arch={arch!r}"
             )
         if imagenet_weights is not None and not os.path.isfile(imagenet_weights):
-            raise ValueError(
+            raise WeightsError(
                 f"imagenet_weights={imagenet_weights!r}: no such file (expected a copy of "
                 f"{IMAGENET[arch].url})"
             )
     elif weights is not None:
         path = os.fspath(weights)
         if not path.endswith(_WEIGHTS_SUFFIXES):
-            raise ValueError(
+            raise WeightsError(
                 f"weights={path!r}: expected None, 'imagenet' or a cxr_tf .weights.h5 or "
                 ".keras file (keras.applications' ImageNet .h5 goes in imagenet_weights, "
                 "with weights='imagenet')"
             )
         if not os.path.isfile(path):
-            raise ValueError(f"weights={path!r}: no such file")
+            raise WeightsError(f"weights={path!r}: no such file")
 
 
 def imagenet_file(arch, imagenet_weights=None):
@@ -150,7 +161,7 @@ def imagenet_file(arch, imagenet_weights=None):
     except Exception as error:  # get_file raises bare Exception for URL errors
         cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
                              "models")
-        raise RuntimeError(
+        raise ImagenetFetchError(
             f"ImageNet weights for {arch} (keras.applications.{source.application}): could "
             f"not fetch {source.url} ({error}). Without network, fetch that file elsewhere "
             f"and put it in Keras's cache, {cache}, or pass its path as imagenet_weights "
@@ -166,7 +177,7 @@ def load_imagenet(net, arch, path):
         # Keras reads its own legacy HDF5 file, checking it layer by layer against the model.
         reference = application(weights=path, include_top=False)
     except ValueError as error:  # its message goes on to list shapes
-        raise ValueError(f"{path}: not keras.applications.{application.__name__}'s notop "
+        raise WeightsError(f"{path}: not keras.applications.{application.__name__}'s notop "
                          f"ImageNet weights ({str(error).splitlines()[0]})") from error
     transfer_imagenet(reference, net, arch)
 
@@ -274,7 +285,7 @@ def _load_weights(net, path):
         net.load_weights(path)
     except ValueError as error:  # Keras's message goes on to print whole kernels
         summary = str(error).splitlines()[0]
-        raise ValueError(f"{path}: its weights do not fit {net.name} ({summary})") from error
+        raise WeightsError(f"{path}: its weights do not fit {net.name} ({summary})") from error
 
 
 def _head_units(path):
@@ -300,6 +311,6 @@ def _head_units_h5(file, path):
                 dense[int(match.group(1) or 0)] = group[key]
         kernel = dense[max(dense)].get("vars/0") if dense else None
         if kernel is None or kernel.ndim != 2:
-            raise ValueError(f"{path}: not a cxr_tf weights file (expected a Dense head "
+            raise WeightsError(f"{path}: not a cxr_tf weights file (expected a Dense head "
                              "kernel among its layers; found none)")
         return kernel.shape[1]

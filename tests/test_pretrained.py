@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from cxr_tf import model, pretrained
+from cxr_tf import errors, model, pretrained
 
 SIZE = 32
 GRAY = np.random.default_rng(7).integers(0, 256, (2, SIZE, SIZE, 1)).astype(np.float32)
@@ -337,7 +337,7 @@ def test_imagenet_head_starts_fresh(family):
 
 def test_the_notop_file_of_another_application_is_refused(family):
     other = "convnext_tiny" if family.arch != "convnext_tiny" else "densenet121"
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(pretrained.WeightsError) as error:
         model.build_model(other, SIZE, weights="imagenet", imagenet_weights=str(family.notop))
     application = pretrained.IMAGENET[other].application
     assert str(error.value).startswith(
@@ -352,7 +352,7 @@ def test_imagenet_without_network_says_which_file_and_where(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setenv("KERAS_HOME", "/data/keras")
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(pretrained.ImagenetFetchError) as error:  # a UserError: one line
         model.build_model("densenet121", SIZE, weights="imagenet")
     url = ("https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")
@@ -387,9 +387,11 @@ def test_imagenet_without_network_says_which_file_and_where(monkeypatch):
     ],
 )
 def test_weights_arguments_are_checked_before_building(kwargs, message):
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(pretrained.WeightsError) as error:
         model.build_model(image_size=SIZE, **kwargs)
     assert str(error.value) == message
+    # The apps print a UserError as one `error:` line; `except ValueError` callers still work.
+    assert isinstance(error.value, errors.UserError) and isinstance(error.value, ValueError)
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +432,7 @@ def test_cxr_tf_weights_with_another_head_load_all_but_the_head(trained_resnet18
 
 def test_cxr_tf_weights_of_another_arch_are_refused(trained_resnet18):
     _, folder = trained_resnet18
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(pretrained.WeightsError) as error:
         model.build_model("resnet34", SIZE, weights=folder / "run.weights.h5")
     # Then Keras's own first line: "A total of 58 objects could not be loaded. ..."
     assert str(error.value).startswith(
@@ -441,7 +443,7 @@ def test_cxr_tf_weights_of_another_arch_are_refused(trained_resnet18):
 def test_a_file_without_a_head_is_not_a_cxr_tf_weights_file(tmp_path):
     target = tmp_path / "notop.weights.h5"
     _save_notop(_application("resnet50_v1"), target, tmp_path)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(pretrained.WeightsError) as error:
         model.build_model("resnet18", SIZE, weights=target)
     assert str(error.value) == (f"{target}: not a cxr_tf weights file (expected a Dense head "
                                 "kernel among its layers; found none)")
