@@ -15,8 +15,9 @@ what the applications' arguments cannot say is set on the layers they built, her
   preprocessing ("torch" mode) follow, and of torchvision's densenet121, CheXNet's network;
   Keras's 1.001e-5 was chosen to stay above cuDNN's minimum epsilon (1e-5), not by the
   training. `cxr_tf.pretrained` folds the difference into the moving variance, so ImageNet
-  outputs are unchanged. Momentum 0.99 would let the moving statistics lag a short run by
-  ~100 steps, which left our ResNets near chance in inference mode (`cxr_tf.model_resnet`).
+  outputs are unchanged. With Keras's momentum the moving statistics lag a short run: the
+  demo (`--flagfile=demo.cfg --arch=densenet121`, 4 epochs of 42 steps) reached validation
+  mean AUC 0.640 in inference mode (training AUC 0.97), against 0.979 with 0.9.
 - EfficientNetV2 keeps its BatchNorm (momentum 0.9, epsilon 1e-3: its TensorFlow training's),
   and its stochastic depth (Dropout layers up to 0.2, as keras.applications builds them).
   The head drops the application's top dropout: the 14-way head is the same for every arch.
