@@ -8,7 +8,7 @@ Every arch has the same input contract and the same ends; only the backbone diff
 
 | arch | backbone | built by |
 |---|---|---|
-| resnet18, resnet34, resnet50, resnet101 | torchvision's ResNet (v1.5), the seed's | `model_resnet` |
+| resnet18, resnet34, resnet50, resnet101 | torchvision's ResNet (v1.5) | `model_resnet` |
 | resnet50_v1, resnet101_v1 | ResNet v1, keras.applications' geometry | `model_resnet` |
 | densenet121, densenet169 | keras.applications.DenseNet121/169 (CheXNet's) | `model_applications` |
 | efficientnetv2_s | keras.applications.EfficientNetV2S | `model_applications` |

@@ -178,7 +178,7 @@ def load_imagenet(net, arch, path):
         reference = application(weights=path, include_top=False)
     except ValueError as error:  # its message goes on to list shapes
         raise WeightsError(f"{path}: not keras.applications.{application.__name__}'s notop "
-                         f"ImageNet weights ({str(error).splitlines()[0]})") from error
+                           f"ImageNet weights ({str(error).splitlines()[0]})") from error
     transfer_imagenet(reference, net, arch)
 
 
@@ -192,7 +192,7 @@ def transfer_imagenet(reference, net, arch):
     for layer in ours.values():
         if not layer.weights or layer.name in ("logits", stem_conv):
             continue
-        if layer.name == CONVNEXT_HEAD_NORM:  # the notop network's last layer (model_applications)
+        if layer.name == CONVNEXT_HEAD_NORM:  # from the notop network's last layer
             _copy_layer(reference.layers[-1], layer, theirs)
         else:
             _copy_layer(theirs[layer.name], layer, theirs)
@@ -312,5 +312,5 @@ def _head_units_h5(file, path):
         kernel = dense[max(dense)].get("vars/0") if dense else None
         if kernel is None or kernel.ndim != 2:
             raise WeightsError(f"{path}: not a cxr_tf weights file (expected a Dense head "
-                             "kernel among its layers; found none)")
+                               "kernel among its layers; found none)")
         return kernel.shape[1]
