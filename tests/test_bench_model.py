@@ -39,6 +39,8 @@ def test_bench_model_prints_one_json_line(backend):
     result = json.loads(lines[-1])
     assert lines[-2].startswith("ratio ours/reference")  # the human table comes first
     assert result["backend"] == backend
+    assert (result["reference"], result["reference_channels"]) == (
+        "keras.applications.ResNet50", 1)
     assert (result["image_size"], result["batch_size"], result["precision"]) == (32, 2, "float32")
     assert result["device"].startswith("cpu")
     for name in ("ours", "keras_applications"):
@@ -68,7 +70,45 @@ def test_bench_model_prints_one_json_line(backend):
     # Same geometry as keras.applications: only its conv biases add (0.4 % at 32 px).
     assert flops["keras_applications"] == pytest.approx(flops["resnet50_v1"], rel=0.01)
     assert flops["keras_applications"] > flops["resnet50_v1"]
+    assert flops["ours"] < flops["resnet50_v1"] / 2  # resnet18
+    assert result["flops_ratio_ours_reference"] == pytest.approx(
+        flops["ours"] / flops["keras_applications"])
     assert lines[-6].startswith("XLA GFLOP per image (inference): resnet50 (v1.5) 0.13")
+
+
+@pytest.mark.slow  # 1-5 min here: DenseNet-121 compiled twice under XLA on the CPU
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                    reason="jax is not installed (pip install 'jax[cpu]', the bench extra)")
+def test_an_application_arch_is_compared_with_its_own_three_channel_application():
+    args = [a for a in TINY if not a.startswith("--arch")] + ["--arch=densenet121"]
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_model.py"), *args],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert (result["arch"], result["reference"], result["reference_channels"]) == (
+        "densenet121", "keras.applications.DenseNet121", 3)
+    assert lines[0].endswith("densenet121 vs keras.applications.DenseNet121 (3-channel), 32 px, "
+                             "batch 2, float32, jit_compile=True, median of 1 x 1 steps")
+    # One stem channel and a 14-way head against three channels: torchvision's count less
+    # the 1000-class head and two stem channels, and the application's 14-way head.
+    assert result["ours"]["params"] == 7_045_582
+    assert result["keras_applications"]["params"] == 7_045_582 + 2 * 7 * 7 * 64
+    flops = result["flops"]
+    assert set(flops) == {"ours", "keras_applications"}
+    # Only the stem's two extra input channels differ: 2.8 % of the work at 32 px.
+    assert 0.96 < result["flops_ratio_ours_reference"] < 0.99
+    assert lines[-6].startswith("XLA GFLOP per image (inference): densenet121 0.1")
+
+
+def test_an_unknown_arch_is_rejected():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_model.py"), "--arch=vgg16"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "argument --arch: invalid choice: 'vgg16'" in proc.stderr
 
 
 def test_bad_flag_is_rejected_with_its_value():
@@ -80,16 +120,20 @@ def test_bad_flag_is_rejected_with_its_value():
     assert "--batch_size must be >= 1; received 0" in proc.stderr
 
 
+@pytest.mark.slow  # 2-7 min here: two archs, each against its reference
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                     reason="jax is not installed (pip install 'jax[cpu]', the bench extra)")
 def test_gpu_check_script_cpu_smoke(tmp_path):
     # The device run's script, end to end at 32 px on this CPU: installs nothing (Keras is
-    # here), runs bench_model under JAX, writes the JSON lines and prints the table.
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
+    # here), runs bench_model under JAX for each arch, writes the JSON lines and prints the
+    # table. BENCH_TIMEOUT=0: no limit per configuration (this CPU's speed is not the test).
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), JAX_PLATFORMS="cpu",
+               BENCH_TIMEOUT="0")
     proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--cpu-smoke"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "bench_model.jsonl").read_text().splitlines()]
-    assert [(r["image_size"], r["batch_size"], r["backend"]) for r in rows] == [(32, 4, "jax")]
-    assert rows[0]["precision"] == "bfloat16" and rows[0]["ratio_train"] > 0
-    assert "size/batch" in proc.stdout and "32/4" in proc.stdout
+    assert [(r["arch"], r["image_size"], r["batch_size"], r["backend"]) for r in rows] == [
+        ("resnet50_v1", 32, 4, "jax"), ("densenet121", 32, 4, "jax")]
+    assert all(r["precision"] == "bfloat16" and r["ratio_train"] > 0 for r in rows)
+    assert "size/batch" in proc.stdout and "densenet121        32/4" in proc.stdout

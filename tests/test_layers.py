@@ -14,7 +14,7 @@ APPS = {"train", "evaluate", "export", "predict", "prepare", "stats", "flags", "
 LAYERS = [
     {"labels", "atomic", "configs", "errors", "schema", "archs", "options", "locks", "tf_logs",
      "console"},
-    {"model", "pretrained", "losses"},
+    {"model", "model_resnet", "model_applications", "pretrained", "losses"},
     {"data"},
     {"datasets", "synthetic"},
     {"runs"},

@@ -1,4 +1,5 @@
-"""cxr_tf.model: structure, parameter counts, normalization, dtypes, and no TensorFlow import."""
+"""cxr_tf.model: structure, parameter counts, normalization, dtypes, and no TensorFlow import,
+for the ResNets (model_resnet) and the keras.applications families (model_applications)."""
 
 import importlib.util
 import json
@@ -11,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from cxr_tf import model
+from cxr_tf import model, pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -173,7 +174,8 @@ def test_saved_model_file_round_trip(tmp_path):
         (
             {"arch": "resnet152"},
             "arch must be one of resnet18, resnet34, resnet50, resnet101, resnet50_v1, "
-            "resnet101_v1; received arch='resnet152'",
+            "resnet101_v1, densenet121, densenet169, efficientnetv2_s, convnext_tiny; "
+            "received arch='resnet152'",
         ),
         (
             {"image_size": 16},
@@ -192,7 +194,8 @@ def test_arguments_are_checked_first(kwargs, message):
 _TF_IMPORTS = {"tensorflow", "tf_keras"}
 
 
-@pytest.mark.parametrize("module", ["model.py", "pretrained.py", "losses.py"])
+@pytest.mark.parametrize("module", ["model.py", "model_resnet.py", "model_applications.py",
+                                    "pretrained.py", "losses.py"])
 def test_source_imports_no_tensorflow(module, import_roots):
     imported = import_roots(module)
     assert not imported & _TF_IMPORTS, f"cxr_tf/{module} imports {imported & _TF_IMPORTS}"
@@ -205,21 +208,166 @@ import json, sys
 import numpy as np
 import keras
 from cxr_tf import losses, model
-net = model.build_model("resnet18", image_size=32)
 images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
-a = keras.ops.convert_to_numpy(net(images))
-b = keras.ops.convert_to_numpy(net(images.astype(np.float32)))
-loss = losses.make_loss([2.0] * 14)(np.zeros((2, 14)), a)
-print(json.dumps({"backend": keras.backend.backend(), "equal": bool((a == b).all()),
-                  "shape": list(a.shape), "loss": float(loss),
+results = {}
+for arch in ("resnet18", "densenet121", "efficientnetv2_s", "convnext_tiny"):
+    net = model.build_model(arch, image_size=32)
+    a = keras.ops.convert_to_numpy(net(images))
+    b = keras.ops.convert_to_numpy(net(images.astype(np.float32)))
+    loss = losses.make_loss([2.0] * 14)(np.zeros((2, 14)), a)
+    results[arch] = {"equal": bool((a == b).all()), "shape": list(a.shape), "loss": float(loss)}
+try:
+    model.build_model("densenet121", image_size=32, sync_batchnorm=True)
+except ValueError as error:
+    results["sync_batchnorm"] = str(error)
+print(json.dumps({"backend": keras.backend.backend(), "results": results,
                   "tensorflow": [m for m in sys.modules if m.split(".")[0] == "tensorflow"][:3]}))
 """
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == "jax"
-    assert result["equal"] and result["shape"] == [2, 14]
-    assert np.isfinite(result["loss"])
+    results = result.pop("results")
+    assert results.pop("sync_batchnorm") == (
+        "sync_batchnorm=True needs the TensorFlow backend (BatchNormalization's synchronized); "
+        "received backend 'jax'")
+    assert list(results) == ["resnet18", "densenet121", "efficientnetv2_s", "convnext_tiny"]
+    for arch, one in results.items():
+        assert one["equal"] and one["shape"] == [2, 14], arch
+        assert np.isfinite(one["loss"]), arch
     assert result["tensorflow"] == []
+
+
+# The keras.applications families (cxr_tf.model_applications).
+APPLICATIONS = ("densenet121", "densenet169", "efficientnetv2_s", "convnext_tiny")
+
+
+@pytest.fixture(scope="module")
+def applications():
+    return {arch: model.build_model(arch, image_size=32) for arch in APPLICATIONS}
+
+
+@pytest.mark.parametrize(
+    "arch, reference_params, features, stem_channels",
+    # torchvision's counts (densenet121, densenet169, efficientnet_v2_s, convnext_tiny), less
+    # the stem's two extra input channels and the 1000-class head, plus our 14-way head.
+    [("densenet121", 7_978_856, 1024, 7 * 7 * 64), ("densenet169", 14_149_480, 1664, 7 * 7 * 64),
+     ("efficientnetv2_s", 21_458_488, 1280, 3 * 3 * 24),
+     ("convnext_tiny", 28_589_128, 768, 4 * 4 * 96)],
+)
+def test_applications_match_torchvision_parameter_counts(applications, arch, reference_params,
+                                                         features, stem_channels):
+    net = applications[arch]
+    expected = (reference_params - 2 * stem_channels - (features * 1000 + 1000)
+                + (features * 14 + 14))
+    assert sum(int(np.prod(w.shape)) for w in net.trainable_weights) == expected
+    assert net.name == arch
+    assert net.get_layer("logits").kernel.shape == (features, 14)
+    assert net.get_layer("logits").dtype_policy.name == "float32"
+    assert net.input.name == "image" and tuple(net.input.shape) == (None, 32, 32, 1)
+
+
+@pytest.mark.parametrize("arch, stem, kernel, strides, feature_layer", [
+    ("densenet121", "conv1_conv", (7, 7, 1, 64), (2, 2), "relu"),
+    ("densenet169", "conv1_conv", (7, 7, 1, 64), (2, 2), "relu"),
+    ("efficientnetv2_s", "stem_conv", (3, 3, 1, 24), (2, 2), "top_activation"),
+    ("convnext_tiny", "convnext_tiny_stem_conv", (4, 4, 1, 96), (4, 4),
+     "convnext_tiny_stage_3_out"),
+])
+def test_applications_take_one_channel_and_pool_a_named_layer(applications, arch, stem, kernel,
+                                                               strides, feature_layer):
+    net = applications[arch]
+    layers = {layer.name: layer for layer in pretrained._leaf_layers(net)}
+    assert tuple(layers[stem].kernel.shape) == kernel and layers[stem].strides == strides
+    # Grad-CAM explains the layer whose output feeds `avg_pool` (public API only).
+    pool = net.get_layer("avg_pool")
+    assert [layer.name for layer in net.layers if layer.output is pool.input] == [feature_layer]
+    assert tuple(pool.input.shape)[:3] == (None, 1, 1)  # 32 px, downsampled 32x
+    # Nothing of the applications' own preprocessing: `normalize` is the only one.
+    preprocessing = [layer.name for layer in layers.values()
+                     if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))]
+    assert preprocessing == ["normalize"]
+
+
+@pytest.mark.parametrize("arch, norms, momentum_epsilon", [
+    ("densenet121", 121, (0.9, 1e-5)), ("densenet169", 169, (0.9, 1e-5)),
+    ("efficientnetv2_s", 110, (0.9, 1e-3)), ("convnext_tiny", 0, None),
+])
+def test_applications_batch_norm_settings(applications, arch, norms, momentum_epsilon):
+    found = [l for l in applications[arch].layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(found) == norms
+    if norms:
+        assert {(bn.momentum, bn.epsilon) for bn in found} == {momentum_epsilon}
+        assert not any(bn.synchronized for bn in found)
+
+
+def test_convnext_normalises_after_pooling():
+    # keras.applications' notop ConvNeXt ends in a per-position LayerNorm; its ImageNet head
+    # pools first. Ours: avg_pool -> head LayerNorm -> logits, and no per-position norm after
+    # the last stage.
+    net = model.build_model("convnext_tiny", image_size=64)
+    names = [layer.name for layer in net.layers]
+    assert names[-4:] == ["convnext_tiny_stage_3_out", "avg_pool",
+                          "convnext_tiny_head_layernorm", "logits"]
+    assert net.get_layer("convnext_tiny_head_layernorm").epsilon == 1e-6
+    assert tuple(net.get_layer("avg_pool").input.shape) == (None, 2, 2, 768)
+
+
+@pytest.mark.parametrize("arch, mean, std", [
+    ("resnet50", 0.449, 0.226), ("densenet121", 0.449, 0.226),
+    ("convnext_tiny", 0.449, 0.226), ("efficientnetv2_s", 128 / 255, 128 / 255)])
+def test_each_arch_normalises_in_its_normalize_layer(applications, arch, mean, std):
+    assert model.NORMALIZATION[arch] == pytest.approx((mean, std))
+    net = applications.get(arch) or model.build_model(arch, image_size=32)
+    normalize = keras.Model(net.input, net.get_layer("normalize").output)
+    pixels = np.zeros((1, 32, 32, 1), np.float32)
+    pixels[0, 1], pixels[0, 2] = 128, 255
+    out = keras.ops.convert_to_numpy(normalize(pixels))[0, :3, 0, 0]
+    np.testing.assert_allclose(out, [(p / 255 - mean) / std for p in (0, 128, 255)], atol=1e-5)
+    if arch == "efficientnetv2_s":  # the application's own p / 128 - 1
+        np.testing.assert_allclose(out, [-1, 0, 255 / 128 - 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", *APPLICATIONS])
+def test_sync_batchnorm_synchronises_every_batch_norm(arch):
+    net = model.build_model(arch, image_size=32, sync_batchnorm=True)
+    norms = [l for l in net.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert all(bn.synchronized for bn in norms)
+    # Saved with the model: a run's checkpoints keep it.
+    config = [l["config"] for l in net.get_config()["layers"]
+              if l["class_name"] == "BatchNormalization"]
+    assert len(config) == len(norms) and all(c["synchronized"] for c in config)
+
+
+@pytest.mark.slow  # 0.5-1 min each here: compiling a bfloat16 train step on the CPU
+@pytest.mark.parametrize("arch", ["densenet121", "efficientnetv2_s", "convnext_tiny"])
+def test_applications_train_a_step_in_mixed_bfloat16(mixed_bfloat16, arch):
+    net = model.build_model(arch, image_size=32)
+    assert net.get_layer("logits").compute_dtype == "float32"
+    assert {l.compute_dtype for l in net.layers if isinstance(l, keras.layers.Conv2D)} == {
+        "bfloat16"}
+    net.compile(optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    images = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 1)).astype(np.uint8)
+    labels = (np.random.default_rng(3).uniform(size=(4, 14)) < 0.3).astype(np.float32)
+    before = keras.ops.convert_to_numpy(net.get_layer("logits").kernel).copy()
+    loss = net.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+    assert not np.array_equal(keras.ops.convert_to_numpy(net.get_layer("logits").kernel), before)
+    out = net(images)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+
+
+@pytest.mark.parametrize("arch", ["densenet121", "efficientnetv2_s", "convnext_tiny"])
+def test_applications_round_trip_through_a_keras_file(applications, arch, tmp_path):
+    # ConvNeXt's LayerScale is keras.applications' own layer class: Keras must find it again.
+    net = applications[arch]
+    net.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)),
+                               keras.ops.convert_to_numpy(net(images)), rtol=1e-6, atol=1e-6)
+    uint8, float32 = (keras.ops.convert_to_numpy(net(x)) for x in (images, images.astype("f4")))
+    np.testing.assert_array_equal(uint8, float32)

@@ -1,22 +1,28 @@
-"""Train-step and inference throughput of cxr_tf's model against keras.applications.ResNet50,
-and XLA FLOP counts of our two ResNet-50s (v1.5 and v1).
+"""Train-step and inference throughput of a cxr_tf arch against the same keras.applications
+network, and XLA FLOP counts per image.
 
     KERAS_BACKEND=jax python tools/bench_model.py --image_size=224 --batch_size=256 \
         --precision=bfloat16
+    KERAS_BACKEND=jax python tools/bench_model.py --arch=densenet121 --image_size=224
 
 Runs under whatever KERAS_BACKEND says (jax, tensorflow, torch) and imports only Keras and
 `cxr_tf.model`, never TensorFlow unless it is the backend, so it runs on the JAX-only GPU
-machine (`tools/gpu_check.sh`). The reference is `keras.applications.ResNet50(weights=None,
-input_shape=(S, S, 1), classes=14, classifier_activation=None)`: the stock Keras ResNet-50 with
-a one-channel stem and a logits head like ours, so both train on the same loss. The figure to
-watch is the ratio ours / reference, measured in the same process on the same data; our
-`resnet50_v1` has the reference's geometry (stride on the first 1×1), so the default run
-compares like with like.
+machine (`tools/gpu_check.sh`). The figure to watch is the ratio ours / reference, measured in
+the same process on the same data. The reference (`REFERENCES`), built with `weights=None,
+classes=14, classifier_activation=None` so both train on the same loss:
+- for the ResNets, `keras.applications.ResNet50` with a one-channel stem
+  (`input_shape=(S, S, 1)`), as this benchmark has always compared; our `resnet50_v1` has
+  its geometry (stride on the first 1×1), so the default run compares like with like;
+- for densenet121/169, efficientnetv2_s and convnext_tiny, the same keras.applications
+  network as a user would run it on a gray image replicated to RGB: three channels, its own
+  stem and its own in-model preprocessing (EfficientNetV2, ConvNeXt). It is fed the same
+  images repeated to three channels, on the device.
 
 Flags:
-    --arch            cxr_tf architecture to time (default resnet50_v1; the reference is
-                      always keras.applications' ResNet-50 v1, so the ratio only compares
-                      like with like for resnet50_v1; resnet50, v1.5, does ~7 % more work).
+    --arch            cxr_tf architecture to time (default resnet50_v1). Every ResNet is
+                      compared with keras.applications' ResNet-50 v1, so the ratio only
+                      compares like with like for resnet50_v1 (resnet50, v1.5, does ~7 %
+                      more work); the other archs with their own application.
     --image_size      side S of the S×S×1 images (default 224).
     --batch_size      images per step (default 256).
     --precision       bfloat16 | float16 | float32: the global Keras dtype policy
@@ -43,8 +49,9 @@ What is timed:
 - Each repeat ends by reading a weight back to the host, so asynchronous dispatch cannot hide
   unfinished work. The two models alternate within each repeat, so clock drift hits both.
 - flops (JAX backend only, `null` with a note otherwise): XLA's `cost_analysis()["flops"]`
-  of `jax.jit(model.stateless_call)` in inference mode on one image, for `resnet50` (v1.5),
-  `resnet50_v1` and the reference, under the same dtype policy; not timed.
+  of `jax.jit(model.stateless_call)` in inference mode on one image, for `ours` (--arch) and
+  the reference (`keras_applications`), and for a ResNet arch also `resnet50` (v1.5) and
+  `resnet50_v1`, under the same dtype policy; not timed.
 
 The last line printed is one JSON object; the lines before it are a human table.
 """
@@ -60,7 +67,14 @@ from pathlib import Path
 # Benchmark the checkout this file sits in, also when cxr_tf is not installed (GPU machine).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cxr_tf.archs import ARCHS  # noqa: E402 (a list of names: imports nothing heavy)
+
 NUM_CLASSES = 14
+# arch -> (keras.applications function, input channels of the reference); see the docstring.
+REFERENCES = {arch: ("ResNet50", 1) for arch in ARCHS if arch.startswith("resnet")}
+REFERENCES.update({"densenet121": ("DenseNet121", 3), "densenet169": ("DenseNet169", 3),
+                   "efficientnetv2_s": ("EfficientNetV2S", 3),
+                   "convnext_tiny": ("ConvNeXtTiny", 3)})
 _POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "float32": "float32"}
 _TRAIN_METHOD = "model.fit(steps_per_epoch=steps) on one on-device batch, Adam, BCE from logits"
 _INFER_METHOD = "model.predict(steps=steps) on one on-device batch"
@@ -70,7 +84,7 @@ _FLOPS_METHOD = ("XLA cost_analysis()['flops'] of jax.jit(model.stateless_call),
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="resnet50_v1")
+    parser.add_argument("--arch", choices=ARCHS, default="resnet50_v1")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--precision", choices=sorted(_POLICIES), default="bfloat16")
@@ -97,10 +111,12 @@ def main(argv=None):
     def ours():
         return build_model(args.arch, args.image_size, NUM_CLASSES)
 
+    application, channels = REFERENCES[args.arch]
+
     def reference():
-        return keras.applications.ResNet50(
+        return getattr(keras.applications, application)(
             weights=None,
-            input_shape=(args.image_size, args.image_size, 1),
+            input_shape=(args.image_size, args.image_size, channels),
             classes=NUM_CLASSES,
             classifier_activation=None,
         )
@@ -111,25 +127,28 @@ def main(argv=None):
         "ours": _compiled(keras, ours, args),
         "keras_applications": _compiled(keras, reference, args),
     }
-    train_data = _repeating(keras, (images, labels))
-    infer_data = _repeating(keras, (images,))
+    # The reference's images: the same gray pixels, repeated to its channels on the device.
+    inputs = {"ours": images, "keras_applications": keras.ops.repeat(images, channels, axis=-1)}
+    train_data = {name: _repeating(keras, (x, labels)) for name, x in inputs.items()}
+    infer_data = {name: _repeating(keras, (x,)) for name, x in inputs.items()}
 
     # Warm-up compiles both functions; it also runs BN updates and Adam steps, as training does.
-    for model in models.values():
+    for name, model in models.items():
         warmup = max(args.warmup, 1)
-        model.fit(train_data(), steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
-        model.predict(infer_data(), steps=warmup, verbose=0)
+        model.fit(train_data[name](), steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
+        model.predict(infer_data[name](), steps=warmup, verbose=0)
         _sync(keras, model)
     times = {name: {"train": [], "infer": []} for name in models}
     for _ in range(args.repeats):
         for name, model in models.items():
             start = time.perf_counter()
-            model.fit(train_data(), steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
+            model.fit(train_data[name](), steps_per_epoch=args.steps, epochs=1, verbose=0,
+                      shuffle=False)
             _sync(keras, model)
             times[name]["train"].append(time.perf_counter() - start)
         for name, model in models.items():
             start = time.perf_counter()
-            model.predict(infer_data(), steps=args.steps, verbose=0)
+            model.predict(infer_data[name](), steps=args.steps, verbose=0)
             _sync(keras, model)
             times[name]["infer"].append(time.perf_counter() - start)
 
@@ -139,6 +158,8 @@ def main(argv=None):
         "device": _device_name(keras),
         "keras": keras.__version__,
         "arch": args.arch,
+        "reference": f"keras.applications.{application}",
+        "reference_channels": channels,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "precision": args.precision,
@@ -163,7 +184,7 @@ def main(argv=None):
     for kind in ("train", "infer"):
         ours_rate = result["ours"][f"{kind}_img_s"]
         result[f"ratio_{kind}"] = ours_rate / result["keras_applications"][f"{kind}_img_s"]
-    result.update(_flops(keras, args.image_size, build_model, models["keras_applications"]))
+    result.update(_flops(keras, args, build_model, models, channels))
     _print_table(result)
     print(json.dumps(result), flush=True)
     return result
@@ -181,28 +202,36 @@ def _compiled(keras, builder, args):
     return model
 
 
-def _flops(keras, image_size, build_model, reference):
-    """XLA's FLOP count per image of our v1.5 and v1 ResNet-50s and the reference (JAX only)."""
+def _flops(keras, args, build_model, models, channels):
+    """XLA's FLOP count per image of ours, the reference and, for a ResNet arch, our v1.5 and
+    v1 ResNet-50s (JAX only)."""
     if keras.backend.backend() != "jax":
         return {"flops": None, "flops_method": "XLA FLOP counts need KERAS_BACKEND=jax: "
                                                f"not counted under {keras.backend.backend()}"}
     import jax
 
-    image = jax.ShapeDtypeStruct((1, image_size, image_size, 1), "float32")
+    size = args.image_size
+    counted = [("ours", models["ours"], 1), ("keras_applications", models["keras_applications"],
+                                             channels)]
+    if args.arch.startswith("resnet"):
+        counted += [(name, build_model(name, size, NUM_CLASSES), 1)
+                    for name in ("resnet50", "resnet50_v1")]
     flops = {}
-    for name, model in (("resnet50", build_model("resnet50", image_size, NUM_CLASSES)),
-                        ("resnet50_v1", build_model("resnet50_v1", image_size, NUM_CLASSES)),
-                        ("keras_applications", reference)):
+    for name, model, model_channels in counted:
         def forward(trainable, non_trainable, images, model=model):
             return model.stateless_call(trainable, non_trainable, images, training=False)[0]
 
+        image = jax.ShapeDtypeStruct((1, size, size, model_channels), "float32")
         trainable = [v.value for v in model.trainable_variables]
         non_trainable = [v.value for v in model.non_trainable_variables]
         cost = jax.jit(forward).lower(trainable, non_trainable, image).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost  # older JAX: a list of one dict
         flops[name] = cost["flops"]
-    return {"flops": flops, "flops_method": _FLOPS_METHOD,
-            "flops_ratio_v1_5_v1": flops["resnet50"] / flops["resnet50_v1"]}
+    result = {"flops": flops, "flops_method": _FLOPS_METHOD,
+              "flops_ratio_ours_reference": flops["ours"] / flops["keras_applications"]}
+    if "resnet50" in flops:
+        result["flops_ratio_v1_5_v1"] = flops["resnet50"] / flops["resnet50_v1"]
+    return result
 
 
 def _device_batch(keras, batch_size, image_size):
@@ -263,16 +292,21 @@ def _device_name(keras):
 def _print_table(result):
     print(
         f"{result['backend']} on {result['device']}: {result['arch']} vs "
-        f"keras.applications.ResNet50, {result['image_size']} px, batch {result['batch_size']}, "
+        f"{result['reference']} ({result['reference_channels']}-channel), "
+        f"{result['image_size']} px, batch {result['batch_size']}, "
         f"{result['precision']}, jit_compile={result['jit_compile']}, "
         f"median of {result['repeats']} x {result['steps']} steps"
     )
-    if result["flops"]:
-        flops = result["flops"]
+    flops = result["flops"]
+    if flops and "resnet50" in flops:
         print(f"XLA GFLOP per image (inference): resnet50 (v1.5) {flops['resnet50'] / 1e9:.3f}, "
               f"resnet50_v1 {flops['resnet50_v1'] / 1e9:.3f} (ratio "
               f"{result['flops_ratio_v1_5_v1']:.3f}), keras.applications "
               f"{flops['keras_applications'] / 1e9:.3f}")
+    elif flops:
+        print(f"XLA GFLOP per image (inference): {result['arch']} {flops['ours'] / 1e9:.3f}, "
+              f"keras.applications {flops['keras_applications'] / 1e9:.3f} (ratio "
+              f"{result['flops_ratio_ours_reference']:.3f})")
     else:
         print(result["flops_method"])
     print(f"{'':22}{'train img/s':>14}{'infer img/s':>14}")

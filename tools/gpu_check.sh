@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The model's GPU throughput in one prepared run: cxr_tf's resnet50_v1 (bench_model's
-# default: keras.applications' geometry) against keras.applications.ResNet50 under Keras 3's
-# JAX backend, bf16, at 224 px / batch 256 and 512 px / batch 64 (tools/bench_model.py does
-# the timing, and counts the XLA FLOPs of resnet50 v1.5 and v1).
+# The model's GPU throughput in one prepared run, under Keras 3's JAX backend in bf16
+# (tools/bench_model.py does the timing and counts XLA FLOPs): cxr_tf's resnet50_v1
+# (keras.applications' geometry) against keras.applications.ResNet50 at 224 px / batch 256
+# and 512 px / batch 64, and densenet121 (CheXNet's network) against
+# keras.applications.DenseNet121 on three channels at 224 px / batch 256.
 #
 #   bash tools/gpu_check.sh                  # on the GPU machine (JAX, no TensorFlow, no Keras)
 #   bash tools/gpu_check.sh --fetch-wheels   # here, once before: Keras wheels into .whl/
@@ -11,15 +12,16 @@
 # The GPU machine has JAX but neither TensorFlow (too large to carry) nor Keras, so Keras and
 # the two packages it needs that the machine lacks (namex, optree) travel as wheels in .whl/
 # (ignored by git; name it in the run's `carry`). --fetch-wheels downloads them for the
-# machine's Python 3.12 at the versions installed here. From the device tool:
-#   run(command="bash tools/gpu_check.sh", carry=[".whl"], timeout_s=540)
+# machine's Python 3.12 at the versions installed here. From the device tool (three
+# configurations of at most 170 s each, inside one 10-minute call):
+#   run(command="BENCH_TIMEOUT=170 bash tools/gpu_check.sh", carry=[".whl"], timeout_s=560)
 #
 # Writes one JSON line per configuration to $OUT/bench_model.jsonl (when $OUT is set) and the
 # full logs beside it, then prints a table. Environment:
 #   PYTHON              interpreter (default python3)
-#   CXR_GPU_CHECK_SMOKE=1   same as --cpu-smoke: 32 px, batch 4, 2 steps, 1 repeat
+#   CXR_GPU_CHECK_SMOKE=1   same as --cpu-smoke: 32 px, batch 4, 2 steps, 1 repeat, each arch
 #   BENCH_TIMEOUT       seconds allowed per configuration (default 270), so one hung
-#                       configuration cannot eat the whole device lease
+#                       configuration cannot eat the whole device lease; 0: no limit
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -65,10 +67,10 @@ JSONL="$OUT_DIR/bench_model.jsonl"
 : >"$JSONL"
 
 if [[ "$SMOKE" == 1 ]]; then
-  configs=("32 4")
+  configs=("resnet50_v1 32 4" "densenet121 32 4")
   extra=(--steps=2 --warmup=1 --repeats=1)
 else
-  configs=("224 256" "512 64")
+  configs=("resnet50_v1 224 256" "resnet50_v1 512 64" "densenet121 224 256")
   extra=(--steps=20 --warmup=5 --repeats=5)
 fi
 
@@ -81,14 +83,15 @@ fi
 
 status=0
 for config in "${configs[@]}"; do
-  read -r size batch <<<"$config"
-  log="$OUT_DIR/bench_${size}_b${batch}.log"
-  echo "== ${size} px, batch ${batch}, bfloat16"
-  if timeout "$BENCH_TIMEOUT" "$PYTHON" tools/bench_model.py --image_size="$size" --batch_size="$batch" \
-      --precision=bfloat16 "${extra[@]}" 2>&1 | tee "$log"; then
+  read -r arch size batch <<<"$config"
+  log="$OUT_DIR/bench_${arch}_${size}_b${batch}.log"
+  echo "== ${arch}, ${size} px, batch ${batch}, bfloat16"
+  # timeout 0 runs without a limit (GNU coreutils).
+  if timeout "$BENCH_TIMEOUT" "$PYTHON" tools/bench_model.py --arch="$arch" --image_size="$size" \
+      --batch_size="$batch" --precision=bfloat16 "${extra[@]}" 2>&1 | tee "$log"; then
     tail -n 1 "$log" >>"$JSONL"
   else
-    echo "gpu_check: ${size} px / batch ${batch} failed or ran past ${BENCH_TIMEOUT}s; see $log" >&2
+    echo "gpu_check: ${arch} ${size} px / batch ${batch} failed or ran past ${BENCH_TIMEOUT}s; see $log" >&2
     status=1
   fi
 done
@@ -96,10 +99,10 @@ done
 "$PYTHON" - "$JSONL" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print(f"\n{'device':28}{'size/batch':>12}{'ours train':>12}{'keras.app':>11}{'ratio':>7}"
+print(f"\n{'device':28}{'arch':>13}{'size/batch':>12}{'ours train':>12}{'keras.app':>11}{'ratio':>7}"
       f"{'ours infer':>12}{'keras.app':>11}{'ratio':>7}")
 for r in rows:
-    print(f"{r['device'][:27]:28}{str(r['image_size']) + '/' + str(r['batch_size']):>12}"
+    print(f"{r['device'][:27]:28}{r['arch']:>13}{str(r['image_size']) + '/' + str(r['batch_size']):>12}"
           f"{r['ours']['train_img_s']:>12,.0f}{r['keras_applications']['train_img_s']:>11,.0f}{r['ratio_train']:>7.3f}"
           f"{r['ours']['infer_img_s']:>12,.0f}{r['keras_applications']['infer_img_s']:>11,.0f}{r['ratio_infer']:>7.3f}")
 print(f"(img/s, median of {rows[0]['repeats'] if rows else '?'} repeats; JSON lines in {sys.argv[1]})")
