@@ -250,7 +250,7 @@ def test_the_apps_flags_are_evalconfigs_fields():
      "--calibrate, --fit_ood, --ood_percentile and --threshold fit on NIH's validation split; "
      "they do not apply to --dataset=chexpert"),
     (["--model_dir=R", "--ood_percentile=40"],
-     "flag --ood_percentile=40.0: must be in [50.0, 100.0]"),
+     "flag --ood_percentile=40.0: must lie in [50.0, 100.0]"),
     (["--model_dir=R", "--views=frontal,oblique"],
      "flag --views=frontal,oblique: must be one of frontal, lateral"),
     (["--model_dir=R", "--views="], "flag --views=: must name at least one of frontal, lateral"),
