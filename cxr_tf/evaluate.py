@@ -1,11 +1,15 @@
 """Evaluate a trained run: report.json/report.md and plots, optionally tuning thresholds first.
 
-    python -m cxr_tf.evaluate --model_dir=RUN --split=test [--data_dir=DIR] [--checkpoint=best|last] [--bootstrap=1000] [--tune_thresholds=f1|youden] [--json]
+    python -m cxr_tf.evaluate --model_dir=RUN --split=test [--data_dir=DIR] [--checkpoint=best|last] [--bootstrap=1000] [--tune_thresholds=f1|youden] [--calibrate=temperature|platt|isotonic|none] [--fit_ood] [--json]
 
 Writes RUN/eval_<split>/: report.json, report.md, roc.png, pr.png, calibration.png.
 `--tune_thresholds` always tunes on the VALIDATION split (whatever --split says) and writes
-RUN/thresholds.json, which the report (as `…@tuned`), export and predict then use. Evaluating
-the test split never chooses anything: no thresholds are ever fitted on it.
+RUN/thresholds.json, which the report (as `…@tuned`), export and predict then use; a finding
+with fewer than 10 validation positives or negatives keeps --threshold, and thresholds.json
+says so. `--calibrate` fits a per-finding calibration on the VALIDATION split
+(RUN/calibration.json; thresholds are tuned on the calibrated probabilities), `--fit_ood` the
+out-of-distribution detector (RUN/ood.npz, cut at --ood_percentile of validation). Evaluating
+the test split never chooses anything: nothing is ever fitted on it.
 
     python -m cxr_tf.evaluate --model_dir=RUN --split=test --bbox_csv=KAGGLE_DIR/BBox_List_2017.csv
 
@@ -47,14 +51,11 @@ def format_summary(report):
         counts = f"{r['positives']}/{r['negatives']}"
         published = f"{r['published_auc']:>6.3f}" if compared else ""
         lines.append(f"{name:<20} {counts:>11} {auc:>6}  {ci:<15} {published}".rstrip())
-    mean = "n/a" if overall["auc_mean"] is None else f"{overall['auc_mean']:.3f}"
-    diff = "n/a" if pub["mean_difference"] is None else f"{pub['mean_difference']:+.3f}"
-    over = f"mean of {overall['auc_mean_over']}"
-    lines += [f"{over:<20} {'':>11} {mean:>6}  {'':<15} {pub['mean_auc']:>6.3f}   "
-              f"(difference {diff})" if compared else f"{over:<20} {'':>11} {mean:>6}",
+    lines += [_mean_line(overall, pub, compared),
               f"n/a: fewer than {report['bootstrap']['min_count']} positives or negatives; "
               f"CI: {report['bootstrap']['method'] or 'none'}",
               f"ECE {overall['ece']:.4f} over {overall['examples']:,} images"]
+    lines += _decision_lines(report)
     if report.get("expert_labels"):
         expert = report["expert_labels"]
         aucs = ", ".join(f"{name} {'n/a' if e['auc'] is None else format(e['auc'], '.3f')}"
@@ -66,6 +67,8 @@ def format_summary(report):
     if report.get("tuned_thresholds_from"):
         lines.append(f"Tuned thresholds: {report['model_dir']}/thresholds.json "
                      f"({report['tuned_thresholds_from']['method']}, on validation)")
+    if report.get("threshold_provenance"):
+        lines.append(f"Thresholds: {report['threshold_provenance']['summary']}")
     if report.get("localization") and report["localization"]["overall"]:
         section = report["localization"]
         loc = section["overall"]
@@ -80,6 +83,39 @@ def format_summary(report):
                      "finding labels left out")
     lines.append(f"Report: {report['files'][1]}")
     return "\n".join(lines)
+
+
+def _mean_line(overall, pub, compared=True):
+    """The mean AUC of the k findings that have one, beside Wang et al.'s mean of the same k
+    findings (their 14-finding mean only when k is 14): like with like. No Wang column where
+    the report makes no comparison (another hospital's images)."""
+    k = overall["auc_mean_over"]
+    mean = "n/a" if overall["auc_mean"] is None else f"{overall['auc_mean']:.3f}"
+    if not compared:
+        return f"{f'mean of {k}':<20} {'':>11} {mean:>6}"
+    if not pub["classes_compared"]:
+        return f"{f'mean of {k}':<20} {'':>11} {mean:>6}  (no finding to compare with Wang17)"
+    same = pub["their_mean_auc_same_classes"]
+    label = ("Wang17 mean of 14" if pub["classes_compared"] == 14
+             else f"Wang17 mean of the same {pub['classes_compared']}")
+    return (f"{f'mean of {k}':<20} {'':>11} {mean:>6}  {'':<15} {same:>6.3f}   ({label}; "
+            f"difference {pub['mean_difference']:+.3f})")
+
+
+def _decision_lines(report):
+    """Calibration and the out-of-distribution flag, as the report saw them on this split."""
+    lines = []
+    calibration, ood = report.get("calibration"), report.get("ood")
+    if calibration and calibration["method"] != "none":
+        lines.append(f"Calibration {calibration['method']} (fitted on validation): ECE "
+                     f"{calibration['ece_before']:.4f} before, {calibration['ece_after']:.4f} "
+                     "after; the figures above are calibrated")
+    if ood and ood.get("method"):
+        lines.append(f"In distribution: {ood['in_distribution']:,} of {ood['examples']:,} "
+                     f"images ({100 * ood['in_distribution_share']:.1f} %; cut "
+                     f"{ood['threshold']:.2f}, the {ood['percentile']:g}th percentile on "
+                     "validation)")
+    return lines
 
 
 def build_config(flag_values=FLAGS):

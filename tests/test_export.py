@@ -74,6 +74,33 @@ def test_export_app_summary(exported):
     assert (export_dir / "saved_model.pb").is_file()
     assert summary["thresholds_from"].startswith("thresholds.json (f1")
     assert list(summary["thresholds"].values()) == pytest.approx(tuned.tolist())
+    # A thresholds.json without provenance (as cxr_tf 0.2.0 wrote) is exported, and said.
+    assert summary["thresholds_summary"].startswith("14 tuned (f1 on validation) by an older "
+                                                    "cxr_tf that did not record")
+    assert (summary["calibration"], summary["ood"]) == ("none", "none")
+    card = json.loads((export_dir / "assets" / "model_card.json").read_text())
+    assert summary["model_card"] == str(export_dir / "assets" / "model_card.json")
+    assert card["model_parameters"]["out_of_distribution"]["method"] == "none"
+
+
+def test_the_metadata_reaches_tf_serving_rest_through_describe(exported, loaded):
+    # TF Serving's REST API refuses a signature without inputs, so `describe` takes a dummy
+    # scalar. Columnar request {"inputs": {...}} -> reply {"outputs": {name: value}}.
+    body = json.loads(json.dumps({"signature_name": "describe", "inputs": {"request": 0}}))
+    signature = loaded.signatures[body["signature_name"]]
+    assert list(signature.structured_input_signature[1]) == ["request"]
+    out = signature(request=tf.constant(body["inputs"]["request"], tf.int32))
+    reply = json.loads(json.dumps({"outputs": {
+        name: (value.numpy().decode() if value.dtype == tf.string and value.shape == () else
+               [v.decode() for v in value.numpy()] if value.dtype == tf.string else
+               value.numpy().tolist())
+        for name, value in out.items()}}))["outputs"]
+    metadata = loaded.signatures["metadata"]()
+    assert sorted(reply) == sorted(metadata)
+    card = json.loads(reply["model_card"])
+    assert card["model_parameters"]["label_names"] == list(labels.LABELS)
+    assert reply["label_names"] == list(labels.LABELS)
+    assert reply["threshold_methods"] == ["f1"] * 14 and reply["threshold_positives"] == [-1] * 14
 
 
 _NO_CXR_TF = r"""
@@ -152,7 +179,10 @@ def test_tf_serving_rest_json_round_trip(exported, loaded):
     reply = json.loads(json.dumps({"predictions": [
         {name: value[i].numpy().tolist() for name, value in out.items()}
         for i in range(len(samples))]}))
-    assert [sorted(p) for p in reply["predictions"]] == [["positive", "probabilities"]] * 3
+    assert [sorted(p) for p in reply["predictions"]] == [
+        ["in_distribution", "ood_score", "positive", "probabilities"]] * 3
+    # Exported without an out-of-distribution detector: no score, nothing flagged.
+    assert all(np.isnan(p["ood_score"]) and p["in_distribution"] for p in reply["predictions"])
     probs = np.array([p["probabilities"] for p in reply["predictions"]])
     expected = tf.sigmoid(net(graph.preprocess_bytes(samples, SIZE), training=False)).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)

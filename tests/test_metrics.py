@@ -268,22 +268,56 @@ def test_replicates_are_paired_across_calls_and_columns():
 def test_tune_thresholds_beats_half():
     # Scores all sit below 0.5 (an under-confident model), so 0.5 predicts nothing (F1 0),
     # while the positives still rank first: y = 1 1 0 0, score .4 .35 .2 .1 -> best cut 0.35.
+    # min_count=1: a toy this small is below the reporting rule (see the next tests).
     y = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
     s = np.array([[0.4, 0.1], [0.35, 0.2], [0.2, 0.3], [0.1, 0.05]])
-    tuned = metrics.tune_thresholds(y, s, "f1")
+    tuned = metrics.tune_thresholds(y, s, "f1", min_count=1)
     np.testing.assert_allclose(tuned, [0.35, 0.3])
     assert metrics.threshold_metrics(y, s, tuned)["f1_macro"] == 1.0
     assert metrics.threshold_metrics(y, s, 0.5)["f1_macro"] == 0.0
-    youden = metrics.tune_thresholds(y, s, "youden")
+    youden = metrics.tune_thresholds(y, s, "youden", min_count=1)
     assert metrics.threshold_metrics(y, s, youden)["f1_macro"] == 1.0
 
 
-def test_tune_thresholds_gives_half_for_a_one_valued_class():
+def test_tune_thresholds_gives_the_default_for_a_one_valued_class():
     y = np.array([[1, 0], [0, 0], [1, 0]])
     s = np.array([[0.7, 0.1], [0.2, 0.4], [0.6, 0.2]])
-    np.testing.assert_allclose(metrics.tune_thresholds(y, s, "youden"), [0.6, 0.5])
+    np.testing.assert_allclose(metrics.tune_thresholds(y, s, "youden", min_count=1), [0.6, 0.5])
+    np.testing.assert_allclose(
+        metrics.tune_thresholds(y, s, "youden", default=0.3, min_count=1), [0.6, 0.3])
     with pytest.raises(ValueError, match="method must be 'f1' or 'youden'; received method='auc'"):
         metrics.tune_thresholds(y, s, "auc")
+
+
+def counts_set(positives=(1, 3, 9, 10, 30), n=100):
+    """n images; column c has positives[c] positives on the top-scored images 0..k-1 (score
+    1 - i/n for image i, so every column ranks perfectly and F1 peaks exactly at the last
+    positive's score)."""
+    y = np.zeros((n, len(positives)), np.int8)
+    for c, k in enumerate(positives):
+        y[:k, c] = 1
+    scores = np.repeat((1 - np.arange(n) / n)[:, None], len(positives), axis=1)
+    return y, scores
+
+
+@pytest.mark.parametrize("method", ["f1", "youden"])
+def test_thresholds_are_fitted_only_from_ten_positives_and_negatives(method):
+    # 1, 3 and 9 positives: below MIN_CLASS_COUNT, the default stays (a threshold "fitted"
+    # from 1 positive is that image's score: 0.99 here, 3e-20 was seen on a real run).
+    # 10 and 30 positives: fitted, at the last positive's score, 1 - (k - 1)/100.
+    y, scores = counts_set()
+    tuned = metrics.tune_thresholds(y, scores, method, default=0.5)
+    np.testing.assert_allclose(tuned, [0.5, 0.5, 0.5, 0.91, 0.71])
+    assert metrics.estimable(y).tolist() == [False, False, False, True, True]
+    positives, negatives = metrics.class_counts(y)
+    assert [metrics.not_estimable_reason(p, n) for p, n in zip(positives, negatives)] == [
+        "1 positive (fewer than 10)", "3 positives (fewer than 10)",
+        "9 positives (fewer than 10)", None, None]
+    # Too few negatives counts the same way: 95 positives, 5 negatives.
+    y_neg = np.ones((100, 1), np.int8)
+    y_neg[95:] = 0
+    assert metrics.tune_thresholds(y_neg, scores[:, :1], method).tolist() == [0.5]
+    assert metrics.not_estimable_reason(95, 5) == "5 negatives (fewer than 10)"
 
 
 def test_ece_of_a_calibrated_toy_is_zero_and_of_an_overconfident_one_is_not():

@@ -112,13 +112,26 @@ def test_mixed_folder_with_one_broken_file(folder, models, tmp_path):
     assert f"{tmp_path / 'missing.png'}: No such file or directory" in proc.stdout
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["file", *labels.LABELS, "positive_labels"]
+    # cxr_tf 0.2.0's columns first, then the decisions and the out-of-distribution flag.
+    assert list(rows[0]) == ["file", *labels.LABELS, "positive_labels",
+                             *(f"{name}_positive" for name in labels.LABELS), "ood_score",
+                             "in_distribution"]
     assert [os.path.basename(r["file"]) for r in rows] == ["a.png", "c.jpg", "m1.dcm", "m2.dcm",
                                                           "window.dcm"]
     for row in rows:
         probs = np.array([float(row[name]) for name in labels.LABELS])
         expected = [n for n, p in zip(labels.LABELS, probs) if p >= 0.5]
         assert row["positive_labels"] == ("|".join(expected) or labels.NO_FINDING)
+        assert [row[f"{n}_positive"] for n in labels.LABELS] == [
+            str(int(p >= 0.5)) for p in probs]
+        # Exported without a detector: no score, and nothing flagged.
+        assert (row["ood_score"], row["in_distribution"]) == ("", "1")
+    # Exported by graph.export with bare thresholds: their provenance is unknown, and said.
+    assert "Thresholds: unknown (no provenance given)" in proc.stdout
+    beside = json.loads((tmp_path / "preds.thresholds.json").read_text())
+    assert beside["findings"]["Hernia"] == {"threshold": 0.5, "method": "unknown",
+                                            "split": None, "positives": None,
+                                            "negatives": None}
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_predicting(folder, models,
@@ -228,7 +241,8 @@ def test_hostile_folder_every_file_predicted_or_one_failure(hostile, models, tmp
     predicted = sorted(os.path.basename(p["file"]) for p in summary["predictions"])
     assert predicted == ["caf\\xe9.png", "good.png", "width0.dcm"]
     assert summary["files"] == 8 and summary["predicted"] == 3
-    assert os.listdir(out.parent) == ["preds.csv"]  # written whole, no temporary left
+    # Written whole, no temporary left; the decisions beside the CSV.
+    assert sorted(os.listdir(out.parent)) == ["preds.csv", "preds.thresholds.json"]
     with open(out, newline="", encoding="utf-8") as f:
         rows = {os.path.basename(r["file"]): r for r in csv.DictReader(f)}
     assert sorted(rows) == predicted

@@ -84,13 +84,16 @@ def test_overall_figures_equal_scikit_learn(report):
     assert overall["auc_micro"] == pytest.approx(roc_auc_score(y, prob, average="micro"))
     assert overall["average_precision_micro"] == pytest.approx(
         average_precision_score(y, prob, average="micro"))
-    for avg in ("macro", "micro"):
+    # Micro pools every (image, finding) pair; macro averages the 13 findings that reach 10
+    # positives (Hernia has none) and says so.
+    assert overall["macro_over"] == 13
+    for avg, cols in (("macro", slice(0, 13)), ("micro", slice(None))):
         assert overall[f"f1@0.5/{avg}"] == pytest.approx(
-            f1_score(y, prob >= 0.5, average=avg, zero_division=0))
+            f1_score(y[:, cols], prob[:, cols] >= 0.5, average=avg, zero_division=0))
         assert overall[f"precision@0.4/{avg}"] == pytest.approx(
-            precision_score(y, prob >= 0.4, average=avg, zero_division=0))
+            precision_score(y[:, cols], prob[:, cols] >= 0.4, average=avg, zero_division=0))
         assert overall[f"recall@0.4/{avg}"] == pytest.approx(
-            recall_score(y, prob >= 0.4, average=avg, zero_division=0))
+            recall_score(y[:, cols], prob[:, cols] >= 0.4, average=avg, zero_division=0))
     # ECE by hand: 15 equal bins over all (image, finding) pairs.
     bins = np.minimum((prob.ravel() * 15).astype(int), 14)
     ece = sum(abs(y.ravel()[bins == b].mean() - prob.ravel()[bins == b].mean()) * (bins == b).mean()
@@ -309,3 +312,64 @@ def test_a_report_without_bootstrap_says_so():
     assert all(row["auc_ci_low"] is None for row in r["per_class"].values())
     assert ("- no confidence intervals (bootstrap=0); AUC needs 10 positives and negatives"
             in report_markdown.format_markdown(r))
+
+
+def counts_set(positives=(1, 3, 9, 10, 30), n=100):
+    """n images; column c has positives[c] positives on images 0..k-1, scored 1 - i/n."""
+    y = np.zeros((n, len(positives)), np.int8)
+    for c, k in enumerate(positives):
+        y[:k, c] = 1
+    prob = np.repeat((1 - np.arange(n) / n)[:, None], len(positives), axis=1)
+    return y, prob
+
+
+def test_ap_f1_and_their_means_follow_the_auc_rule_with_1_3_9_10_and_30_positives():
+    # Columns with 1, 3 and 9 positives: no AP, no F1/precision/recall/specificity and no
+    # paper_auc (one positive makes recall 0 or 1), out of every macro mean; 10 and 30: all
+    # figures, equal to scikit-learn's. Micro figures pool every pair and keep all five.
+    y, prob = counts_set()
+    names = ["P1", "P3", "P9", "P10", "P30"]
+    r = reporting.build_report(Scored(y, prob, names), Thresholds((0.5,)), Bootstrap(0))
+    for name in names[:3]:
+        row = r["per_class"][name]
+        assert row["average_precision"] is None and row["auc"] is None
+        assert all(row[f"{m}@0.5"] is None for m in reporting.THRESHOLD_METRICS)
+        assert row["paper_auc@0.5"] is None
+    for c, name in ((3, "P10"), (4, "P30")):
+        row = r["per_class"][name]
+        assert row["average_precision"] == pytest.approx(
+            average_precision_score(y[:, c], prob[:, c]))
+        assert row["f1@0.5"] == pytest.approx(f1_score(y[:, c], prob[:, c] >= 0.5))
+    overall = r["overall"]
+    assert overall["macro_over"] == overall["auc_mean_over"] == 2
+    assert overall["f1@0.5/macro"] == pytest.approx(
+        f1_score(y[:, 3:], prob[:, 3:] >= 0.5, average="macro"))
+    assert overall["f1@0.5/micro"] == pytest.approx(
+        f1_score(y, prob >= 0.5, average="micro"))
+    assert overall["average_precision_mean"] == pytest.approx(np.mean(
+        [average_precision_score(y[:, c], prob[:, c]) for c in (3, 4)]))
+    text = report_markdown.format_markdown(r)
+    assert "| P1 | 1 / 99 | 0.010 | not estimable: 1 positive (fewer than 10) | – |" in text
+    assert "| F1 / precision / recall @0.5 (macro over 2 findings) |" in text
+    assert "| P9 | – | – | – | – | – |" in text  # the table at threshold 0.5
+
+
+def test_plot_titles_carry_the_counts_and_the_rule():
+    y, prob = counts_set()
+    assert report_plots.panel_title("pr", "Mass", y[:, 0], prob[:, 0]) == (
+        "Mass (1+ / 99−)\nAP not estimable: 1 positive (fewer than 10)")
+    assert report_plots.panel_title("roc", "Mass", y[:, 2], prob[:, 2]) == (
+        "Mass (9+ / 91−)\nAUC not estimable: 9 positives (fewer than 10)")
+    ap = average_precision_score(y[:, 3], prob[:, 3])
+    assert report_plots.panel_title("pr", "Mass", y[:, 3], prob[:, 3]) == (
+        f"Mass (10+ / 90−)\nAP {ap:.3f}, prevalence 0.100")
+    assert report_plots.panel_title("roc", "Mass", y[:, 4], prob[:, 4]) == (
+        "Mass (30+ / 70−)\nAUC 1.000 (Wang 2017: 0.693)")
+
+
+def test_reliability_diagram_before_and_after_calibration(tmp_path):
+    y, prob, _, _ = fixed_set()
+    path = report_plots.plot_calibration(str(tmp_path / "calibration.png"), y, prob ** 0.5,
+                                         before=prob)
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) >= 400

@@ -70,7 +70,8 @@ def test_frozen_and_replace_checks_again():
     ({"strategy": "tpu"}, "strategy must be one of auto, mirrored, multi_worker, one_device; "
                           "received strategy='tpu'"),
     ({"arch": "vgg16"}, "arch must be one of resnet18, resnet34, resnet50, resnet101, "
-                        "resnet50_v1, resnet101_v1; received arch='vgg16'"),
+                        "resnet50_v1, resnet101_v1, densenet121, densenet169, efficientnetv2_s, "
+                        "convnext_tiny; received arch='vgg16'"),
     ({"steps_per_epoch": 0}, "steps_per_epoch must be at least 1; received steps_per_epoch=0"),
     ({"early_stop_patience": -1}, "early_stop_patience must be at least 0; received "
                                   "early_stop_patience=-1"),

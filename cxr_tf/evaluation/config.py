@@ -20,6 +20,7 @@ from cxr_tf.schema import option
 SPLITS = ("test", "validation")
 DATASETS = ("nih", "chexpert")
 TUNING_METHODS = ("f1", "youden")  # metrics.tune_thresholds
+CALIBRATION_METHODS = ("temperature", "platt", "isotonic", "none")  # calibration.METHODS + none
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")  # external.apply_policy
 VIEWS = ("frontal", "lateral")  # data.chexpert.VIEWS (which imports TensorFlow)
 # The resamples' AUCs are held as replicates × findings float64s (8 MB per 100,000 for 14
@@ -71,6 +72,20 @@ class EvalConfig:
     tune_thresholds: str | None = option(
         None, "Tune per-class thresholds on the VALIDATION split (whatever --split says) and "
         "write RUN/thresholds.json.", choices=TUNING_METHODS)
+    threshold: float = options.threshold(
+        "Decision threshold of a finding whose validation split has too few cases to tune "
+        "one (fewer than 10 positives or negatives).")
+    calibrate: str = option(
+        "none", "Fit a per-finding probability calibration on the VALIDATION split and write "
+        "RUN/calibration.json, which the report, export and predict then apply (none: fit "
+        "nothing; a calibration.json already there still applies).",
+        choices=CALIBRATION_METHODS)
+    fit_ood: bool = option(
+        False, "Fit the out-of-distribution detector (Mahalanobis distance on the pooled "
+        "features of the training split) and write RUN/ood.npz, which export and predict use.")
+    ood_percentile: float = option(
+        99.5, "The out-of-distribution cut: this percentile of the validation films' scores.",
+        lower=50.0, upper=100.0)
     batch_size: int = options.batch_size("Images per prediction batch.")
     verify_data: bool = options.verify_data()
     expert_labels: str | None = options.path(
@@ -98,6 +113,10 @@ class EvalConfig:
                 raise ArgumentsError(
                     "{split}, {tune_thresholds}, {bbox_csv} and {expert_labels} work on NIH "
                     "data ({dataset}=chexpert always evaluates CheXpert's validation split)")
+            if self._given("calibrate", "fit_ood", "ood_percentile", "threshold"):
+                raise ArgumentsError(
+                    "{calibrate}, {fit_ood}, {ood_percentile} and {threshold} fit on NIH's "
+                    "validation split; they do not apply to {dataset}=chexpert")
         elif self._given("uncertain_labels", "views"):
             raise ArgumentsError("{uncertain_labels} and {views} apply to {dataset}=chexpert")
 

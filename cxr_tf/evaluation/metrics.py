@@ -12,9 +12,11 @@ Conventions, applied everywhere here:
 - AUC is ROC AUC on the scores. A class whose column holds only one label value has no AUC:
   it is NaN, never a crash or a warning, and means skip it (`auc_mean` is the mean over the
   classes that have both values).
-- A *reported* AUC (the evaluate report) needs at least `MIN_CLASS_COUNT` positive and as many
-  negative examples (`auc_estimable`); below that it is not estimable. The per-epoch figures
-  (`epoch_metrics`) keep the plain rule above: they track training, they do not report.
+- Every per-finding estimate that is *fitted or reported* (an AUC, AP or F1 in the evaluate
+  report, a tuned threshold, a calibration) needs at least `MIN_CLASS_COUNT` positive and as
+  many negative examples (`estimable`); below that it is not estimated, and
+  `not_estimable_reason` says why. The per-epoch figures (`epoch_metrics`) keep the plain rule
+  above: they track training, they do not report.
 - Division by zero in precision, recall, specificity and F1 gives 0.0, as scikit-learn's
   `zero_division=0`: a class with nothing predicted positive has precision 0, one with no
   positives has recall 0. Those zeros stay in the macro means, so the macros equal
@@ -76,14 +78,19 @@ def class_counts(y_true):
     return positives, y_true.shape[0] - positives
 
 
-def auc_estimable(y_true, min_count=MIN_CLASS_COUNT):
-    """True for the classes with at least `min_count` positives and `min_count` negatives."""
+def estimable(y_true, min_count=MIN_CLASS_COUNT):
+    """True for the classes with at least `min_count` positives and `min_count` negatives: the
+    one small-count rule of every per-finding estimate that is fitted or reported."""
     positives, negatives = class_counts(y_true)
     return (positives >= min_count) & (negatives >= min_count)
 
 
+auc_estimable = estimable  # the name the AUC section has always used
+
+
 def not_estimable_reason(positives, negatives, min_count=MIN_CLASS_COUNT):
-    """Why an AUC is not reported ("1 positive (fewer than 10)"), or None when it is."""
+    """Why a per-finding estimate is not made ("1 positive (fewer than 10)"), or None when it
+    is."""
     short = [f"{n} {word}{'' if n == 1 else 's'}"
              for n, word in ((int(positives), "positive"), (int(negatives), "negative"))
              if n < min_count]
@@ -238,18 +245,20 @@ def bootstrap_auc_ci(y_true, y_score, groups=None, *, n_boot=1000, alpha=0.05, s
     return percentile_interval(replicates, alpha)
 
 
-def tune_thresholds(y_true, y_score, method="f1"):
+def tune_thresholds(y_true, y_score, method="f1", *, default=0.5, min_count=MIN_CLASS_COUNT):
     """One threshold per class: "f1" maximizes F1, "youden" maximizes TPR - FPR.
 
     The thresholds are scores taken from `y_score` (predict positive when `score >=` it), so
-    tune them on validation data, never on the test split. A class with only one label value
-    gets 0.5.
+    tune them on validation data, never on the test split. A class with fewer than `min_count`
+    positives or negatives is not fitted and gets `default`: with 1 positive, F1 is maximal
+    at that image's score, whatever it is (a threshold of 3e-20 was seen), and the threshold
+    would flag every film. `estimable(y_true, min_count)` says which classes were fitted.
     """
     if method not in ("f1", "youden"):
         raise ValueError(f"method must be 'f1' or 'youden'; received method={method!r}")
     y_true, y_score = _check_pair(y_true, y_score)
-    thresholds = np.full(y_true.shape[1], 0.5)
-    for c in np.flatnonzero(_has_both_labels(y_true)):
+    thresholds = np.full(y_true.shape[1], float(default))
+    for c in np.flatnonzero(estimable(y_true, max(int(min_count), 1))):
         if method == "f1":
             precision, recall, candidates = precision_recall_curve(y_true[:, c], y_score[:, c])
             # The curve's last point (precision 1, recall 0) has no threshold: drop it.

@@ -53,6 +53,7 @@ def format_markdown(report, title="Evaluation report", sections=()):
     lines += [f"- {overall['examples']:,} images{patients}",
               f"- {format_interval_note(report['bootstrap'])}", ""]
     lines += _md_per_finding(report) + _md_overall(report) + _md_thresholds(report)
+    lines += _md_decisions(report)
     if report.get("no_finding"):
         lines += _md_no_finding(report["no_finding"])
     if report.get("subgroups"):
@@ -95,25 +96,82 @@ def _md_overall(report):
             ["Average precision (macro / micro)",
              f"{f(o['average_precision_mean'])} / {f(o['average_precision_micro'])}"],
             ["Expected calibration error (15 bins)", f(o["ece"], 4)]]
+    over = o.get("macro_over")
     for key in report["thresholds"]:
         for avg in ("macro", "micro"):
-            rows.append([f"F1 / precision / recall @{key} ({avg})", " / ".join(
+            which = f"macro over {over} findings" if avg == "macro" and over is not None else avg
+            rows.append([f"F1 / precision / recall @{key} ({which})", " / ".join(
                 f(o[f"{m}@{key}/{avg}"]) for m in ("f1", "precision", "recall"))])
-        rows.append([f"paper_auc@{key} (AUC of 0/1 predictions)", f(o[f"paper_auc@{key}"])])
+        rows.append([f"paper_auc@{key} (AUC of 0/1 predictions, mean over {over} findings)",
+                     f(o[f"paper_auc@{key}"])])
     return ["## Overall", ""] + markdown_table(["Figure", "Value"], rows)
 
 
 def _md_thresholds(report):
     lines = []
+    provenance = (report.get("threshold_provenance") or {}).get("findings") or {}
     for key in report["thresholds"]:
         tuned = key == "tuned"
-        header = ["Finding"] + (["Threshold"] if tuned else []) + \
+        header = ["Finding"] + (["Threshold", "Chosen by"] if tuned else []) + \
             ["F1", "Precision", "Recall", "Specificity", f"paper_auc@{key}"]
-        rows = [[name] + ([format_value(r["tuned_threshold"])] if tuned else []) +
+        rows = [[name] + ([format_value(r["tuned_threshold"]),
+                           _chosen_by(provenance.get(name))] if tuned else []) +
                 [format_value(r[f"{m}@{key}"]) for m in (*reporting.THRESHOLD_METRICS, "paper_auc")]
                 for name, r in report["per_class"].items()]
         lines += [f"## At threshold {key}", ""] + markdown_table(header, rows)
+    if any(key != "tuned" for key in report["thresholds"]):
+        lines += [f"A finding below {report['bootstrap']['min_count']} positives or negatives "
+                  "gets no figure here (–): one positive makes its recall 0 or 1.", ""]
     return lines
+
+
+def _chosen_by(entry):
+    """"f1 on validation (45+/120−)", "default: 3 positives (fewer than 10)"."""
+    if not entry:
+        return "–"
+    if entry.get("positives") is None:
+        return f"{entry.get('method')}: {entry.get('reason') or 'counts unknown'}"
+    if entry.get("reason"):
+        return f"{entry['method']}: {entry['reason']}"
+    return (f"{entry['method']} on {entry.get('split')} "
+            f"({entry['positives']}+/{entry['negatives']}−)")
+
+
+def _md_decisions(report):
+    """What export and predict will do with a film: calibration, thresholds, OOD flag."""
+    lines = []
+    if report.get("threshold_provenance"):
+        lines.append(f"- Thresholds: {report['threshold_provenance']['summary']}.")
+    if report.get("calibration"):
+        lines.append(_md_calibration(report["calibration"]))
+    if report.get("ood"):
+        lines.append(_md_ood(report["ood"]))
+    return ["## Decisions at the point of use", ""] + lines + [""] if lines else []
+
+
+def _md_calibration(calibration):
+    if calibration["method"] == "none":
+        return f"- Calibration: none (ECE {format_value(calibration['ece'], 4)})."
+    left = [f"{name} ({entry['positives']}+/{entry['negatives']}−)"
+            for name, entry in calibration["findings"].items() if entry["method"] == "none"]
+    return (f"- Calibration: {calibration['method']}, fitted on {calibration['fitted_on']} "
+            f"for {len(calibration['calibrated'])} outputs; ECE on this split "
+            f"{format_value(calibration['ece_before'], 4)} before, "
+            f"{format_value(calibration['ece_after'], 4)} after (every figure above uses the "
+            "calibrated probabilities)." + (
+                f" Not calibrated, with fewer than {calibration['min_count']} positives or "
+                f"negatives on validation: "
+                f"{', '.join(left)}." if left else ""))
+
+
+def _md_ood(ood):
+    if not ood.get("method"):
+        return f"- Out-of-distribution flag: none ({ood['reason']})."
+    return (f"- Out-of-distribution flag: {ood['method']} distance on "
+            f"{', '.join(ood['layers'])}, cut at {format_value(ood['threshold'], 2)} (the "
+            f"{ood['percentile']:g}th percentile of {ood['validation_examples']:,} validation "
+            f"films); on this split {ood['in_distribution']:,} of {ood['examples']:,} films "
+            f"({format_value(100 * ood['in_distribution_share'], 1)} %) are in distribution.")
 
 
 def _md_no_finding(nf):

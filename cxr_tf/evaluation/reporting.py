@@ -10,7 +10,10 @@ predictions, never called AUC). `report.json` holds JSON null where a figure is 
 
 Every AUC comes with its `positives` and `negatives`. Below `metrics.MIN_CLASS_COUNT` of either
 it is null with the reason in `auc_not_estimable`, has no interval, and stays out of every mean;
-each mean says how many findings it averages (`auc_mean_over`).
+each mean says how many findings it averages (`auc_mean_over`). The same rule holds for every
+per-finding figure: AP, and F1, precision, recall, specificity and paper_auc at each threshold
+are null for such a finding, and the macro means (`…/macro`) average the findings that have
+them (`macro_over`). Micro figures pool every (image, finding) pair, so they keep all findings.
 """
 
 import math
@@ -36,10 +39,11 @@ def age_band(age):
 
 
 def _average_precision(y_true, y_prob):
+    """AP per class, NaN below the small-count rule (one positive makes AP that image's
+    precision, as arbitrary as its AUC)."""
     ap = np.full(y_true.shape[1], np.nan)
-    for c in range(y_true.shape[1]):
-        if 0 < y_true[:, c].sum() < len(y_true):
-            ap[c] = average_precision_score(y_true[:, c], y_prob[:, c])
+    for c in np.flatnonzero(metrics.estimable(y_true)):
+        ap[c] = average_precision_score(y_true[:, c], y_prob[:, c])
     return ap
 
 
@@ -135,6 +139,7 @@ def _no_finding_effect(y_true, y_prob, no_finding_prob, sets, at):
     target = 1 - y_true.max(axis=1)
     out = {
         "examples_suppressed": int(wins.sum()),
+        "macro_over": int(y_true.shape[1]),  # a before/after contrast: every finding
         "no_finding_auc": metrics.per_class_auc(target, no_finding_prob)[0],
         "no_finding_prevalence": float(target.mean()),
     }
@@ -169,8 +174,9 @@ def build_report(scored, thresholds, bootstrap=inputs.Bootstrap(), *, no_finding
     at = {key: (metrics.threshold_metrics(y_true, y_prob, t), metrics.paper_auc(y_true, y_prob, t))
           for key, t in sets}
 
+    estimable = metrics.estimable(y_true)
     per_class = _per_class(y_true, label_names, entries, ap, at, thresholds.tuned)
-    overall = _overall(y_true, y_prob, patient_ids, entries, ap, at)
+    overall = _overall(y_true, y_prob, patient_ids, entries, ap, at, estimable)
     report = {
         "label_names": label_names,
         "thresholds": {key: (t.tolist() if isinstance(t, np.ndarray) else t) for key, t in sets},
@@ -202,9 +208,10 @@ def _per_class(y_true, label_names, entries, ap, at, tuned_thresholds):
     for c, name in enumerate(label_names):
         row = {"prevalence": float(y_true[:, c].mean()), **entries[c],
                "average_precision": ap[c]}
+        ok = row["auc"] is not None  # the small-count rule (auc_entries)
         for key, (tm, pa) in at.items():
-            row.update({f"{m}@{key}": tm[m][c] for m in THRESHOLD_METRICS})
-            row[f"paper_auc@{key}"] = pa[c]
+            row.update({f"{m}@{key}": tm[m][c] if ok else None for m in THRESHOLD_METRICS})
+            row[f"paper_auc@{key}"] = pa[c] if ok else None
         if tuned_thresholds is not None:
             row["tuned_threshold"] = float(tuned_thresholds[c])
         row["published_auc"] = published.WANG2017_AUC.get(name)
@@ -214,8 +221,9 @@ def _per_class(y_true, label_names, entries, ap, at, tuned_thresholds):
     return per_class
 
 
-def _overall(y_true, y_prob, patient_ids, entries, ap, at):
-    """Macro/micro figures over all findings (the AUC means over the estimable ones)."""
+def _overall(y_true, y_prob, patient_ids, entries, ap, at, estimable):
+    """Micro figures over all findings; macro means over the `estimable` ones, which
+    `macro_over` counts."""
     mean, over = auc_mean(entries)
     overall = {
         "examples": int(len(y_true)),
@@ -230,13 +238,14 @@ def _overall(y_true, y_prob, patient_ids, entries, ap, at):
         if y_true.sum() else math.nan,
         "ece": metrics.expected_calibration_error(y_true, y_prob),
         "classes_with_auc": over,
+        "macro_over": int(estimable.sum()),
     }
     for key, (tm, pa) in at.items():
         for m in ("f1", "precision", "recall"):
-            overall[f"{m}@{key}/macro"] = tm[f"{m}_macro"]
+            overall[f"{m}@{key}/macro"] = metrics.nanmean(tm[m][estimable])
             overall[f"{m}@{key}/micro"] = tm[f"{m}_micro"]
-        overall[f"specificity@{key}/macro"] = float(tm["specificity"].mean())
-        overall[f"paper_auc@{key}"] = metrics.nanmean(pa)
+        overall[f"specificity@{key}/macro"] = metrics.nanmean(tm["specificity"][estimable])
+        overall[f"paper_auc@{key}"] = metrics.nanmean(pa[estimable])
     return overall
 
 

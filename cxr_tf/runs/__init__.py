@@ -7,7 +7,9 @@ evaluate, export, predict and the tools, which read it.
     claim         the lock, and whether a run dir is fresh, resumable, complete or another run's
     checkpoints   checkpoints/{best,last}.keras: save, verify, load
     history       history.csv: one row per epoch
-    thresholds    thresholds.json: tuned decision thresholds
+    thresholds    thresholds.json: tuned decision thresholds, with their provenance
+    calibration   calibration.json: the per-finding calibration of the probabilities
+    ood           ood.npz: the out-of-distribution detector
 
 Nothing here speaks of command-line flags: errors name arguments ("overwrite", "the last
 checkpoint"), and the apps translate. Keras is imported only by the functions that load or

@@ -8,7 +8,9 @@
                          optimizer state (what evaluate, export and predict load)
     backup/              epoch-NNNN.weights.h5: the full training state (weights and optimizer)
                          after epoch NNNN, while a run is in progress
-    thresholds.json      decision thresholds tuned by evaluate
+    thresholds.json      decision thresholds tuned by evaluate, with their provenance
+    calibration.json     per-finding probability calibration fitted by evaluate
+    ood.npz              the out-of-distribution detector fitted by evaluate
     eval_<split>/        evaluate's reports
     .lock                held by the training process using the dir
 """
@@ -19,13 +21,16 @@ import re
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 THRESHOLDS_FILE = "thresholds.json"
+CALIBRATION_FILE = "calibration.json"
+OOD_FILE = "ood.npz"
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
 BACKUP_DIR = "backup"
 LOCK_FILE = ".lock"
 EVAL_PREFIX = "eval_"
 # What a run writes (evaluate's eval_<split>/ reports aside): what starting afresh deletes.
-RUN_FILES = (CONFIG_FILE, HISTORY_FILE, THRESHOLDS_FILE, LOGS_DIR, CHECKPOINTS_DIR, BACKUP_DIR)
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, THRESHOLDS_FILE, CALIBRATION_FILE, OOD_FILE, LOGS_DIR,
+             CHECKPOINTS_DIR, BACKUP_DIR)
 _BACKUP_NAME = re.compile(r"^epoch-(\d{4,})\.weights\.h5$")
 
 

@@ -1,24 +1,33 @@
 """The exported SavedModel: encoded image bytes in, probabilities and decisions out.
 
-`build_archive` wraps a trained Keras model in a `keras.export.ExportArchive` with three
+`build_archive` wraps a trained Keras model in a `keras.export.ExportArchive` with four
 signatures, so that TF Serving (or any process with TensorFlow, and no cxr_tf) can serve it:
 
     serving_default(image_bytes: string [None])
-        -> probabilities float32 [None, 14], positive bool [None, 14]
-    predict_images(images: uint8 [None, S, S, 1]) -> probabilities float32 [None, 14]
-    metadata() -> label_names, thresholds, image_size, version, no_finding_output, max_pixels
+        -> probabilities float32 [None, 14], positive bool [None, 14],
+           ood_score float32 [None], in_distribution bool [None]
+    predict_images(images: uint8 [None, S, S, 1]) -> the same outputs
+    metadata() -> label_names, thresholds and their provenance (threshold_methods,
+        threshold_splits, threshold_positives, threshold_negatives, threshold_reasons),
+        calibration, calibration_methods, ood_method, ood_threshold, ood_percentile,
+        model_card (JSON), model_card_file, image_size, version, no_finding_output, max_pixels
+    describe(request: int32 scalar, ignored) -> the same as metadata (TF Serving's REST API
+        cannot call a signature that has no input)
 
-A model trained with `no_finding_output` also outputs `no_finding` float32 [None] from both
-prediction signatures, and `positive` applies the constraint (nothing is positive where No
-Finding beats every finding).
+`probabilities` are the calibrated ones when the run has a calibration (`baked`), and the
+thresholds apply to them. A model trained with `no_finding_output` also outputs `no_finding`
+float32 [None] from both prediction signatures, and `positive` applies the constraint
+(nothing is positive where No Finding beats every finding).
 
 `decode_gray` and `preprocess_bytes` repeat `cxr_tf.data.images.preprocess` with TF ops, because the
 SavedModel cannot call PIL: PNG (8/16-bit, gray, gray+alpha, palette, RGB, RGBA) or JPEG ->
 uint8 gray with PIL's own rules -> centred zero pad to square ->
 `tf.image.resize(bilinear, antialias=True)` -> round and clip to uint8. Decoding and the gray
-conversion are bit-exact with PIL (same luma integers, same 16-bit scaling); the resize
-differs from PIL's by at most one gray level, because PIL rounds to uint8 between its two
-passes and TF does not (tests/test_export.py measures it).
+conversion are bit-exact with PIL (same luma integers, same 16-bit scaling). A reduction
+repeats PIL's two passes (across, round to uint8, down) and its rounding (half up), so it is
+bit-exact on most films and off by one gray level on about 1 pixel in 1,000 at 1024->224;
+an enlargement (a film smaller than the model's input) is one pass, within one gray level
+(tests/test_export.py measures both).
 
 The graph accepts and refuses the same bytes as `images.decode_gray`, for the same reasons,
 before any pixel is decoded: IHDR first, the size against `max_pixels` (the padded square and
@@ -27,13 +36,18 @@ Every refusal is an InvalidArgumentError "image INDEX: REASON", raw bytes only a
 model goes on serving the next request.
 """
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
-from cxr_tf import __version__, labels
+from cxr_tf import __version__, atomic, labels
 from cxr_tf.data import image_header
+from cxr_tf.evaluation import ood
+from cxr_tf.serving import baked as baked_ops
+from cxr_tf.serving.baked import MODEL_CARD_FILE, Baked
 from cxr_tf.serving.header_checks import check, check_image, is_png, png_chunks, read_bytes
 
 _PNG_GRAY = 0  # IHDR colour type of a gray image without alpha
@@ -110,18 +124,34 @@ def decode_gray(data, index=0, max_pixels=image_header.MAX_PIXELS):
 
 
 def pad_and_resize(gray, size):
-    """uint8 H×W -> uint8 size×size×1: centred zero pad to square, antialiased bilinear resize,
-    round half to even and clip (as `images.pad_to_square` then `images.resize`)."""
+    """uint8 H×W -> uint8 size×size×1: centred zero pad to square, antialiased bilinear resize
+    rounded as PIL rounds (as `images.pad_to_square` then `images.resize`)."""
     height, width = tf.shape(gray)[0], tf.shape(gray)[1]
     side = tf.maximum(height, width)
     square = tf.cond(  # most films are square already: skip the copy
         tf.equal(height, width), lambda: gray[:, :, None],
         lambda: tf.image.pad_to_bounding_box(
             gray[:, :, None], (side - height) // 2, (side - width) // 2, side, side))
+
     # uint8 goes into the resize kernel as is (float32 comes out): casting the full-size
     # film first gives the same result and costs a pass over ~1M pixels.
-    resized = tf.image.resize(square, (size, size), method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    def as_pil_reduces():
+        # PIL resizes across, rounds to uint8, then resizes down: so do we. Measured against
+        # PIL (share of pixels off by one level): 1024->224 films 0.09 -> 0.0009, 128->64
+        # films 0.16 -> 0 (bit-exact), 1024->64 films 0.05 -> 0.0001.
+        across = tf.image.resize(square, (side, size), method="bilinear", antialias=True)
+        return tf.image.resize(_round_as_pil(across), (size, size), method="bilinear",
+                               antialias=True)
+
+    def one_pass():  # enlarging: two passes would be off by 2 levels at 64->224, this by 1
+        return tf.image.resize(square, (size, size), method="bilinear", antialias=True)
+
+    return _round_as_pil(tf.cond(side >= size, as_pil_reduces, one_pass))
+
+
+def _round_as_pil(values):
+    """float -> uint8 as PIL's resampling rounds: half up (it adds 0.5 in fixed point)."""
+    return tf.cast(tf.clip_by_value(tf.floor(values + 0.5), 0.0, 255.0), tf.uint8)
 
 
 def preprocess_bytes(image_bytes, size, max_pixels=image_header.MAX_PIXELS):
@@ -167,46 +197,67 @@ def preprocess_bytes(image_bytes, size, max_pixels=image_header.MAX_PIXELS):
 
 
 def build_archive(model, thresholds, *, label_names=labels.LABELS,
-                  max_pixels=image_header.MAX_PIXELS):
-    """A `keras.export.ExportArchive` serving `model` (logits out) with the three signatures.
+                  max_pixels=image_header.MAX_PIXELS, baked=Baked()):
+    """A `keras.export.ExportArchive` serving `model` (logits out) with the signatures above.
 
     Args:
         model: the Keras model; input (S, S, 1) pixels 0..255, output logits, 14 findings
             (or 15 when the last output is "No Finding").
-        thresholds: one decision threshold per finding (14 floats).
+        thresholds: one decision threshold per finding (14 floats), on the probabilities
+            the graph outputs (calibrated when `baked.calibration` is given).
         label_names: the finding names, in output order.
         max_pixels: the largest image `serving_default` decodes (see `image_header.check_size`);
             the `metadata` signature reports it.
+        baked: calibration, out-of-distribution detector, provenance and model card (`Baked`).
     """
     size = int(model.input_shape[1])
     thresholds, max_pixels, has_no_finding = _checked(model, thresholds, label_names,
                                                       max_pixels)
-    outputs = _outputs(model, thresholds, len(label_names), has_no_finding)
+    outputs = _outputs(model, thresholds, len(label_names), has_no_finding, baked)
 
     def serve_bytes(image_bytes):
-        return outputs(preprocess_bytes(image_bytes, size, max_pixels), with_decisions=True)
+        return outputs(preprocess_bytes(image_bytes, size, max_pixels))
 
-    def predict_images(pixels):
-        return outputs(pixels, with_decisions=False)
-
-    def metadata():
-        return {
-            "label_names": tf.constant(list(label_names)),
-            "thresholds": tf.constant(thresholds, tf.float32),
-            "image_size": tf.constant(size, tf.int32),
-            "version": tf.constant(__version__),
-            "no_finding_output": tf.constant(has_no_finding),
-            "max_pixels": tf.constant(max_pixels, tf.int64),
-        }
+    values = baked_ops.metadata_values(thresholds, label_names, baked, {
+        "image_size": tf.constant(size, tf.int32),
+        "version": tf.constant(__version__),
+        "no_finding_output": tf.constant(has_no_finding),
+        "max_pixels": tf.constant(max_pixels, tf.int64),
+    })
+    metadata = _metadata_fn(values)
+    metadata(baked_ops.about(thresholds, label_names, baked))  # traced once: see baked.about
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve_bytes,
                          [tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint("predict_images", predict_images,
+    archive.add_endpoint("predict_images", outputs,
                          [tf.TensorSpec([None, size, size, 1], tf.uint8, name="images")])
-    archive.add_endpoint("metadata", metadata, [])
+    archive.add_endpoint("metadata", metadata)
+    # TF Serving's REST API cannot call a signature without inputs ("Failed to get input
+    # map"): the same values, for a dummy scalar input.
+    archive.add_endpoint("describe", lambda request: _identities(values),
+                         [tf.TensorSpec([], tf.int32, name="request")])
     return archive
+
+
+def _metadata_fn(values):
+    """The `metadata` signature: `values` as constants. Its one argument is a dict of plain
+    Python values (`baked.about`), bound when traced: TensorFlow keeps it in the SavedModel as
+    the function's argument, and `saved_model_cli show --all` prints it under "Concrete
+    Functions", so the label names, thresholds and the card's place are readable without
+    running anything."""
+
+    @tf.function
+    def metadata(about):
+        del about  # only there to be printed
+        return _identities(values)
+
+    return metadata
+
+
+def _identities(values):
+    return {name: tf.identity(value) for name, value in values.items()}
 
 
 def _checked(model, thresholds, label_names, max_pixels):
@@ -226,26 +277,36 @@ def _checked(model, thresholds, label_names, max_pixels):
     return thresholds, max_pixels, num_outputs == num_labels + 1
 
 
-def _outputs(model, thresholds, num_labels, has_no_finding):
-    """`outputs(pixels, with_decisions)`: the signatures' output dict for a uint8 batch:
-    probabilities, the decisions at `thresholds` if asked, No Finding when the model has it."""
+def _outputs(model, thresholds, num_labels, has_no_finding, baked):
+    """`outputs(pixels)`: the prediction signatures' output dict for a uint8 batch: the
+    (calibrated) probabilities, the decisions at `thresholds`, No Finding when the model has
+    it, and the out-of-distribution score and flag, all from one forward pass."""
     num_outputs = num_labels + int(has_no_finding)
+    detector = baked.detector
+    net = ood.feature_model(model, detector.layers) if detector is not None else model
+    calibrate = baked_ops.calibrator(baked.calibration, num_outputs)
+    score = baked_ops.ood_scorer(detector) if detector is not None else None
 
-    def probabilities_of(images_uint8):
-        def run():
-            logits = model(tf.cast(images_uint8, tf.float32), training=False)
-            return tf.sigmoid(tf.cast(logits, tf.float32))
+    def run(images_uint8):
+        out = net(tf.cast(images_uint8, tf.float32), training=False)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        probs = calibrate(tf.cast(out[0], tf.float32))
+        if detector is None:  # nothing to score: NaN, and nothing is flagged
+            return probs, tf.fill(tf.shape(probs)[:1], np.float32(np.nan))
+        return probs, score([tf.cast(f, tf.float32) for f in out[1:]])
 
-        # The CPU batch-norm kernels reject an empty batch: answer an empty request directly.
-        probs = tf.cond(tf.shape(images_uint8)[0] > 0, run,
-                        lambda: tf.zeros((0, num_outputs), tf.float32))
-        return probs[:, :num_labels], (probs[:, num_labels] if has_no_finding else None)
+    def empty():  # the CPU batch-norm kernels reject an empty batch: answer it directly
+        return tf.zeros((0, num_outputs), tf.float32), tf.zeros((0,), tf.float32)
 
-    def outputs(pixels, with_decisions):
-        probs, no_finding = probabilities_of(pixels)
-        out = {"probabilities": probs}
-        if with_decisions:
-            out["positive"] = labels.decide(probs, thresholds, no_finding, xp=tnp)
+    def outputs(pixels):
+        probs, ood_score = tf.cond(tf.shape(pixels)[0] > 0, lambda: run(pixels), empty)
+        findings = probs[:, :num_labels]
+        no_finding = probs[:, num_labels] if has_no_finding else None
+        out = {"probabilities": findings,
+               "positive": labels.decide(findings, thresholds, no_finding, xp=tnp),
+               "ood_score": ood_score,
+               "in_distribution": (ood_score <= detector.threshold if detector is not None
+                                   else tf.ones_like(ood_score, tf.bool))}
         if has_no_finding:
             out["no_finding"] = no_finding
         return out
@@ -254,8 +315,12 @@ def _outputs(model, thresholds, num_labels, has_no_finding):
 
 
 def export(model, export_dir, thresholds, *, label_names=labels.LABELS,
-           max_pixels=image_header.MAX_PIXELS):
-    """Writes the SavedModel to `export_dir` (e.g. `models/cxr/1`, TF Serving's version dir)."""
-    build_archive(model, thresholds, label_names=label_names, max_pixels=max_pixels).write_out(
-        str(export_dir), verbose=False)
+           max_pixels=image_header.MAX_PIXELS, baked=Baked()):
+    """Writes the SavedModel to `export_dir` (e.g. `models/cxr/1`, TF Serving's version dir),
+    and the model card (when `baked` has one) as `assets/model_card.json` in it."""
+    build_archive(model, thresholds, label_names=label_names, max_pixels=max_pixels,
+                  baked=baked).write_out(str(export_dir), verbose=False)
+    if baked.model_card:
+        os.makedirs(os.path.join(export_dir, "assets"), exist_ok=True)
+        atomic.write_file(os.path.join(export_dir, MODEL_CARD_FILE), baked.model_card)
     return str(export_dir)
