@@ -192,6 +192,7 @@ def test_evaluate_chexpert_end_to_end(chexpert_dir, tmp_path, make_run_dir):
     assert (out / "roc.png").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):
     import os
     import subprocess
@@ -203,7 +204,7 @@ def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):
     command = [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={tmp_path / 'run'}",
                "--dataset=chexpert", f"--data_dir={data_dir}", "--bootstrap=0", "--json",
                "--uncertain_labels=zeros", "--views=frontal,lateral"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     assert printed["dataset"] == "chexpert" and printed["overall"]["examples"] == 8
@@ -224,5 +225,5 @@ def test_evaluate_app_refuses_flags_of_the_other_dataset(tmp_path, flags_given, 
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={tmp_path}",
-                           *flags_given], capture_output=True, text=True, timeout=300)
+                           *flags_given], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -59,6 +59,7 @@ print(json.dumps({"replicas": mirrored.num_replicas_in_sync,
 """
 
 
+@pytest.mark.slow
 def test_each_replica_gets_half_the_global_batch(prepared_dir):
     proc = run("-c", STREAM_CHECK.replace("DATA_DIR", repr(str(prepared_dir))), two_cpus=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -68,6 +69,7 @@ def test_each_replica_gets_half_the_global_batch(prepared_dir):
         "shapes": [[2, 32, 32, 1], [2, 32, 32, 1]], "same_global_batch": True}
 
 
+@pytest.mark.slow
 def test_mirrored_trains_like_one_device_and_its_run_dir_serves(prepared_dir, tmp_path):
     import keras
 

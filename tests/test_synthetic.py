@@ -245,6 +245,6 @@ def test_generate_from_stdin_runs_in_one_process(tmp_path):
               f"synthetic.generate({str(tmp_path / 'out')!r}, num_images=12, image_size=32, "
               "num_workers=2, progress=False)\n")
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((tmp_path / "out").glob("images_*/images/*.png"))) == 12
