@@ -105,6 +105,7 @@ def test_output_does_not_depend_on_worker_count(kaggle_dir, prepared_dir, tmp_pa
     assert records(tmp_path) == records(prepared_dir)
 
 
+@pytest.mark.slow
 def test_prepared_dir_reads_without_cxr_tf(prepared_dir, tmp_path):
     # A process that cannot import cxr_tf still reads the dataset with plain TFDS.
     script = textwrap.dedent(f"""
@@ -143,6 +144,7 @@ def test_tfds_build_cli(kaggle_dir, tmp_path):
     assert json.loads((version_dir / "features.json").read_text())
 
 
+@pytest.mark.slow
 def test_prepare_from_stdin_falls_back_to_one_process(kaggle_dir, tmp_path):
     # Spawned workers cannot re-import a __main__ read from stdin: without the fallback the
     # pool restarts dying workers for ever and prepare hangs.

@@ -78,32 +78,47 @@ def test_rerunning_its_command_finds_it_complete(old_run, prepared_dir):
     assert runner.run(config) == {"model_dir": str(old_run), "complete": True}
 
 
-def test_it_evaluates_exports_and_predicts_in_process(old_run, kaggle_dir, tmp_path):
-    """The apps' own functions (the apps as a user runs them: the two tests below)."""
-    from cxr_tf import export
+# In process, through the apps' own functions (the apps as a user runs them: the slow tests).
+
+def test_it_evaluates_with_its_split_and_tuned_thresholds(old_run):
     from cxr_tf.evaluation import runner
     from cxr_tf.evaluation.config import EvalConfig
-    from cxr_tf.serving import predictor
-    from cxr_tf.serving.config import ExportConfig
 
     report = runner.evaluate(EvalConfig(model_dir=str(old_run), split="validation",
                                         bootstrap=0), progress=False)
     assert report["overall"]["examples"] == 5  # the run's validation split
     assert report["tuned_thresholds_from"]["method"] == "f1"
     assert report["thresholds"]["tuned"] == pytest.approx(list(tuned_thresholds().values()))
-    summary = export.export_run(ExportConfig(model_dir=str(old_run),
-                                             export_dir=str(tmp_path / "cxr" / "1")))
+
+
+@pytest.fixture(scope="module")
+def old_export(old_run, tmp_path_factory):
+    from cxr_tf import export
+    from cxr_tf.serving.config import ExportConfig
+
+    export_dir = tmp_path_factory.mktemp("old_export") / "cxr" / "1"
+    return export_dir, export.export_run(ExportConfig(model_dir=str(old_run),
+                                                      export_dir=str(export_dir)))
+
+
+def test_it_exports_with_its_tuned_thresholds(old_export):
+    _, summary = old_export
     assert (summary["arch"], summary["image_size"]) == ("resnet18", 32)
     assert summary["thresholds_from"] == "thresholds.json (f1, tuned on validation)"
     assert summary["thresholds"] == pytest.approx(tuned_thresholds())
+
+
+@pytest.mark.parametrize("model", ["run dir", "export"])
+def test_it_predicts_with_its_tuned_thresholds(old_run, old_export, kaggle_dir, model):
+    from cxr_tf.serving import predictor
+
+    loaded = predictor.Predictor(str(old_run if model == "run dir" else old_export[0]))
+    np.testing.assert_allclose(loaded.thresholds, list(tuned_thresholds().values()), rtol=1e-6)
     files = [str(p) for p in sorted(kaggle_dir.glob("images_*/images/*.png"))[:3]]
-    for model in (old_run, tmp_path / "cxr" / "1"):
-        loaded = predictor.Predictor(str(model))
-        np.testing.assert_allclose(loaded.thresholds, list(tuned_thresholds().values()),
-                                   rtol=1e-6)
-        rows, failures, _ = predictor.predict_files(loaded, files)
-        assert (len(rows), failures) == (3, [])
-    assert loaded.thresholds_from.startswith("as exported")
+    rows, failures, _ = predictor.predict_files(loaded, files)
+    assert (len(rows), failures) == (3, [])
+    assert loaded.thresholds_from.startswith("thresholds.json (f1, tuned on validation)"
+                                             if model == "run dir" else "as exported (cxr_tf ")
 
 
 @pytest.mark.slow
