@@ -1,4 +1,5 @@
-"""The train app end to end, in subprocesses (as a user runs it)."""
+"""The train app: its flags and flagfiles parsed in process, the run dir a run leaves (the
+shared `trained_run`), and end to end in subprocesses as a user runs it (slow)."""
 
 import csv
 import json
