@@ -1,5 +1,7 @@
-"""Session fixtures: one tiny synthetic Kaggle-layout dataset (and its prepared TFDS dir) for the
-whole suite, plus the path to the real NIH metadata when ../shared is present."""
+"""Session fixtures, built once per test process on first use: tiny synthetic Kaggle-layout
+datasets (clean, with faults, prepared, one whose test split has estimable AUCs), one run dir
+trained in process for the readers of run dirs, and the path to the real NIH metadata when
+../shared is present. docs/TESTING.md lists them."""
 
 import ast
 import os
