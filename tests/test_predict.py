@@ -161,6 +161,17 @@ def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
         predictor.predict_files(predictor.Predictor(str(export_dir)), files, gradcam_dir=str(tmp_path))
 
 
+def test_the_apps_summary_names_the_counts_the_csv_and_each_failure():
+    from cxr_tf import predict
+
+    summary = {"model": "models/cxr/1", "thresholds_from": "--threshold=0.5", "files": 3,
+               "predicted": 2, "output": "preds.csv", "gradcam_dir": None, "gradcam": [],
+               "failed": [{"file": "b.png", "reason": "b.png: PNG truncated (read 9 bytes)"}]}
+    assert predict.format_summary(summary).splitlines() == [
+        "Predicted 2 of 3 files with models/cxr/1 (thresholds: --threshold=0.5).",
+        "CSV: preds.csv", "1 failed:", "  b.png: PNG truncated (read 9 bytes)"]
+
+
 def test_unknown_model_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a SavedModel .* nor a run dir"):
         predictor.Predictor(str(tmp_path))
