@@ -119,20 +119,23 @@ def auc_table(summary):
 
     rule = "-" * 60
     lines = ["", f"{'finding':<20} {'val AUC':>18} {'positives':>10} {'negatives':>10}", rule]
-    shown = []
+    shown, cells = [], set()
     for name, auc in summary["val_auc"].items():
         pos, neg = summary["val_positives"][name], summary["val_negatives"][name]
         text = _auc_cell(auc, pos, neg, MIN_CLASS_COUNT)
         if not text.startswith("n/a"):
             shown.append(auc)
+        cells.add(text)
         lines.append(f"{name:<20} {text:>18} {pos:>10} {neg:>10}")
     lines.append(rule)
     if shown:
         mean_label = f"mean of {len(shown)} finding{'' if len(shown) == 1 else 's'}"
         lines.append(f"{mean_label:<20} {sum(shown) / len(shown):>18.3f}")
-    if len(shown) < len(summary["val_auc"]):
+    if any(cell.startswith("n/a") and cell != _NO_SCORES for cell in cells):
         lines.append(f"n/a: fewer than {MIN_CLASS_COUNT} positives or negatives in validation, "
                      "too few for an AUC.")
+    if _NO_SCORES in cells:
+        lines.append("n/a (no scores): the model's outputs were NaN.")
     defined = [a for a in summary["val_auc"].values() if a is not None and a == a]
     monitored = summary["val_auc_mean"]
     if len(defined) != len(shown) and monitored is not None and monitored == monitored:
@@ -141,13 +144,16 @@ def auc_table(summary):
     return lines + [""]
 
 
+_NO_SCORES = "n/a (no scores)"
+
+
 def _auc_cell(auc, positives, negatives, min_count):
     if positives < min_count:
         return f"n/a ({positives} positive{'' if positives == 1 else 's'})"
     if negatives < min_count:
         return f"n/a ({negatives} negative{'' if negatives == 1 else 's'})"
     if auc is None or auc != auc:
-        return "n/a (no scores)"  # a diverged model's NaN outputs
+        return _NO_SCORES  # a diverged model's NaN outputs
     return f"{auc:.3f}"
 
 

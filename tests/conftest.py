@@ -1,5 +1,7 @@
-"""Session fixtures: one tiny synthetic Kaggle-layout dataset (and its prepared TFDS dir) for the
-whole suite, plus the path to the real NIH metadata when ../shared is present."""
+"""Session fixtures, built once per test process on first use: tiny synthetic Kaggle-layout
+datasets (clean, with faults, prepared, one whose test split has estimable AUCs), one run dir
+trained in process for the readers of run dirs, and the path to the real NIH metadata when
+../shared is present. docs/TESTING.md lists them."""
 
 import ast
 import os
@@ -51,6 +53,54 @@ def prepared_dir(kaggle_dir, tmp_path_factory):
     build.prepare(PrepareConfig(data_dir=kaggle_dir, output_dir=out, image_size=32,
                                 num_workers=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def estimable_dir(tmp_path_factory):
+    """200 synthetic images with every finding at >= 40 %, prepared at 32 px: a test split of
+    46 images in which most findings have 10 positives and 10 negatives, so that their AUCs
+    are estimable (`prepared_dir`'s 14 test images leave every AUC not estimable)."""
+    from cxr_tf import synthetic
+    from cxr_tf.datasets.config import PrepareConfig
+    from cxr_tf.datasets.nih_chest_xray14 import build
+
+    root = tmp_path_factory.mktemp("estimable")
+    synthetic.generate(root / "kaggle", num_images=200, image_size=32, seed=5, progress=False,
+                       num_workers=1, min_prevalence=0.4)
+    build.prepare(PrepareConfig(data_dir=root / "kaggle", output_dir=root / "tfds", image_size=32,
+                                num_workers=0))
+    return root / "tfds"
+
+
+TRAINED = dict(arch="resnet18", image_size=32, batch_size=4, epochs=2, steps_per_epoch=3,
+               learning_rate=0.001, thresholds=("0.4", "0.5"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared_dir, tmp_path_factory):
+    """A run dir trained once per test session (per xdist worker), in this process, as
+    `python -m cxr_tf.train` would leave it: resnet18, 32 px, 2 epochs of 3 steps of 4 images
+    on `prepared_dir`, thresholds 0.4 and 0.5 (TRAINED). Returns (path, the runner's summary).
+
+    Built on first use: about 15-25 s of CPU, charged in --durations to the first test that
+    asks for it (a slow test's share of the session). Read it, never write into it: a test
+    that evaluates (which writes eval_*/ and thresholds.json) or exports from it works on
+    `trained_copy`."""
+    from cxr_tf.runs.config import RunConfig
+    from cxr_tf.training import runner
+
+    path = tmp_path_factory.mktemp("trained") / "run"
+    summary = runner.run(RunConfig(data_dir=str(prepared_dir), model_dir=str(path), **TRAINED),
+                         verbose=0)
+    return path, summary
+
+
+@pytest.fixture
+def trained_copy(trained_run, tmp_path):
+    """A private copy of `trained_run`'s run dir (a test may write into it)."""
+    import shutil
+
+    return shutil.copytree(trained_run[0], tmp_path / "trained")
 
 
 @pytest.fixture(scope="session")

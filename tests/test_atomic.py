@@ -63,11 +63,12 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
     )
     target = tmp_path / "best.keras"
     proc = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True,
-                          text=True, check=True)
+                          text=True, check=True, timeout=900)
     assert proc.stdout == f"[Errno 27] {target}: not written (File too large)\n"
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_keras_save_is_one_line_and_leaves_no_temporary(tmp_path):
     """The backup (h5py) and the lean model (zip) hit the file-size limit as a full disk."""
     script = (
@@ -87,7 +88,7 @@ def test_a_full_disk_during_a_keras_save_is_one_line_and_leaves_no_temporary(tmp
         "        print(e)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
-                          text=True, check=True,
+                          text=True, check=True, timeout=900,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.stdout.splitlines() == [
         f"[Errno 27] {tmp_path / 'checkpoints' / 'last.keras'}: not written (File too large)",

@@ -12,11 +12,12 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_serving.py"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
+@pytest.mark.slow
 def test_bench_serving_small(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(TOOL), "--arch=resnet18", "--image_size=32", "--source_size=96",
          "--batch_size=4", "--iters=3", "--batches=1", "--warmup=0"],
-        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert "in-graph decode+resize overhead" in proc.stdout
@@ -36,7 +37,7 @@ def test_bench_serving_small(tmp_path):
 
 def test_bad_flag_is_refused():
     proc = subprocess.run([sys.executable, str(TOOL), "--batch_size=0"], capture_output=True,
-                          text=True, env=ENV, timeout=120)
+                          text=True, env=ENV, timeout=900)
     assert proc.returncode == 2 and "--batch_size must be >= 1; received 0" in proc.stderr
 
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
 from cxr_tf import labels
 from cxr_tf.runs import RunDirError, checkpoints, claim, history, layout, record
@@ -109,11 +110,14 @@ def test_a_torn_best_keras_stops_the_resume_naming_it(tmp_path):
         checkpoint.on_train_begin()
 
 
+EPOCH_X = np.linspace(-1, 1, 6 * 4, dtype=np.float32).reshape(6, 4)
+EPOCH_Y = np.zeros((6, 14), np.float32)
+EPOCH_Y[::2, :] = 1.0
+
+
 def _epoch_metrics(net, prefix="val"):
-    y_true = np.zeros((6, 14), np.float32)
-    y_true[::2, :] = 1.0
-    x = np.linspace(-1, 1, 6 * 4, dtype=np.float32).reshape(6, 4)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y_true)).batch(4)
+    y_true = EPOCH_Y
+    dataset = tf.data.Dataset.from_tensor_slices((EPOCH_X, y_true)).batch(4)
     metric = epoch_metrics.EpochMetrics(dataset, y_true, [0.5], labels.LABELS, prefix=prefix)
     metric.set_model(net)
     metric.on_train_begin()
@@ -123,10 +127,19 @@ def _epoch_metrics(net, prefix="val"):
 
 
 def test_epoch_metrics_logs_loss_auc_and_learning_rate():
-    logs = _epoch_metrics(tiny_model(14))
-    assert logs["learning_rate"] == pytest.approx(0.05)
-    assert 0.0 <= logs["val/auc_mean"] <= 1.0
-    assert 0.0 < logs["val_loss"] < 10.0 and logs["loss"] == 0.3
+    net = tiny_model(14)
+    logs = _epoch_metrics(net)
+    assert logs["learning_rate"] == pytest.approx(0.05) and logs["loss"] == 0.3
+    # The figures of the model's own predictions, worked out here with scikit-learn.
+    logits = net.predict(EPOCH_X, verbose=0).astype(np.float64)
+    probs = 1 / (1 + np.exp(-logits))
+    aucs = [roc_auc_score(EPOCH_Y[:, c], probs[:, c]) for c in range(14)]
+    assert logs["val/auc/Hernia"] == pytest.approx(aucs[13], abs=1e-6)
+    assert logs["val/auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-6)
+    assert len(set(np.round(aucs, 6))) > 1  # the findings differ: a mean of one value proves less
+    assert logs["val_loss"] == pytest.approx(log_loss(EPOCH_Y.ravel(), probs.ravel()), rel=1e-5)
+    assert logs["val/f1@0.5/macro"] == pytest.approx(
+        f1_score(EPOCH_Y, probs >= 0.5, average="macro", zero_division=0))
 
 
 def test_epoch_metrics_of_a_diverged_model_are_nan_not_a_crash():

@@ -170,12 +170,11 @@ def test_ignore_scores_each_finding_on_its_labelled_images():
     assert ones["labels"]["per_finding"]["B"] == {"uncertain": 12, "left_out": 0, "images": 60}
 
 
-def test_evaluate_chexpert_end_to_end(chexpert_dir, tmp_path, make_run_dir):
+def test_evaluate_chexpert_end_to_end(chexpert_dir, trained_copy):
     from cxr_tf.evaluation import runner
 
     data_dir, _ = chexpert_dir
-    make_run_dir(tmp_path / "run")
-    report = runner.evaluate(EvalConfig(model_dir=str(tmp_path / "run"), dataset="chexpert",
+    report = runner.evaluate(EvalConfig(model_dir=str(trained_copy), dataset="chexpert",
                                         data_dir=str(data_dir), bootstrap=20), progress=False)
     assert list(report["per_class"]) == ["Atelectasis", "Cardiomegaly", "Consolidation",
                                          "Edema", "Effusion", "Pneumonia", "Pneumothorax"]
@@ -185,7 +184,7 @@ def test_evaluate_chexpert_end_to_end(chexpert_dir, tmp_path, make_run_dir):
     assert report["labels"]["images_left_out_by_view"] == {"lateral": 2}
     assert report["per_class"]["Atelectasis"]["positives"] == 1  # patient 3 of 1, 3, 4, 6
     assert report["overall"]["examples"] == 3  # patients 1, 3, 6 have no uncertain label
-    out = tmp_path / "run" / "eval_chexpert"
+    out = trained_copy / "eval_chexpert"
     assert json.loads((out / "report.json").read_text()) == report
     text = (out / "report.md").read_text()
     assert "## Labels (CheXpert)" in text and "| Atelectasis | 4 | 2 | 2 |" in text
@@ -205,6 +204,7 @@ def test_evaluate_chexpert_end_to_end(chexpert_dir, tmp_path, make_run_dir):
     assert "Wang17" not in summary and "difference" not in summary
 
 
+@pytest.mark.slow
 def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):
     import os
     import subprocess
@@ -216,7 +216,7 @@ def test_evaluate_app_chexpert_flags(chexpert_dir, tmp_path, make_run_dir):
     command = [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={tmp_path / 'run'}",
                "--dataset=chexpert", f"--data_dir={data_dir}", "--bootstrap=0", "--json",
                "--uncertain_labels=zeros", "--views=frontal,lateral"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     assert printed["dataset"] == "chexpert" and printed["overall"]["examples"] == 8
@@ -237,5 +237,5 @@ def test_evaluate_app_refuses_flags_of_the_other_dataset(tmp_path, flags_given, 
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={tmp_path}",
-                           *flags_given], capture_output=True, text=True, timeout=300)
+                           *flags_given], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr

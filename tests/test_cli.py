@@ -61,12 +61,12 @@ KEPT = [
 ]
 
 
-def run_app(app, *args, cwd=None, env=None, timeout=120):
+def run_app(app, *args, cwd=None, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", f"cxr_tf.{app}", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=timeout)
 
 
-def run_code(code, timeout=60):
+def run_code(code, timeout=900):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -229,6 +229,7 @@ def test_metadata_error_is_one_line(tmp_path):
     assert line.startswith(f"error: {csv}, line 1: missing column(s) ['Image Index', ")
 
 
+@pytest.mark.slow
 def test_invalid_model_dir_is_one_line(tmp_path):
     proc = run_app("export", f"--model_dir={tmp_path / 'missing'}",
                    f"--export_dir={tmp_path / 'out' / '1'}")
@@ -238,12 +239,13 @@ def test_invalid_model_dir_is_one_line(tmp_path):
                               "checkpoints/")
 
 
+@pytest.mark.slow
 def test_train_into_a_model_dir_under_a_file_is_one_line(tmp_path, prepared_dir):
     (tmp_path / "file").write_text("")
     model_dir = tmp_path / "file" / "run"
     proc = run_app("train", f"--data_dir={prepared_dir}", f"--model_dir={model_dir}",
                    "--arch=resnet18", "--image_size=32", "--epochs=1", "--steps_per_epoch=1",
-                   timeout=300)
+                   timeout=900)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     said, line = proc.stderr.splitlines()  # what it was doing (on stderr), then the error
     assert said == f"opening the dataset in {prepared_dir}"
@@ -251,12 +253,13 @@ def test_train_into_a_model_dir_under_a_file_is_one_line(tmp_path, prepared_dir)
     assert line.endswith(": Not a directory")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
 def test_train_into_a_read_only_model_dir_is_one_line(tmp_path, prepared_dir):
     tmp_path.joinpath("ro").mkdir(mode=0o555)
     proc = run_app("train", f"--data_dir={prepared_dir}", f"--model_dir={tmp_path / 'ro' / 'run'}",
                    "--arch=resnet18", "--image_size=32", "--epochs=1", "--steps_per_epoch=1",
-                   timeout=300)
+                   timeout=900)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.splitlines()[-1].endswith(": Permission denied")
 
@@ -399,6 +402,8 @@ def test_training_prints_no_tensorflow_line_at_its_first_step(tmp_path, prepared
                 if re.match(r"[IWEF]\d{4} |WARNING: All log messages", line)]
     assert tf_lines == []
 
+
+@pytest.mark.slow
 def test_dry_run_hides_tensorflow_start_up_lines_unless_tf_logs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     args = ["--flagfile=demo.cfg", "--dry_run", "--arch=resnet18", "--image_size=32"]
@@ -414,6 +419,7 @@ def test_dry_run_hides_tensorflow_start_up_lines_unless_tf_logs(tmp_path):
     assert any("oneDNN custom operations are on" in line for line in shown)
 
 
+@pytest.mark.slow
 def test_tensorflow_probed_before_it_is_imported_still_starts_quietly():
     """TFDS and Keras call importlib.util.find_spec("tensorflow") before importing it."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -426,7 +432,7 @@ def test_tensorflow_probed_before_it_is_imported_still_starts_quietly():
         "print(type(tf.__loader__).__name__, type(tf.__spec__.loader).__name__)\n"
         "print(int(tf.constant(2) * 3))\n"
         "print('a warning of ours', file=sys.stderr)\n")],
-        capture_output=True, text=True, env=env, timeout=120)
+        capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["SourceFileLoader SourceFileLoader", "6"]
     assert proc.stderr.splitlines() == ["a warning of ours"]

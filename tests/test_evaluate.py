@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -13,12 +14,13 @@ import pytest
 from absl import app
 from absl import flags as absl_flags
 from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxr_tf import errors, evaluate, flags, labels
 from cxr_tf.data import input_pipeline, source
 from cxr_tf.evaluation import metrics, runner
 from cxr_tf.evaluation.config import ArgumentsError, EvalConfig
-from cxr_tf.runs import RunDirError, thresholds
+from cxr_tf.runs import RunDirError, history, record, thresholds
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 32
@@ -35,13 +37,23 @@ def split_probs(net, data_dir, split):
 
 
 @pytest.fixture(scope="module")
-def run(prepared_dir, tmp_path_factory, make_run_dir):
-    path = tmp_path_factory.mktemp("evaluate") / "run"
-    return path, make_run_dir(path, prepared_dir, thresholds=("0.4", "0.5"))
+def run(trained_run, tmp_path_factory):
+    """A copy of the session's trained run (thresholds 0.4, 0.5) and its best model."""
+    from cxr_tf.runs import checkpoints
+
+    path = shutil.copytree(trained_run[0], tmp_path_factory.mktemp("evaluate") / "run")
+    return path, checkpoints.load_model(str(path))
 
 
-def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
-    path, net = run
+@pytest.fixture(scope="module")
+def estimable_run(estimable_dir, tmp_path_factory, make_run_dir):
+    """An untrained run on `estimable_dir`, whose test split has estimable AUCs."""
+    path = tmp_path_factory.mktemp("estimable_run") / "run"
+    return path, make_run_dir(path, estimable_dir, thresholds=("0.4", "0.5"))
+
+
+def test_report_files_and_figures_match_scikit_learn(estimable_run, estimable_dir):
+    path, net = estimable_run
     report = runner.evaluate(EvalConfig(model_dir=str(path), bootstrap=100), progress=False)
     assert not (path / "thresholds.json").exists()  # evaluating test never writes thresholds
     out = path / "eval_test"
@@ -52,25 +64,52 @@ def test_report_files_and_figures_match_scikit_learn(run, prepared_dir):
             assert img.format == "PNG" and min(img.size) >= 400
     saved = json.loads((out / "report.json").read_text())  # strict JSON: no NaN
     assert saved["per_class"] == report["per_class"]
-    y, probs, rows = split_probs(net, prepared_dir, "test")
-    assert report["overall"]["examples"] == len(rows)
+    y, probs, rows = split_probs(net, estimable_dir, "test")
+    assert report["overall"]["examples"] == len(rows) == 46
     assert report["overall"]["patients"] == len({r["patient_id"] for r in rows})
-    # 14 test images: no finding reaches 10 positives and 10 negatives, so every AUC is
-    # reported as not estimable, with its counts (tests/test_expert_labels.py checks the
-    # figures against scikit-learn through evaluate on a larger synthetic split).
+    # The report's figures against scikit-learn on this test's own predictions (a separate
+    # predict call: equal to float32 rounding). A finding with fewer than 10 positives or
+    # negatives has no AUC, with its counts and the reason.
+    aucs = []
     for c, name in enumerate(labels.LABELS):
         row = report["per_class"][name]
         positives = int(y[:, c].sum())
-        assert (row["positives"], row["negatives"]) == (positives, len(y) - positives)
-        assert row["auc"] is None and row["auc_ci_low"] is None
-        assert row["auc_not_estimable"] == metrics.not_estimable_reason(positives,
-                                                                       len(y) - positives)
-    assert report["overall"]["auc_mean"] is None and report["overall"]["auc_mean_over"] == 0
+        negatives = len(y) - positives
+        assert (row["positives"], row["negatives"]) == (positives, negatives)
+        if min(positives, negatives) >= metrics.MIN_CLASS_COUNT:
+            aucs.append(roc_auc_score(y[:, c], probs[:, c]))
+            assert row["auc"] == pytest.approx(aucs[-1], abs=1e-6), name
+            assert row["average_precision"] == pytest.approx(
+                average_precision_score(y[:, c], probs[:, c]), abs=1e-6), name
+            assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
+            assert row["auc_not_estimable"] is None
+        else:
+            assert row["auc"] is None and row["auc_ci_low"] is None
+            assert row["auc_not_estimable"] == metrics.not_estimable_reason(positives, negatives)
+    assert len(aucs) >= 10 and report["overall"]["auc_mean_over"] == len(aucs)
+    assert report["overall"]["auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-6)
     assert set(report["thresholds"]) == {"0.4", "0.5"}  # no thresholds.json: no "tuned"
     assert set(report["subgroups"]) == {"sex", "age_band", "view"}
     assert sum(g["examples"] for g in report["subgroups"]["sex"].values()) == len(rows)
     text = (out / "report.md").read_text()
     assert "# Evaluation on test" in text and "Wang 2017" in text
+    assert f"| **mean** over {len(aucs)} findings with an AUC |" in text
+
+
+def test_evaluating_validation_gives_the_figures_training_logged(run):
+    """The last checkpoint on the validation split: the figures EpochMetrics wrote to
+    history.csv at the end of the last epoch, from the same weights and images."""
+    path, _ = run
+    report = runner.evaluate(EvalConfig(model_dir=str(path), split="validation",
+                                        checkpoint="last", bootstrap=0), progress=False)
+    last = history.read_history(path)[-1]
+    assert last["epoch"] == 2
+    assert report["overall"]["examples"] == record.read(path).resolved.validation_examples == 5
+    # Micro figures: the macro ones and paper_auc are withheld below 10 positives and 10
+    # negatives a finding (5 validation images here), which training's log does not do.
+    for key in ("f1@0.4/micro", "f1@0.5/micro", "recall@0.5/micro",
+                "precision@0.4/micro"):
+        assert report["overall"][key] == pytest.approx(float(last[f"val/{key}"]), abs=1e-9), key
 
 
 def test_thresholds_are_tuned_on_validation_only(run, prepared_dir):
@@ -103,11 +142,12 @@ def test_thresholds_are_tuned_on_validation_only(run, prepared_dir):
     assert thresholds_file.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_evaluate_app_json(run):
     path, _ = run
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={path}", "--split=validation",
-         "--bootstrap=20", "--json"], capture_output=True, text=True, env=ENV, timeout=600)
+         "--bootstrap=20", "--json"], capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)  # one JSON object and nothing else on stdout
     assert printed["split"] == "validation" and printed["bootstrap"]["replicates"] == 20

@@ -318,20 +318,12 @@ def test_no_matching_image_gives_an_empty_section():
 # --- through the evaluate app on a synthetic run ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory, make_run_dir):
-    """200 synthetic images (46 in the test split) with every finding at >= 40 %, prepared at
-    32 px, and an untrained run on them."""
-    from cxr_tf import synthetic
-    from cxr_tf.datasets.config import PrepareConfig
-    from cxr_tf.datasets.nih_chest_xray14 import build
-
+def synthetic_run(tmp_path_factory, estimable_dir, make_run_dir):
+    """An untrained run on `estimable_dir` (46 test images, every finding at >= 40 %):
+    (a folder holding run/ and room for label files, tfds dir, the model)."""
     root = tmp_path_factory.mktemp("expert")
-    synthetic.generate(root / "kaggle", num_images=200, image_size=32, seed=5, progress=False,
-                       num_workers=1, min_prevalence=0.4)
-    build.prepare(PrepareConfig(data_dir=root / "kaggle", output_dir=root / "tfds", image_size=32,
-                                num_workers=0))
-    net = make_run_dir(root / "run", root / "tfds", thresholds=("0.5",))
-    return root, net
+    net = make_run_dir(root / "run", estimable_dir, thresholds=("0.5",))
+    return root, estimable_dir, net
 
 
 def split_probs(net, data_dir, split):
@@ -349,8 +341,8 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
     from cxr_tf import evaluate
     from cxr_tf.evaluation import runner
 
-    root, net = synthetic_run
-    rows, probs = split_probs(net, root / "tfds", "test")
+    root, data_dir, net = synthetic_run
+    rows, probs = split_probs(net, data_dir, "test")
     y_nih = np.stack([r["labels"] for r in rows])
     scores = expert_labels.map_scores(probs, LABELS)
     n = len(rows)
@@ -378,7 +370,7 @@ def test_label_noise_gap_through_evaluate(synthetic_run):
     # Rows of images in the run's other splits: skipped, and said so (issue: uncounted).
     from cxr_tf.data import source
 
-    src = source.open_source(str(root / "tfds"), image_size=32)
+    src = source.open_source(str(data_dir), image_size=32)
     others = {split: [r["image_id"] for r in src.rows(split)][:k]
               for split, k in (("train", 3), ("validation", 2))}
     lines += [f"{image},Finding,0,{int(image[:8])},50,M,PA,32,32,0.1,0.1,NO,NO,NO,NO"
@@ -440,8 +432,8 @@ def test_the_real_slice_re_keyed_onto_the_run_agrees_with_a_recount(synthetic_ru
     from cxr_tf.data import source
     from cxr_tf.evaluation import runner
 
-    root, _ = synthetic_run
-    src = source.open_source(str(root / "tfds"), image_size=32)
+    root, data_dir, _ = synthetic_run
+    src = source.open_source(str(data_dir), image_size=32)
     ids = {name: [r["image_id"] for r in src.rows(name)] for name in ("train", "validation",
                                                                       "test")}
     raw = pd.read_csv(TXRV, dtype=str, keep_default_na=False)
@@ -484,19 +476,20 @@ def test_the_real_slice_re_keyed_onto_the_run_agrees_with_a_recount(synthetic_ru
         assert entry["auc_not_estimable"]
 
 
+@pytest.mark.slow
 def test_evaluate_app_takes_expert_labels(synthetic_run):
     import json
     import os
     import subprocess
     import sys
 
-    root, _ = synthetic_run
+    root, _, _ = synthetic_run
     run = root / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={run}", "--split=test",
          "--bootstrap=20", f"--expert_labels={TXRV}", "--json"],
-        capture_output=True, text=True, env=env, timeout=600)
+        capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     section = json.loads(proc.stdout)["expert_labels"]
     # The real slice's images are NIH's, not the synthetic split's: none match, and the
@@ -507,6 +500,6 @@ def test_evaluate_app_takes_expert_labels(synthetic_run):
     bad.write_text(HEADER + "00000001_000.png,1,NO,MAYBE,NO,NO,test\n")
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.evaluate", f"--model_dir={run}", f"--expert_labels={bad}"],
-        capture_output=True, text=True, env=env, timeout=600)
+        capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 1
     assert f"{bad}, line 2: column 'Pneumothorax': 'MAYBE' is not YES or NO" in proc.stderr

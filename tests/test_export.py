@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,20 +48,19 @@ def sample_images():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, make_run_dir):
-    """A run dir with tuned thresholds, exported by the export app (as a user runs it)."""
+def exported(trained_run, tmp_path_factory):
+    """The session's trained run with tuned thresholds, exported in this process by the
+    export app's own function (the app as a user runs it: test_export_app)."""
+    from cxr_tf import export
+    from cxr_tf.serving.config import ExportConfig
+
     root = tmp_path_factory.mktemp("export")
-    net = make_run_dir(root / "run")
+    run = shutil.copytree(trained_run[0], root / "run")
     tuned = np.linspace(0.3, 0.7, 14)
-    thresholds.write_thresholds(str(root / "run"), tuned, "f1")
+    thresholds.write_thresholds(str(run), tuned, "f1")
     export_dir = root / "models" / "cxr" / "1"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cxr_tf.export", f"--model_dir={root / 'run'}",
-         f"--export_dir={export_dir}", "--json"], capture_output=True, text=True, env=ENV,
-        timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    return net, tuned, export_dir, summary
+    summary = export.export_run(ExportConfig(model_dir=str(run), export_dir=str(export_dir)))
+    return checkpoints.load_model(str(run)), tuned, export_dir, summary
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,12 @@ def loaded(exported):
     return tf.saved_model.load(str(exported[2]))
 
 
-def test_export_app_summary(exported):
+def test_export_summary(exported):
     _, tuned, export_dir, summary = exported
     assert summary["export_dir"] == str(export_dir)
     assert (export_dir / "saved_model.pb").is_file()
+    assert (summary["arch"], summary["image_size"], summary["checkpoint"]) == \
+        ("resnet18", SIZE, "best")
     assert summary["thresholds_from"].startswith("thresholds.json (f1")
     assert list(summary["thresholds"].values()) == pytest.approx(tuned.tolist())
     # A thresholds.json without provenance (as cxr_tf 0.2.0 wrote) is exported, and said.
@@ -101,6 +103,23 @@ def test_the_metadata_reaches_tf_serving_rest_through_describe(exported, loaded)
     assert card["model_parameters"]["label_names"] == list(labels.LABELS)
     assert reply["label_names"] == list(labels.LABELS)
     assert reply["threshold_methods"] == ["f1"] * 14 and reply["threshold_positives"] == [-1] * 14
+
+
+@pytest.mark.slow
+def test_export_app(trained_run, tmp_path):
+    export_dir = tmp_path / "cxr" / "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_tf.export", f"--model_dir={trained_run[0]}",
+         f"--export_dir={export_dir}", "--threshold=0.3", "--json"], capture_output=True,
+        text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["export_dir"] == str(export_dir) and (export_dir / "saved_model.pb").is_file()
+    assert summary["thresholds_from"] == "--threshold=0.3"
+    assert set(summary["thresholds"].values()) == {0.3}
+    loaded = tf.saved_model.load(str(export_dir))
+    assert loaded.signatures["metadata"]()["thresholds"].numpy().tolist() == \
+        pytest.approx([0.3] * 14)
 
 
 _NO_CXR_TF = r"""
@@ -136,6 +155,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_serves_png_bytes_without_cxr_tf_and_matches_keras(exported, tmp_path):
     net, tuned, export_dir, _ = exported
     samples = sample_images()
@@ -145,7 +165,7 @@ def test_serves_png_bytes_without_cxr_tf_and_matches_keras(exported, tmp_path):
         paths.append(str(tmp_path / name))
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", _NO_CXR_TF, str(export_dir), *paths],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["blocked"] and out["cxr_tf_modules"] == []

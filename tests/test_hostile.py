@@ -72,6 +72,7 @@ def parity_cases():
     }
 
 
+@pytest.mark.slow
 def test_pil_and_serving_accept_and_refuse_the_same_bytes():
     accepted = []
     for name, data in parity_cases().items():
@@ -127,6 +128,7 @@ def issue_inputs(work_dir):
     return list(inputs), [paths[name] for name in inputs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["serving", "predict"])
 def test_peak_memory_stays_bounded_on_the_issues_inputs(exported, path):
     work_dir, export_dir, good = exported
@@ -141,7 +143,11 @@ def test_peak_memory_stays_bounded_on_the_issues_inputs(exported, path):
     assert "65500x700, padded to 65500x65500" in outcomes["long_65500x700.jpg"]
     assert all(not o.startswith(("accepted", "predicted")) for o in outcomes.values()), outcomes
     # +1.6 GB, +4.1 GB, 40 GB asked, +4.3 GB, +1.65 GB, +530 MB, +2.5 GB before the fix.
-    assert results[-1]["rss_increase_mb"] < BOUND_MB, results
+    # Every input, each with its own peak (measure_hostile resets it before each one).
+    assert all(r["peak_reset"] for r in results), results
+    over = {name: r["rss_increase_mb"] for name, r in zip(names, results)
+            if r["rss_increase_mb"] is None or r["rss_increase_mb"] >= BOUND_MB}
+    assert not over, over
 
 
 def test_prepare_passes_max_pixels_to_its_decode_workers(tmp_path):

@@ -59,6 +59,7 @@ print(json.dumps({"replicas": mirrored.num_replicas_in_sync,
 """
 
 
+@pytest.mark.slow
 def test_each_replica_gets_half_the_global_batch(prepared_dir):
     proc = run("-c", STREAM_CHECK.replace("DATA_DIR", repr(str(prepared_dir))), two_cpus=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -104,7 +105,8 @@ def test_mirrored_trains_like_one_device_and_its_run_dir_serves(prepared_dir, tm
     # evaluate (one device, best.keras = the only epoch) scores the split as training did.
     config = json.loads((two / "config.json").read_text())
     assert report["overall"]["examples"] == config["validation_examples"]
-    for key in ("f1@0.5/macro", "paper_auc@0.5", "recall@0.5/micro"):
+    # Micro figures: evaluate withholds the per-finding ones below 10 positives and 10 negatives.
+    for key in ("f1@0.5/micro", "precision@0.5/micro", "recall@0.5/micro"):
         assert report["overall"][key] == pytest.approx(float(history[0][f"val/{key}"]),
                                                        abs=1e-9), key
     run("-m", "cxr_tf.export", f"--model_dir={two}", f"--export_dir={tmp_path / 'export'}")

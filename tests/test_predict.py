@@ -44,11 +44,15 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, make_run_dir):
-    root = tmp_path_factory.mktemp("models")
-    net = make_run_dir(root / "run")
-    graph.export(net, root / "export" / "1", [0.5] * 14)
-    return root / "run", root / "export" / "1"
+def models(tmp_path_factory, trained_run):
+    """The session's trained run dir (read only: predict writes nothing into it) and its
+    SavedModel."""
+    from cxr_tf.runs import checkpoints
+
+    run_dir = trained_run[0]
+    export_dir = tmp_path_factory.mktemp("models") / "export" / "1"
+    graph.export(checkpoints.load_model(str(run_dir)), export_dir, [0.5] * 14)
+    return run_dir, export_dir
 
 
 def by_name(rows):
@@ -98,13 +102,14 @@ def test_monochrome1_without_inversion_would_differ(folder, models):
     assert np.abs(np.subtract(rows[0]["probabilities"], rows[1]["probabilities"])).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_mixed_folder_with_one_broken_file(folder, models, tmp_path):
     _, export_dir = models
     out = tmp_path / "preds.csv"
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.predict", f"--model={export_dir}", str(folder),
          str(tmp_path / "missing.png"), f"--output={out}"],
-        capture_output=True, text=True, env=ENV, timeout=600)
+        capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 1  # some files failed
     assert "Predicted 5 of 7 files" in proc.stdout
     assert "2 failed:" in proc.stdout
@@ -147,17 +152,28 @@ def test_an_output_that_cannot_be_written_is_refused_before_predicting(folder, m
                                         "directory)"]
 
 
+@pytest.mark.slow
 def test_json_output_and_no_finding_label(folder, models):
     run_dir, _ = models
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.predict", f"--model={run_dir}", "--threshold=0.999",
          str(folder / "a.png"), str(folder / "dicom" / "m2.dcm"), "--json"],
-        capture_output=True, text=True, env=ENV, timeout=600)
+        capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["predicted"] == 2 and out["failed"] == []
     assert out["thresholds_from"] == "--threshold=0.999"
     assert [p["positive_labels"] for p in out["predictions"]] == [labels.NO_FINDING] * 2
+
+
+def test_a_threshold_no_probability_reaches_gives_no_finding(folder, models):
+    run_dir, _ = models
+    model = predictor.Predictor(str(run_dir), threshold=0.999)
+    assert model.thresholds_from is None  # no thresholds.json: the app names --threshold
+    assert model.thresholds.tolist() == [0.999] * 14
+    rows, failures, _ = predictor.predict_files(model, [str(folder / "a.png"),
+                                                        str(folder / "dicom" / "m2.dcm")])
+    assert failures == [] and [r["positive_labels"] for r in rows] == [labels.NO_FINDING] * 2
 
 
 def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
@@ -180,6 +196,26 @@ def test_gradcam_overlays_per_file_and_finding(folder, models, tmp_path):
             assert img.format == "PNG" and img.size == (256, 256) and img.mode == "RGB"
     with pytest.raises(ValueError, match="^gradcam_dir needs the Keras model: the predictor "):
         predictor.predict_files(predictor.Predictor(str(export_dir)), files, gradcam_dir=str(tmp_path))
+
+
+def test_the_apps_summary_names_the_counts_the_csv_and_each_failure():
+    from cxr_tf import predict
+
+    summary = {"model": "models/cxr/1", "thresholds_from": "--threshold=0.5", "files": 3,
+               "predicted": 2, "output": "preds.csv", "gradcam_dir": None, "gradcam": [],
+               "decisions": {"summary": "the default 0.5 for every finding"},
+               "decisions_file": "preds.thresholds.json", "out_of_distribution": 1,
+               "failed": [{"file": "b.png", "reason": "b.png: PNG truncated (read 9 bytes)"}]}
+    assert predict.format_summary(summary).splitlines() == [
+        "Predicted 2 of 3 files with models/cxr/1 (thresholds: --threshold=0.5).",
+        "Thresholds: the default 0.5 for every finding",
+        "CSV: preds.csv (thresholds and their provenance: preds.thresholds.json)",
+        "Out of distribution: 1 of 2 files (in_distribution 0 in the CSV: do not trust their "
+        "findings)",
+        "1 failed:", "  b.png: PNG truncated (read 9 bytes)"]
+    no_detector = {**summary, "out_of_distribution": None, "failed": []}
+    assert not [line for line in predict.format_summary(no_detector).splitlines()
+                if line.startswith(("Out of distribution", "1 failed"))]
 
 
 def test_unknown_model_dir_is_a_clear_error(tmp_path):
@@ -219,13 +255,14 @@ def hostile(tmp_path_factory, folder):
     return root
 
 
+@pytest.mark.slow
 def test_hostile_folder_every_file_predicted_or_one_failure(hostile, models, tmp_path):
     _, export_dir = models
     out = tmp_path / "out" / "preds.csv"
     out.parent.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_tf.predict", f"--model={export_dir}", str(hostile),
-         f"--output={out}", "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+         f"--output={out}", "--json"], capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 1, proc.stderr  # some failed; none hung, none crashed the job
     summary = json.loads(proc.stdout)
     reasons = {os.path.basename(f["file"]): f["reason"] for f in summary["failed"]}
@@ -247,6 +284,26 @@ def test_hostile_folder_every_file_predicted_or_one_failure(hostile, models, tmp
         rows = {os.path.basename(r["file"]): r for r in csv.DictReader(f)}
     assert sorted(rows) == predicted
     assert rows["caf\\xe9.png"]["Atelectasis"] == rows["good.png"]["Atelectasis"]
+
+
+def test_hostile_folder_in_process(hostile, models):
+    """What the app reports for the hostile folder (test above), from the library: each bad
+    file one failure with its reason, none hangs, the others predicted."""
+    _, export_dir = models
+    files = predictor.list_inputs([str(hostile)])
+    rows, failures, _ = predictor.predict_files(predictor.Predictor(str(export_dir)), files)
+    shown = str(hostile) + "/"
+    assert {os.path.basename(f["file"]): f["reason"] for f in failures} == {
+        "fifo.png": f"{shown}fifo.png: a FIFO, not an image file",
+        "zero.png": f"{shown}zero.png: a character device, not an image file",
+        "loop.png": f"{shown}loop.png: Too many levels of symbolic links",
+        "narrow.png": f"{shown}narrow.png: declares 1x40000, padded to 40000x40000 = "
+                      "1,600,000,000 pixels, over the 50,000,000 limit",
+        "jpegls.dcm": f"{shown}jpegls.dcm: no decoder for JPEG-LS Lossless Image Compression",
+    }
+    assert len(files) == 8 and len(rows) == 3
+    assert sorted(os.path.basename(r["file"]) for r in rows) == \
+        ["caf\\xe9.png", "good.png", "width0.dcm"]
 
 
 def test_any_exception_while_decoding_is_that_files_failure(folder, models, monkeypatch):

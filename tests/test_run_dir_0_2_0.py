@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 OLD_RUN = Path(__file__).resolve().parent / "data" / "run_dir_0_2_0"
@@ -47,7 +48,7 @@ def old_run(prepared_dir, tmp_path_factory):
 
 def app(name, *args):
     proc = subprocess.run([sys.executable, "-m", f"cxr_tf.{name}", *args, "--json"],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+                          capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -77,6 +78,50 @@ def test_rerunning_its_command_finds_it_complete(old_run, prepared_dir):
     assert runner.run(config) == {"model_dir": str(old_run), "complete": True}
 
 
+# In process, through the apps' own functions (the apps as a user runs them: the slow tests).
+
+def test_it_evaluates_with_its_split_and_tuned_thresholds(old_run):
+    from cxr_tf.evaluation import runner
+    from cxr_tf.evaluation.config import EvalConfig
+
+    report = runner.evaluate(EvalConfig(model_dir=str(old_run), split="validation",
+                                        bootstrap=0), progress=False)
+    assert report["overall"]["examples"] == 5  # the run's validation split
+    assert report["tuned_thresholds_from"]["method"] == "f1"
+    assert report["thresholds"]["tuned"] == pytest.approx(list(tuned_thresholds().values()))
+
+
+@pytest.fixture(scope="module")
+def old_export(old_run, tmp_path_factory):
+    from cxr_tf import export
+    from cxr_tf.serving.config import ExportConfig
+
+    export_dir = tmp_path_factory.mktemp("old_export") / "cxr" / "1"
+    return export_dir, export.export_run(ExportConfig(model_dir=str(old_run),
+                                                      export_dir=str(export_dir)))
+
+
+def test_it_exports_with_its_tuned_thresholds(old_export):
+    _, summary = old_export
+    assert (summary["arch"], summary["image_size"]) == ("resnet18", 32)
+    assert summary["thresholds_from"] == "thresholds.json (f1, tuned on validation)"
+    assert summary["thresholds"] == pytest.approx(tuned_thresholds())
+
+
+@pytest.mark.parametrize("model", ["run dir", "export"])
+def test_it_predicts_with_its_tuned_thresholds(old_run, old_export, kaggle_dir, model):
+    from cxr_tf.serving import predictor
+
+    loaded = predictor.Predictor(str(old_run if model == "run dir" else old_export[0]))
+    np.testing.assert_allclose(loaded.thresholds, list(tuned_thresholds().values()), rtol=1e-6)
+    files = [str(p) for p in sorted(kaggle_dir.glob("images_*/images/*.png"))[:3]]
+    rows, failures, _ = predictor.predict_files(loaded, files)
+    assert (len(rows), failures) == (3, [])
+    assert loaded.thresholds_from.startswith("thresholds.json (f1, tuned on validation)"
+                                             if model == "run dir" else "as exported (cxr_tf ")
+
+
+@pytest.mark.slow
 def test_evaluate_reads_its_data_dir_split_and_tuned_thresholds(old_run):
     report = app("evaluate", f"--model_dir={old_run}", "--split=validation", "--bootstrap=0")
     assert report["overall"]["examples"] == 5  # the run's validation split
@@ -85,6 +130,7 @@ def test_evaluate_reads_its_data_dir_split_and_tuned_thresholds(old_run):
         {"f1@0.4/macro", "f1@0.5/macro", "f1@tuned/macro"}
 
 
+@pytest.mark.slow
 def test_export_and_predict_use_its_tuned_thresholds(old_run, kaggle_dir, tmp_path):
     summary = app("export", f"--model_dir={old_run}", f"--export_dir={tmp_path / 'cxr' / '1'}")
     assert (summary["arch"], summary["image_size"]) == ("resnet18", 32)

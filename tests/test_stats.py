@@ -65,7 +65,7 @@ def test_app_json_and_plot(tmp_path):
     plot = tmp_path / "fig1.png"
     result = subprocess.run(
         [sys.executable, "-m", "cxr_tf.stats", f"--data_dir={SLICE}", "--json", f"--plot={plot}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr

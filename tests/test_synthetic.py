@@ -245,6 +245,31 @@ def test_generate_from_stdin_runs_in_one_process(tmp_path):
               f"synthetic.generate({str(tmp_path / 'out')!r}, num_images=12, image_size=32, "
               "num_workers=2, progress=False)\n")
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((tmp_path / "out").glob("images_*/images/*.png"))) == 12
+
+
+def test_the_training_cache_is_generated_and_prepared_once(tmp_path, monkeypatch):
+    """What `train --synthetic` and the benchmarks read: made under $CXR_TF_CACHE, at twice
+    the training size, then reused as it is."""
+    from cxr_tf.data import source
+    from cxr_tf.synthetic.dataset import synthetic_data_dir
+
+    monkeypatch.setenv("CXR_TF_CACHE", str(tmp_path))
+    tfds_dir = synthetic_data_dir(32, num_images=20)
+    root = tmp_path / "synthetic_n20_s64_p0_seed0"
+    assert tfds_dir == str(root / "tfds")
+    with Image.open(next((root / "kaggle").glob("images_*/images/*.png"))) as film:
+        assert film.size == (64, 64)
+    prepared = source.open_source(tfds_dir, image_size=32)
+    assert sum(prepared.split_sizes.values()) == 20
+
+    def stamps():  # the images, the metadata and the prepared dataset (not the call's report)
+        return {p: p.stat().st_mtime_ns for folder in (root / "kaggle",
+                                                       root / "tfds" / "nih_chest_xray14")
+                for p in folder.rglob("*") if p.is_file()}
+
+    written = stamps()
+    assert synthetic_data_dir(32, num_images=20) == tfds_dir
+    assert stamps() == written and len(written) > 20

@@ -1,4 +1,5 @@
-"""The train app end to end, in subprocesses (as a user runs it)."""
+"""The train app: its flags and flagfiles parsed in process, the run dir a run leaves (the
+shared `trained_run`), and end to end in subprocesses as a user runs it (slow)."""
 
 import csv
 import json
@@ -17,7 +18,7 @@ TINY = ["--arch=resnet18", "--image_size=32", "--batch_size=4", "--learning_rate
         "--thresholds=0.4,0.5", "--json"]
 
 
-def train(*args, cwd=None, env=None, check=True, timeout=600):
+def train(*args, cwd=None, env=None, check=True, timeout=900):
     proc = subprocess.run([sys.executable, "-m", "cxr_tf.train", *args], capture_output=True,
                           text=True, cwd=cwd, env=env or ENV, timeout=timeout)
     if check and proc.returncode != 0:
@@ -34,36 +35,53 @@ def history_epochs(model_dir):
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+def train_config(*args):
+    """The RunConfig `python -m cxr_tf.train ARGS` would run, parsed in this process with the
+    app's own flag definitions in a fresh FlagValues (the dry-run subprocess test is in
+    test_cli.py)."""
+    from absl import flags as absl_flags
+
+    from cxr_tf import flags
+    from cxr_tf.runs.config import RunConfig
+
+    values = absl_flags.FlagValues()
+    flags.define_train_flags(values)
+    values(flags.expand_flagfiles(["train", *args]))
+    return flags.build_config(RunConfig, values)
+
+
 @pytest.mark.parametrize("name,threshold", [("thr04", "0.4"), ("thr05", "0.5"),
                                             ("thr06", "0.6")])
-def test_paper_flagfiles_dry_run_from_any_directory(tmp_path, name, threshold):
-    proc = train(f"--flagfile={name}.cfg", "--dry_run", cwd=tmp_path)
-    config = json.loads(proc.stdout.splitlines()[0])
+def test_paper_flagfiles_from_any_directory(tmp_path, monkeypatch, name, threshold):
+    monkeypatch.chdir(tmp_path)  # found among the packaged configs, not in the working dir
+    config = json.loads(json.dumps(train_config(f"--flagfile={name}.cfg").to_dict()))
     assert config["thresholds"] == [threshold]
     assert (config["learning_rate"], config["batch_size"], config["epochs"]) == (0.01, 64, 50)
     assert (config["optimizer"], config["lr_schedule"], config["image_size"]) == \
         ("adam", "cosine", 224)
     assert config["pos_weight"] == "none" and config["arch"] == "resnet50"
-    assert "parameters: 23,583,566" in proc.stdout
 
 
-def test_later_flags_override_the_flagfile(tmp_path):
-    proc = train("--flagfile=thr05.cfg", "--learning_rate=0.002", "--dry_run", cwd=tmp_path)
-    assert json.loads(proc.stdout.splitlines()[0])["learning_rate"] == 0.002
+def test_dry_run_prints_the_config_and_the_paper_models_size(tmp_path, monkeypatch, capsys):
+    from cxr_tf import train
+
+    monkeypatch.chdir(tmp_path)
+    config = train_config("--flagfile=thr05.cfg", "--dry_run")
+    assert train.dry_run(config) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0]) == json.loads(json.dumps(config.to_dict()))
+    assert "parameters: 23,583,566" in out  # ResNet-50, 224 px, 14 outputs
 
 
-def test_unknown_flagfile_is_a_clear_error(tmp_path):
-    proc = train("--flagfile=nope.cfg", "--dry_run", cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "flagfile 'nope.cfg' not found" in proc.stderr
+def test_later_flags_override_the_flagfile(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_config("--flagfile=thr05.cfg", "--learning_rate=0.002").learning_rate == 0.002
+    assert train_config("--learning_rate=0.002", "--flagfile=thr05.cfg").learning_rate == 0.01
 
 
-@pytest.mark.slow
-def test_run_dir_contract_and_tensorboard_tags(prepared_dir, tmp_path):
-    model_dir = tmp_path / "run"
-    summary = last_json(train(f"--data_dir={prepared_dir}", f"--model_dir={model_dir}",
-                              "--epochs=2", *TINY).stdout)
-    assert summary["epochs_run"] == 2
+def test_run_dir_contract_and_tensorboard_tags(trained_run):
+    model_dir, summary = trained_run  # 2 epochs, thresholds 0.4 and 0.5 (conftest.TRAINED)
+    assert summary["epochs_run"] == 2 and summary["model_dir"] == str(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     assert config["num_replicas_in_sync"] == 1 and config["package_versions"]["keras"]
     assert (model_dir / "checkpoints" / "best.keras").stat().st_size > 0
@@ -130,7 +148,9 @@ def wait_for(proc, predicate, what):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+# SIGINT takes the same path as SIGTERM in the app (cxr_tf.cli), and tests/test_distribute.py
+# sends both to a waiting worker; here SIGTERM stands for the two.
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM],
                          ids=lambda signum: signum.name)
 def test_a_run_stopped_mid_epoch_resumes_bitwise_identical(resume_args, uninterrupted, tmp_path,
                                                            signum):
@@ -219,6 +239,7 @@ def test_a_complete_run_is_not_retrained_and_overwrite_starts_afresh(prepared_di
     assert history_epochs(model_dir) == [1]
 
 
+@pytest.mark.slow
 def test_a_second_train_on_a_locked_run_dir_exits_at_once(prepared_dir, tmp_path):
     from cxr_tf.runs import claim
 
@@ -381,12 +402,49 @@ def test_a_dataset_at_another_size_names_the_prepare_command(prepared_dir, tmp_p
     assert not (tmp_path / "run").exists()  # a run that never started leaves no run dir
 
 
+@pytest.mark.slow
 def test_an_empty_validation_split_stops_training_with_a_clear_error(kaggle_dir, tmp_path):
     proc = train(f"--data_dir={kaggle_dir}", f"--model_dir={tmp_path / 'run'}",
                  "--val_fraction=0", *TINY, check=False)
     assert proc.returncode == 1, proc.stderr
     assert (f"error: {kaggle_dir}: the validation split is empty; training needs examples in "
             "train and validation (val_fraction > 0)") in proc.stderr
+
+
+def test_an_empty_validation_split_is_a_no_data_error(kaggle_dir, tmp_path):
+    from cxr_tf import errors
+    from cxr_tf.runs.config import RunConfig
+    from cxr_tf.training import runner
+
+    config = RunConfig(data_dir=str(kaggle_dir), model_dir=str(tmp_path / "run"),
+                       val_fraction=0, arch="resnet18", image_size=32)
+    with pytest.raises(runner.NoDataError) as raised:
+        runner.run(config)
+    assert str(raised.value) == (f"{kaggle_dir}: the validation split is empty; training needs "
+                                 "examples in train and validation (val_fraction > 0)")
+    assert isinstance(raised.value, errors.UserError)
+    assert not (tmp_path / "run").exists()  # refused before the run dir was claimed
+
+
+def test_the_summary_says_a_nan_loss_stopped_the_run():
+    from cxr_tf import train
+
+    summary = {"val_auc": {"Atelectasis": float("nan"), "Hernia": 0.75},
+               "val_positives": {"Atelectasis": 20, "Hernia": 12},
+               "val_negatives": {"Atelectasis": 180, "Hernia": 188}, "val_auc_mean": 0.75,
+               "terminated_on_nan": True, "model_dir": "runs/a"}
+    lines = train.format_summary(summary).splitlines()
+    assert lines[3:] == [
+        "Atelectasis             n/a (no scores)         20        180",
+        "Hernia                            0.750         12        188",
+        "-" * 60,
+        "mean of 1 finding                 0.750",
+        "n/a (no scores): the model's outputs were NaN.",
+        "",
+        "Training stopped: the loss became NaN (TerminateOnNaN).",
+        "Run dir:      runs/a",
+        "TensorBoard:  tensorboard --logdir runs/a/logs",
+        "Evaluate:     python -m cxr_tf.evaluate --model_dir=runs/a --split=validation"]
 
 
 def test_runner_steps():
@@ -412,6 +470,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_to_identical_weights(prepared_dir, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     model_dir = tmp_path / "mw"
@@ -424,7 +483,7 @@ def test_two_workers_train_to_identical_weights(prepared_dir, tmp_path):
              f"--model_dir={model_dir}", "--strategy=multi_worker", "--epochs=1",
              "--steps_per_epoch=3", "--deterministic", *TINY],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=600) for p in procs]
+    outs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     digests = [last_json(out)["weights_sha256"] for out, _ in outs]
@@ -434,6 +493,7 @@ def test_two_workers_train_to_identical_weights(prepared_dir, tmp_path):
     assert history_epochs(model_dir) == [1]
 
 
+@pytest.mark.slow
 def test_demo_learns_the_synthetic_findings(tmp_path):
     """The README's first command, end to end: generate, prepare, train ResNet-50 at 64 px."""
     env = {**ENV, "CXR_TF_CACHE": str(tmp_path / "cache")}

@@ -49,8 +49,8 @@ MUTATIONS = (
         ("tests/test_lr_schedule.py",)),
     Mutation(
         "serving_without_the_no_finding_rule", "cxr_tf/serving/graph.py",
-        "labels.decide(probs, thresholds, no_finding, xp=tnp)",
-        "labels.decide(probs, thresholds, None, xp=tnp)",
+        "labels.decide(findings, thresholds, no_finding, xp=tnp)",
+        "labels.decide(findings, thresholds, None, xp=tnp)",
         ("tests/test_export.py::test_served_decisions_with_a_no_finding_output_are_labels_decide",
          "tests/test_export.py::test_no_finding_constraint_in_the_decision")),
     Mutation(
