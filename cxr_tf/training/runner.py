@@ -50,10 +50,13 @@ def make_optimizer(name, learning_rate, *, total_steps, warmup_steps=0, lr_sched
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
-    elif lr_schedule == "constant":
+    elif lr_schedule in ("constant", "plateau"):
+        # plateau: keras.callbacks.ReduceLROnPlateau assigns the optimizer's learning rate,
+        # which must then be a plain number (a variable in the optimizer and its backup).
         lr = learning_rate
     else:
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        raise ValueError(f"lr_schedule must be 'cosine', 'constant' or 'plateau', got "
+                         f"{lr_schedule!r}")
     wd = weight_decay or None
     if name == "adam":
         return keras.optimizers.Adam(lr, weight_decay=wd)
@@ -293,7 +296,17 @@ def make_callbacks(config, data, run_dir, initial_epoch):
                                                    labels.LABELS, metric_logdir, "test"))
     return callbacks.standard_callbacks(run_dir, epoch_metrics=measured, epochs=config.epochs,
                                         initial_epoch=initial_epoch,
-                                        early_stop_patience=config.early_stop_patience)
+                                        early_stop_patience=config.early_stop_patience,
+                                        monitor=config.monitor, plateau=plateau(config))
+
+
+def plateau(config):
+    """The plateau schedule's settings (callbacks.Plateau), or None for another schedule."""
+    if config.lr_schedule != "plateau":
+        return None
+    return callbacks.Plateau(factor=config.lr_plateau_factor,
+                             patience=config.lr_plateau_patience,
+                             min_delta=config.lr_plateau_min_delta, min_lr=config.lr_plateau_min)
 
 
 def eval_split(config, data, split):
@@ -310,8 +323,7 @@ def train_stream(config, data, strategy, *, steps_per_epoch, initial_epoch):
     batch_size / num_replicas_in_sync examples per step."""
     options = input_pipeline.TrainOptions(
         seed=config.seed,
-        augment=(functools.partial(input_pipeline.augment, hflip=config.hflip)
-                 if config.augment else None),
+        augment=augment_fn(config),
         target_fn=input_pipeline.with_no_finding if config.no_finding_output else None,
         cache=config.cache, deterministic=config.deterministic)
 
@@ -327,6 +339,16 @@ def train_stream(config, data, strategy, *, steps_per_epoch, initial_epoch):
             input_context=input_context)
 
     return strategy.distribute_datasets_from_function(train_fn)
+
+
+def augment_fn(config):
+    """The training batches' augmentation: none, the mild set (with a flip if hflip), or a
+    random horizontal flip alone (augment_ops flip, which needs hflip)."""
+    if not config.augment:
+        return None
+    if config.augment_ops == "flip":
+        return input_pipeline.random_flip
+    return functools.partial(input_pipeline.augment, hflip=config.hflip)
 
 
 def fit(net, config, data, strategy, cbs, *, steps_per_epoch, initial_epoch, verbose="auto"):
