@@ -47,6 +47,36 @@ def test_paper_flagfiles_dry_run_from_any_directory(tmp_path, name, threshold):
     assert "parameters: 23,583,566" in proc.stdout
 
 
+def test_chexnet_flagfile_resolves_to_the_papers_recipe(tmp_path, monkeypatch):
+    """In process, as the train app parses it: CheXNet's recipe (arXiv:1711.05225), and its
+    weights arguments pass the check a dry run makes (nothing is downloaded)."""
+    from absl import flags as absl_flags
+
+    from cxr_tf import flags, pretrained
+    from cxr_tf.runs.config import RunConfig
+
+    monkeypatch.chdir(tmp_path)  # found among the packaged configs, from any directory
+    values = absl_flags.FlagValues()
+    flags.define_train_flags(values)
+    values(flags.expand_flagfiles(["train", "--flagfile=chexnet.cfg", "--dry_run"]))
+    config = flags.build_config(RunConfig, values)
+    assert values.dry_run
+    assert (config.arch, config.weights, config.image_size, config.batch_size) == \
+        ("densenet121", "imagenet", 224, 16)
+    assert (config.optimizer, config.learning_rate, config.weight_decay) == ("adam", 0.001, 0.0)
+    assert (config.lr_schedule, config.lr_plateau_factor, config.lr_plateau_patience,
+            config.warmup_epochs, config.monitor) == ("plateau", 0.1, 1, 0.0, "val_loss")
+    assert (config.augment, config.hflip, config.augment_ops) == (True, True, "flip")
+    assert (config.pos_weight, config.thresholds, config.epochs) == ("none", (0.5,), 20)
+    pretrained.check_weights(config.arch, config.weights, config.imagenet_weights)
+    shrunk = absl_flags.FlagValues()
+    flags.define_train_flags(shrunk)
+    shrunk(flags.expand_flagfiles(["train", "--flagfile=chexnet.cfg", "--weights=",
+                                   "--image_size=64", "--epochs=2", "--steps_per_epoch=20"]))
+    assert flags.build_config(RunConfig, shrunk) == config.replace(
+        weights="", image_size=64, epochs=2, steps_per_epoch=20)
+
+
 def test_later_flags_override_the_flagfile(tmp_path):
     proc = train("--flagfile=thr05.cfg", "--learning_rate=0.002", "--dry_run", cwd=tmp_path)
     assert json.loads(proc.stdout.splitlines()[0])["learning_rate"] == 0.002
