@@ -202,6 +202,63 @@ def test_a_run_stopped_mid_epoch_resumes_bitwise_identical(resume_args, uninterr
         "state": "complete", "epochs_done": 3, "epochs": 3, "reason": None, "detail": None}
 
 
+# Runs the train app with a callback that SIGKILLs the process at a fixed step: the second
+# step of the third epoch (argv[1], counted from 1), after the learning rate dropped.
+KILL_IN_EPOCH = """
+import os, runpy, signal, sys
+import keras
+from cxr_tf.training import runner
+
+EPOCH = int(sys.argv[1])
+
+class KillInEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == EPOCH and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+make_callbacks = runner.make_callbacks
+runner.make_callbacks = lambda *args: [KillInEpoch(), *make_callbacks(*args)]
+sys.argv = ["train", *sys.argv[2:]]
+runpy.run_module("cxr_tf.train", run_name="__main__")
+"""
+
+
+def learning_rates(model_dir):
+    with open(os.path.join(model_dir, "history.csv"), newline="") as f:
+        return [float(row["learning_rate"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_a_plateau_run_killed_after_its_learning_rate_dropped_resumes_bitwise_identical(
+        prepared_dir, tmp_path):
+    """ReduceLROnPlateau's counters and best value are in the backup: without them the resumed
+    run would count the third epoch as a first best and not drop the rate after it."""
+    # No epoch improves by 1e9 (min_delta), so with patience 1 the rate drops after epochs 2
+    # and 3; the monitored val_loss makes best.keras the lowest-loss epoch.
+    args = [f"--data_dir={prepared_dir}", "--epochs=4", "--steps_per_epoch=3", "--deterministic",
+            "--seed=3", "--lr_schedule=plateau", "--lr_plateau_patience=1",
+            "--lr_plateau_min_delta=1e9", "--monitor=val_loss", *TINY]
+    reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
+    reference = last_json(train(f"--model_dir={reference_dir}", *args).stdout)
+    assert learning_rates(reference_dir) == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5], rel=1e-6)
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_EPOCH, "3",
+                             f"--model_dir={model_dir}", *args], env=ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [p.name for p in (model_dir / "backup").iterdir()] == ["epoch-0002.weights.h5"]
+    assert history_epochs(model_dir) == [1, 2]
+
+    rerun = train(f"--model_dir={model_dir}", *args)
+    resumed = last_json(rerun.stdout)
+    assert resumed["resumed_from_epoch"] == 2
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert learning_rates(model_dir) == learning_rates(reference_dir)  # exactly
+    assert (model_dir / "checkpoints" / "best.keras").read_bytes() != b""
+
+
 @pytest.mark.slow
 def test_interrupted_before_an_epoch_finished_a_new_run_dir_is_removed(resume_args, tmp_path):
     model_dir = tmp_path / "new"
