@@ -77,6 +77,16 @@ def test_chexnet_flagfile_resolves_to_the_papers_recipe(tmp_path, monkeypatch):
         weights="", image_size=64, epochs=2, steps_per_epoch=20)
 
 
+def test_a_rerun_of_an_early_stopped_run_names_what_early_stopping_followed():
+    from cxr_tf import train as train_app
+
+    summary = {"stopped": "early_stop", "model_dir": "runs/x", "epochs_done": 3, "epochs": 9}
+    assert train_app.stopped_message(summary, "val_loss") == (
+        "runs/x: the run stopped after epoch 3 of 9 (early stopping: no val_loss decrease for "
+        "--early_stop_patience epochs); nothing to do (--overwrite trains it again)")
+    assert "(early stopping: no val/auc_mean gain for" in train_app.stopped_message(summary)
+
+
 def test_later_flags_override_the_flagfile(tmp_path):
     proc = train("--flagfile=thr05.cfg", "--learning_rate=0.002", "--dry_run", cwd=tmp_path)
     assert json.loads(proc.stdout.splitlines()[0])["learning_rate"] == 0.002
