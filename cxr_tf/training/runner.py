@@ -51,8 +51,7 @@ def make_optimizer(name, learning_rate, *, total_steps, warmup_steps=0, lr_sched
             warmup_steps=warmup_steps,
         )
     elif lr_schedule in ("constant", "plateau"):
-        # plateau: keras.callbacks.ReduceLROnPlateau assigns the optimizer's learning rate,
-        # which must then be a plain number (a variable in the optimizer and its backup).
+        # plateau: ReduceLROnPlateau assigns it, so a number (an optimizer variable, backed up).
         lr = learning_rate
     else:
         raise ValueError(f"lr_schedule must be 'cosine', 'constant' or 'plateau', got "
@@ -294,19 +293,13 @@ def make_callbacks(config, data, run_dir, initial_epoch):
     if config.eval_test_each_epoch:
         measured.append(epoch_metrics.EpochMetrics(*eval_split(config, data, "test"), thresholds,
                                                    labels.LABELS, metric_logdir, "test"))
+    plateau = (callbacks.Plateau(config.lr_plateau_factor, config.lr_plateau_patience,
+                                 config.lr_plateau_min_delta, config.lr_plateau_min)
+               if config.lr_schedule == "plateau" else None)
     return callbacks.standard_callbacks(run_dir, epoch_metrics=measured, epochs=config.epochs,
                                         initial_epoch=initial_epoch,
                                         early_stop_patience=config.early_stop_patience,
-                                        monitor=config.monitor, plateau=plateau(config))
-
-
-def plateau(config):
-    """The plateau schedule's settings (callbacks.Plateau), or None for another schedule."""
-    if config.lr_schedule != "plateau":
-        return None
-    return callbacks.Plateau(factor=config.lr_plateau_factor,
-                             patience=config.lr_plateau_patience,
-                             min_delta=config.lr_plateau_min_delta, min_lr=config.lr_plateau_min)
+                                        monitor=config.monitor, plateau=plateau)
 
 
 def eval_split(config, data, split):
