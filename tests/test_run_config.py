@@ -72,6 +72,13 @@ def test_frozen_and_replace_checks_again():
     ({"arch": "vgg16"}, "arch must be one of resnet18, resnet34, resnet50, resnet101, "
                         "resnet50_v1, resnet101_v1, densenet121, densenet169, efficientnetv2_s, "
                         "convnext_tiny; received arch='vgg16'"),
+    ({"steps_per_epoch": 0}, "steps_per_epoch must be at least 1; received steps_per_epoch=0"),
+    ({"early_stop_patience": -1}, "early_stop_patience must be at least 0; received "
+                                  "early_stop_patience=-1"),
+    ({"synthetic_num_images": 10}, "synthetic_num_images must be at least 20; received "
+                                   "synthetic_num_images=10"),
+    ({"synthetic_min_prevalence": 1.0}, "synthetic_min_prevalence must lie in [0, 1); "
+                                        "received synthetic_min_prevalence=1.0"),
     ({"lr_schedule": "step"}, "lr_schedule must be one of cosine, constant, plateau; received "
                               "lr_schedule='step'"),
     ({"lr_plateau_factor": 1.0}, "lr_plateau_factor must lie in (0, 1); received "
@@ -84,13 +91,6 @@ def test_frozen_and_replace_checks_again():
                              "monitor='val_auc'"),
     ({"augment_ops": "crop"}, "augment_ops must be one of mild, flip; received "
                               "augment_ops='crop'"),
-    ({"steps_per_epoch": 0}, "steps_per_epoch must be at least 1; received steps_per_epoch=0"),
-    ({"early_stop_patience": -1}, "early_stop_patience must be at least 0; received "
-                                  "early_stop_patience=-1"),
-    ({"synthetic_num_images": 10}, "synthetic_num_images must be at least 20; received "
-                                   "synthetic_num_images=10"),
-    ({"synthetic_min_prevalence": 1.0}, "synthetic_min_prevalence must lie in [0, 1); "
-                                        "received synthetic_min_prevalence=1.0"),
 ])
 def test_errors_name_the_argument_and_the_value(changes, message):
     with pytest.raises(errors.ConfigError) as error:
