@@ -54,16 +54,17 @@ def main(argv):
                    "again)")
         return 0
     if "stopped" in summary:
-        print(json.dumps(summary) if FLAGS.json else stopped_message(summary))
+        print(json.dumps(summary) if FLAGS.json else stopped_message(summary, config.monitor))
         return 1 if summary["stopped"] == "nan_loss" else 0
     print(json.dumps(summary, sort_keys=True) if FLAGS.json else format_summary(summary))
     return 1 if summary["terminated_on_nan"] else 0
 
 
-def stopped_message(summary):
+def stopped_message(summary, monitor="val_auc_mean"):
     """A rerun of a run that stopped by its own rule: what stopped it, and what to do."""
-    why = {"early_stop": "early stopping: no val/auc_mean gain for --early_stop_patience "
-                         "epochs", "nan_loss": "the loss became NaN"}[summary["stopped"]]
+    change = {"val_auc_mean": "val/auc_mean gain", "val_loss": "val_loss decrease"}[monitor]
+    why = {"early_stop": f"early stopping: no {change} for --early_stop_patience epochs",
+           "nan_loss": "the loss became NaN"}[summary["stopped"]]
     return (f"{summary['model_dir']}: the run stopped after epoch {summary['epochs_done']} of "
             f"{summary['epochs']} ({why}); nothing to do (--overwrite trains it again)")
 

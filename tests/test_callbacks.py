@@ -303,3 +303,49 @@ def test_a_corrupt_backup_names_the_file_and_what_to_do(tmp_path):
     assert message.startswith(f"{path}: cannot restore the training state (")
     assert message.endswith("); delete backup/ to restart the unfinished run from epoch 0, or "
                             "train with overwrite to start afresh")
+
+
+def test_the_backup_holds_the_plateau_and_early_stopping_state(tmp_path):
+    """The counters and best values of ReduceLROnPlateau and EarlyStopping travel inside the
+    backup file and come back after their on_train_begin reset them, exactly and as ints;
+    the reduced learning rate comes back as an optimizer variable."""
+    net = tiny_model()
+    net.fit(X, Y, batch_size=4, epochs=1, verbose=0)  # the optimizer built, with state
+    net.optimizer.learning_rate = 0.005  # as ReduceLROnPlateau sets it
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss")
+    stop = keras.callbacks.EarlyStopping(monitor="loss")
+    plateau.wait, plateau.best, plateau.cooldown_counter = np.int64(2), 0.1234567890123, 1
+    stop.wait, stop.best, stop.best_epoch = 1, np.float32(0.25), 4
+    saver = callbacks.EpochBackup(str(tmp_path), stateful=[plateau, stop])
+    saver.set_model(net)
+    saver.on_epoch_end(4)
+
+    restored = tiny_model()
+    fresh = [keras.callbacks.ReduceLROnPlateau(monitor="loss"),
+             keras.callbacks.EarlyStopping(monitor="loss")]
+    backup = callbacks.EpochBackup(str(tmp_path), initial_epoch=5, stateful=fresh)
+    for callback in (*fresh, backup):  # in the order of a run's callback list
+        callback.set_model(restored)
+        callback.on_train_begin()
+    assert (fresh[0].wait, fresh[0].best, fresh[0].cooldown_counter) == (2, 0.1234567890123, 1)
+    assert (fresh[1].wait, fresh[1].best, fresh[1].best_epoch) == (1, 0.25, 4)
+    assert all(type(value) is int for value in (fresh[0].wait, fresh[1].best_epoch))
+    assert float(keras.ops.convert_to_numpy(restored.optimizer.learning_rate)) == \
+        pytest.approx(0.005)
+
+
+def test_a_backup_without_callback_state_restores_the_weights_and_resets_the_state(tmp_path):
+    """A backup written before the state was kept (a plain save_weights file) still resumes."""
+    net = tiny_model()
+    net.fit(X, Y, batch_size=4, epochs=1, verbose=0)
+    os.makedirs(layout.backup_dir(str(tmp_path)))
+    net.save_weights(layout.backup_path(str(tmp_path), 1))
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss")
+    backup = callbacks.EpochBackup(str(tmp_path), initial_epoch=1, stateful=[plateau])
+    restored = tiny_model()
+    for callback in (plateau, backup):
+        callback.set_model(restored)
+        callback.on_train_begin()
+    assert (plateau.wait, plateau.best, plateau.cooldown_counter) == (0, None, 0)
+    for a, b in zip(restored.get_weights(), net.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -289,6 +289,20 @@ def test_no_horizontal_flip_by_default():
     assert (flipped[:, :, :12].mean(axis=(1, 2, 3)) < flipped[:, :, 20:].mean(axis=(1, 2, 3))).any()
 
 
+def test_random_flip_mirrors_some_images_and_changes_no_pixel():
+    """CheXNet's augmentation: each image is exactly itself or its mirror, drawn per image from
+    the seed, in the pipeline as eagerly."""
+    images = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    seed = tf.constant([7, 1], tf.int64)
+    out = input_pipeline.random_flip(tf.constant(images), seed).numpy()
+    same = [np.array_equal(a, b) for a, b in zip(out, images)]
+    mirrored = [np.array_equal(a, b[:, ::-1]) for a, b in zip(out, images)]
+    assert all(s != m for s, m in zip(same, mirrored))  # one or the other, never both
+    assert 16 < sum(mirrored) < 48  # about half of 64
+    ds = tf.data.Dataset.from_tensors((tf.constant(images), seed)).map(input_pipeline.random_flip)
+    np.testing.assert_array_equal(out, next(iter(ds)).numpy())
+
+
 def test_warp_affine_matches_tensorflows_projective_transform():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (3, 20, 24, 1)).astype(np.uint8))

@@ -79,6 +79,18 @@ def test_frozen_and_replace_checks_again():
                                    "synthetic_num_images=10"),
     ({"synthetic_min_prevalence": 1.0}, "synthetic_min_prevalence must lie in [0, 1); "
                                         "received synthetic_min_prevalence=1.0"),
+    ({"lr_schedule": "step"}, "lr_schedule must be one of cosine, constant, plateau; received "
+                              "lr_schedule='step'"),
+    ({"lr_plateau_factor": 1.0}, "lr_plateau_factor must lie in (0, 1); received "
+                                 "lr_plateau_factor=1.0"),
+    ({"lr_plateau_patience": 0}, "lr_plateau_patience must be at least 1; received "
+                                 "lr_plateau_patience=0"),
+    ({"lr_plateau_min": -1e-6}, "lr_plateau_min must be at least 0.0; received "
+                                "lr_plateau_min=-1e-06"),
+    ({"monitor": "val_auc"}, "monitor must be one of val_auc_mean, val_loss; received "
+                             "monitor='val_auc'"),
+    ({"augment_ops": "crop"}, "augment_ops must be one of mild, flip; received "
+                              "augment_ops='crop'"),
 ])
 def test_errors_name_the_argument_and_the_value(changes, message):
     with pytest.raises(errors.ConfigError) as error:
@@ -86,6 +98,48 @@ def test_errors_name_the_argument_and_the_value(changes, message):
     assert str(error.value) == message
     assert error.value.field == next(iter(changes))
     assert "--" not in message  # a library error speaks of arguments, not flags
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr_schedule": "plateau", "warmup_epochs": 0.5},
+     "lr_schedule does not combine with warmup (warmup_epochs=0.5): the plateau schedule sets "
+     "the learning rate itself; set warmup_epochs to 0 or choose another schedule; received "
+     "lr_schedule='plateau'"),
+    ({"augment_ops": "flip"},
+     "augment_ops is a random horizontal flip alone, so it needs augment and hflip on (hflip is "
+     "off); received augment_ops='flip'"),
+    ({"augment_ops": "flip", "augment": False},
+     "augment_ops is a random horizontal flip alone, so it needs augment and hflip on (augment "
+     "and hflip are off); received augment_ops='flip'"),
+    ({"augment_ops": "flip", "augment": False, "hflip": True},
+     "augment_ops is a random horizontal flip alone, so it needs augment and hflip on (augment "
+     "is off); received augment_ops='flip'"),
+])
+def test_contradicting_values_name_both_arguments(changes, message):
+    with pytest.raises(errors.ConfigError) as error:
+        RunConfig(**changes)
+    assert str(error.value) == message
+    assert error.value.field == next(iter(changes))
+
+
+def test_plateau_flip_and_monitor_values_that_agree_are_accepted():
+    config = RunConfig(lr_schedule="plateau", monitor="val_loss", augment_ops="flip",
+                       hflip=True)
+    assert (config.lr_plateau_factor, config.lr_plateau_patience, config.lr_plateau_min) == \
+        (0.1, 1, 0.0)
+    # Every existing command means what it meant: mild augmentation, best on val/auc_mean.
+    assert (RunConfig().augment_ops, RunConfig().monitor) == ("mild", "val_auc_mean")
+    assert RunConfig(augment=False, hflip=True).augment_ops == "mild"
+
+
+def test_the_weights_help_names_every_arch_with_imagenet_weights():
+    from cxr_tf import archs, pretrained
+
+    assert archs.IMAGENET_ARCHS == pretrained.IMAGENET_ARCHS
+    values = absl_flags.FlagValues()
+    flags.define_train_flags(values)
+    for name in ("weights", "imagenet_weights"):
+        assert all(arch in values[name].help for arch in archs.IMAGENET_ARCHS), name
 
 
 def test_the_train_flags_are_the_fields():

@@ -42,6 +42,12 @@ def test_round_trip_keeps_every_value(tmp_path):
     assert record.read(tmp_path) == written
 
 
+# RunConfig fields added after 0.2.0: a record written before them does not know their values.
+ADDED_SINCE_0_2_0 = {"verify_data", "cluster_timeout", "lr_plateau_factor",
+                     "lr_plateau_patience", "lr_plateau_min_delta", "lr_plateau_min", "monitor",
+                     "augment_ops"}
+
+
 def test_the_file_is_flat_with_the_given_values_apart(tmp_path):
     record.write(tmp_path, synthetic_record())
     content = json.loads((tmp_path / "config.json").read_text())
@@ -55,16 +61,15 @@ def test_the_file_is_flat_with_the_given_values_apart(tmp_path):
                                   "prepared": True, "source": {"Data_Entry_2017.csv": "ab12"}}
     # Every key 0.2.0 wrote is still there (users' scripts read them), less its "flags" copy.
     assert set(old_config()) - {"flags"} <= set(content)
-    # ... and the fields added since (verify_data, cluster_timeout).
+    # ... and the fields added since.
     assert set(content) - set(old_config()) == {"record_version", "given", "dataset",
-                                                "verify_data", "cluster_timeout"}
+                                                *ADDED_SINCE_0_2_0}
 
 
 def test_0_2_0_record_with_its_flags_copy():
     run = record.from_json(old_config())
-    # verify_data and cluster_timeout came later: unknown, so never a difference.
-    assert run.version == 1 and run.recorded == frozenset(FIELDS) - {"verify_data",
-                                                                     "cluster_timeout"}
+    # The fields that came later are unknown, so never a difference.
+    assert run.version == 1 and run.recorded == frozenset(FIELDS) - ADDED_SINCE_0_2_0
     config = run.config
     assert (config.arch, config.image_size, config.batch_size, config.epochs) == \
         ("resnet18", 32, 8, 1)
@@ -85,8 +90,7 @@ def test_oldest_record_without_flags_leaves_the_resolved_fields_unknown():
     run = record.from_json(content)
     # The given data_dir and steps_per_epoch are unknown: RunConfig's defaults, not compared.
     assert run.recorded == frozenset(FIELDS) - {"data_dir", "steps_per_epoch",
-                                                "imagenet_weights", "verify_data",
-                                                "cluster_timeout"}
+                                                "imagenet_weights", *ADDED_SINCE_0_2_0}
     assert (run.config.data_dir, run.config.steps_per_epoch) == (None, None)
     assert run.config.imagenet_weights is None and run.config.seed == 0
     assert (run.resolved.data_dir, run.resolved.steps_per_epoch) == ("/cache/synthetic/tfds", 11)

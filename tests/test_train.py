@@ -71,6 +71,44 @@ def test_dry_run_prints_the_config_and_the_paper_models_size(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert json.loads(out.splitlines()[0]) == json.loads(json.dumps(config.to_dict()))
     assert "parameters: 23,583,566" in out  # ResNet-50, 224 px, 14 outputs
+def test_chexnet_flagfile_resolves_to_the_papers_recipe(tmp_path, monkeypatch):
+    """In process, as the train app parses it: CheXNet's recipe (arXiv:1711.05225), and its
+    weights arguments pass the check a dry run makes (nothing is downloaded)."""
+    from absl import flags as absl_flags
+
+    from cxr_tf import flags, pretrained
+    from cxr_tf.runs.config import RunConfig
+
+    monkeypatch.chdir(tmp_path)  # found among the packaged configs, from any directory
+    values = absl_flags.FlagValues()
+    flags.define_train_flags(values)
+    values(flags.expand_flagfiles(["train", "--flagfile=chexnet.cfg", "--dry_run"]))
+    config = flags.build_config(RunConfig, values)
+    assert values.dry_run
+    assert (config.arch, config.weights, config.image_size, config.batch_size) == \
+        ("densenet121", "imagenet", 224, 16)
+    assert (config.optimizer, config.learning_rate, config.weight_decay) == ("adam", 0.001, 0.0)
+    assert (config.lr_schedule, config.lr_plateau_factor, config.lr_plateau_patience,
+            config.warmup_epochs, config.monitor) == ("plateau", 0.1, 1, 0.0, "val_loss")
+    assert (config.augment, config.hflip, config.augment_ops) == (True, True, "flip")
+    assert (config.pos_weight, config.thresholds, config.epochs) == ("none", (0.5,), 20)
+    pretrained.check_weights(config.arch, config.weights, config.imagenet_weights)
+    shrunk = absl_flags.FlagValues()
+    flags.define_train_flags(shrunk)
+    shrunk(flags.expand_flagfiles(["train", "--flagfile=chexnet.cfg", "--weights=",
+                                   "--image_size=64", "--epochs=2", "--steps_per_epoch=20"]))
+    assert flags.build_config(RunConfig, shrunk) == config.replace(
+        weights="", image_size=64, epochs=2, steps_per_epoch=20)
+
+
+def test_a_rerun_of_an_early_stopped_run_names_what_early_stopping_followed():
+    from cxr_tf import train as train_app
+
+    summary = {"stopped": "early_stop", "model_dir": "runs/x", "epochs_done": 3, "epochs": 9}
+    assert train_app.stopped_message(summary, "val_loss") == (
+        "runs/x: the run stopped after epoch 3 of 9 (early stopping: no val_loss decrease for "
+        "--early_stop_patience epochs); nothing to do (--overwrite trains it again)")
+    assert "(early stopping: no val/auc_mean gain for" in train_app.stopped_message(summary)
 
 
 def test_later_flags_override_the_flagfile(tmp_path, monkeypatch):
@@ -190,6 +228,63 @@ def test_a_run_stopped_mid_epoch_resumes_bitwise_identical(resume_args, uninterr
     assert not (model_dir / "backup").exists()  # removed once training completed
     assert json.loads((model_dir / "config.json").read_text())["status"] == {
         "state": "complete", "epochs_done": 3, "epochs": 3, "reason": None, "detail": None}
+
+
+# Runs the train app with a callback that SIGKILLs the process at a fixed step: the second
+# step of the third epoch (argv[1], counted from 1), after the learning rate dropped.
+KILL_IN_EPOCH = """
+import os, runpy, signal, sys
+import keras
+from cxr_tf.training import runner
+
+EPOCH = int(sys.argv[1])
+
+class KillInEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == EPOCH and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+make_callbacks = runner.make_callbacks
+runner.make_callbacks = lambda *args: [KillInEpoch(), *make_callbacks(*args)]
+sys.argv = ["train", *sys.argv[2:]]
+runpy.run_module("cxr_tf.train", run_name="__main__")
+"""
+
+
+def learning_rates(model_dir):
+    with open(os.path.join(model_dir, "history.csv"), newline="") as f:
+        return [float(row["learning_rate"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_a_plateau_run_killed_after_its_learning_rate_dropped_resumes_bitwise_identical(
+        prepared_dir, tmp_path):
+    """ReduceLROnPlateau's counters and best value are in the backup: without them the resumed
+    run would count the third epoch as a first best and not drop the rate after it."""
+    # No epoch improves by 1e9 (min_delta), so with patience 1 the rate drops after epochs 2
+    # and 3; the monitored val_loss makes best.keras the lowest-loss epoch.
+    args = [f"--data_dir={prepared_dir}", "--epochs=4", "--steps_per_epoch=3", "--deterministic",
+            "--seed=3", "--lr_schedule=plateau", "--lr_plateau_patience=1",
+            "--lr_plateau_min_delta=1e9", "--monitor=val_loss", *TINY]
+    reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
+    reference = last_json(train(f"--model_dir={reference_dir}", *args).stdout)
+    assert learning_rates(reference_dir) == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5], rel=1e-6)
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_EPOCH, "3",
+                             f"--model_dir={model_dir}", *args], env=ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [p.name for p in (model_dir / "backup").iterdir()] == ["epoch-0002.weights.h5"]
+    assert history_epochs(model_dir) == [1, 2]
+
+    rerun = train(f"--model_dir={model_dir}", *args)
+    resumed = last_json(rerun.stdout)
+    assert resumed["resumed_from_epoch"] == 2
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert learning_rates(model_dir) == learning_rates(reference_dir)  # exactly
+    assert (model_dir / "checkpoints" / "best.keras").read_bytes() != b""
 
 
 @pytest.mark.slow

@@ -72,6 +72,14 @@ def _augment(images, seed, *, hflip, max_rotation_deg, scale, max_shift, max_bri
     return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
 
+def random_flip(images, seed):
+    """A random horizontal flip alone (each image with probability 1/2) of a uint8 [B,S,S,1]
+    batch, drawn statelessly from `seed` (shape [2]): CheXNet's only augmentation. The pixels
+    are moved, never resampled, so the images stay exactly the stored ones or their mirror."""
+    flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
 def warp_affine(images, transforms):
     """Bilinear affine warp of [B,H,W,1] images, zero outside: output pixel (x, y) reads the
     input at (t0·x + t1·y + t2, t3·x + t4·y + t5), t = transforms[b] ([B, 6]). The same

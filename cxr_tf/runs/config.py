@@ -12,14 +12,18 @@ argument and the value received, never a command-line flag.
 
 import dataclasses
 
-from cxr_tf import archs, labels, options, schema
+from cxr_tf import archs, errors, labels, options, schema
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "plateau")
+# What best.keras, early stopping and the plateau schedule follow (validation only).
+MONITORS = ("val_auc_mean", "val_loss")
+AUGMENT_OPS = ("mild", "flip")
 POS_WEIGHTS = ("none", "balanced")
 MIXED_PRECISION = ("auto", "bfloat16", "float16", "off")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 MIN_SYNTHETIC_IMAGES = 20
+_IMAGENET_ARCHS = ", ".join(archs.IMAGENET_ARCHS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +46,10 @@ class RunConfig:
     arch: str = schema.option("resnet50", "Backbone.", choices=archs.ARCHS)
     weights: str | None = options.path(
         "Weights to start from: a file (.weights.h5 or .keras), or imagenet (with arch "
-        "resnet50_v1 or resnet101_v1).")
+        f"{_IMAGENET_ARCHS}).")
     imagenet_weights: str | None = options.path(
-        "Local copy of Keras's resnet50/101 notop ImageNet weights (.h5), for machines "
-        "without internet; used with weights imagenet.")
+        "Local copy of the arch's keras.applications notop ImageNet weights (.h5; archs "
+        f"{_IMAGENET_ARCHS}), for machines without internet; used with weights imagenet.")
     overwrite: bool = options.overwrite(
         "Start afresh, deleting what model_dir holds; without it a completed run is not "
         "retrained.")
@@ -56,9 +60,25 @@ class RunConfig:
     optimizer: str = schema.option("adam", "Optimizer.", choices=OPTIMIZERS)
     weight_decay: float = schema.option(0.0, "Decoupled weight decay (adamw, sgd).", lower=0.0)
     lr_schedule: str = schema.option(
-        "cosine", "cosine decays to 0 over all training steps (after warmup).",
+        "cosine", "cosine decays to 0 over all training steps (after warmup); constant keeps "
+        "the learning rate; plateau multiplies it by lr_plateau_factor each time the monitored "
+        "value has not improved for lr_plateau_patience epochs (no warmup).",
         choices=LR_SCHEDULES)
     warmup_epochs: float = schema.option(0.0, "Linear warmup length in epochs.", lower=0.0)
+    lr_plateau_factor: float = schema.option(
+        0.1, "plateau: the factor each reduction multiplies the learning rate by.",
+        check=schema.in_open_unit_interval)
+    lr_plateau_patience: int = options.count(
+        1, "plateau: epochs without improvement of the monitored value before a reduction.")
+    lr_plateau_min_delta: float = schema.option(
+        1e-4, "plateau: an epoch improves on the best value only by more than this (absolute).",
+        lower=0.0)
+    lr_plateau_min: float = schema.option(
+        0.0, "plateau: the learning rate is never reduced below this.", lower=0.0)
+    monitor: str = schema.option(
+        "val_auc_mean", "The validation value that picks best.keras and drives early stopping "
+        "and the plateau schedule: val_auc_mean (higher is better) or val_loss (lower is "
+        "better).", choices=MONITORS)
     thresholds: tuple = schema.option(
         (0.5,), "Decision thresholds for F1/precision/recall, each in (0, 1).",
         convert=schema.floats, check=schema.in_open_unit_interval)
@@ -81,7 +101,11 @@ class RunConfig:
     seed: int = options.seed()
     deterministic: bool = schema.option(
         False, "keras.utils.set_random_seed + TF op determinism (bitwise-repeatable runs).")
-    augment: bool = schema.option(True, "Mild crop/scale, rotation, brightness/contrast.")
+    augment: bool = schema.option(True, "Augment the training images, as augment_ops says.")
+    augment_ops: str = schema.option(
+        "mild", "What augment applies: mild (crop/scale, rotation, brightness/contrast, and a "
+        "horizontal flip with hflip) or flip (a random horizontal flip alone; needs hflip).",
+        choices=AUGMENT_OPS)
     hflip: bool = schema.option(False, "Also flip horizontally (off: the heart's side matters).")
     cache: bool = schema.option(False, "Cache the stored training images (raw or PNG) in "
                                        "memory.")
@@ -92,7 +116,8 @@ class RunConfig:
     steps_per_epoch: int | None = options.count(None, "Limit steps per epoch (smoke runs).")
     verify_data: bool = options.verify_data()
     early_stop_patience: int = options.count(
-        0, "Stop after this many epochs without val/auc_mean gain (0: off).", lower=0)
+        0, "Stop after this many epochs without improvement of the monitored value (0: off).",
+        lower=0)
     synthetic: bool = schema.option(
         False, "With no data_dir: generate and prepare the synthetic Kaggle-layout dataset "
         "into a cache dir and train on it.")
@@ -105,9 +130,27 @@ class RunConfig:
 
     def __post_init__(self):
         schema.check(self)
+        self._check_combinations()
         if self.synthetic and not self.data_dir:  # prepared here, with the default limit
             options.check_image_fits(self.image_size, options.MAX_PIXELS,
                                      "the synthetic data's max_pixels")
+
+    def _check_combinations(self):
+        """Values that are each valid but contradict each other."""
+        if self.lr_schedule == "plateau" and self.warmup_epochs:
+            # ReduceLROnPlateau sets the optimizer's learning rate itself: it needs a plain
+            # number there, not a schedule that a warmup would be.
+            raise errors.ConfigError(
+                "lr_schedule", self.lr_schedule,
+                f"does not combine with warmup (warmup_epochs={self.warmup_epochs:g}): the "
+                "plateau schedule sets the learning rate itself; set warmup_epochs to 0 or "
+                "choose another schedule")
+        if self.augment_ops == "flip" and not (self.augment and self.hflip):
+            off = [name for name in ("augment", "hflip") if not getattr(self, name)]
+            raise errors.ConfigError(
+                "augment_ops", self.augment_ops,
+                "is a random horizontal flip alone, so it needs augment and hflip on "
+                f"({' and '.join(off)} {'is' if len(off) == 1 else 'are'} off)")
 
     @property
     def num_outputs(self):

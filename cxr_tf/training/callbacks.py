@@ -9,16 +9,26 @@ epoch counts as done only once everything else about it is on disk. RunStatus st
 before it: at the end of training the status is recorded (complete, or stopped early) before
 the backup is removed, so no instant looks finished without saying so.
 
+The run's `monitor` (a RunConfig value, `MONITORED` below) picks best.keras and drives early
+stopping and the plateau schedule (keras.callbacks.ReduceLROnPlateau, placed after EpochMetrics
+so that it sees the validation values, and before EpochBackup so that the reduced learning rate
+is saved). The state of the stateful Keras callbacks (the plateau's and early stopping's
+counters and best value) is saved inside each backup file, so that a resumed run reduces the
+learning rate and stops at the same epochs as an uninterrupted one.
+
 Every file is written through `cxr_tf.atomic` (beside, then renamed) at the paths
 `cxr_tf.runs.layout` owns. Only public Keras API is used here.
 """
 
 import csv
+import dataclasses
 import io
+import json
 import math
 import os
 import shutil
 
+import h5py
 import keras
 import numpy as np
 
@@ -26,6 +36,26 @@ from cxr_tf import atomic
 from cxr_tf.runs import RunDirError, checkpoints, history, layout, record
 from cxr_tf.training import keras_compat
 from cxr_tf.training.epoch_metrics import MONITOR, CompactProgbarLogger, TensorBoard
+
+
+# RunConfig.monitor -> (the key in Keras's logs, whether higher or lower is better).
+MONITORED = {"val_auc_mean": (MONITOR, "max"), "val_loss": ("val_loss", "min")}
+
+# The attributes that are a Keras callback's state between epochs (on_train_begin resets them):
+# what a resumed run must hand back to behave as if it had never stopped.
+CALLBACK_STATE = {keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+                  keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch")}
+# The backup file's root attribute that holds that state, as JSON.
+STATE_ATTRIBUTE = "cxr_tf_callback_state"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plateau:
+    """The plateau schedule's settings, as keras.callbacks.ReduceLROnPlateau names them."""
+    factor: float = 0.1
+    patience: int = 1
+    min_delta: float = 1e-4
+    min_lr: float = 0.0
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
@@ -133,13 +163,17 @@ class EpochBackup(keras.callbacks.Callback):
         initial_epoch: the epoch fit() starts at (`runs.layout.resume_epoch`); its backup is
             restored at the start of training.
         on_step: test hook, called with "written", "renamed", "pruned" during each save.
+        stateful: Keras callbacks of the same fit() whose state (`CALLBACK_STATE`) is saved in
+            each backup file (one HDF5 attribute, so weights and state are one atomic unit)
+            and handed back on restore, after their on_train_begin reset it.
     """
 
-    def __init__(self, model_dir, initial_epoch=0, on_step=None):
+    def __init__(self, model_dir, initial_epoch=0, on_step=None, stateful=()):
         super().__init__()
         self.model_dir = model_dir
         self.initial_epoch = initial_epoch
         self.on_step = on_step or (lambda step: None)
+        self.stateful = list(stateful)
 
     def on_train_begin(self, logs=None):
         directory = layout.backup_dir(self.model_dir)
@@ -158,6 +192,15 @@ class EpochBackup(keras.callbacks.Callback):
             raise RunDirError(
                 f"{path}: cannot restore the training state ({type(e).__name__}: {e}); "
                 f"{checkpoints.what_to_do(path)}") from e
+        saved = _read_state(path)
+        for callback in self.stateful:
+            # A backup without it (an older cxr_tf) leaves the reset state, as before.
+            for name, value in saved.get(type(callback).__name__, {}).items():
+                setattr(callback, name, value)
+
+    def _state(self):
+        return {type(cb).__name__: {name: _number(getattr(cb, name))
+                                    for name in _state_names(cb)} for cb in self.stateful}
 
     def on_epoch_end(self, epoch, logs=None):
         path = layout.backup_path(self.model_dir, epoch + 1)
@@ -166,12 +209,15 @@ class EpochBackup(keras.callbacks.Callback):
         # full disk leaves a file object whose cleanup fails twice at exit and crashes the
         # process (exit 139) after the error was reported.
         data = keras_compat.weights_file_bytes(self.model)
+        state = json.dumps(self._state())
         with atomic.replacing(path) as tmp:
             if data is None:  # another Keras release: its own writer
                 self.model.save_weights(tmp)
+                with h5py.File(tmp, "r+") as f:
+                    f.attrs[STATE_ATTRIBUTE] = state
             else:
                 with open(tmp, "wb") as f:
-                    f.write(data)
+                    f.write(_with_state(data, state))
             self.on_step("written")
         self.on_step("renamed")
         for older, older_path in layout.backup_files(self.model_dir).items():
@@ -184,6 +230,33 @@ class EpochBackup(keras.callbacks.Callback):
         # recorded how: the state to resume from is no longer needed.
         shutil.rmtree(layout.backup_dir(self.model_dir), ignore_errors=True)
         self.on_step("removed")
+
+
+def _state_names(callback):
+    return next(names for cls, names in CALLBACK_STATE.items() if isinstance(callback, cls))
+
+
+def _number(value):
+    """A state value as JSON keeps it exactly: None, an int, or a float (repr round-trips;
+    json writes an infinite best as Infinity and reads it back)."""
+    if value is None:
+        return None
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
+def _with_state(data, state):
+    """The HDF5 file image `data` with `state` (JSON text) added as a root attribute."""
+    buffer = io.BytesIO(data)
+    with h5py.File(buffer, "r+") as f:
+        f.attrs[STATE_ATTRIBUTE] = state
+    return buffer.getvalue()
+
+
+def _read_state(path):
+    """{callback class name: {attribute: value}} saved in the backup at `path` ({} if none)."""
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get(STATE_ATTRIBUTE)
+    return json.loads(text) if text is not None else {}
 
 
 class RunStatus(keras.callbacks.Callback):
@@ -234,23 +307,31 @@ class RunStatus(keras.callbacks.Callback):
 
 
 def standard_callbacks(model_dir, *, epoch_metrics, epochs, initial_epoch=0,
-                       early_stop_patience=0, tensorboard=True):
+                       early_stop_patience=0, tensorboard=True, monitor="val_auc_mean",
+                       plateau=None):
     """The callback list of a run, in the order explained in the module docstring.
 
     epoch_metrics: EpochMetrics instances (validation first; a test one is only logged).
     epochs: the epochs configured (for the recorded status).
+    monitor: a key of MONITORED. plateau: a Plateau for the plateau schedule, else None.
     """
+    key, mode = MONITORED[monitor]
     callbacks = list(epoch_metrics)
     if tensorboard:
         callbacks.append(TensorBoard(layout.logs_dir(model_dir)))
     callbacks.append(CompactProgbarLogger())
     callbacks.append(ResumableCSVLogger(layout.history_path(model_dir),
                                         initial_epoch=initial_epoch))
-    callbacks.append(AtomicCheckpoint(model_dir))
+    callbacks.append(AtomicCheckpoint(model_dir, monitor=key, mode=mode))
+    stateful = []
     if early_stop_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=MONITOR, mode="max", patience=early_stop_patience, verbose=1))
+        stateful.append(keras.callbacks.EarlyStopping(
+            monitor=key, mode=mode, patience=early_stop_patience, verbose=1))
+    if plateau is not None:
+        stateful.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=key, mode=mode, verbose=1, **dataclasses.asdict(plateau)))
+    callbacks.extend(stateful)
     callbacks.append(keras.callbacks.TerminateOnNaN())
     callbacks.append(RunStatus(model_dir, epochs, initial_epoch))
-    callbacks.append(EpochBackup(model_dir, initial_epoch))
+    callbacks.append(EpochBackup(model_dir, initial_epoch, stateful=stateful))
     return callbacks

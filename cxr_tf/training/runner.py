@@ -50,10 +50,12 @@ def make_optimizer(name, learning_rate, *, total_steps, warmup_steps=0, lr_sched
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
-    elif lr_schedule == "constant":
+    elif lr_schedule in ("constant", "plateau"):
+        # plateau: ReduceLROnPlateau assigns it, so a number (an optimizer variable, backed up).
         lr = learning_rate
     else:
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        raise ValueError(f"lr_schedule must be 'cosine', 'constant' or 'plateau', got "
+                         f"{lr_schedule!r}")
     wd = weight_decay or None
     if name == "adam":
         return keras.optimizers.Adam(lr, weight_decay=wd)
@@ -291,9 +293,13 @@ def make_callbacks(config, data, run_dir, initial_epoch):
     if config.eval_test_each_epoch:
         measured.append(epoch_metrics.EpochMetrics(*eval_split(config, data, "test"), thresholds,
                                                    labels.LABELS, metric_logdir, "test"))
+    plateau = (callbacks.Plateau(config.lr_plateau_factor, config.lr_plateau_patience,
+                                 config.lr_plateau_min_delta, config.lr_plateau_min)
+               if config.lr_schedule == "plateau" else None)
     return callbacks.standard_callbacks(run_dir, epoch_metrics=measured, epochs=config.epochs,
                                         initial_epoch=initial_epoch,
-                                        early_stop_patience=config.early_stop_patience)
+                                        early_stop_patience=config.early_stop_patience,
+                                        monitor=config.monitor, plateau=plateau)
 
 
 def eval_split(config, data, split):
@@ -310,8 +316,7 @@ def train_stream(config, data, strategy, *, steps_per_epoch, initial_epoch):
     batch_size / num_replicas_in_sync examples per step."""
     options = input_pipeline.TrainOptions(
         seed=config.seed,
-        augment=(functools.partial(input_pipeline.augment, hflip=config.hflip)
-                 if config.augment else None),
+        augment=augment_fn(config),
         target_fn=input_pipeline.with_no_finding if config.no_finding_output else None,
         cache=config.cache, deterministic=config.deterministic)
 
@@ -327,6 +332,16 @@ def train_stream(config, data, strategy, *, steps_per_epoch, initial_epoch):
             input_context=input_context)
 
     return strategy.distribute_datasets_from_function(train_fn)
+
+
+def augment_fn(config):
+    """The training batches' augmentation: none, the mild set (with a flip if hflip), or a
+    random horizontal flip alone (augment_ops flip, which needs hflip)."""
+    if not config.augment:
+        return None
+    if config.augment_ops == "flip":
+        return input_pipeline.random_flip
+    return functools.partial(input_pipeline.augment, hflip=config.hflip)
 
 
 def fit(net, config, data, strategy, cbs, *, steps_per_epoch, initial_epoch, verbose="auto"):
