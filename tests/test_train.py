@@ -186,9 +186,7 @@ def wait_for(proc, predicate, what):
 
 
 @pytest.mark.slow
-# SIGINT takes the same path as SIGTERM in the app (cxr_tf.cli), and tests/test_distribute.py
-# sends both to a waiting worker; here SIGTERM stands for the two.
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM],
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
                          ids=lambda signum: signum.name)
 def test_a_run_stopped_mid_epoch_resumes_bitwise_identical(resume_args, uninterrupted, tmp_path,
                                                            signum):
