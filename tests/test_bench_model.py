@@ -50,22 +50,15 @@ def test_bench_model_prints_one_json_line():
         "XLA FLOP counts need KERAS_BACKEND=jax: not counted under tensorflow")
 
 
-def test_an_unknown_arch_is_rejected():
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "bench_model.py"), "--arch=vgg16"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
+@pytest.mark.parametrize("flag, message", [
+    ("--arch=vgg16", "argument --arch: invalid choice: 'vgg16'"),
+    ("--batch_size=0", "--batch_size must be >= 1; received 0"),
+], ids=["unknown_arch", "bad_batch_size"])
+def test_a_bad_flag_is_rejected_with_its_value(flag, message):
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_model.py"), flag],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "argument --arch: invalid choice: 'vgg16'" in proc.stderr
-
-
-def test_bad_flag_is_rejected_with_its_value():
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "bench_model.py"), "--batch_size=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "--batch_size must be >= 1; received 0" in proc.stderr
+    assert message in proc.stderr
 
 
 @pytest.mark.slow  # about a minute here: resnet18 and ResNet50 compiled under XLA

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from cxr_tf import errors
+from cxr_tf.testing import processes
 from cxr_tf.training import cluster, distribute, keras_compat
 
 
@@ -108,16 +109,6 @@ def test_keras_compat_is_the_only_module_with_private_keras_names():
 
 # --- a cluster within its timeout -------------------------------------------------------
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def tf_config(ports, index=0):
     return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                        "task": {"type": "worker", "index": index}})
@@ -138,7 +129,7 @@ def test_a_tf_config_that_cannot_be_used_is_one_line(value, message):
 
 
 def test_waiting_ends_when_every_peer_answers_or_names_the_silent_ones():
-    up, down = free_ports(2)
+    up, down = processes.free_ports(2)
     peers = {("worker", 1): f"127.0.0.1:{up}", ("worker", 2): f"127.0.0.1:{down}"}
     with cluster.answering(up):  # as a waiting peer answers on its own port
         cluster.wait_for({("worker", 1): peers[("worker", 1)]}, time.monotonic() + 60, 60)
@@ -169,7 +160,7 @@ def cluster_train(prepared_dir, tmp_path, ports, *flags):
 
 @pytest.mark.slow
 def test_a_worker_whose_peer_never_starts_ends_naming_it(prepared_dir, tmp_path):
-    ports = free_ports(2)
+    ports = processes.free_ports(2)
     proc = cluster_train(prepared_dir, tmp_path, ports, "--cluster_timeout=5")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in err, err
@@ -186,7 +177,7 @@ def test_a_peer_that_answers_but_never_joins_is_bounded_by_tensorflows_barrier(p
                                                                                tmp_path):
     """Something else answers on worker 1's port: the wait in Python passes, and
     TensorFlow's register barrier (bounded by the time left) names worker 1."""
-    ports = free_ports(2)
+    ports = processes.free_ports(2)
     with cluster.answering(ports[1]):
         proc = cluster_train(prepared_dir, tmp_path, ports, "--cluster_timeout=10")
         _, err = proc.communicate(timeout=300)
@@ -203,7 +194,7 @@ def test_a_peer_that_answers_but_never_joins_is_bounded_by_tensorflows_barrier(p
                          ids=lambda signum: signum.name)
 def test_a_signal_ends_the_wait_for_the_cluster(prepared_dir, tmp_path, signum):
     """TensorFlow's own wait ignores both (it holds the interpreter, and logs SIGTERM only)."""
-    ports = free_ports(2)
+    ports = processes.free_ports(2)
     proc = cluster_train(prepared_dir, tmp_path, ports, "--cluster_timeout=600")
     for line in proc.stderr:  # the marker: the wait has begun
         if line.startswith("waiting up to"):

@@ -17,6 +17,7 @@ from cxr_tf import labels
 from cxr_tf.data import image_header, images
 from cxr_tf.runs import checkpoints, thresholds
 from cxr_tf.serving import graph
+from cxr_tf.testing import processes
 from cxr_tf.testing.image_bytes import encode, insert_after_ihdr
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -122,15 +123,7 @@ def test_export_app(trained_run, tmp_path):
         pytest.approx([0.3] * 14)
 
 
-_NO_CXR_TF = r"""
-import json, sys
-
-class BlockCxrTf:  # a process that has TensorFlow but cannot import cxr_tf
-    def find_spec(self, name, path=None, target=None):
-        if name == "cxr_tf" or name.startswith("cxr_tf."):
-            raise ImportError(f"{name} is blocked in this process")
-
-sys.meta_path.insert(0, BlockCxrTf())
+_NO_CXR_TF = processes.BLOCK_CXR_TF + r"""
 try:
     import cxr_tf
     blocked = False

@@ -15,6 +15,7 @@ import pytest
 
 from cxr_tf import labels
 from cxr_tf.data import metadata
+from cxr_tf.testing import processes
 
 pytestmark = pytest.mark.slow  # every test here runs the apps
 
@@ -122,15 +123,7 @@ def test_export_bakes_the_decisions_and_says_which_fell_back(run, exported):
     assert "  calibration: temperature (2 of 14 outputs calibrated)" in stdout
 
 
-_NO_CXR_TF = r"""
-import json, sys
-
-class BlockCxrTf:  # a process that has TensorFlow but cannot import cxr_tf
-    def find_spec(self, name, path=None, target=None):
-        if name == "cxr_tf" or name.startswith("cxr_tf."):
-            raise ImportError(f"{name} is blocked in this process")
-
-sys.meta_path.insert(0, BlockCxrTf())
+_NO_CXR_TF = processes.BLOCK_CXR_TF + r"""
 import numpy as np
 import tensorflow as tf
 

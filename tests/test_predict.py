@@ -255,6 +255,19 @@ def hostile(tmp_path_factory, folder):
     return root
 
 
+def hostile_failures(hostile):
+    """{file name: the failure reason predict gives} for the `hostile` folder's bad files."""
+    shown = str(hostile) + "/"
+    return {
+        "fifo.png": f"{shown}fifo.png: a FIFO, not an image file",
+        "zero.png": f"{shown}zero.png: a character device, not an image file",
+        "loop.png": f"{shown}loop.png: Too many levels of symbolic links",
+        "narrow.png": f"{shown}narrow.png: declares 1x40000, padded to 40000x40000 = "
+                      "1,600,000,000 pixels, over the 50,000,000 limit",
+        "jpegls.dcm": f"{shown}jpegls.dcm: no decoder for JPEG-LS Lossless Image Compression",
+    }
+
+
 @pytest.mark.slow
 def test_hostile_folder_every_file_predicted_or_one_failure(hostile, models, tmp_path):
     _, export_dir = models
@@ -266,15 +279,7 @@ def test_hostile_folder_every_file_predicted_or_one_failure(hostile, models, tmp
     assert proc.returncode == 1, proc.stderr  # some failed; none hung, none crashed the job
     summary = json.loads(proc.stdout)
     reasons = {os.path.basename(f["file"]): f["reason"] for f in summary["failed"]}
-    shown = str(hostile) + "/"
-    assert reasons == {
-        "fifo.png": f"{shown}fifo.png: a FIFO, not an image file",
-        "zero.png": f"{shown}zero.png: a character device, not an image file",
-        "loop.png": f"{shown}loop.png: Too many levels of symbolic links",
-        "narrow.png": f"{shown}narrow.png: declares 1x40000, padded to 40000x40000 = "
-                      "1,600,000,000 pixels, over the 50,000,000 limit",
-        "jpegls.dcm": f"{shown}jpegls.dcm: no decoder for JPEG-LS Lossless Image Compression",
-    }
+    assert reasons == hostile_failures(hostile)
     predicted = sorted(os.path.basename(p["file"]) for p in summary["predictions"])
     assert predicted == ["caf\\xe9.png", "good.png", "width0.dcm"]
     assert summary["files"] == 8 and summary["predicted"] == 3
@@ -292,15 +297,8 @@ def test_hostile_folder_in_process(hostile, models):
     _, export_dir = models
     files = predictor.list_inputs([str(hostile)])
     rows, failures, _ = predictor.predict_files(predictor.Predictor(str(export_dir)), files)
-    shown = str(hostile) + "/"
-    assert {os.path.basename(f["file"]): f["reason"] for f in failures} == {
-        "fifo.png": f"{shown}fifo.png: a FIFO, not an image file",
-        "zero.png": f"{shown}zero.png: a character device, not an image file",
-        "loop.png": f"{shown}loop.png: Too many levels of symbolic links",
-        "narrow.png": f"{shown}narrow.png: declares 1x40000, padded to 40000x40000 = "
-                      "1,600,000,000 pixels, over the 50,000,000 limit",
-        "jpegls.dcm": f"{shown}jpegls.dcm: no decoder for JPEG-LS Lossless Image Compression",
-    }
+    assert {os.path.basename(f["file"]): f["reason"] for f in failures} == \
+        hostile_failures(hostile)
     assert len(files) == 8 and len(rows) == 3
     assert sorted(os.path.basename(r["file"]) for r in rows) == \
         ["caf\\xe9.png", "good.png", "width0.dcm"]

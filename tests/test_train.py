@@ -6,12 +6,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+from cxr_tf.testing import processes
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 TINY = ["--arch=resnet18", "--image_size=32", "--batch_size=4", "--learning_rate=0.001",
@@ -553,19 +554,9 @@ def test_runner_steps():
         runner.open_data(RunConfig(model_dir="run"))
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_workers_train_to_identical_weights(prepared_dir, tmp_path):
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in processes.free_ports(2)]
     model_dir = tmp_path / "mw"
     procs = []
     for task in range(2):
