@@ -208,16 +208,16 @@ class EpochBackup(keras.callbacks.Callback):
         # The HDF5 file is made in memory and written with plain file I/O: h5py writing to a
         # full disk leaves a file object whose cleanup fails twice at exit and crashes the
         # process (exit 139) after the error was reported.
-        data = keras_compat.weights_file_bytes(self.model)
-        state = json.dumps(self._state())
+        state = {STATE_ATTRIBUTE: json.dumps(self._state())}
+        data = keras_compat.weights_file_bytes(self.model, state)
         with atomic.replacing(path) as tmp:
             if data is None:  # another Keras release: its own writer
                 self.model.save_weights(tmp)
                 with h5py.File(tmp, "r+") as f:
-                    f.attrs[STATE_ATTRIBUTE] = state
+                    f.attrs.update(state)
             else:
                 with open(tmp, "wb") as f:
-                    f.write(_with_state(data, state))
+                    f.write(data)
             self.on_step("written")
         self.on_step("renamed")
         for older, older_path in layout.backup_files(self.model_dir).items():
@@ -242,14 +242,6 @@ def _number(value):
     if value is None:
         return None
     return int(value) if isinstance(value, (int, np.integer)) else float(value)
-
-
-def _with_state(data, state):
-    """The HDF5 file image `data` with `state` (JSON text) added as a root attribute."""
-    buffer = io.BytesIO(data)
-    with h5py.File(buffer, "r+") as f:
-        f.attrs[STATE_ATTRIBUTE] = state
-    return buffer.getvalue()
 
 
 def _read_state(path):

@@ -41,9 +41,10 @@ def check_keras_version(version=None):
             "against the new version and update TESTED_KERAS.")
 
 
-def weights_file_bytes(model):
+def weights_file_bytes(model, attributes=None):
     """The bytes `model.save_weights(PATH.weights.h5)` writes (weights and optimizer state),
-    made in memory; None on a Keras release other than TESTED_KERAS (save to a file then).
+    made in memory, with `attributes` ({name: str}) on the file's root; None on a Keras
+    release other than TESTED_KERAS (save to a file then).
 
     Keras's writer (`saving_lib.H5IOStore`) takes an io.BytesIO, as it does for the weights
     inside a .keras archive, but `save_weights` accepts only a file name. Writing the bytes is
@@ -59,6 +60,7 @@ def weights_file_bytes(model):
     try:
         saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
                                visited_saveables=set())
+        store.h5_file.attrs.update(attributes or {})
     finally:
         store.close()
     return buffer.getvalue()
