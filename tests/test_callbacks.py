@@ -349,3 +349,41 @@ def test_a_backup_without_callback_state_restores_the_weights_and_resets_the_sta
     assert (plateau.wait, plateau.best, plateau.cooldown_counter) == (0, None, 0)
     for a, b in zip(restored.get_weights(), net.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("state, reason", [
+    ("{not json", "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 "
+                  "column 2 (char 1)"),
+    ('{"ReduceLROnPlateau": {"model": null}}',
+     "ValueError: cxr_tf_callback_state: ReduceLROnPlateau.model=None is not a saved counter "
+     "or best value"),
+    ('{"ReduceLROnPlateau": {"wait": "2"}}',
+     "ValueError: cxr_tf_callback_state: ReduceLROnPlateau.wait='2' is not a saved counter or "
+     "best value"),
+    ('{"os": {"wait": 1}}', "ValueError: cxr_tf_callback_state: 'os' is not a saved callback "
+                            "state"),
+], ids=["not_json", "other_attribute", "not_a_number", "other_owner"])
+def test_a_damaged_callback_state_is_one_error_and_sets_nothing(tmp_path, state, reason):
+    """The state read from a backup sets only the counters and best values it names, each a
+    number or None; anything else is the damaged-backup error, before any callback changes."""
+    import h5py
+
+    net = tiny_model()
+    net.fit(X, Y, batch_size=4, epochs=1, verbose=0)
+    os.makedirs(layout.backup_dir(str(tmp_path)))
+    path = layout.backup_path(str(tmp_path), 1)
+    net.save_weights(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs[callbacks.STATE_ATTRIBUTE] = state
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss")
+    backup = callbacks.EpochBackup(str(tmp_path), initial_epoch=1, stateful=[plateau])
+    restored = tiny_model()
+    plateau.set_model(restored)
+    plateau.on_train_begin()
+    backup.set_model(restored)
+    with pytest.raises(RunDirError) as info:
+        backup.on_train_begin()
+    assert str(info.value) == (
+        f"{path}: cannot restore the training state ({reason}); delete backup/ to restart the "
+        "unfinished run from epoch 0, or train with overwrite to start afresh")
+    assert (plateau.wait, plateau.best, plateau.cooldown_counter) == (0, None, 0)

@@ -188,11 +188,11 @@ class EpochBackup(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)  # its slots are in the file
         try:
             self.model.load_weights(path)
-        except Exception as e:  # h5py and Keras raise several types for a damaged file
+            saved = _read_state(path)
+        except Exception as e:  # h5py, Keras and json raise several types for a damaged file
             raise RunDirError(
                 f"{path}: cannot restore the training state ({type(e).__name__}: {e}); "
                 f"{checkpoints.what_to_do(path)}") from e
-        saved = _read_state(path)
         for callback in self.stateful:
             # A backup without it (an older cxr_tf) leaves the reset state, as before.
             for name, value in saved.get(type(callback).__name__, {}).items():
@@ -245,10 +245,22 @@ def _number(value):
 
 
 def _read_state(path):
-    """{callback class name: {attribute: value}} saved in the backup at `path` ({} if none)."""
+    """{callback class name: {attribute: value}} saved in the backup at `path` ({} if none).
+    ValueError unless it holds only the attributes CALLBACK_STATE names, each None or a
+    number: nothing else read from a file is set on a callback."""
     with h5py.File(path, "r") as f:
         text = f.attrs.get(STATE_ATTRIBUTE)
-    return json.loads(text) if text is not None else {}
+    state = json.loads(text) if text is not None else {}
+    allowed = {cls.__name__: names for cls, names in CALLBACK_STATE.items()}
+    for owner, values in (state.items() if isinstance(state, dict) else [(None, None)]):
+        if owner not in allowed or not isinstance(values, dict):
+            raise ValueError(f"{STATE_ATTRIBUTE}: {owner!r} is not a saved callback state")
+        for name, value in values.items():
+            number = value is None or type(value) in (int, float)
+            if name not in allowed[owner] or not number:
+                raise ValueError(f"{STATE_ATTRIBUTE}: {owner}.{name}={value!r} is not a saved "
+                                 "counter or best value")
+    return state
 
 
 class RunStatus(keras.callbacks.Callback):
