@@ -43,16 +43,6 @@ def run_thresholds(model_dir, run):
     return Thresholds(run.config.thresholds, tuned), content
 
 
-def tune_run(model_dir, validation, method, *, checkpoint="best", default=0.5):
-    """Tunes per-finding thresholds on (probabilities, rows) predicted on the validation split
-    (uncalibrated: logits are recovered from them) and writes RUN/thresholds.json."""
-    probs, rows = validation
-    clipped = np.clip(np.asarray(probs, np.float64), 1e-300, 1 - 1e-16)
-    logits = np.log(clipped) - np.log1p(-clipped)
-    return decisions.tune(model_dir, decisions.Predicted(logits, None, rows), method,
-                          default=default, checkpoint=checkpoint)
-
-
 # --- NIH -----------------------------------------------------------------------------------
 
 def evaluate(config, *, progress=True):
@@ -178,13 +168,6 @@ def predict_outputs(net, data, split, *, batch_size=64, limit=None, verbose="aut
             "counts undecodable files")
     features = [np.asarray(f, np.float32) for f in outputs[1:]] or None
     return decisions.Predicted(logits, features, rows, ood.layers_of(net))
-
-
-def predict_split(model, data, split, *, batch_size=64, verbose="auto"):
-    """(probabilities (n, outputs), per-image metadata rows) of one split of `data` (a
-    `source.Source`), in one order; uncalibrated."""
-    predicted = predict_outputs(model, data, split, batch_size=batch_size, verbose=verbose)
-    return metrics.sigmoid(predicted.logits), predicted.rows
 
 
 def _scored(probs, rows):
