@@ -180,7 +180,7 @@ def uninterrupted(resume_args, tmp_path_factory):
 def wait_for(proc, predicate, what):
     """Polls until `predicate()` (a file the run writes: a deterministic point of its
     progress, not a time); fails if the process ended first."""
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # a hang guard, as the subprocess timeouts are
     while time.time() < deadline and proc.poll() is None and not predicate():
         time.sleep(0.02)
     assert proc.poll() is None, f"training ended before {what}:\n{proc.communicate()[1]}"
