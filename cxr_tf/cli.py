@@ -34,6 +34,7 @@ import itertools
 import os
 import signal
 import sys
+import threading
 
 from absl import app, logging
 from absl import flags as absl_flags
@@ -64,12 +65,30 @@ def handle_interrupts():
     """SIGINT and SIGTERM raise errors.Interrupted in the main thread (see the docstring)."""
     for signum in INTERRUPTS:
         signal.signal(signum, _interrupt)
+    if sys.unraisablehook is not _unraisable:
+        _unraisable.previous = sys.unraisablehook
+        sys.unraisablehook = _unraisable
 
 
 def _interrupt(signum, frame):
     for each in INTERRUPTS:  # a second signal ends the process at once
         signal.signal(each, signal.SIG_DFL)
     raise errors.Interrupted(signum)
+
+
+def _unraisable(unraisable):
+    """Python runs a signal handler wherever the main thread is, and drops what it raises
+    inside a garbage-collection callback or a __del__ (JAX, imported with Keras, registers such
+    a callback): the first Ctrl-C would vanish and training go on. Such an interrupt is sent
+    again from another thread, to land once that callback has returned (and, should it land
+    in one again, again)."""
+    if isinstance(unraisable.exc_value, errors.Interrupted):
+        handle_interrupts()
+        again = threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum))
+        again.daemon = True
+        again.start()
+        return
+    _unraisable.previous(unraisable)
 
 
 def stop(interrupted, left=None):

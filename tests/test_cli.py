@@ -436,3 +436,31 @@ def test_tensorflow_probed_before_it_is_imported_still_starts_quietly():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["SourceFileLoader SourceFileLoader", "6"]
     assert proc.stderr.splitlines() == ["a warning of ours"]
+
+
+# An interrupt whose handler runs inside __del__ (or a garbage-collection callback, as JAX
+# registers one): Python drops the exception there. Found when a Ctrl-C during a run's first
+# step was lost and training went on to the end.
+_INTERRUPT_IN_DEL = """
+import signal
+from cxr_tf import cli, errors
+cli.handle_interrupts()
+
+class Finalized:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+        sum(range(10))  # the handler runs here, where Python drops what it raises
+
+try:
+    Finalized()  # collected at once
+    while True:  # until the interrupt is delivered again
+        pass
+except errors.Interrupted as e:
+    print("interrupted by", e.signum)
+"""
+
+
+def test_an_interrupt_raised_where_python_drops_exceptions_is_delivered_again():
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_IN_DEL], capture_output=True,
+                          text=True, timeout=900)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "interrupted by 2\n", "")
