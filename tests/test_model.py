@@ -234,7 +234,7 @@ print(json.dumps({"backend": keras.backend.backend(), "results": results,
     assert results.pop("sync_batchnorm") == (
         "sync_batchnorm=True needs the TensorFlow backend (BatchNormalization's synchronized); "
         "received backend 'jax'")
-    # DenseNet-121 runs under JAX in the gpu_check smoke test (tests/test_bench_model.py).
+    # DenseNet-121 under JAX was measured once, not rerun by the suite (docs/TESTING.md).
     assert list(results) == ["resnet18", "efficientnetv2_s", "convnext_tiny"]
     for arch, one in results.items():
         assert one["equal"] and one["shape"] == [2, 14], arch

@@ -541,6 +541,39 @@ def test_the_summary_says_a_nan_loss_stopped_the_run():
         "Evaluate:     python -m cxr_tf.evaluate --model_dir=runs/a --split=validation"]
 
 
+def _train_steps_traced(net):
+    """How many times Keras traces `net`'s train step over two steps of 4 images."""
+    import numpy as np
+
+    traced = []
+    step = net.train_step
+    net.train_step = lambda data: traced.append(1) or step(data)
+    images = np.random.default_rng(0).integers(0, 256, (8, *net.input_shape[1:]), np.uint8)
+    labels = np.eye(net.output_shape[-1], dtype=np.float32)[np.arange(8)]
+    net.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    return len(traced)
+
+
+def test_the_train_step_is_traced_once():
+    """A variable created while tracing makes TensorFlow trace the step again (2-3 s more
+    start-up for ResNet-18 here): the runner builds the optimizer's slots before fit."""
+    import keras
+    import tensorflow as tf
+
+    from cxr_tf.runs.config import RunConfig
+    from cxr_tf.training import runner
+
+    config = RunConfig(data_dir="unused", model_dir="unused", arch="resnet18", image_size=32)
+    net, _ = runner.build_compiled_model(config, None, tf.distribute.get_strategy(), 2)
+    assert _train_steps_traced(net) == 1
+    # What it prevents, on a small model compiled as the runner compiles (Adam, its AUC).
+    inputs = keras.Input((8, 8, 1), dtype="uint8")
+    small = keras.Model(inputs, keras.layers.Dense(14)(keras.layers.Flatten()(inputs)))
+    small.compile(optimizer=keras.optimizers.Adam(1e-3), loss=net.loss, metrics=[
+        keras.metrics.AUC(multi_label=True, from_logits=True, num_labels=14)])
+    assert _train_steps_traced(small) == 2
+
+
 def test_runner_steps():
     from cxr_tf.runs.config import RunConfig
     from cxr_tf.training import runner
