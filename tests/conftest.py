@@ -15,13 +15,6 @@ REAL_NIH = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih"
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
-def pytest_collection_modifyitems(items):
-    """Tests marked start_first go first (a stable sort keeps the others in file order). The
-    demo, the longest test by far, came late in file order: one xdist worker ran it alone
-    for the last minute while the other had nothing left to do."""
-    items.sort(key=lambda item: item.get_closest_marker("start_first") is None)
-
-
 @pytest.fixture(scope="session")
 def real_nih_dir():
     if not (REAL_NIH / "Data_Entry_2017_v2020.csv.gz").exists():

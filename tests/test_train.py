@@ -611,7 +611,6 @@ def test_two_workers_train_to_identical_weights(prepared_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.start_first  # two to three minutes: the longest test
 def test_demo_learns_the_synthetic_findings(tmp_path):
     """The README's first command, end to end: generate, prepare, train ResNet-50 at 64 px."""
     env = {**ENV, "CXR_TF_CACHE": str(tmp_path / "cache")}
