@@ -26,6 +26,7 @@ import sys
 from absl import app
 
 from cxr_tf import atomic, cli, errors, flags
+from cxr_tf.serving import inputs
 from cxr_tf.serving.config import PredictConfig
 
 FLAGS = flags.FLAGS
@@ -63,14 +64,14 @@ def main(argv):
                              "(python -m cxr_tf.predict --model=DIR FILES_OR_DIRS...)")
     if config.output:  # before predicting: a bad path must not cost the predictions
         atomic.check_writable(config.output)
+    files = inputs.list_inputs(paths)
+    if not files:  # a mistyped folder in a batch job must not look like a clean run
+        raise errors.NotFoundError(
+            f"no image file ({', '.join(inputs.IMAGE_EXTENSIONS)}) found under "
+            f"{', '.join(paths)}")
     from cxr_tf.console import say
     from cxr_tf.serving import predictor as predictor_lib  # TensorFlow starts here
 
-    files = predictor_lib.list_inputs(paths)
-    if not files:  # a mistyped folder in a batch job must not look like a clean run
-        raise errors.NotFoundError(
-            f"no image file ({', '.join(predictor_lib.IMAGE_EXTENSIONS)}) found under "
-            f"{', '.join(paths)}")
     say(f"loading {config.model}")
     predictor = predictor_lib.Predictor(config.model, config.threshold)
     if config.gradcam_dir and predictor.keras_model is None:

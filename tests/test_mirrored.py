@@ -100,8 +100,14 @@ def test_mirrored_trains_like_one_device_and_its_run_dir_serves(prepared_dir, tm
     acc.Reload()
     assert [e.step for e in acc.Tensors("val/auc_mean")] == [0]
 
-    report = json.loads(run("-m", "cxr_tf.evaluate", f"--model_dir={two}",
-                            "--split=validation", "--bootstrap=0", "--json").stdout)
+    # Its run dir evaluates and exports (the apps' library functions, in this process).
+    from cxr_tf import export
+    from cxr_tf.evaluation import runner as evaluation
+    from cxr_tf.evaluation.config import EvalConfig
+    from cxr_tf.serving.config import ExportConfig
+
+    report = evaluation.evaluate(EvalConfig(model_dir=str(two), split="validation",
+                                            bootstrap=0), progress=False)
     # evaluate (one device, best.keras = the only epoch) scores the split as training did.
     config = json.loads((two / "config.json").read_text())
     assert report["overall"]["examples"] == config["validation_examples"]
@@ -109,5 +115,5 @@ def test_mirrored_trains_like_one_device_and_its_run_dir_serves(prepared_dir, tm
     for key in ("f1@0.5/micro", "precision@0.5/micro", "recall@0.5/micro"):
         assert report["overall"][key] == pytest.approx(float(history[0][f"val/{key}"]),
                                                        abs=1e-9), key
-    run("-m", "cxr_tf.export", f"--model_dir={two}", f"--export_dir={tmp_path / 'export'}")
+    export.export_run(ExportConfig(model_dir=str(two), export_dir=str(tmp_path / "export")))
     assert (tmp_path / "export" / "saved_model.pb").exists()

@@ -7,6 +7,7 @@ Serving would, in a process without cxr_tf."""
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,9 +25,9 @@ SIZE = 32
 VAL_FRACTION = 0.5  # about 100 validation images: a few findings reach 10 positives
 
 
-def app(*args, cwd=None, env=ENV):
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          env=env, timeout=900, cwd=cwd)
+def app(*args, cwd=None, env=ENV, python=()):
+    proc = subprocess.run([sys.executable, *python, "-m", *args], capture_output=True,
+                          text=True, env=env, timeout=900, cwd=cwd)
     return proc
 
 
@@ -246,8 +247,13 @@ def test_predict_refuses_an_empty_input_set(exported, tmp_path):
     empty.mkdir()
     (empty / "notes.txt").write_text("no image")
     out = tmp_path / "preds.csv"
-    proc = app("cxr_tf.predict", f"--model={export_dir}", str(empty), f"--output={out}")
+    # -X importtime: Python lists every module the process imported on stderr.
+    proc = app("cxr_tf.predict", f"--model={export_dir}", str(empty), f"--output={out}",
+               python=["-X", "importtime"])
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: no image file (.png, .jpg, .jpeg, .dcm, .dicom) found under {empty}")
     assert not out.exists() and proc.stdout == ""
+    # Refused before TensorFlow started: the user does not wait seconds for this line.
+    imported = re.findall(r"\| +([\w.]+)$", proc.stderr, re.MULTILINE)
+    assert "cxr_tf.serving.inputs" in imported and "tensorflow" not in imported

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from cxr_tf import labels
-from cxr_tf.serving import graph, predictor
+from cxr_tf.serving import graph, inputs, predictor
 from cxr_tf.testing.image_bytes import dicom, png, png_from
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -60,15 +60,15 @@ def by_name(rows):
 
 
 def test_list_inputs_walks_folders_for_image_files(folder):
-    names = [os.path.relpath(p, folder) for p in predictor.list_inputs([str(folder)])]
+    names = [os.path.relpath(p, folder) for p in inputs.list_inputs([str(folder)])]
     assert names == ["a.png", "broken.png", "c.jpg", "dicom/m1.dcm", "dicom/m2.dcm",
                      "dicom/window.dcm"]
-    assert predictor.list_inputs([str(folder / "notes.txt")]) == [str(folder / "notes.txt")]
+    assert inputs.list_inputs([str(folder / "notes.txt")]) == [str(folder / "notes.txt")]
 
 
 def test_dicom_made_from_a_png_gives_the_png_probabilities(folder, models):
     run_dir, export_dir = models
-    files = predictor.list_inputs([str(folder)])
+    files = inputs.list_inputs([str(folder)])
     keras_rows, failures, _ = predictor.predict_files(predictor.Predictor(str(run_dir)), files)
     assert [f["file"] for f in failures] == [str(folder / "broken.png")]
     probs = by_name(keras_rows)
@@ -295,7 +295,7 @@ def test_hostile_folder_in_process(hostile, models):
     """What the app reports for the hostile folder (test above), from the library: each bad
     file one failure with its reason, none hangs, the others predicted."""
     _, export_dir = models
-    files = predictor.list_inputs([str(hostile)])
+    files = inputs.list_inputs([str(hostile)])
     rows, failures, _ = predictor.predict_files(predictor.Predictor(str(export_dir)), files)
     assert {os.path.basename(f["file"]): f["reason"] for f in failures} == \
         hostile_failures(hostile)

@@ -22,23 +22,6 @@ from cxr_tf.evaluation import decisions, gradcam, ood
 from cxr_tf.runs import calibration, checkpoints, layout, thresholds
 from cxr_tf.runs import ood as ood_file
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-
-
-def list_inputs(paths):
-    """Files to predict, in order: each file as given, each folder's images sorted. Links to
-    folders are not followed (os.walk's default), so a link loop cannot trap the walk."""
-    found = []
-    for path in paths:
-        if os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                found += [os.path.join(root, name) for name in sorted(files)
-                          if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")]
-        else:
-            found.append(path)  # kept even if missing: it is reported as a failure
-    return found
-
 
 class Predictor:
     """A loaded model of either kind, with its label names, input size and decisions.
