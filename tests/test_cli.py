@@ -6,6 +6,7 @@ imported, so those runs take about a second each."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -464,3 +465,84 @@ def test_an_interrupt_raised_where_python_drops_exceptions_is_delivered_again():
     proc = subprocess.run([sys.executable, "-c", _INTERRUPT_IN_DEL], capture_output=True,
                           text=True, timeout=900)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "interrupted by 2\n", "")
+
+
+# A library frame that C++ might have called: the interrupt waits until the main thread is
+# back in a frame it can unwind (found when a Ctrl-C while TFDS opened a dataset segfaulted
+# inside TensorFlow's tensor conversion, or became dm-tree's AttributeError).
+_INTERRUPT_IN_A_LIBRARY = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from cxr_tf import cli, errors
+import fakelib
+cli.handle_interrupts()
+try:
+    fakelib.work()
+    while True:
+        pass
+except errors.Interrupted as e:
+    print("library finished:", fakelib.finished, "interrupted by", e.signum)
+"""
+_FAKELIB = """
+import signal, time
+
+finished = False
+
+
+def work():
+    global finished
+    signal.raise_signal(signal.SIGINT)
+    end = time.monotonic() + 0.05  # the handler runs here, and again when it is sent again
+    while time.monotonic() < end:
+        pass
+    finished = True
+"""
+
+
+def test_an_interrupt_waits_to_leave_library_code(tmp_path):
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "fakelib.py").write_text(_FAKELIB)
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_IN_A_LIBRARY, str(library)],
+                          capture_output=True, text=True, timeout=900)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        0, "library finished: True interrupted by 2\n", "")
+
+
+def test_a_second_signal_while_the_first_waits_ends_the_process(monkeypatch):
+    import types
+
+    # Raising gives both signals their default action: not in this test process.
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    sent, ended = [], []
+    monkeypatch.setattr(cli, "_send_again", sent.append)
+    monkeypatch.setattr(cli, "_end_now", ended.append)
+    monkeypatch.setattr(cli, "_waiting", {})
+    library = types.SimpleNamespace(f_code=types.SimpleNamespace(
+        co_filename="/venv/lib/python3.11/site-packages/tensorflow/python/ops/array_ops.py"))
+    ours = types.SimpleNamespace(f_code=types.SimpleNamespace(
+        co_filename="/work/cxr_tf/training/runner.py"))
+    cli._interrupt(signal.SIGINT, library)  # waits: sent again
+    assert (sent, ended, cli._waiting) == ([signal.SIGINT], [], {"signum": signal.SIGINT})
+    cli._waiting["resent"] = True  # what the re-sent signal finds
+    cli._interrupt(signal.SIGINT, library)  # still in the library: waits again
+    assert (sent, ended) == ([signal.SIGINT] * 2, [])
+    cli._interrupt(signal.SIGTERM, library)  # not re-sent: a second signal
+    assert ended == [signal.SIGTERM]
+    cli._waiting.update(resent=True)
+    with pytest.raises(errors.Interrupted):
+        cli._interrupt(signal.SIGINT, ours)
+    assert cli._waiting == {}
+
+
+def test_which_frames_an_interrupt_is_raised_in():
+    site = os.path.join(os.sep, "venv", "lib", "python3.11", "site-packages")
+    assert cli.can_raise_in(os.path.join(site, "keras", "src", "trainers", "trainer.py"))
+    assert cli.can_raise_in(os.path.join(os.sep, "work", "cxr_tf", "training", "runner.py"))
+    assert cli.can_raise_in(os.path.join(site, "cxr_tf", "cli.py"))  # a non-editable install
+    assert cli.can_raise_in("/usr/lib/python3.11/threading.py")
+    assert cli.can_raise_in("<string>")
+    for library in ("tensorflow/python/framework/constant_op.py", "tree/__init__.py",
+                    "tensorflow_datasets/core/reader.py"):
+        assert not cli.can_raise_in(os.path.join(site, library))
+    assert not cli.can_raise_in("/usr/lib/python3/dist-packages/numpy/core/numeric.py")
