@@ -12,15 +12,15 @@ SIGTERM. Errors print one `error: <what and why>` line on stderr and no tracebac
 error is recognised by its type (`is_user_error`); any other exception is a bug and keeps its
 traceback.
 
-Interrupts: the first SIGINT or SIGTERM raises `errors.Interrupted` in the main thread (in a
-frame of cxr_tf, Keras or outside installed libraries: in another it is sent again 10 ms
-later, see `can_raise_in`), so
-`finally` blocks and atomic writes clean up as they unwind; the app prints one line saying
-what it left (the message the code that knew put on the exception, e.g. training's "the state
-after epoch 2 is saved in RUN/backup", else the app's `outputs` that changed: "nothing
-written", or which files) and exits 128 + the signal's number. The handler first gives both
-signals back their default action, so a second one ends the process at once, whatever it is
-doing; atomic writes leave only a temporary file then, which the next run removes.
+Interrupts: the first SIGINT or SIGTERM raises `errors.Interrupted` in the main thread, in a
+frame of cxr_tf, Keras or the program (`can_raise_in`; caught in a library's frame, it is
+raised at the next line the main thread runs in one of those), so `finally` blocks and atomic
+writes clean up as they unwind; the app prints one line saying what it left (the message the
+code that knew put on the exception, e.g. training's "the state after epoch 2 is saved in
+RUN/backup", else the app's `outputs` that changed: "nothing written", or which files) and
+exits 128 + the signal's number. A second signal ends the process at once, whatever it is
+doing (the first gives both signals back their default action, or, while it waits, ends the
+process itself); atomic writes leave only a temporary file then, which the next run removes.
 
 TensorFlow prints lines that tell a user nothing: a dozen C++ lines while it loads (before
 Abseil logging is initialized, so TF_CPP_MIN_LOG_LEVEL cannot hide them), oneDNN's DT_BOOL
@@ -36,6 +36,7 @@ import itertools
 import os
 import signal
 import sys
+import sysconfig
 import threading
 
 from absl import app, logging
@@ -72,36 +73,79 @@ def handle_interrupts():
         sys.unraisablehook = _unraisable
 
 
-# Where an interrupt waits for its frame (see _interrupt): {"signum": the signal waiting,
+# An interrupt waiting for a frame of ours (see _interrupt): {"signum": the signal waiting,
 # "resent": whether the signal now handled is the one _send_again sent}.
 _waiting = {}
 # Library code that C and C++ call back into: TensorFlow's tensor conversion, dm-tree's
-# flatten under TFDS. An exception raised there can leave the C++ caller with an error it does
-# not check: a Ctrl-C while TFDS opened a dataset segfaulted the process, ended in an
-# unrelated AttributeError, or vanished (3 of 15 tries). cxr_tf's and Keras's frames are Python
-# loops and calls, where an exception unwinds like any other.
+# flatten under TFDS, and the standard library's helpers they call (abc, functools). An
+# exception raised there can leave the C++ caller with an error it does not check: a Ctrl-C
+# while TFDS opened a dataset segfaulted the process, ended in an unrelated AttributeError, or
+# vanished (3 of 15 tries). cxr_tf's, Keras's and the program's own frames are Python loops and
+# calls, where an exception unwinds like any other.
 _LIBRARIES = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+_STANDARD_LIBRARY = tuple(os.path.join(path, "") for path in {
+    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 _RAISE_IN = (f"{os.sep}cxr_tf{os.sep}", f"{os.sep}keras{os.sep}")
 
 
-def can_raise_in(filename):
-    """Whether an interrupt may be raised in a frame of `filename`."""
-    return not any(part in filename for part in _LIBRARIES) or any(
-        part in filename for part in _RAISE_IN)
+def can_raise_in(frame):
+    """Whether an interrupt may be raised in `frame`: one of cxr_tf's, Keras's or the
+    program's own (a script; `python -c`), not an installed library's or the standard
+    library's. Code made at run time (dataclasses' __init__, namedtuples' __new__, all named
+    "<string>") counts as the program's only in __main__: libraries' such code runs under C++
+    callers too (dm-tree rebuilding a namedtuple)."""
+    filename = frame.f_code.co_filename
+    if filename.startswith("<"):
+        return (filename in ("<string>", "<stdin>")
+                and frame.f_globals.get("__name__") == "__main__")
+    if any(part in filename for part in _RAISE_IN):
+        return True
+    return not (filename.startswith(_STANDARD_LIBRARY)
+                or any(part in filename for part in _LIBRARIES))
 
 
 def _interrupt(signum, frame):
     resent = _waiting.pop("resent", False)
     if _waiting and not resent:  # a second signal while the first waits: end at once
         _end_now(signum)
-    if frame is not None and not can_raise_in(frame.f_code.co_filename):
-        _waiting["signum"] = signum  # raised once the main thread is in a frame of ours
-        _send_again(signum)
-        return
+    if frame is None or can_raise_in(frame):
+        _raise(signum)
+    _waiting["signum"] = signum
+    _raise_at_our_next_line(frame)
+
+
+def _raise(signum):
     _waiting.clear()
+    if sys.gettrace() is _trace_call:  # ours, not a debugger's or coverage's
+        sys.settrace(None)
     for each in INTERRUPTS:  # a second signal ends the process at once
         signal.signal(each, signal.SIG_DFL)
     raise errors.Interrupted(signum)
+
+
+def _raise_at_our_next_line(frame):
+    """Raises the waiting interrupt at the next line the main thread runs in a frame where
+    `can_raise_in`: those among `frame`'s callers and every one entered from now on are
+    traced. Not a signal sent again later: that lands where the main thread returns
+    from C++, which in training is TensorFlow's frame after each step (a Ctrl-C waited for the
+    end of the epoch)."""
+    while frame is not None:
+        if can_raise_in(frame):
+            frame.f_trace = _trace_line
+        frame = frame.f_back
+    sys.settrace(_trace_call)
+
+
+def _trace_call(frame, event, arg):
+    return _trace_line if can_raise_in(frame) else None
+
+
+def _trace_line(frame, event, arg):
+    if "signum" not in _waiting:  # a frame traced for an interrupt already raised
+        return None
+    if event == "line":
+        _raise(_waiting["signum"])
+    return _trace_line
 
 
 def _send_again(signum):

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
-from cxr_tf import labels
+from cxr_tf import errors, labels
 from cxr_tf.runs import RunDirError, checkpoints, claim, history, layout, record
 from cxr_tf.runs.config import RunConfig
 from cxr_tf.training import callbacks, epoch_metrics, keras_compat
@@ -244,6 +244,46 @@ def test_a_kill_at_any_step_of_an_epoch_end_save_is_never_complete_and_resumes_e
         if label != "12-epoch3-recorded":  # killed before removing it: a complete run
             assert not (resumed_dir / "backup").exists(), label
         assert not [n for n in os.listdir(resumed_dir / "checkpoints") if n.startswith(".")]
+
+
+class InterruptAt(Snapshot):
+    """Raises a Ctrl-C's errors.Interrupted at one point of the second epoch's end-of-epoch
+    save (the points Snapshot copies the run dir at), as the signal handler would there."""
+
+    def __init__(self, point):
+        keras.callbacks.Callback.__init__(self)
+        self.point, self.seen, self.epoch = point, 0, None
+
+    def __call__(self, step):
+        if self.epoch == 1:
+            self.seen += 1
+            if self.seen == self.point:
+                raise errors.Interrupted(2)
+
+
+# Each point of epoch 2's save (before the history row, before the checkpoints, before the
+# backup, then inside the backup's save) and the epochs saved there.
+SAVED_AT = {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2}
+
+
+@pytest.mark.parametrize("point", sorted(SAVED_AT))
+def test_an_interrupt_anywhere_in_an_epoch_end_save_leaves_history_status_and_line_agreeing(
+        tmp_path, point):
+    from cxr_tf.training import runner
+
+    model_dir = tmp_path / "run"
+    with pytest.raises(errors.Interrupted) as info:
+        fit(model_dir, snapshot=InterruptAt(point))
+    in_epoch = callbacks.RunStatus(str(model_dir), EPOCHS)
+    in_epoch.epoch = 2
+    # What runner.train does with the interrupt.
+    error = runner.interrupted(info.value, run_config(model_dir), str(model_dir), [in_epoch])
+    saved = SAVED_AT[point]
+    assert error.message == (f"interrupted in epoch 2; the state after epoch {saved} is saved "
+                             f"in {model_dir / 'backup'}; rerun the same command to resume")
+    assert record.read(model_dir).status == record.Status(
+        record.STOPPED, saved, EPOCHS, record.INTERRUPTED, "signal 2")
+    assert [r["epoch"] for r in history.read_history(model_dir)] == list(range(1, saved + 1))
 
 
 @pytest.mark.parametrize("logs, epochs, expected", [

@@ -22,6 +22,7 @@ import os
 
 from absl import logging
 
+from cxr_tf import atomic
 from cxr_tf.runs import RunDirError, layout
 
 # Keras's CSVLogger writes "NA" for a column an epoch did not log; empty cells are read the same.
@@ -71,6 +72,26 @@ def read_file(path):
         for row in rows:
             row["epoch"] += 1
     return rows
+
+
+def keep_epochs(path, epochs):
+    """Rewrites the history.csv at `path` (if any) with only its rows of epochs 1..`epochs`:
+    the epochs the backup holds. A row written before its epoch was backed up (a crash or an
+    interrupt between the two) goes, and the resumed run writes it again."""
+    if not os.path.exists(path):
+        return
+    rows = [row for row in read_file(path) if row["epoch"] <= epochs]
+    text = io.StringIO()
+    if rows:  # none: an empty file, for CSVLogger to write its own header
+        writer = csv.writer(text, lineterminator="\r\n")  # as CSVLogger's rows end
+        writer.writerow(rows[0])
+        writer.writerows([_text(value) for value in row.values()] for row in rows)
+    atomic.write_file(path, text.getvalue(), newline="")
+
+
+def _text(value):
+    """A history value as CSVLogger writes it: epochs as integers, floats in full."""
+    return str(value) if isinstance(value, int) or not math.isfinite(value) else repr(value)
 
 
 def _whole_lines(data):

@@ -20,9 +20,7 @@ Every file is written through `cxr_tf.atomic` (beside, then renamed) at the path
 `cxr_tf.runs.layout` owns. Only public Keras API is used here.
 """
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -73,24 +71,11 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
         self.initial_epoch = initial_epoch
 
     def on_train_begin(self, logs=None):
-        if os.path.exists(self.filename):
-            rows = [row for row in history.read_file(self.filename)
-                    if row["epoch"] <= self.initial_epoch]
-            text = io.StringIO()
-            if rows:  # none: let CSVLogger write its own header
-                writer = csv.writer(text, lineterminator="\r\n")  # as CSVLogger's rows end
-                writer.writerow(rows[0])
-                writer.writerows([_text(value) for value in row.values()] for row in rows)
-            atomic.write_file(self.filename, text.getvalue(), newline="")
+        history.keep_epochs(self.filename, self.initial_epoch)
         super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch + 1, logs)
-
-
-def _text(value):
-    """A history value as CSVLogger writes it: epochs as integers, floats in full."""
-    return str(value) if isinstance(value, int) or not math.isfinite(value) else repr(value)
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):

@@ -11,6 +11,7 @@ how training ended: complete, stopped (early stopping, a NaN loss), or interrupt
 backup holds). Before each step that takes seconds, one line on stderr says what it does.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -27,7 +28,8 @@ from cxr_tf import __version__, errors, labels, losses, model, pretrained
 from cxr_tf.console import say
 from cxr_tf.data import input_pipeline, metadata, source
 from cxr_tf.evaluation import metrics
-from cxr_tf.runs import claim, layout, record, status
+from cxr_tf.runs import RunDirError, claim, layout, record, status
+from cxr_tf.runs import history as run_history
 from cxr_tf.synthetic.dataset import synthetic_data_dir
 from cxr_tf.training import callbacks, distribute, epoch_metrics, keras_compat
 
@@ -159,9 +161,9 @@ def starting_line(config, initial_epoch):
 
 
 def interrupted(error, config, run_dir, cbs):
-    """Records the interruption and returns `error` saying what is saved: `interrupted in
-    epoch N; the state after epoch M is saved in RUN/backup; rerun the same command to
-    resume`."""
+    """Records the interruption, keeps history.csv to the epochs saved, and returns `error`
+    saying what is saved: `interrupted in epoch N; the state after epoch M is saved in
+    RUN/backup; rerun the same command to resume`."""
     recorded = status.stop(run_dir, record.INTERRUPTED, f"signal {error.signum}")
     epoch = next((cb.epoch for cb in cbs if isinstance(cb, callbacks.RunStatus)), None)
     if recorded is not None and recorded.state != record.RUNNING and recorded.reason not in (
@@ -170,6 +172,11 @@ def interrupted(error, config, run_dir, cbs):
                             "is lost")
     where = "before its first epoch" if epoch is None else f"in epoch {epoch}"
     saved = layout.resume_epoch(run_dir)
+    # An epoch's row is written before its backup: one the backup lacks goes, so that
+    # history.csv, the recorded status and the line below all speak of the same epochs (if
+    # it cannot be rewritten now, the rerun drops that row as it starts).
+    with contextlib.suppress(OSError, RunDirError):
+        run_history.keep_epochs(layout.history_path(run_dir), saved or 0)
     if not saved:
         return error.saying(f"interrupted {where}; no epoch had finished, so there is nothing "
                             "to resume; rerun the same command to start again")
