@@ -492,20 +492,26 @@ finished = False
 def work():
     global finished
     signal.raise_signal(signal.SIGINT)
-    end = time.monotonic() + 0.05  # the handler runs here, and again when it is sent again
+    end = time.monotonic() + 0.05  # the handler runs here: it waits
     while time.monotonic() < end:
         pass
     finished = True
 """
 
 
-def test_an_interrupt_waits_to_leave_library_code(tmp_path):
+def run_beside_a_library(tmp_path, script, module, source):
+    """Runs `script` (python -c) with `module` made from `source` in a site-packages folder
+    (installed library code, to the handler); returns (exit code, stdout, stderr)."""
     library = tmp_path / "site-packages"
     library.mkdir()
-    (library / "fakelib.py").write_text(_FAKELIB)
-    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_IN_A_LIBRARY, str(library)],
-                          capture_output=True, text=True, timeout=900)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (
+    (library / f"{module}.py").write_text(source)
+    proc = subprocess.run([sys.executable, "-c", script, str(library)], capture_output=True,
+                          text=True, timeout=900)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_an_interrupt_waits_to_leave_library_code(tmp_path):
+    assert run_beside_a_library(tmp_path, _INTERRUPT_IN_A_LIBRARY, "fakelib", _FAKELIB) == (
         0, "library finished: True interrupted by 2\n", "")
 
 
@@ -542,12 +548,7 @@ def run(step):
 
 
 def test_an_interrupt_waiting_in_a_library_is_raised_at_the_next_line_of_ours(tmp_path):
-    library = tmp_path / "site-packages"
-    library.mkdir()
-    (library / "fakestep.py").write_text(_FAKESTEP)
-    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_IN_A_LOOP, str(library)],
-                          capture_output=True, text=True, timeout=900)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (
+    assert run_beside_a_library(tmp_path, _INTERRUPT_IN_A_LOOP, "fakestep", _FAKESTEP) == (
         0, "steps run: 4 interrupted by 15\n", "")
 
 
