@@ -83,8 +83,8 @@ _waiting = {}
 # vanished (3 of 15 tries). cxr_tf's, Keras's and the program's own frames are Python loops and
 # calls, where an exception unwinds like any other.
 _LIBRARIES = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
-_STANDARD_LIBRARY = tuple(os.path.join(path, "") for path in {
-    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
+_STANDARD_LIBRARY = tuple({os.path.join(path, "") for name, path in sysconfig.get_paths().items()
+                          if name in ("stdlib", "platstdlib")})
 _RAISE_IN = (f"{os.sep}cxr_tf{os.sep}", f"{os.sep}keras{os.sep}")
 
 

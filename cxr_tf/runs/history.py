@@ -1,5 +1,6 @@
-"""history.csv: one row per epoch, written by training (a resumable CSV logger) and read here
-only: by the checkpoint callback on resume, the completion rule of older run dirs and
+"""history.csv: one row per epoch, appended by training (a resumable CSV logger), cut back
+to the epochs the backup holds here (`keep_epochs`: on restart and on an interrupt), and read
+here only: by the checkpoint callback on resume, the completion rule of older run dirs and
 tools/plot_history.py.
 
     rows = read_history(model_dir)     # [{"epoch": 1, "loss": 0.61, "val/auc_mean": 0.72, ...}]
