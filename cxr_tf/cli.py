@@ -109,18 +109,20 @@ def _interrupt(signum, frame):
     if _waiting and not resent:  # a second signal while the first waits: end at once
         _end_now(signum)
     if frame is None or can_raise_in(frame):
-        _raise(signum)
+        raise _interrupted(signum)
     _waiting["signum"] = signum
     _raise_at_our_next_line(frame)
 
 
-def _raise(signum):
+def _interrupted(signum):
+    """The Interrupted to raise now; ends the wait and gives both signals their default
+    action, so that a second one ends the process at once."""
     _waiting.clear()
     if sys.gettrace() is _trace_call:  # ours, not a debugger's or coverage's
         sys.settrace(None)
-    for each in INTERRUPTS:  # a second signal ends the process at once
+    for each in INTERRUPTS:
         signal.signal(each, signal.SIG_DFL)
-    raise errors.Interrupted(signum)
+    return errors.Interrupted(signum)
 
 
 def _raise_at_our_next_line(frame):
@@ -144,7 +146,7 @@ def _trace_line(frame, event, arg):
     if "signum" not in _waiting:  # a frame traced for an interrupt already raised
         return None
     if event == "line":
-        _raise(_waiting["signum"])
+        raise _interrupted(_waiting["signum"])
     return _trace_line
 
 
